@@ -1,0 +1,1 @@
+"""MLflow runs -> tidy tables -> seed-averaged stage tables, statistics, plots and reports."""

@@ -1,0 +1,1 @@
+"""Launchers that turn trials into processes or allocations: local, Slurm (submitit), Ray Tune."""

@@ -1,0 +1,1 @@
+"""The `gatesweep` command line: one entry point over trainer, sweeps, cluster and analysis."""
