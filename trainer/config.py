@@ -1,0 +1,296 @@
+"""Typed trainer configuration: one frozen dataclass per component, addressed by flat keys.
+
+Every field name is unique across sections, so a flat key (`learning_rate`, `attn_gate`) names one
+field; `section.key` works too. Defaults are the reference ModernArch run (modded-nanogpt record
+2024-10-14): 5100 iterations, LR 0.0036, warmdown 1450, global batch 8x64x1024, val every 125 steps
+over 10,485,760 tokens, data in data/fineweb10B/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, get_type_hints
+
+from trainer.errors import ConfigError
+
+GATES = ("none", "headwise", "elementwise", "const")
+GATE_POSITIONS = ("sdpa", "value")
+GATE_ACTIVATIONS = ("sigmoid", "ns_sigmoid")
+COMPILE_MODES = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 6
+    n_embd: int = 768
+    attn_gate: str = "none"
+    """none | headwise (Linear(d, n_head)) | elementwise (Linear(d, d)) | const (zero-init (n_head, head_dim))."""
+    gate_pos: str = "sdpa"
+    """sdpa: gate the SDPA output before the output projection (paper G1); value: gate V (G2)."""
+    gate_act: str = "sigmoid"
+    """sigmoid | ns_sigmoid (0.5 + 0.5*sigmoid: keeps the non-linearity, removes sparsity)."""
+    fused_proj: bool = False
+    """Compute q, k, v (and the gate) with one GEMM on concatenated weights; parameters stay separate."""
+    ce_chunks: int = 1
+    """Split the lm_head + fp32 cross-entropy into this many chunks of tokens (1 = the reference path)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    learning_rate: float = 0.0036
+    """AdamW LR of lm_head; Muon gets muon_lr_ratio * learning_rate."""
+    muon_lr_ratio: float = 0.1
+    muon_momentum: float = 0.95
+    ns_steps: int = 5
+    muon_batched: bool = False
+    """Run Newton-Schulz on same-shape matrices as one batch (same math, fewer kernel launches)."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    weight_decay: float = 0.0
+    warmup_iters: int = 0
+    warmdown_iters: int = 1450
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    train_files: str = "data/fineweb10B/fineweb_train_*.bin"
+    val_files: str = "data/fineweb10B/fineweb_val_*.bin"
+    batch_size: int = 512
+    """Global batch in sequences, across all ranks and accumulation steps."""
+    device_batch_size: int = 64
+    sequence_length: int = 1024
+    val_tokens: int = 10_485_760
+    replay_first_batch: bool = True
+    """Reproduce the reference's token order: it draws batch 0 before model build, then resets the
+    loader, so batch 0 is trained twice. False gives the plain order."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    num_iterations: int = 5100
+    val_every: int = 125
+    """Evaluate every N steps (and at step 0 and the last step); 0 = only at the end."""
+    seed: int = 0
+    device: str = "auto"
+    compile: str = "auto"
+    """auto = on for CUDA, off for CPU."""
+    compile_mode: str = "blocks"
+    """model: torch.compile the whole model (the reference); blocks: compile one block (reused by all
+    layers) and the loss head separately, which compiles far faster."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every N steps (0 = only on SIGTERM/SIGUSR2 and, if save_final, at the end)."""
+    save_final: bool = False
+    out_dir: str = "."
+    """Run logs go to out_dir/logs/<run_id>.txt, checkpoints to out_dir/checkpoints/."""
+    run_id: str = ""
+    """Empty: a fresh uuid4. A run started again with the same run_id resumes from its checkpoint."""
+    results_csv: str = "experiments/results.csv"
+    notes: str = ""
+    diag_every: int = 0
+    """Gate/attention-sink/activation diagnostics every N steps at validation time (0 = off)."""
+    diag_batch: int = 2
+    """Sequences in the fixed val batch the diagnostics read."""
+    log_every: int = 1
+    """Write a train step line to the log and tracker every N steps."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ---------------------------------------------------------------- flat view
+    def flat(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for section in SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, section)))
+        return out
+
+    def override(self, values: dict[str, Any], *, source: str = "override") -> TrainConfig:
+        """Return a copy with flat (or `section.key`) overrides applied and validated."""
+        changes: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for raw_key, raw_value in values.items():
+            section, key = locate(raw_key, source=source)
+            changes[section][key] = coerce(section, key, raw_value, source=source)
+        cfg = replace(self, **{s: replace(getattr(self, s), **c) for s, c in changes.items() if c})
+        validate(cfg, source=source)
+        return cfg
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        values = dict(values)
+        preset = values.pop("preset", "reference")
+        return preset_config(str(preset), source=source).override(values, source=source)
+
+
+SECTIONS = ("model", "optim", "data", "run")
+_SECTION_TYPES = {"model": ModelConfig, "optim": OptimConfig, "data": DataConfig, "run": RunConfig}
+FIELD_SECTION: dict[str, str] = {f.name: s for s, t in _SECTION_TYPES.items() for f in fields(t)}
+_TYPES: dict[str, dict[str, Any]] = {s: get_type_hints(t) for s, t in _SECTION_TYPES.items()}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "attn_gate": GATES,
+    "gate_pos": GATE_POSITIONS,
+    "gate_act": GATE_ACTIVATIONS,
+    "compile": COMPILE_MODES,
+    "compile_mode": ("model", "blocks"),
+    "device": DEVICES,
+}
+ALL_KEYS = tuple(FIELD_SECTION) + ("preset",)
+
+# Keys that change where or how fast a run executes but not what it computes: excluded from the
+# trial identity so that e.g. turning on compile or moving out_dir does not make a "new" trial.
+NON_IDENTITY_KEYS = frozenset({
+    "device", "compile", "compile_mode", "checkpoint_every", "save_final", "out_dir", "run_id",
+    "results_csv", "notes", "log_every", "diag_every", "diag_batch", "fused_proj", "ce_chunks",
+    "muon_batched",
+})
+
+
+def locate(raw_key: str, *, source: str) -> tuple[str, str]:
+    """Map a flat or dotted key to (section, field); unknown keys get suggestions."""
+    key = raw_key
+    if "." in raw_key:
+        section, key = raw_key.split(".", 1)
+        if section not in SECTIONS or FIELD_SECTION.get(key) != section:
+            raise ConfigError(f"{source}: unknown key '{raw_key}'{_suggest(key)}")
+        return section, key
+    if key not in FIELD_SECTION:
+        raise ConfigError(f"{source}: unknown key '{raw_key}'{_suggest(key)}")
+    return FIELD_SECTION[key], key
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, ALL_KEYS, n=3, cutoff=0.6)
+    if close:
+        return f"; did you mean {' or '.join(repr(c) for c in close)}?"
+    return "; run `gatesweep train --help-config` for the list of keys"
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def coerce(section: str, key: str, value: Any, *, source: str) -> Any:
+    """Convert a YAML/CLI/env value to the field's type, or raise naming the key and the fix."""
+    typ = _TYPES[section][key]
+    where = f"{source}: {key}={value!r}"
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in _TRUE:
+            return True
+        if str(value).lower() in _FALSE:
+            return False
+        raise ConfigError(f"{where} is not a boolean; use true or false")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, not a boolean")
+        if isinstance(value, int):
+            return value
+        try:
+            as_float = float(str(value).replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{where} is not an integer; use e.g. {key}=100") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{where} must be a whole number")
+        return int(as_float)
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, not a boolean")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} is not a number; use e.g. {key}=0.0036") from None
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be a string")
+        if key == "compile" and isinstance(value, bool):
+            value = "on" if value else "off"
+        value = str(value)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(
+                f"{where} is not one of {', '.join(CHOICES[key])}{_suggest_choice(value, CHOICES[key])}")
+        return value
+    raise AssertionError(f"unhandled type {typ} for {key}")
+
+
+def _suggest_choice(value: str, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def validate(cfg: TrainConfig, *, source: str = "config") -> None:
+    """Checks that need several fields; world-size-dependent checks live in loop.check_world."""
+    m, o, d, r = cfg.model, cfg.optim, cfg.data, cfg.run
+    positive = {"vocab_size": m.vocab_size, "n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd,
+                "batch_size": d.batch_size, "device_batch_size": d.device_batch_size,
+                "sequence_length": d.sequence_length, "val_tokens": d.val_tokens,
+                "num_iterations": r.num_iterations, "ns_steps": o.ns_steps, "ce_chunks": m.ce_chunks,
+                "log_every": r.log_every, "diag_batch": r.diag_batch}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{source}: {key}={value} must be > 0")
+    if o.learning_rate <= 0:
+        raise ConfigError(f"{source}: learning_rate={o.learning_rate} must be > 0 (the study uses 0.0036)")
+    for key in ("warmup_iters", "warmdown_iters", "val_every", "checkpoint_every", "diag_every"):
+        value = getattr(getattr(cfg, FIELD_SECTION[key]), key)
+        if value < 0:
+            raise ConfigError(f"{source}: {key}={value} must be >= 0")
+    if m.n_embd % m.n_head:
+        raise ConfigError(f"{source}: n_embd={m.n_embd} is not divisible by n_head={m.n_head}; "
+                          "choose n_embd as a multiple of n_head")
+    if m.head_dim % 2:
+        raise ConfigError(f"{source}: head_dim=n_embd/n_head={m.head_dim} must be even for rotary")
+    if o.warmup_iters + o.warmdown_iters > r.num_iterations:
+        raise ConfigError(
+            f"{source}: warmup_iters + warmdown_iters = {o.warmup_iters + o.warmdown_iters} exceeds "
+            f"num_iterations={r.num_iterations}; lower warmdown_iters (the study uses ~28% of the run)")
+    if d.batch_size % d.device_batch_size:
+        raise ConfigError(f"{source}: batch_size={d.batch_size} is not a multiple of "
+                          f"device_batch_size={d.device_batch_size}")
+    if not 0 <= o.muon_momentum < 1:
+        raise ConfigError(f"{source}: muon_momentum={o.muon_momentum} must be in [0, 1)")
+
+
+# ---------------------------------------------------------------- presets
+PRESETS: dict[str, dict[str, Any]] = {
+    "reference": {},
+    # A CPU-sized model for tests, the demo and synthetic data (vocab 512 matches `data synth`).
+    "tiny": {
+        "vocab_size": 512, "n_layer": 2, "n_head": 2, "n_embd": 128,
+        "batch_size": 16, "device_batch_size": 8, "sequence_length": 256, "val_tokens": 32768,
+        "num_iterations": 200, "warmdown_iters": 60, "val_every": 50, "learning_rate": 0.02,
+        "train_files": "data/synth/synth_train_*.bin", "val_files": "data/synth/synth_val_*.bin",
+    },
+}
+
+
+def preset_config(name: str, *, source: str = "config") -> TrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"{source}: preset={name!r} is not one of {', '.join(PRESETS)}"
+                          f"{_suggest_choice(name, tuple(PRESETS))}")
+    base = TrainConfig()
+    return base.override(PRESETS[name], source=f"preset {name}") if PRESETS[name] else base
+
+
+# ---------------------------------------------------------------- identity
+def trial_identity(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in sorted(cfg.flat().items()) if k not in NON_IDENTITY_KEYS}
+
+
+def config_hash(cfg: TrainConfig, length: int = 12) -> str:
+    blob = json.dumps(trial_identity(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(blob.encode()).hexdigest()[:length]

@@ -1,0 +1,277 @@
+"""train(cfg, tracker) -> RunSummary: the reference training loop, top to bottom.
+
+Faithful to modded-nanogpt's ModernArch record: gradient accumulation with DDP no_sync, grads
+divided by the accumulation steps, AdamW + Muon stepped with the schedule's multiplier, validation
+at step 0, every val_every steps and at the end over a fixed number of tokens, the clock reset at
+step 10 and stopped around validation and checkpoints, and the reference's step lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from trainer import checkpoint, dist
+from trainer.build import Geometry, build_loaders, build_model, build_optimizers, compile_model, use_compile
+from trainer.config import TrainConfig
+from trainer.loader import ShardLoader
+from trainer.runlog import RunLog, append_result, git_info, header, train_line, val_line
+from trainer.schedule import lr_factor
+from trainer.signals import StopRequest
+from trainer.tracking import NullTracker, Tracker, make_tracker
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    status: str  # FINISHED | FAILED | KILLED | EARLY_STOPPED
+    reason: str = ""
+    step: int = 0
+    final_val_loss: float = math.nan
+    best_val_loss: float = math.nan
+    train_time_ms: float = 0.0
+    ms_per_step: float = math.nan
+    peak_mem_mib: float = 0.0
+    val_history: list[tuple[int, float]] = field(default_factory=list)
+    log_path: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Called after each validation with (step, val_loss); returning True stops the run (EARLY_STOPPED).
+ValCallback = Callable[[int, float], bool]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _shared_run_id(cfg: TrainConfig, env: dist.DistEnv) -> str:
+    run_id = [cfg.run.run_id or str(uuid.uuid4())]
+    if env.distributed:
+        torch.distributed.broadcast_object_list(run_id, src=0)
+    return run_id[0]
+
+
+def _first_batch(loader: ShardLoader, drawn: int, replay: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pending micro-batch at a step boundary with `drawn` batches already taken from the loader.
+    The reference draws batch 0 before building the model and then resets the loader, so a fresh
+    run's first pending batch is batch 0 while the loader stands at 0 (batch 0 is trained twice)."""
+    if drawn == 0:
+        loader.seek(0)
+        batch = loader.next_batch()
+        if replay:
+            loader.seek(0)
+        return batch
+    loader.seek(drawn - 1)
+    return loader.next_batch()
+
+
+def train(cfg: TrainConfig, tracker: Tracker | None = None, *, on_val: ValCallback | None = None,
+          env: dist.DistEnv | None = None) -> RunSummary:
+    own_env = env is None
+    env = env or dist.setup(cfg.run.device)
+    run_id = _shared_run_id(cfg, env)
+    out = Path(cfg.run.out_dir)
+    if not env.is_main:
+        tracker = NullTracker()
+    elif tracker is None:
+        tracker = make_tracker(out / "track")
+    try:
+        with StopRequest() as stop:
+            return _train(cfg, tracker, env, run_id, stop, on_val)
+    except BaseException as e:
+        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if own_env:
+            dist.teardown()
+
+
+def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, stop: StopRequest,
+           on_val: ValCallback | None) -> RunSummary:
+    r, N, device = cfg.run, cfg.run.num_iterations, env.device
+    geo = Geometry.of(cfg, env.world_size)
+    train_loader, val_loader = build_loaders(cfg, env, geo)
+    out = Path(r.out_dir)
+    ckpt_dir = out / "checkpoints" / run_id
+
+    # ---------------------------------------------------------------- model, optimizers, resume
+    model = build_model(cfg, device)
+    compiled = use_compile(cfg, device)
+    adam, muon = build_optimizers(cfg, model, env, compiled_ns=compiled)
+    state = checkpoint.load_latest(ckpt_dir)
+    start_step, drawn, time_ms, best, history = 0, 0, 0.0, math.inf, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        adam.load_state_dict(state["adam"])
+        muon.scatter_state(state["muon"])
+        checkpoint.set_rng_state(state["rng"])
+        start_step, drawn, time_ms = state["step"], state["loader_drawn"], state["train_time_ms"]
+        best, history = state["best_val_loss"], [tuple(h) for h in state["val_history"]]
+    net = compile_model(cfg, model) if compiled else model
+    ddp = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+
+    # ---------------------------------------------------------------- run record
+    sha, dirty = git_info()
+    flat = cfg.flat() | {"run_id": run_id}
+    log = RunLog(out / "logs" / f"{run_id}.txt", header(flat, sha, dirty) if env.is_main else None) \
+        if env.is_main else None
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    tracker.log_params(flat)
+    tracker.set_tags({"git_sha": sha + ("-dirty" if dirty else ""), "gpu_name": gpu,
+                      "n_gpus": str(env.world_size), "gatesweep.run_uid": run_id})
+    if state is not None and log:
+        log.line(f"resumed from step {start_step} ({ckpt_dir / checkpoint.LATEST})")
+
+    def evaluate() -> float:
+        val_loader.reset()
+        total = torch.zeros((), device=device)
+        # When compiled, evaluate in grad mode like the reference: the training graph serves both,
+        # so start-up pays for one compilation, not two. Values are the same either way.
+        grad = torch.enable_grad() if compiled else torch.no_grad()
+        with grad, autocast:
+            for _ in range(geo.val_steps):
+                x, y = val_loader.next_batch()
+                total += net(x.to(device), y.to(device)).detach()
+        env.all_reduce_avg(total)
+        return (total / geo.val_steps).item()
+
+    def save(step: int) -> None:
+        muon_state = muon.gather_state(env.broadcast)
+        if env.is_main:
+            checkpoint.save(ckpt_dir, {
+                "step": step, "loader_drawn": train_loader.drawn,
+                "model": model.state_dict(), "adam": adam.state_dict(), "muon": muon_state,
+                "rng": checkpoint.rng_state(), "train_time_ms": time_ms, "best_val_loss": best,
+                "val_history": history, "world_size": env.world_size, "config": flat})
+        env.barrier()
+
+    # ---------------------------------------------------------------- loop
+    x, y = _first_batch(train_loader, drawn, cfg.data.replay_first_batch)
+    status, reason, step = "FINISHED", "", start_step
+    _sync(device)
+    t0 = time.perf_counter()
+    for step in range(start_step, N + 1):
+        last = step == N
+        if step == 10:
+            time_ms, t0 = 0.0, time.perf_counter()
+        timed = math.nan if step <= 11 else (step - 10) + 1
+        already_done = state is not None and step == start_step  # validated before that checkpoint
+        if not already_done and (last or (r.val_every > 0 and step % r.val_every == 0)):
+            _sync(device)
+            time_ms += 1000 * (time.perf_counter() - t0)
+            val = evaluate()
+            best = min(best, val)
+            history.append((step, val))
+            if log:
+                log.line(val_line(step, N, val, time_ms, timed))
+            tracker.log_metrics({"val_loss": val, "train_time_ms": time_ms}, step)
+            if on_val is not None and on_val(step, val) and not last:
+                status, reason = "EARLY_STOPPED", f"stopped by the scheduler at step {step}"
+                break
+            _sync(device)
+            t0 = time.perf_counter()
+        want_ckpt = stop.requested(env) or (r.checkpoint_every and step % r.checkpoint_every == 0 and step > 0) \
+            or (last and r.save_final)
+        if want_ckpt:
+            _sync(device)
+            time_ms += 1000 * (time.perf_counter() - t0)
+            save(step)
+            _sync(device)
+            t0 = time.perf_counter()
+            if stop.is_set and not last:
+                status, reason = "KILLED", f"stopped by signal {stop.signal_name} at step {step}; checkpoint saved"
+                break
+        if last:
+            break
+
+        # ------------------------------------------------------------ one optimizer step
+        for i in range(1, geo.accum + 1):
+            with autocast:
+                loss = ddp(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            train_loss = loss.detach()
+            x, y = train_loader.next_batch()
+            sync_ctx = ddp.no_sync() if (env.distributed and i < geo.accum) else contextlib.nullcontext()
+            with sync_ctx:
+                loss.backward()
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad /= geo.accum
+        factor = lr_factor(step, num_iterations=N, warmup_iters=cfg.optim.warmup_iters,
+                           warmdown_iters=cfg.optim.warmdown_iters)
+        for opt in (adam, muon):
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+            opt.step()
+        model.zero_grad(set_to_none=True)
+
+        check = train_loss.float().reshape(1).clone()
+        env.all_reduce_sum(check)  # every rank sees a non-finite loss on any rank at the same step
+        local_loss = train_loss.item()
+        if not math.isfinite(check.item()):
+            status, reason = "FAILED", f"non-finite loss at step {step + 1}"
+            if log:
+                log.line(f"step:{step + 1}/{N} train_loss:{local_loss:.4f} {reason}")
+            break
+        if env.is_main and ((step + 1) % r.log_every == 0 or step + 1 == N):
+            approx = time_ms + 1000 * (time.perf_counter() - t0)
+            if log:
+                log.line(train_line(step + 1, N, local_loss, approx, timed))
+            tracker.log_metrics({"train_loss": local_loss, "step_avg_ms": approx / timed if timed == timed else
+                                 math.nan, "lr": adam.param_groups[0]["lr"]}, step + 1)
+    return _finish(cfg, env, tracker, log, run_id, status, reason, step, history, best, time_ms, gpu, sha,
+                   dirty, device)
+
+
+def _finish(cfg: TrainConfig, env: dist.DistEnv, tracker: Tracker, log: RunLog | None, run_id: str, status: str,
+            reason: str, step: int, history: list, best: float, time_ms: float, gpu: str, sha: str, dirty: bool,
+            device: torch.device) -> RunSummary:
+    N = cfg.run.num_iterations
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    final = history[-1][1] if history and history[-1][0] == N else math.nan
+    ms_per_step = time_ms / (N - 10) if N > 11 and status == "FINISHED" else math.nan
+    summary = RunSummary(run_id, status, reason, step, final, best if history else math.nan, time_ms, ms_per_step,
+                         peak, [tuple(h) for h in history], str(log.path) if log else "")
+    if log:
+        if reason:
+            log.line(reason)
+        log.line(f"peak memory consumption: {int(peak)} MiB")
+        log.close()
+    if env.is_main:
+        out = Path(cfg.run.out_dir)
+        curve = out / "curve.csv"
+        curve.write_text("step,val_loss\n" + "".join(f"{s},{v}\n" for s, v in history))
+        tracker.log_artifact(curve)
+        if log:
+            tracker.log_artifact(log.path)
+        tracker.log_summary({"final_val_loss": final, "best_val_loss": summary.best_val_loss,
+                             "train_time_ms": time_ms, "ms_per_step": ms_per_step, "peak_mem_mib": peak,
+                             "final_step": step})
+        if status == "FINISHED":
+            m, o, d = cfg.model, cfg.optim, cfg.data
+            append_result(cfg.run.results_csv, {
+                "run_id": run_id, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                "git_commit": sha[:12] + ("-dirty" if dirty else ""), "seed": cfg.run.seed,
+                "attn_gate": m.attn_gate, "gate_pos": m.gate_pos, "gate_act": m.gate_act,
+                "learning_rate": o.learning_rate, "batch_size": d.batch_size,
+                "device_batch_size": d.device_batch_size, "sequence_length": d.sequence_length,
+                "num_iterations": N, "warmdown_iters": o.warmdown_iters, "final_val_loss": round(final, 6),
+                "best_val_loss": round(summary.best_val_loss, 6), "train_time_ms": round(time_ms),
+                "ms_per_step": round(ms_per_step, 2), "gpu_name": gpu, "n_gpus": env.world_size,
+                "notes": cfg.run.notes})
+        tracker.finish(status, reason)
+    return summary

@@ -1,0 +1,59 @@
+"""Process lifecycle of one training run: parse, set up, train, tear down, exit code."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from trainer import dist
+from trainer.build import preflight
+from trainer.errors import GatesweepError
+from trainer.loop import train
+from trainer.overrides import resolve
+from trainer.tracking import NullTracker, make_tracker
+
+EXIT_CODES = {"FINISHED": 0, "EARLY_STOPPED": 0, "FAILED": 1, "KILLED": 75}  # 75 = EX_TEMPFAIL: resumable
+
+USAGE = """usage: python -m trainer [CONFIG.yaml|trial.json] [key=value ...]
+  e.g. torchrun --standalone --nproc_per_node=2 -m trainer preset=tiny num_iterations=200
+  env: ATTNGATE GATEPOS GATEACT LR SEED NUM_ITERATIONS WARMUP_ITERS WARMDOWN_ITERS VAL_EVERY
+"""
+
+
+def trial_tags(meta: dict) -> dict[str, str]:
+    tags = {k: str(v) for k, v in meta.get("tags", {}).items()}
+    for key in ("trial_id", "spec", "stage", "seed", "experiment", "backend"):
+        if key in meta:
+            tags[key] = str(meta[key])
+    if "trial_id" in meta:
+        tags.setdefault("gatesweep.kind", "trial")
+    return tags
+
+
+def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg, meta = resolve(argv)
+        env = dist.setup(cfg.run.device)
+    except GatesweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    try:
+        preflight(cfg, env)  # bad data or batch arithmetic fails here, before any record exists
+        tracker = make_tracker(Path(cfg.run.out_dir) / "track") if env.is_main else NullTracker()
+        tracker.set_tags(trial_tags(meta))
+        summary = train(cfg, tracker, env=env)
+    except GatesweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        dist.teardown()
+    if env.is_main:
+        print(f"{summary.status}: final_val_loss={summary.final_val_loss:.4f} "
+              f"train_time={summary.train_time_ms:.0f}ms log={summary.log_path}"
+              + (f" ({summary.reason})" if summary.reason else ""))
+    return EXIT_CODES[summary.status]

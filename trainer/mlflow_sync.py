@@ -1,0 +1,229 @@
+"""Deliver a local tracking record (trainer.tracking.LocalTracker) to MLflow, idempotently.
+
+`sync_record` is the one delivery routine: the in-process Forwarder calls it in a loop while a run
+trains, and `gatesweep sync DIR` calls it afterwards. Progress (the MLflow run id, the byte offset of
+delivered metric lines, delivered artifacts, the status sent) lives in `track/mlflow.json`, so a
+record is never delivered twice and an interrupted delivery continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from trainer.tracking import TERMINAL, _write_json, read_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "gatesweep-adhoc"
+_MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "KILLED": "KILLED", "EARLY_STOPPED": "FINISHED"}
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_run(client: MlflowClient, experiment_id: str, key: str, value: str) -> str | None:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{key}` = '{value}'", max_results=5)
+    return runs[0].info.run_id if runs else None
+
+
+def _resolve_run(client: MlflowClient, root: Path, state: dict) -> str:
+    if state.get("run_id"):
+        return state["run_id"]
+    tags = read_json(root / "tags.json") or {}
+    exp_id = ensure_experiment(client, tags.get("experiment") or DEFAULT_EXPERIMENT)
+    uid = tags.get("gatesweep.run_uid") or root.resolve().as_posix()
+    run_id = find_run(client, exp_id, "gatesweep.run_uid", uid)
+    if run_id is None:
+        run = client.create_run(exp_id, tags={"gatesweep.run_uid": uid},
+                                run_name=tags.get("mlflow.runName") or None)
+        run_id = run.info.run_id
+    state.update(run_id=run_id, experiment_id=exp_id)
+    _write_json(root / "mlflow.json", state)
+    return run_id
+
+
+def _complete_lines(path: Path, offset: int) -> tuple[list[dict], int]:
+    """Metric points after `offset`, ignoring a trailing line still being written."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    points = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+    return points, offset + end
+
+
+def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -> dict[str, Any]:
+    """Deliver whatever of the record MLflow lacks. Raises on connection errors (callers retry)."""
+    root = Path(root)
+    state_path = root / "mlflow.json"
+    state = read_json(state_path) or {}
+    uri = tracking_uri or state.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    client = MlflowClient(uri)
+    run_id = _resolve_run(client, root, state)
+    delivered = 0
+
+    params = read_json(root / "params.json") or {}
+    if params and state.get("params_digest") != _digest(params):
+        sent = set(state.get("params_sent", []))
+        todo = [Param(k, str(v)[:6000]) for k, v in sorted(params.items()) if k not in sent]
+        for i in range(0, len(todo), 100):  # MLflow: at most 100 params per batch
+            client.log_batch(run_id, params=todo[i:i + 100])
+        state.update(params_digest=_digest(params), params_sent=sorted(params))
+        _write_json(state_path, state)
+
+    tags = read_json(root / "tags.json") or {}
+    if tags and state.get("tags_digest") != _digest(tags):
+        client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in sorted(tags.items())])
+        state["tags_digest"] = _digest(tags)
+        _write_json(state_path, state)
+
+    offset = int(state.get("metrics_offset", 0))
+    points, new_offset = _complete_lines(root / "metrics.jsonl", offset)
+    for i in range(0, len(points), BATCH):
+        chunk = points[i:i + BATCH]
+        client.log_batch(run_id, metrics=[Metric(p["key"], p["value"], p["ts"], p["step"]) for p in chunk])
+        delivered += len(chunk)
+        # Advance the offset only past what was delivered (byte offset of the chunk's end).
+        if i + BATCH >= len(points):
+            state["metrics_offset"] = new_offset
+        else:
+            state["metrics_offset"] = offset + _byte_len(root / "metrics.jsonl", offset, i + BATCH)
+        state["metrics_sent"] = int(state.get("metrics_sent", 0)) + len(chunk)
+        _write_json(state_path, state)
+
+    summary = read_json(root / "summary.json") or {}
+    if summary and state.get("summary_digest") != _digest(summary):
+        step = int(summary.get("final_step", 0))
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, step) for k, v in sorted(summary.items())
+                   if isinstance(v, (int, float)) and k != "final_step"]
+        if metrics:
+            client.log_batch(run_id, metrics=metrics)
+        state["summary_digest"] = _digest(summary)
+        _write_json(state_path, state)
+
+    sent_artifacts = state.setdefault("artifacts", {})
+    art_dir = root / "artifacts"
+    for f in sorted(art_dir.glob("*")) if art_dir.is_dir() else []:
+        if f.name.endswith(".tmp") or not f.is_file():
+            continue
+        stamp = f"{f.stat().st_size}:{f.stat().st_mtime_ns}"
+        if sent_artifacts.get(f.name) != stamp:
+            client.log_artifact(run_id, str(f))
+            sent_artifacts[f.name] = stamp
+            _write_json(state_path, state)
+
+    status = read_json(root / "status.json") or {}
+    st = status.get("status", "")
+    if st in TERMINAL and state.get("status_sent") != st:
+        client.set_tag(run_id, "status", st)
+        if status.get("reason"):
+            client.set_tag(run_id, "failure_reason", str(status["reason"])[:5000])
+        client.set_terminated(run_id, _MLFLOW_STATUS[st], end_time=int(status.get("time", time.time()) * 1000))
+        state["status_sent"] = st
+        _write_json(state_path, state)
+    elif st == "RUNNING" and state.get("status_sent") not in (None, "RUNNING"):
+        client.update_run(run_id, status="RUNNING")  # a resumed attempt of a finished/killed run
+        client.set_tag(run_id, "status", "RUNNING")
+        state["status_sent"] = "RUNNING"
+        _write_json(state_path, state)
+    return {"run_id": run_id, "metrics_delivered": delivered, "status": st}
+
+
+def _byte_len(path: Path, offset: int, n_lines: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        total = 0
+        for _ in range(n_lines):
+            total += len(f.readline())
+    return total
+
+
+def pending(root: str | os.PathLike[str]) -> bool:
+    """True if the record holds anything MLflow has not received."""
+    root = Path(root)
+    state = read_json(root / "mlflow.json") or {}
+    size = (root / "metrics.jsonl").stat().st_size if (root / "metrics.jsonl").exists() else 0
+    st = (read_json(root / "status.json") or {}).get("status", "")
+    return (not state.get("run_id") or int(state.get("metrics_offset", 0)) < size
+            or (st in TERMINAL and state.get("status_sent") != st))
+
+
+class Forwarder:
+    """Background delivery while training; a failing server only delays delivery."""
+
+    def __init__(self, root: str | os.PathLike[str], uri: str, *, interval: float = 2.0,
+                 final_timeout: float | None = None):
+        self.root, self.uri, self.interval = Path(root), uri, interval
+        self.final_timeout = (float(os.environ.get("GATESWEEP_SYNC_TIMEOUT", "30"))
+                              if final_timeout is None else final_timeout)
+        # Fail fast instead of MLflow's default minutes of HTTP retries; we retry ourselves.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mlflow-forwarder", daemon=True)
+        self.errors = 0
+        self._last_error = ""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _attempt(self) -> bool:
+        try:
+            sync_record(self.root, self.uri)
+            return True
+        except Exception as e:  # noqa: BLE001 - tracking must never kill training
+            self.errors += 1
+            msg = f"{type(e).__name__}: {e}"[:300]
+            if msg != self._last_error:
+                log.warning("MLflow delivery failed (will retry; the local record keeps everything): %s", msg)
+                self._last_error = msg
+            return False
+
+    def _loop(self) -> None:
+        delay = self.interval
+        while not self._stop.wait(delay):
+            delay = self.interval if self._attempt() else min(delay * 2, 30.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.final_timeout)
+        deadline = time.monotonic() + self.final_timeout
+        while True:
+            if self._attempt() and not pending(self.root):
+                return
+            if time.monotonic() > deadline:
+                log.warning("MLflow unreachable: %s stays local; deliver it with `gatesweep sync %s`",
+                            self.root, self.root)
+                return
+            time.sleep(1.0)

@@ -1,0 +1,195 @@
+"""The ModernArch GPT (modded-nanogpt record 2024-10-14) with an optional sigmoid gate on attention.
+
+Architecture only: no distributed code, no files, no tracker. With attn_gate="none" the parameter
+set and the forward are the reference's: rotary, QK-norm (weightless RMSNorm, after rotary as in the
+record), ReLU^2 MLP, zero-initialised output projections, tied embedding / lm_head, fp32 logits.
+
+The gate (Gated Attention, arXiv 2505.06708) reads the block's normalized input - the tensor that
+also produces Q - and multiplies either the SDPA output before the output projection (G1,
+gate_pos="sdpa") or V before SDPA (G2, gate_pos="value"). Gate parameters are bias-free and 2-D so
+that Muon can take them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.config import ModelConfig
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class Rotary(nn.Module):
+    """Rotary tables computed per call (no cached attributes: mutating them made torch.compile
+    recompile in the reference). Values are rounded to bf16 exactly as the reference caches them."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, seq_len: int) -> tuple[Tensor, Tensor]:
+        t = torch.arange(seq_len, device=self.inv_freq.device, dtype=self.inv_freq.dtype)
+        freqs = torch.outer(t, self.inv_freq)
+        return freqs.cos().bfloat16()[None, :, None, :], freqs.sin().bfloat16()[None, :, None, :]
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    d = x.shape[3] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    y1 = x1 * cos + x2 * sin
+    y2 = x1 * (-sin) + x2 * cos
+    return torch.cat([y1, y2], 3).type_as(x)
+
+
+def gate_activation(logits: Tensor, act: str) -> Tensor:
+    if act == "ns_sigmoid":  # Eq. 9 of the paper: non-sparse, range [0.5, 1]
+        return 0.5 + 0.5 * torch.sigmoid(logits)
+    return torch.sigmoid(logits)
+
+
+class AttnGate(nn.Module):
+    """Gate scores of shape (B, T, n_head, head_dim) or broadcastable to it."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind, self.act = cfg.attn_gate, cfg.gate_act
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        if self.kind == "headwise":
+            self.c_gate = nn.Linear(cfg.n_embd, cfg.n_head, bias=False)
+        elif self.kind == "elementwise":
+            self.c_gate = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        elif self.kind == "const":
+            # Input-independent: zero logits give a gate of 0.5 (sigmoid) at init.
+            self.logits = nn.Parameter(torch.zeros(cfg.n_head, cfg.head_dim))
+        else:
+            raise ValueError(f"AttnGate built for attn_gate={self.kind!r}")
+
+    @property
+    def weight(self) -> Tensor | None:
+        """The projection weight that may join the fused q/k/v GEMM (None for const)."""
+        return self.c_gate.weight if self.kind != "const" else None
+
+    def scores_from_logits(self, logits: Tensor) -> Tensor:
+        B, T = logits.shape[:2]
+        width = 1 if self.kind == "headwise" else self.head_dim
+        return gate_activation(logits.view(B, T, self.n_head, width), self.act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "const":
+            return gate_activation(self.logits, self.act)  # (n_head, head_dim), broadcasts over B, T
+        return self.scores_from_logits(self.c_gate(x))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.gate_pos, self.fused_proj = cfg.gate_pos, cfg.fused_proj
+        self.c_q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.c_k = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.c_v = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.c_proj.weight.data.zero_()
+        self.rotary = Rotary(cfg.head_dim)
+        self.gate = AttnGate(cfg) if cfg.attn_gate != "none" else None
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """q, k, v as (B, T, nh, hd) and the gate scores (or None)."""
+        B, T, C = x.shape
+        gate_w = self.gate.weight if self.gate is not None else None
+        if self.fused_proj:
+            # One GEMM over the concatenated weights; the parameters stay separate for Muon.
+            ws = [self.c_q.weight, self.c_k.weight, self.c_v.weight] + ([gate_w] if gate_w is not None else [])
+            out = F.linear(x, torch.cat(ws))
+            q, k, v = out[..., :C], out[..., C:2 * C], out[..., 2 * C:3 * C]
+            g = self.gate.scores_from_logits(out[..., 3 * C:]) if gate_w is not None else None
+        else:
+            q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
+            g = self.gate(x) if gate_w is not None else None
+        if self.gate is not None and gate_w is None:  # const gate
+            g = self.gate(x)
+        shape = (B, T, self.n_head, self.head_dim)
+        return q.reshape(shape), k.reshape(shape), v.reshape(shape), g
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Rotary + QK-norm applied, gate applied to V when gate_pos == 'value'."""
+        q, k, v, g = self.project(x)
+        cos, sin = self.rotary(x.size(1))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = rms_norm(q), rms_norm(k)
+        if g is not None and self.gate_pos == "value":
+            v = v * g
+        return q, k, v, g
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v, g = self.qkv(x)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=True).transpose(1, 2)  # (B, T, nh, hd)
+        if g is not None and self.gate_pos == "sdpa":
+            y = y * g
+        return self.c_proj(y.contiguous().view_as(x))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
+        self.c_proj.weight.data.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn = CausalSelfAttention(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(rms_norm(x))
+        return x + self.mlp(rms_norm(x))
+
+
+def lm_loss(x: Tensor, weight: Tensor, targets: Tensor, chunks: int = 1) -> Tensor:
+    """Final RMSNorm, lm_head and mean fp32 cross-entropy. chunks > 1 evaluates the logits a slice
+    of tokens at a time (same math) so the (tokens x vocab) fp32 matrix never exists at once."""
+    x = rms_norm(x).flatten(0, 1)
+    targets = targets.flatten()
+    if chunks == 1:
+        logits = F.linear(x, weight).float()
+        return F.cross_entropy(logits, targets, ignore_index=-1)
+    total = x.new_zeros((), dtype=torch.float32)
+    for xc, tc in zip(x.chunk(chunks), targets.chunk(chunks)):
+        logits = F.linear(xc, weight).float()
+        total = total + F.cross_entropy(logits, tc, ignore_index=-1, reduction="sum")
+    return total / (targets != -1).sum()
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied
+        # Set by the training loop when compiling regions; the plain modules otherwise.
+        self.loss_fn = lm_loss
+
+    def hidden(self, idx: Tensor) -> Tensor:
+        x = self.transformer.wte(idx)
+        for block in self.transformer.h:
+            x = block(x)
+        return x
+
+    def forward(self, idx: Tensor, targets: Tensor) -> Tensor:
+        return self.loss_fn(self.hidden(idx), self.lm_head.weight, targets, self.config.ce_chunks)

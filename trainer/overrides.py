@@ -1,0 +1,93 @@
+"""Where a run's config comes from, parsed in one place: preset < config file < env vars < key=value.
+
+The study's quick-start environment variables (ATTNGATE=elementwise torchrun ... ) keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.config import SECTIONS, TrainConfig
+from trainer.errors import ConfigError
+
+ENV_KEYS = {
+    "ATTNGATE": "attn_gate", "GATEPOS": "gate_pos", "GATEACT": "gate_act", "LR": "learning_rate",
+    "SEED": "seed", "NUM_ITERATIONS": "num_iterations", "WARMUP_ITERS": "warmup_iters",
+    "WARMDOWN_ITERS": "warmdown_iters", "VAL_EVERY": "val_every",
+}
+
+
+def parse_kv(items: Sequence[str]) -> dict[str, Any]:
+    """`key=value` strings -> dict; values are YAML scalars (numbers, true/false, strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not key=value; write e.g. learning_rate=0.0036")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (dict, list)):
+            value = raw  # flow-style YAML is not a scalar: keep the text, the config check decides
+        out[key.strip()] = value
+    return out
+
+
+def flatten_sections(data: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """Accept flat keys or `{model: {...}, optim: {...}}` sections."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            for sub, v in value.items():
+                out[f"{key}.{sub}"] = v
+        else:
+            out[str(key)] = value
+    return out
+
+
+def read_config_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(flat config values, trial metadata) from a YAML config or a launcher's trial.json."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found; pass a YAML file or key=value overrides")
+    try:
+        data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: "
+                          f"{str(e).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    if "config" in data and isinstance(data["config"], Mapping):  # trial.json
+        return flatten_sections(data["config"], source=path), dict(data.get("trial", {}))
+    return flatten_sections(data, source=path), {}
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    return {ENV_KEYS[k]: v for k, v in environ.items() if k in ENV_KEYS and v != ""}
+
+
+def resolve(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+    """argv = [CONFIG] [key=value ...] -> (config, trial metadata)."""
+    files = [a for a in argv if "=" not in a]
+    if len(files) > 1:
+        raise ConfigError(f"expected at most one config file, got {files}; overrides are key=value")
+    values, meta = read_config_file(files[0]) if files else ({}, {})
+    source = files[0] if files else "config"
+    cli = parse_kv([a for a in argv if "=" in a])
+    preset = cli.pop("preset", values.pop("preset", "reference"))
+    cfg = TrainConfig.from_flat({"preset": preset, **values}, source=source)
+    env = env_overrides(environ)
+    for key, value in env.items():
+        name = next(k for k, v in ENV_KEYS.items() if v == key)
+        cfg = cfg.override({key: value}, source=f"environment variable {name}")
+    return cfg.override(cli, source="command line"), meta

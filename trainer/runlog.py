@@ -1,0 +1,127 @@
+"""The run record in the reference's formats: `logs/<run_id>.txt` and `experiments/results.csv`.
+
+Log: '='*100, the trainer's code, '='*100, git SHA/dirty flag and resolved config (JSON), then
+`Running pytorch ... compiled for CUDA ...`, `nvidia-smi:` and its output, '='*100, then the
+reference's step lines - so existing modded-nanogpt log parsers keep working.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.tracking import redact
+
+SEP = "=" * 100
+RESULTS_COLUMNS = ("run_id", "date", "git_commit", "seed", "attn_gate", "gate_pos", "gate_act", "learning_rate",
+                   "batch_size", "device_batch_size", "sequence_length", "num_iterations", "warmdown_iters",
+                   "final_val_loss", "best_val_loss", "train_time_ms", "ms_per_step", "gpu_name", "n_gpus", "notes")
+TRAINER_DIR = Path(__file__).resolve().parent
+
+
+def trainer_code() -> str:
+    parts = []
+    for f in sorted(TRAINER_DIR.glob("*.py")):
+        parts.append(f"# ---- trainer/{f.name}\n{f.read_text()}")
+    return "\n".join(parts)
+
+
+def git_info(cwd: Path = TRAINER_DIR) -> tuple[str, bool]:
+    """(sha, dirty); ('unknown', False) outside a git checkout (e.g. a Slurm code snapshot).
+    GATESWEEP_GIT_SHA (set by launchers that snapshot the code) wins."""
+    if os.environ.get("GATESWEEP_GIT_SHA"):
+        sha = os.environ["GATESWEEP_GIT_SHA"]
+        return sha.removesuffix("-dirty"), sha.endswith("-dirty")
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return (sha or "unknown"), dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def nvidia_smi() -> str:
+    try:
+        return subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "(nvidia-smi not available)\n"
+
+
+def header(config: dict[str, Any], sha: str, dirty: bool) -> str:
+    out = io.StringIO()
+    out.write(SEP + "\n")
+    out.write(trainer_code())
+    out.write("\n" + SEP + "\n")
+    out.write(f"git: {sha}{' (dirty)' if dirty else ''}\n")
+    out.write("config: " + json.dumps(config, sort_keys=True) + "\n")
+    out.write(f"Running pytorch {torch.version.__version__} compiled for CUDA {torch.version.cuda}\nnvidia-smi:\n")
+    out.write(nvidia_smi() + "\n")
+    out.write(SEP + "\n")
+    return redact(out.getvalue())
+
+
+def val_line(step: int, num_iterations: int, val_loss: float, train_time_ms: float, timed_steps: float) -> str:
+    return (f"step:{step}/{num_iterations} val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms "
+            f"step_avg:{train_time_ms / (timed_steps - 1):.2f}ms")
+
+
+def train_line(step: int, num_iterations: int, train_loss: float, approx_time_ms: float, timed_steps: float) -> str:
+    return (f"step:{step}/{num_iterations} train_loss:{train_loss:.4f} train_time:{approx_time_ms:.0f}ms "
+            f"step_avg:{approx_time_ms / timed_steps:.2f}ms")
+
+
+class RunLog:
+    """Append-only text log; opened in append mode so a resumed run continues the same file."""
+
+    def __init__(self, path: Path, head: str | None):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists()
+        self._f = open(path, "a", buffering=1)
+        if fresh and head is not None:
+            self._f.write(head)
+        elif not fresh:
+            self._f.write(f"resumed: pid {os.getpid()}\n")
+
+    def line(self, text: str) -> None:
+        self._f.write(text + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
+    """Append one row under an exclusive lock; concurrent runs never interleave or lose rows."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULTS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writerow({k: _fmt(row.get(k, "")) for k in RESULTS_COLUMNS})
+    with open(p, "a+", newline="") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                f.write(",".join(RESULTS_COLUMNS) + "\n")
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

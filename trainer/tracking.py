@@ -1,0 +1,153 @@
+"""A small tracking interface with a local-file record that always works.
+
+The local record (`<out_dir>/track/`) is the source of truth: params.json, tags.json,
+metrics.jsonl (one point per line), artifacts/, summary.json, status.json. When mlflow is
+importable and a tracking URI is configured, a background forwarder (trainer.mlflow_sync) tails the
+record into MLflow with retries, so a dead or absent server never stops training; whatever it could
+not deliver, `gatesweep sync` delivers later from the same files (GPU nodes without network too).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("FINISHED", "FAILED", "KILLED", "EARLY_STOPPED")
+
+# Environment variables that look like credentials never reach params, tags or artifacts.
+_SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "APIKEY", "CREDENTIAL", "PRIVATE_KEY",
+                   "ACCESS_KEY", "AUTH")
+
+
+def looks_secret(name: str) -> bool:
+    upper = name.upper()
+    return any(m in upper for m in _SECRET_MARKERS)
+
+
+def redact(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace the values of credential-looking environment variables inside `text`."""
+    env = os.environ if env is None else env
+    for key, value in env.items():
+        if looks_secret(key) and value and len(value) >= 4 and value in text:
+            text = text.replace(value, f"<redacted:{key}>")
+    return text
+
+
+class Tracker(Protocol):
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: str | os.PathLike[str]) -> None: ...
+    def log_summary(self, summary: dict[str, float]) -> None: ...
+    def finish(self, status: str, reason: str = "") -> None: ...
+
+
+class NullTracker:
+    """For non-zero ranks: every call is a no-op."""
+
+    def log_params(self, params: dict[str, Any]) -> None: pass
+    def set_tags(self, tags: dict[str, str]) -> None: pass
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: pass
+    def log_artifact(self, path: str | os.PathLike[str]) -> None: pass
+    def log_summary(self, summary: dict[str, float]) -> None: pass
+    def finish(self, status: str, reason: str = "") -> None: pass
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+
+
+class LocalTracker:
+    """Append-only local record; safe to tail from another thread or process."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.root / "metrics.jsonl", "a", buffering=1)
+        if read_json(self.root / "status.json") is None or self.status() in TERMINAL:
+            self._set_status("RUNNING", "")
+
+    def status(self) -> str:
+        return (read_json(self.root / "status.json") or {}).get("status", "")
+
+    def _set_status(self, status: str, reason: str) -> None:
+        _write_json(self.root / "status.json", {"status": status, "reason": reason, "time": time.time()})
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        merged = {**(read_json(self.root / "params.json") or {}), **params}
+        _write_json(self.root / "params.json", merged)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        merged = {**(read_json(self.root / "tags.json") or {}), **{k: str(v) for k, v in tags.items()}}
+        _write_json(self.root / "tags.json", merged)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        lines = "".join(json.dumps({"key": k, "value": float(v), "step": int(step), "ts": ts}) + "\n"
+                        for k, v in metrics.items())
+        self._metrics.write(lines)  # one write per call: a reader never sees half a batch of lines
+        self._metrics.flush()
+
+    def log_artifact(self, path: str | os.PathLike[str]) -> None:
+        src = Path(path)
+        dst = self.root / "artifacts" / src.name
+        if src.resolve() != dst.resolve():
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+
+    def log_summary(self, summary: dict[str, float]) -> None:
+        merged = {**(read_json(self.root / "summary.json") or {}), **summary}
+        _write_json(self.root / "summary.json", merged)
+
+    def finish(self, status: str, reason: str = "") -> None:
+        self._set_status(status, reason)
+        self._metrics.close()
+
+
+class ForwardingTracker(LocalTracker):
+    """LocalTracker plus a background thread that delivers the record to MLflow."""
+
+    def __init__(self, root: str | os.PathLike[str], forwarder: Any):
+        super().__init__(root)
+        self.forwarder = forwarder
+        forwarder.start()
+
+    def finish(self, status: str, reason: str = "") -> None:
+        super().finish(status, reason)
+        self.forwarder.stop()  # final delivery attempt, bounded in time; never raises
+
+
+def make_tracker(root: str | os.PathLike[str], *, is_main: bool = True) -> Tracker:
+    """Local record always; MLflow forwarding when mlflow is importable and a URI is configured
+    (MLFLOW_TRACKING_URI, or a `track/mlflow.json` a launcher wrote)."""
+    if not is_main:
+        return NullTracker()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    sync_state = read_json(root / "mlflow.json") or {}
+    uri = sync_state.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri or os.environ.get("GATESWEEP_TRACKING", "") == "local":
+        return LocalTracker(root)
+    try:
+        from trainer.mlflow_sync import Forwarder
+    except ImportError:
+        log.warning("mlflow is not importable: tracking to %s only; run `gatesweep sync` later", root)
+        return LocalTracker(root)
+    return ForwardingTracker(root, Forwarder(root, uri))
