@@ -46,6 +46,9 @@ def main(argv: list[str]) -> int:
         preflight(cfg, env)  # bad data or batch arithmetic fails here, before any record exists
         tracker = make_tracker(Path(cfg.run.out_dir) / "track") if env.is_main else NullTracker()
         tracker.set_tags(trial_tags(meta))
+        for arg in argv:  # the resolved config file (trial.json / YAML) travels with the run
+            if "=" not in arg and Path(arg).is_file():
+                tracker.log_artifact(arg)
         summary = train(cfg, tracker, env=env)
     except GatesweepError as e:
         print(f"error: {e}", file=sys.stderr)

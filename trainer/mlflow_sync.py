@@ -20,7 +20,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainer.tracking import TERMINAL, _write_json, read_json
+from trainer.tracking import TERMINAL, write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _resolve_run(client: MlflowClient, root: Path, state: dict) -> str:
                                 run_name=tags.get("mlflow.runName") or None)
         run_id = run.info.run_id
     state.update(run_id=run_id, experiment_id=exp_id)
-    _write_json(root / "mlflow.json", state)
+    write_json(root / "mlflow.json", state)
     return run_id
 
 
@@ -99,13 +99,13 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         for i in range(0, len(todo), 100):  # MLflow: at most 100 params per batch
             client.log_batch(run_id, params=todo[i:i + 100])
         state.update(params_digest=_digest(params), params_sent=sorted(params))
-        _write_json(state_path, state)
+        write_json(state_path, state)
 
     tags = read_json(root / "tags.json") or {}
     if tags and state.get("tags_digest") != _digest(tags):
         client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in sorted(tags.items())])
         state["tags_digest"] = _digest(tags)
-        _write_json(state_path, state)
+        write_json(state_path, state)
 
     offset = int(state.get("metrics_offset", 0))
     points, new_offset = _complete_lines(root / "metrics.jsonl", offset)
@@ -119,7 +119,7 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         else:
             state["metrics_offset"] = offset + _byte_len(root / "metrics.jsonl", offset, i + BATCH)
         state["metrics_sent"] = int(state.get("metrics_sent", 0)) + len(chunk)
-        _write_json(state_path, state)
+        write_json(state_path, state)
 
     summary = read_json(root / "summary.json") or {}
     if summary and state.get("summary_digest") != _digest(summary):
@@ -130,7 +130,7 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         if metrics:
             client.log_batch(run_id, metrics=metrics)
         state["summary_digest"] = _digest(summary)
-        _write_json(state_path, state)
+        write_json(state_path, state)
 
     sent_artifacts = state.setdefault("artifacts", {})
     art_dir = root / "artifacts"
@@ -141,7 +141,7 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         if sent_artifacts.get(f.name) != stamp:
             client.log_artifact(run_id, str(f))
             sent_artifacts[f.name] = stamp
-            _write_json(state_path, state)
+            write_json(state_path, state)
 
     status = read_json(root / "status.json") or {}
     st = status.get("status", "")
@@ -151,12 +151,12 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
             client.set_tag(run_id, "failure_reason", str(status["reason"])[:5000])
         client.set_terminated(run_id, _MLFLOW_STATUS[st], end_time=int(status.get("time", time.time()) * 1000))
         state["status_sent"] = st
-        _write_json(state_path, state)
+        write_json(state_path, state)
     elif st == "RUNNING" and state.get("status_sent") not in (None, "RUNNING"):
         client.update_run(run_id, status="RUNNING")  # a resumed attempt of a finished/killed run
         client.set_tag(run_id, "status", "RUNNING")
         state["status_sent"] = "RUNNING"
-        _write_json(state_path, state)
+        write_json(state_path, state)
     return {"run_id": run_id, "metrics_delivered": delivered, "status": st}
 
 

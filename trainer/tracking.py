@@ -60,7 +60,7 @@ class NullTracker:
     def finish(self, status: str, reason: str = "") -> None: pass
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
     os.replace(tmp, path)
@@ -87,15 +87,15 @@ class LocalTracker:
         return (read_json(self.root / "status.json") or {}).get("status", "")
 
     def _set_status(self, status: str, reason: str) -> None:
-        _write_json(self.root / "status.json", {"status": status, "reason": reason, "time": time.time()})
+        write_json(self.root / "status.json", {"status": status, "reason": reason, "time": time.time()})
 
     def log_params(self, params: dict[str, Any]) -> None:
         merged = {**(read_json(self.root / "params.json") or {}), **params}
-        _write_json(self.root / "params.json", merged)
+        write_json(self.root / "params.json", merged)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         merged = {**(read_json(self.root / "tags.json") or {}), **{k: str(v) for k, v in tags.items()}}
-        _write_json(self.root / "tags.json", merged)
+        write_json(self.root / "tags.json", merged)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
@@ -114,7 +114,7 @@ class LocalTracker:
 
     def log_summary(self, summary: dict[str, float]) -> None:
         merged = {**(read_json(self.root / "summary.json") or {}), **summary}
-        _write_json(self.root / "summary.json", merged)
+        write_json(self.root / "summary.json", merged)
 
     def finish(self, status: str, reason: str = "") -> None:
         self._set_status(status, reason)

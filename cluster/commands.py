@@ -1,0 +1,184 @@
+"""`gatesweep plan | run | status | sync | warmup`: thin glue over the sweep, state and backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from cluster.compile_cache import cache_env
+from cluster.local import run_trials, trainer_command
+from cluster.state import DONE, counts, split
+from cluster.store import clean_env
+from cluster.sweep import check_backend, preflight_trials, prepare, retire_stale, states_for
+from cluster.trialdir import RUNS_ROOT, trial_dir
+from sweeps.expand import Trial, gpu_hours
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None) -> int:
+    prep = prepare(spec_path, overrides, uri)
+    try:
+        states = states_for(prep)
+    except Exception as e:  # noqa: BLE001 - the plan is still useful without the store
+        print(f"warning: tracking store not consulted ({e}); showing local records only", file=sys.stderr)
+        prep.store.enabled = False
+        states = states_for(prep)
+    if as_json:
+        out = [s.trial.to_json() | {"status": s.status or "PENDING"} for s in states]
+        print(json.dumps(out, indent=1, sort_keys=True))
+        return 0
+    spec = prep.spec
+    rows = [[str(t.index), t.trial_id, t.label or "-", str(t.seed), str(t.config.run.num_iterations),
+             f"{t.config.optim.learning_rate:g}", s.status or "PENDING"] for s, t in ((s, s.trial) for s in states)]
+    print(f"spec {spec.name} (stage {spec.stage}, {spec.path}): {len(prep.trials)} trials, "
+          f"{spec.resources.nodes} node(s) x {spec.resources.gpus_per_node} GPU(s) each, experiment {spec.experiment}")
+    print(_table(rows, ["#", "trial_id", "design", "seed", "iters", "lr", "status"]))
+    hours = gpu_hours(prep.trials, spec.estimate_ms_per_step)
+    todo = [s.trial for s in states if not s.done]
+    print(f"estimate: {hours:.1f} GPU-hours for all trials ({gpu_hours(todo, spec.estimate_ms_per_step):.1f} "
+          f"still to run) at {spec.estimate_ms_per_step:g} ms/step; finished: {sum(s.done for s in states)}/{len(states)}")
+    return 0
+
+
+def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: bool, max_parallel: int | None,
+        uri: str | None, wait: bool, slurm_opts: dict[str, Any]) -> int:
+    prep = prepare(spec_path, overrides, uri, use_store=not dry_run)
+    spec = prep.spec
+    backend = backend or spec.default_backend
+    check_backend(backend)
+    if backend == "slurm":
+        from cluster.slurm_launch import run_slurm
+
+        return run_slurm(prep, dry_run=dry_run, wait=wait, opts=slurm_opts)
+    if backend == "ray":
+        from cluster.ray_launch import run_ray
+
+        return run_ray(prep, dry_run=dry_run, max_parallel=max_parallel)
+    return run_local(prep, dry_run=dry_run, max_parallel=max_parallel)
+
+
+def run_local(prep: Any, *, dry_run: bool, max_parallel: int | None) -> int:
+    spec = prep.spec
+    parallel = max_parallel or int(spec.backend_options("local").get("max_parallel", 1))
+    nproc = max(spec.resources.gpus_per_node, 1) * spec.resources.nodes
+    if dry_run:
+        for t in prep.trials:
+            d = trial_dir(t)
+            print(f"# trial {t.index} {t.trial_id} {t.label} seed={t.seed}")
+            print(" ".join(trainer_command(d / "trial.json", nproc)))
+        print(f"{len(prep.trials)} trials, up to {parallel} at a time; "
+              f"{gpu_hours(prep.trials, spec.estimate_ms_per_step):.1f} GPU-hours estimated")
+        return 0
+    preflight_trials(prep.trials)
+    states = states_for(prep)
+    stale = retire_stale(states, prep.store)
+    todo, done, busy = split(states)
+    if stale:
+        print(f"{stale} trial(s) left RUNNING by a dead process: marked KILLED, running again")
+    if done:
+        print(f"skipping {len(done)} finished trial(s)")
+    if busy:
+        print(f"{len(busy)} trial(s) are running in another process; leaving them alone")
+    if not todo:
+        print(f"nothing to run: {len(done)}/{len(states)} trials finished")
+        return 0
+    store = prep.store
+    existing = store.trial_runs() if store.enabled else {}
+    store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path)
+    status = "FINISHED"
+    try:
+        results = run_trials(todo, store, max_parallel=parallel, nproc=nproc, title=spec.name, existing=existing)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("interrupted: running trials were stopped and marked KILLED; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    finally:
+        store.finish_parent(status)
+    bad = {k: v for k, v in results.items() if v not in DONE}
+    print(f"sweep {spec.name}: {len(results) - len(bad)} finished, {len(bad)} not "
+          f"({', '.join(sorted(set(bad.values()))) or '-'}); records in {RUNS_ROOT / spec.name}")
+    return 0 if not bad else 1
+
+
+def status(spec_path: str, overrides: list[str], *, uri: str | None) -> int:
+    prep = prepare(spec_path, overrides, uri)
+    from cluster.slurm_state import slurm_alive
+
+    alive = slurm_alive(prep.trials)
+    states = states_for(prep, alive=alive)
+    from cluster.progress import last_step
+
+    rows = []
+    for s in states:
+        step = last_step(s.run_dir)
+        rows.append([s.trial.trial_id, s.trial.label or "-", str(s.trial.seed), s.status or "PENDING",
+                     f"{step if step is not None else '-'}/{s.trial.config.run.num_iterations}", s.reason[:60]])
+    print(_table(rows, ["trial_id", "design", "seed", "status", "step", "note"]))
+    print("  ".join(f"{k}: {v}" for k, v in sorted(counts(states).items())))
+    return 0
+
+
+def sync(paths: list[str], uri: str | None) -> int:
+    """Deliver local records (e.g. from GPU nodes without network) to MLflow."""
+    from trainer.mlflow_sync import pending, sync_record
+
+    roots = [Path(p) for p in paths] or [RUNS_ROOT]
+    tracks = []
+    for root in roots:
+        if (root / "metrics.jsonl").exists() or (root / "status.json").exists():
+            tracks.append(root)
+        elif (root / "track").is_dir():
+            tracks.append(root / "track")
+        else:
+            tracks += sorted(p.parent for p in root.glob("**/track/status.json"))
+    n_ok = n_fail = 0
+    for t in tracks:
+        if not pending(t):
+            continue
+        try:
+            res = sync_record(t, uri)
+            n_ok += 1
+            print(f"synced {t}: run {res['run_id']}, {res['metrics_delivered']} metric points, status {res['status']}")
+        except Exception as e:  # noqa: BLE001 - report and continue with the others
+            n_fail += 1
+            print(f"failed {t}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+    print(f"sync: {n_ok} record(s) delivered, {n_fail} failed, {len(tracks) - n_ok - n_fail} already up to date")
+    return 0 if n_fail == 0 else 1
+
+
+def warmup_trial(trial: Trial, sweep_dir: Path) -> int:
+    """Fill the sweep's compile cache: the first trial's graphs, 2 steps, one val batch."""
+    d = trial.config.data
+    nproc = max(trial.resources.gpus_per_node, 1) * trial.resources.nodes
+    out = sweep_dir / ".warmup"
+    cfg = trial.config.flat() | {"num_iterations": 2, "warmup_iters": 0, "warmdown_iters": 0, "val_every": 0,
+                                 "val_tokens": d.device_batch_size * d.sequence_length * nproc,
+                                 "out_dir": str(out), "run_id": "warmup", "results_csv": str(out / "results.csv")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trial.json").write_text(json.dumps({"config": cfg, "trial": {}}))
+    env = clean_env() | cache_env(sweep_dir) | {"GATESWEEP_TRACKING": "local"}
+    import shutil
+
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return subprocess.call(trainer_command(out / "trial.json", nproc), env=env)
+
+
+def warmup(spec_path: str, overrides: list[str], uri: str | None) -> int:
+    prep = prepare(spec_path, overrides, uri, use_store=False)
+    code = warmup_trial(prep.trials[0], RUNS_ROOT / prep.spec.name)
+    print(f"warmup {'done' if code == 0 else f'failed (exit {code})'}: cache in "
+          f"{cache_env(RUNS_ROOT / prep.spec.name)['TORCHINDUCTOR_CACHE_DIR']}")
+    return code
+
+
+__all__ = ["plan", "run", "status", "sync", "warmup", "os"]

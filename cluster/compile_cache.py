@@ -1,0 +1,26 @@
+"""One torch.compile cache for all trials of a sweep.
+
+Inductor's FX-graph cache and AOTAutograd cache are keyed by the graph, torch/triton versions and
+the GPU, so trials that differ only in seed or LR (Python floats, not graph constants) hit the cache
+the first trial filled. The launchers point every trial at one directory per sweep (on Slurm it is
+on the shared filesystem); `gatesweep warmup SPEC` fills it before a sweep starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir(sweep_dir: Path) -> Path:
+    return Path(os.environ.get("GATESWEEP_COMPILE_CACHE", str(sweep_dir / ".compile-cache"))).resolve()
+
+
+def cache_env(sweep_dir: Path) -> dict[str, str]:
+    d = cache_dir(sweep_dir)
+    return {
+        "TORCHINDUCTOR_CACHE_DIR": str(d / "inductor"),
+        "TRITON_CACHE_DIR": str(d / "triton"),
+        "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+        "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+    }

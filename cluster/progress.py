@@ -1,0 +1,125 @@
+"""Live sweep progress (done / running / failed, ETA): rich on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def last_step(run_dir: Path) -> int | None:
+    """The newest step in a trial's metrics record (reads only the file's tail)."""
+    path = run_dir / "track" / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 4096))
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            continue
+    return None
+
+
+def eta_seconds(durations: list[float], remaining: int, running_elapsed: list[float], parallel: int) -> float | None:
+    """Mean finished-trial duration x trials still to start / parallelism + what running ones have left."""
+    if not durations:
+        return None
+    mean = sum(durations) / len(durations)
+    left_running = max([max(mean - e, 0.0) for e in running_elapsed], default=0.0)
+    return left_running + mean * remaining / max(parallel, 1)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Progress:
+    def __init__(self, title: str, total: int, *, parallel: int, stream: Any = None):
+        self.title, self.total, self.parallel = title, total, parallel
+        self.stream = stream or sys.stderr
+        self.done = self.failed = self.killed = 0
+        self.durations: list[float] = []
+        self.running: dict[str, tuple[float, Path, int]] = {}  # label -> (start, run_dir, num_iterations)
+        self._last_plain = ""
+        self._live: Any = None
+        if getattr(self.stream, "isatty", lambda: False)():
+            try:
+                from rich.live import Live
+
+                self._live = Live(self._render(), refresh_per_second=2, transient=False)
+            except ImportError:
+                self._live = None
+
+    def __enter__(self) -> Progress:
+        if self._live is not None:
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.__exit__(None, None, None)
+        else:
+            self._plain(force=True)
+
+    def started(self, label: str, run_dir: Path, num_iterations: int) -> None:
+        self.running[label] = (time.monotonic(), run_dir, num_iterations)
+        self.refresh()
+
+    def ended(self, label: str, status: str) -> None:
+        start = self.running.pop(label, (time.monotonic(), None, 0))[0]
+        if status in ("FINISHED", "EARLY_STOPPED"):
+            self.done += 1
+            self.durations.append(time.monotonic() - start)
+        elif status == "KILLED":
+            self.killed += 1
+        else:
+            self.failed += 1
+        self.refresh()
+
+    def summary(self) -> str:
+        queued = self.total - self.done - self.failed - self.killed - len(self.running)
+        now = time.monotonic()
+        eta = eta_seconds(self.durations, queued, [now - s for s, _, _ in self.running.values()], self.parallel)
+        return (f"[{self.title}] done {self.done}/{self.total}  running {len(self.running)}  "
+                f"failed {self.failed}  killed {self.killed}  queued {queued}  ETA {fmt_duration(eta)}")
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=self.summary(), show_edge=False)
+        table.add_column("running trial")
+        table.add_column("step", justify="right")
+        for label, (_, run_dir, n) in self.running.items():
+            step = last_step(run_dir)
+            table.add_row(label, f"{step if step is not None else '-'}/{n}")
+        return table
+
+    def _plain(self, force: bool = False) -> None:
+        line = self.summary()
+        if force or line != self._last_plain:
+            print(line, file=self.stream, flush=True)
+            self._last_plain = line
+
+    def refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+        else:
+            self._plain()
+
+    def tick(self) -> None:
+        """Periodic redraw: only the live view moves; plain output prints on events alone."""
+        if self._live is not None:
+            self._live.update(self._render())

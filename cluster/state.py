@@ -1,0 +1,65 @@
+"""Which trials of a spec are finished, running, failed or stale - from the local records and MLflow.
+
+The local record of a trial is the source of truth when it exists; MLflow answers for trials run
+elsewhere (another machine, a deleted run directory). A record that says RUNNING while nobody holds
+the trial's lock (and no scheduler job is alive) belongs to a dead process: it is stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.store import RunState, SweepStore
+from cluster.trialdir import RUNS_ROOT, TrialLock, local_status, trial_dir
+from sweeps.expand import Trial
+
+DONE = ("FINISHED", "EARLY_STOPPED")
+
+
+@dataclass
+class TrialState:
+    trial: Trial
+    run_dir: Path
+    status: str  # '' (never run) | QUEUED | RUNNING | FINISHED | EARLY_STOPPED | FAILED | KILLED | STALE
+    reason: str = ""
+    mlflow_run_id: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE
+
+
+def collect(trials: list[Trial], store: SweepStore | None, *, root: Path = RUNS_ROOT,
+            alive: Callable[[Path], bool] | None = None) -> list[TrialState]:
+    """`alive(run_dir)` says whether some process (or scheduler job) still runs the trial;
+    default: the trial's lock is held."""
+    runs: dict[str, RunState] = store.trial_runs() if store is not None else {}
+    is_alive = alive or (lambda d: TrialLock(d).held_elsewhere())
+    states = []
+    for t in trials:
+        d = trial_dir(t, root)
+        status, reason = local_status(d)
+        remote = runs.get(t.trial_id)
+        if not status and remote is not None:
+            status = remote.status if remote.status in ("FINISHED", "EARLY_STOPPED", "FAILED", "KILLED") else ""
+        if status in ("RUNNING", "QUEUED") and not is_alive(d):
+            status, reason = "STALE", f"left {status} by a process that is gone"
+        states.append(TrialState(t, d, status, reason, remote.run_id if remote else None))
+    return states
+
+
+def split(states: list[TrialState]) -> tuple[list[TrialState], list[TrialState], list[TrialState]]:
+    """(to run, finished - skipped, running elsewhere). Failed, killed and stale trials run again."""
+    todo = [s for s in states if not s.done and s.status not in ("RUNNING", "QUEUED")]
+    done = [s for s in states if s.done]
+    busy = [s for s in states if s.status in ("RUNNING", "QUEUED")]
+    return todo, done, busy
+
+
+def counts(states: list[TrialState]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in states:
+        out[s.status or "PENDING"] = out.get(s.status or "PENDING", 0) + 1
+    return out

@@ -1,0 +1,157 @@
+"""The launchers' side of tracking: one MLflow experiment per spec, a parent run per sweep
+invocation, exactly one child run per trial id (reused across attempts, never duplicated).
+
+Every backend goes through this class, so the analysis cannot tell which backend ran a trial.
+When mlflow is not importable the store is disabled and the local records are the only state.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweeps.expand import Trial
+from trainer.errors import TrackingError
+from trainer.tracking import read_json, write_json
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+# Env vars that a parent process (or mlflow.set_experiment) may have set and that would send child
+# processes' runs to the wrong experiment/run: never pass them on.
+LEAKY_ENV = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID")
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def clean_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if env is None else env)
+    for k in LEAKY_ENV:
+        env.pop(k, None)
+    return env
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_id: str
+    status: str  # gatesweep status tag (FINISHED|FAILED|KILLED|EARLY_STOPPED|RUNNING) or MLflow's
+
+
+class SweepStore:
+    def __init__(self, uri: str | None, experiment: str):
+        self.uri = tracking_uri(uri)
+        self.experiment = experiment
+        self.enabled = importlib.util.find_spec("mlflow") is not None
+        self._client: Any = None
+        self._exp_id: str | None = None
+        self.parent_id: str | None = None
+
+    # ------------------------------------------------------------ connection
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        if self._exp_id is None:
+            from trainer.mlflow_sync import ensure_experiment
+
+            try:
+                self._exp_id = ensure_experiment(self.client, self.experiment)
+            except Exception as e:  # noqa: BLE001 - connection errors come in many types
+                raise TrackingError(f"cannot reach the MLflow tracking store {self.uri} ({type(e).__name__}: "
+                                    f"{str(e)[:200]}); start it (make mlflow-up) or set MLFLOW_TRACKING_URI") from None
+        return self._exp_id
+
+    # ------------------------------------------------------------ queries
+    def trial_runs(self) -> dict[str, RunState]:
+        """Child runs of the experiment by trial_id (the newest if, against the rules, there are two)."""
+        if not self.enabled:
+            return {}
+        out: dict[str, RunState] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], "tags.`gatesweep.kind` = 'trial'",
+                                           max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
+            for r in page:
+                tid = r.data.tags.get("trial_id")
+                if tid:
+                    out[tid] = RunState(r.info.run_id, r.data.tags.get("status") or r.info.status)
+            token = page.token
+            if not token:
+                return out
+
+    # ------------------------------------------------------------ parent run
+    def start_parent(self, *, spec: str, stage: str, backend: str, n_trials: int, spec_path: str) -> str | None:
+        if not self.enabled:
+            return None
+        run = self.client.create_run(self.experiment_id, run_name=f"sweep-{spec}-{backend}", tags={
+            "gatesweep.kind": "sweep", "spec": spec, "stage": stage, "backend": backend,
+            "spec_path": spec_path})
+        self.parent_id = run.info.run_id
+        self.client.log_param(self.parent_id, "n_trials", n_trials)
+        return self.parent_id
+
+    def finish_parent(self, status: str) -> None:
+        if self.enabled and self.parent_id:
+            self.client.set_terminated(self.parent_id, status)
+
+    def log_parent_artifact(self, path: str | Path) -> None:
+        if self.enabled and self.parent_id:
+            self.client.log_artifact(self.parent_id, str(path))
+
+    # ------------------------------------------------------------ child runs
+    def ensure_child(self, trial: Trial, run_dir: Path, *, backend: str,
+                     existing: dict[str, RunState] | None = None) -> str | None:
+        """The trial's one MLflow run (created on first use), recorded in track/mlflow.json so the
+        trainer (or `gatesweep sync`) delivers the trial's record to it."""
+        if not self.enabled:
+            return None
+        track = run_dir / "track"
+        track.mkdir(parents=True, exist_ok=True)
+        state = read_json(track / "mlflow.json") or {}
+        known = (existing or {}).get(trial.trial_id)
+        run_id = known.run_id if known else None
+        if run_id is None and state.get("run_id") and state.get("experiment_id") == self.experiment_id:
+            run_id = state["run_id"]
+        tags = {"gatesweep.kind": "trial", "trial_id": trial.trial_id, "spec": trial.spec, "stage": trial.stage,
+                "seed": str(trial.seed), "backend": backend, "status": "QUEUED", "label": trial.label,
+                "gatesweep.run_uid": trial.trial_id}
+        if self.parent_id:
+            tags["mlflow.parentRunId"] = self.parent_id
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=trial.run_name, tags=tags)
+            run_id = run.info.run_id
+        else:
+            for k, v in tags.items():
+                self.client.set_tag(run_id, k, v)
+        if state.get("run_id") != run_id:
+            state = {}  # a record delivered to another run starts over for this one
+        state.update(tracking_uri=self.uri, run_id=run_id, experiment_id=self.experiment_id)
+        write_json(track / "mlflow.json", state)
+        return run_id
+
+    def mark(self, run_id: str, status: str, reason: str = "") -> None:
+        if not self.enabled:
+            return
+        self.client.set_tag(run_id, "status", status)
+        if reason:
+            self.client.set_tag(run_id, "failure_reason", reason[:5000])
+        mlflow_status = {"EARLY_STOPPED": "FINISHED", "QUEUED": "SCHEDULED"}.get(status, status)
+        if mlflow_status in ("FINISHED", "FAILED", "KILLED"):
+            self.client.set_terminated(run_id, mlflow_status)
+        else:
+            self.client.update_run(run_id, status=mlflow_status)

@@ -1,0 +1,101 @@
+"""What every backend shares: spec -> trials (with chained values resolved), input checks before
+anything is written, the stale-run cleanup, and the backend availability check."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.state import TrialState, collect, split
+from cluster.store import SweepStore
+from cluster.trialdir import RUNS_ROOT, set_local_status
+from sweeps.chain import mlflow_resolver
+from sweeps.expand import Trial, expand
+from sweeps.spec import Chain, SweepSpec, apply_spec_overrides, load_spec
+from trainer.errors import BackendError
+from trainer.overrides import parse_kv
+
+
+@dataclass
+class Prepared:
+    spec: SweepSpec
+    trials: list[Trial]
+    store: SweepStore
+
+
+def prepare(spec_path: str, overrides: list[str], uri: str | None, *, use_store: bool = True) -> Prepared:
+    spec = load_spec(spec_path)
+    spec, config_overrides = apply_spec_overrides(spec, parse_kv(overrides))
+    store = SweepStore(uri, spec.experiment)
+    if has_chain(spec) and use_store and store.enabled:
+        trials = expand(spec, overrides=config_overrides, resolve_chain=mlflow_resolver(store.client))
+    else:
+        trials = expand(spec, overrides=config_overrides)
+    return Prepared(spec, trials, store)
+
+
+def has_chain(spec: SweepSpec) -> bool:
+    values = list(spec.base_dict.values()) + [v for _, vs in spec.grid for v in vs]
+    values += [v for p in spec.include for _, v in p.values]
+    return any(isinstance(v, Chain) for v in values)
+
+
+def check_backend(backend: str) -> None:
+    """A clear error before anything is submitted if the chosen backend cannot run here."""
+    if backend == "local":
+        return
+    if backend == "slurm":
+        if importlib.util.find_spec("submitit") is None:
+            raise BackendError("backend 'slurm' needs submitit: pip install 'gatesweep[slurm]' (or make setup)")
+        if shutil.which("sbatch") is None:
+            raise BackendError("backend 'slurm' is not available here: `sbatch` not found on PATH; on a cluster "
+                               "login node load Slurm, for a local dev cluster run `make slurm-up`, or use "
+                               "--backend local")
+        return
+    if backend == "ray":
+        if importlib.util.find_spec("ray") is None:
+            raise BackendError("backend 'ray' needs Ray Tune: pip install 'gatesweep[ray]' (or make setup)")
+        return
+    raise BackendError(f"unknown backend '{backend}'; choose local, slurm or ray")
+
+
+def preflight_trials(trials: list[Trial]) -> None:
+    """Data files and batch arithmetic of every distinct data setup, before any run is created."""
+    import torch
+
+    from trainer.build import preflight
+    from trainer.dist import DistEnv
+
+    seen: set[tuple[Any, ...]] = set()
+    for t in trials:
+        d = t.config.data
+        key = (d.train_files, d.val_files, d.batch_size, d.device_batch_size, d.sequence_length, d.val_tokens,
+               t.resources.world_size, t.config.model.vocab_size)
+        if key in seen:
+            continue
+        seen.add(key)
+        preflight(t.config, DistEnv(0, 0, t.resources.world_size, torch.device("cpu")))
+
+
+def states_for(prep: Prepared, *, root: Path = RUNS_ROOT, alive: Any = None) -> list[TrialState]:
+    store = prep.store if prep.store.enabled else None
+    return collect(prep.trials, store, root=root, alive=alive)
+
+
+def retire_stale(states: list[TrialState], store: SweepStore) -> int:
+    """Runs left RUNNING by a dead process are marked KILLED (locally and in MLflow) and rerun."""
+    n = 0
+    for s in states:
+        if s.status == "STALE":
+            set_local_status(s.run_dir, "KILLED", s.reason)
+            if store.enabled and s.mlflow_run_id:
+                store.mark(s.mlflow_run_id, "KILLED", s.reason)
+            s.status = "KILLED"
+            n += 1
+    return n
+
+
+__all__ = ["Prepared", "prepare", "check_backend", "preflight_trials", "states_for", "retire_stale", "split"]

@@ -1,0 +1,88 @@
+"""A trial's run directory on disk: trial.json, the local tracking record, the liveness lock.
+
+`runs/<spec>/<trial_id>/` is shared by every backend (on Slurm it lives on the shared filesystem).
+The liveness lock is an fcntl lock held by the process that runs the trial: if it can be taken,
+nobody is running the trial, so a record still saying RUNNING belongs to a dead process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sweeps.expand import Trial
+from trainer.tracking import read_json, write_json
+
+RUNS_ROOT = Path("runs")
+
+
+def trial_dir(trial: Trial, root: Path = RUNS_ROOT) -> Path:
+    return root / trial.spec / trial.trial_id
+
+
+def run_config(trial: Trial, run_dir: Path) -> dict[str, Any]:
+    """The flat trainer config a trial runs with: its own out_dir, and run_id = trial_id so that a
+    restarted trial resumes from its checkpoint (both keys are outside the trial identity)."""
+    return trial.config.flat() | {"out_dir": str(run_dir), "run_id": trial.trial_id}
+
+
+def write_trial_json(trial: Trial, run_dir: Path, *, backend: str, overrides: dict[str, Any] | None = None
+                     ) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = trial.meta() | {"backend": backend}
+    meta["tags"] = meta["tags"] | {"backend": backend}
+    body = {"config": run_config(trial, run_dir) | (overrides or {}), "trial": meta}
+    path = run_dir / "trial.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(body, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def local_status(run_dir: Path) -> tuple[str, str]:
+    """(status, reason) from the trial's local record; ('', '') if it never started."""
+    st = read_json(run_dir / "track" / "status.json") or {}
+    return st.get("status", ""), st.get("reason", "")
+
+
+def set_local_status(run_dir: Path, status: str, reason: str) -> None:
+    (run_dir / "track").mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "track" / "status.json", {"status": status, "reason": reason, "time": time.time()})
+
+
+class TrialLock:
+    """Held while a process runs the trial (by the launcher on its behalf)."""
+
+    def __init__(self, run_dir: Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def held_elsewhere(self) -> bool:
+        """True if another live process holds the lock."""
+        if self.acquire():
+            self.release()
+            return False
+        return True

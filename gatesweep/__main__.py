@@ -1,0 +1,5 @@
+import sys
+
+from gatesweep.cli import main
+
+sys.exit(main())

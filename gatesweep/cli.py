@@ -1,0 +1,109 @@
+"""`gatesweep`: one entry point. argv is parsed here; the work happens in the packages.
+
+Every user error (GatesweepError) prints one line and exits 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.errors import GatesweepError
+
+COMMANDS = ("plan", "run", "status", "sync", "warmup", "table", "report", "import", "train", "data")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gatesweep", description="Attention-gating sweeps on the ModernArch GPT.")
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("plan", help="the trial table, GPU-hour estimate and what is finished")
+    s.add_argument("spec")
+    s.add_argument("overrides", nargs="*", help="key=value (trainer keys, seeds=, resources.*, backend.*)")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("run", help="run a spec's trials on a backend")
+    s.add_argument("spec")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--backend", choices=("local", "slurm", "ray"), default=None)
+    s.add_argument("--dry-run", action="store_true", help="print what would run/submit and exit")
+    s.add_argument("--max-parallel", type=int, default=None)
+    s.add_argument("--wait", action="store_true", help="slurm: block with a progress display")
+    for opt in ("partition", "account", "qos", "constraint"):
+        s.add_argument(f"--{opt}", default=None)
+    s.add_argument("--timeout-min", type=int, default=None)
+    s.add_argument("--max-requeues", type=int, default=None)
+    s.add_argument("--array-parallelism", type=int, default=None)
+
+    s = sub.add_parser("status", help="per-trial state from the tracking store (and squeue)")
+    s.add_argument("spec")
+    s.add_argument("overrides", nargs="*")
+
+    s = sub.add_parser("sync", help="deliver local run records to MLflow (e.g. from GPU nodes)")
+    s.add_argument("paths", nargs="*", help="run dirs, track dirs or roots (default: runs/)")
+
+    s = sub.add_parser("warmup", help="fill a sweep's compile cache with its first trial's graphs")
+    s.add_argument("spec")
+    s.add_argument("overrides", nargs="*")
+    return p
+
+
+def _dispatch(argv: list[str]) -> int:
+    # Subcommands owned by other packages parse their own arguments.
+    if argv and argv[0] in ("table", "report", "import"):
+        from analysis import cli as analysis_cli
+
+        return {"table": analysis_cli.table_main, "report": analysis_cli.report_main,
+                "import": analysis_cli.import_main}[argv[0]](argv[1:])
+    if argv and argv[0] == "data":
+        from trainer import data_cli
+
+        return data_cli.main(argv[1:])
+    if argv and argv[0] == "train":
+        from trainer.main import main as train_main
+
+        return train_main(argv[1:])
+    parser = _parser()
+    # key=value overrides may come after options too (`run SPEC --backend local lr=...`).
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    from cluster import commands
+
+    if args.command == "plan":
+        return commands.plan(args.spec, args.overrides, as_json=args.json, uri=args.tracking_uri)
+    if args.command == "run":
+        slurm_opts = {k: getattr(args, k) for k in ("partition", "account", "qos", "constraint", "timeout_min",
+                                                   "max_requeues", "array_parallelism") if getattr(args, k) is not None}
+        return commands.run(args.spec, args.overrides, backend=args.backend, dry_run=args.dry_run,
+                            max_parallel=args.max_parallel, uri=args.tracking_uri, wait=args.wait,
+                            slurm_opts=slurm_opts)
+    if args.command == "status":
+        return commands.status(args.spec, args.overrides, uri=args.tracking_uri)
+    if args.command == "sync":
+        return commands.sync(args.paths, args.tracking_uri)
+    if args.command == "warmup":
+        return commands.warmup(args.spec, args.overrides, args.tracking_uri)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" / "view run" chatter
+    try:
+        return _dispatch(argv)
+    except GatesweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Stage chaining: a spec value taken from an earlier stage's seed-averaged result.
+
+    learning_rate: {from: stage2, select: best, metric: final_val_loss,
+                    where: {attn_gate: elementwise}, fallback: 0.00468}
+
+`select_value` is pure (runs in, value out); `mlflow_resolver` fetches the source stage's runs.
+A stage with no runs uses the fallback (or fails without one); a stage with runs still queued,
+running or killed is incomplete and fails, so a later stage never builds on a partial result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from sweeps.spec import Chain
+from trainer.errors import SpecError
+
+INCOMPLETE = ("RUNNING", "QUEUED", "KILLED", "SCHEDULED")
+
+
+def _matches(params: dict[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
+    return all(_same(params.get(k), v) for k, v in where)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-12)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def select_value(runs: list[dict[str, Any]], chain: Chain, key: str) -> Any:
+    """runs: [{"params": {...}, "status": str, "metrics": {...}}] of the source stage."""
+    if not runs:
+        if chain.fallback is not None:
+            return chain.fallback
+        raise SpecError(f"{key}: chained from stage '{chain.source}', which has no runs in the tracking store; "
+                        f"run it first (gatesweep run sweeps/{chain.source}.yaml) or add a fallback / override {key}=...")
+    pending = [r for r in runs if r["status"] in INCOMPLETE]
+    if pending:
+        raise SpecError(f"{key}: chained from stage '{chain.source}', which is incomplete ({len(pending)} of "
+                        f"{len(runs)} runs queued, running or killed); finish it (rerun its spec) or override {key}=...")
+    groups: dict[str, list[float]] = {}
+    values: dict[str, Any] = {}
+    for r in runs:
+        if r["status"] != "FINISHED" or not _matches(r["params"], chain.where):
+            continue
+        if key not in r["params"] or chain.metric not in r["metrics"]:
+            continue
+        m = float(r["metrics"][chain.metric])
+        if not math.isfinite(m):
+            continue
+        k = str(r["params"][key])
+        groups.setdefault(k, []).append(m)
+        values[k] = r["params"][key]
+    if not groups:
+        where = ", ".join(f"{k}={v}" for k, v in chain.where) or "any config"
+        raise SpecError(f"{key}: stage '{chain.source}' has no finished runs with {where} and metric "
+                        f"'{chain.metric}'; check the `where` filter or override {key}=...")
+    means = {k: sum(v) / len(v) for k, v in groups.items()}
+    pick = min if chain.select == "best" else max
+    best = pick(means, key=lambda k: means[k])
+    return _number(values[best])
+
+
+def _number(v: Any) -> Any:
+    try:
+        f = float(v)
+        return int(f) if f.is_integer() and "." not in str(v) else f
+    except (TypeError, ValueError):
+        return v
+
+
+def mlflow_resolver(client: Any) -> Callable[[Chain, str], Any]:
+    """Resolve chains from every experiment's trial runs tagged with the source stage."""
+
+    def resolve(chain: Chain, key: str) -> Any:
+        exps = [e.experiment_id for e in client.search_experiments()]
+        runs: list[dict[str, Any]] = []
+        token = None
+        while exps:
+            page = client.search_runs(exps, f"tags.`gatesweep.kind` = 'trial' and tags.stage = '{chain.source}'",
+                                      max_results=1000, page_token=token)
+            runs += [{"params": r.data.params, "metrics": r.data.metrics,
+                      "status": r.data.tags.get("status") or r.info.status} for r in page]
+            token = page.token
+            if not token:
+                break
+        return select_value(runs, chain, key)
+
+    return resolve

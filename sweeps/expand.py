@@ -1,0 +1,135 @@
+"""Spec -> ordered list of trials. Pure: the only outside input is the chained-value resolver.
+
+Design points are the grid's full factorial (axes in declared order), minus `exclude` matches, plus
+`include` points. Trials are ordered seed-major (every design's first seed, then every design's
+second seed, ...) so that a sweep cut short still holds complete comparisons. A trial's id is a
+hash of its resolved config, seed included, so the same trial has the same id on every machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sweeps.spec import Chain, Resources, SweepSpec
+from trainer.config import TrainConfig, config_hash
+from trainer.errors import ConfigError, SpecError
+
+ChainResolver = Callable[[Chain, str], Any]
+
+
+@dataclass(frozen=True)
+class Trial:
+    trial_id: str
+    spec: str
+    stage: str
+    seed: int
+    index: int
+    label: str
+    design: tuple[tuple[str, Any], ...]
+    config: TrainConfig
+    resources: Resources
+    experiment: str
+
+    def meta(self) -> dict[str, Any]:
+        """The `trial` section of trial.json (tags for the tracker)."""
+        return {"trial_id": self.trial_id, "spec": self.spec, "stage": self.stage, "seed": self.seed,
+                "experiment": self.experiment, "label": self.label,
+                "tags": {"gatesweep.kind": "trial", "mlflow.runName": self.run_name}}
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.stage}-{self.label.replace(' ', ',') or 'base'}-s{self.seed}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"trial_id": self.trial_id, "spec": self.spec, "stage": self.stage, "seed": self.seed,
+                "index": self.index, "label": self.label, "design": dict(self.design),
+                "resources": dataclasses.asdict(self.resources), "experiment": self.experiment,
+                "config": self.config.flat()}
+
+
+def _no_chains(chain: Chain, key: str) -> Any:
+    if chain.fallback is not None:
+        return chain.fallback
+    raise SpecError(f"{key}: chained from stage '{chain.source}' but no tracking store was consulted and no "
+                    f"fallback is given; run `gatesweep plan` with MLFLOW_TRACKING_URI set or override {key}=...")
+
+
+def design_points(spec: SweepSpec) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
+    axes = [k for k, _ in spec.grid]
+    points: list[tuple[dict[str, Any], tuple[int, ...]]] = []
+    for combo in itertools.product(*(values for _, values in spec.grid)):
+        point = dict(zip(axes, combo))
+        resolved = spec.base_dict | point
+        if any(all(resolved.get(k) == v for k, v in ex) for ex in spec.exclude):
+            continue
+        points.append((point, spec.seeds))
+    for inc in spec.include:
+        point = inc.as_dict()
+        seeds = inc.seeds or spec.seeds
+        if not any(p == point and s == seeds for p, s in points):
+            points.append((point, seeds))
+    if not spec.grid and not spec.include:
+        points.append(({}, spec.seeds))
+    return points
+
+
+def _label(point: dict[str, Any], varying: list[str]) -> str:
+    return " ".join(f"{k}={point[k]}" for k in varying if k in point)
+
+
+def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
+           resolve_chain: ChainResolver = _no_chains) -> list[Trial]:
+    overrides = overrides or {}
+    points = design_points(spec)
+    varying = list(dict.fromkeys(k for p, _ in points for k in p))
+    chain_cache: dict[tuple[Chain, str], Any] = {}
+
+    def resolve(key: str, value: Any) -> Any:
+        if isinstance(value, Chain):
+            if (value, key) not in chain_cache:
+                chain_cache[(value, key)] = resolve_chain(value, key)
+            return chain_cache[(value, key)]
+        return value
+
+    max_seeds = max(len(s) for _, s in points)
+    trials: list[Trial] = []
+    seen: set[str] = set()
+    for seed_i in range(max_seeds):
+        for point, seeds in points:
+            if seed_i >= len(seeds):
+                continue
+            seed = seeds[seed_i]
+            values = {k: resolve(k, v) for k, v in (spec.base_dict | point).items()}
+            values |= overrides
+            values["seed"] = seed
+            try:
+                cfg = TrainConfig.from_flat(values, source=f"{spec.path} ({_label(point, varying) or 'base'})")
+            except ConfigError as e:
+                raise SpecError(str(e)) from None
+            tid = config_hash(cfg)
+            if tid in seen:
+                continue
+            seen.add(tid)
+            design = tuple((k, resolve(k, point[k])) for k in varying if k in point)
+            trials.append(Trial(trial_id=tid, spec=spec.name, stage=spec.stage, seed=seed, index=len(trials),
+                                label=_label(dict(design), varying), design=design, config=cfg,
+                                resources=spec.resources, experiment=spec.experiment))
+    return trials
+
+
+def gpu_hours(trials: list[Trial], ms_per_step: float) -> float:
+    """trials x nodes x GPUs per node x expected hours (num_iterations x ms/step)."""
+    total = 0.0
+    for t in trials:
+        hours = t.config.run.num_iterations * ms_per_step / 3.6e6
+        total += t.resources.nodes * max(t.resources.gpus_per_node, 1) * hours
+    return total
+
+
+def trials_json(trials: list[Trial]) -> str:
+    return json.dumps([t.to_json() for t in trials], indent=1, sort_keys=True)

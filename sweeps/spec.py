@@ -1,0 +1,286 @@
+"""Load and validate a sweep spec (YAML, safe_load only) into a typed SweepSpec.
+
+A spec: name, stage, a base trainer config (preset + flat keys), grid axes (key -> values, full
+factorial), include/exclude design points for designs that are not a full factorial, seeds,
+resources per trial, tracking (experiment) and backend defaults. Every error names the file, the
+field path and the valid options.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.config import ALL_KEYS, FIELD_SECTION, PRESETS, coerce
+from trainer.errors import ConfigError, SpecError
+
+TOP_KEYS = ("name", "stage", "description", "base", "grid", "include", "exclude", "seeds", "resources",
+            "tracking", "backend", "estimate", "search")
+RESOURCE_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
+BACKENDS = ("local", "slurm", "ray")
+SLURM_KEYS = ("partition", "account", "qos", "constraint", "timeout_min", "array_parallelism", "max_requeues",
+              "max_array_size", "signal_delay_s", "extra", "setup")
+LOCAL_KEYS = ("max_parallel",)
+RAY_KEYS = ("address", "num_cpus", "num_gpus", "cpus_per_trial", "storage_path")
+CHAIN_KEYS = ("from", "select", "metric", "where", "fallback")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    nodes: int = 1
+    gpus_per_node: int = 8
+    cpus_per_task: int = 8
+    mem_gb: int = 0
+    """0 = the cluster's default."""
+    timeout_min: int = 240
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * max(self.gpus_per_node, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Chain:
+    """A value taken from an earlier stage's seed-averaged result (resolved at plan time)."""
+
+    source: str
+    select: str = "best"
+    metric: str = "final_val_loss"
+    where: tuple[tuple[str, Any], ...] = ()
+    fallback: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DesignPoint:
+    values: tuple[tuple[str, Any], ...]
+    seeds: tuple[int, ...] | None = None  # None: the spec's seeds
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSpec:
+    path: str
+    name: str
+    stage: str
+    description: str = ""
+    base: tuple[tuple[str, Any], ...] = ()
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    include: tuple[DesignPoint, ...] = ()
+    exclude: tuple[tuple[tuple[str, Any], ...], ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    resources: Resources = field(default_factory=Resources)
+    experiment: str = ""
+    backend: dict[str, Any] = field(default_factory=dict)
+    estimate_ms_per_step: float = 160.0
+    """Expected ms per step on the spec's allocation, for GPU-hour estimates (the reference on 8xH100
+    ran ~180 ms/step; document your cluster's figure in the spec)."""
+    search: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_dict(self) -> dict[str, Any]:
+        return dict(self.base)
+
+    @property
+    def default_backend(self) -> str:
+        return str(self.backend.get("default", "local"))
+
+    def backend_options(self, name: str) -> dict[str, Any]:
+        return dict(self.backend.get(name, {}) or {})
+
+
+def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+class _Ctx:
+    def __init__(self, path: str):
+        self.path = path
+
+    def error(self, field_path: str, msg: str) -> SpecError:
+        return SpecError(f"{self.path}: {field_path}: {msg}")
+
+    def mapping(self, value: Any, field_path: str) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.error(field_path, f"expected a mapping, got {type(value).__name__} {value!r}")
+        return value
+
+    def keys(self, m: Mapping[str, Any], allowed: tuple[str, ...], field_path: str) -> None:
+        for k in m:
+            if k not in allowed:
+                raise self.error(f"{field_path}.{k}" if field_path else str(k),
+                                 f"unknown key{_suggest(str(k), allowed)}; valid keys: {', '.join(allowed)}")
+
+    def int_(self, value: Any, field_path: str, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(field_path, f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+
+def _config_value(ctx: _Ctx, key: str, value: Any, field_path: str) -> Any:
+    """Validate one trainer key/value (chained values are checked structurally here)."""
+    if key not in ALL_KEYS:
+        raise ctx.error(field_path, f"unknown trainer config key{_suggest(key, ALL_KEYS)}; see "
+                                    "trainer/config.py for the keys")
+    if isinstance(value, Mapping):
+        return _chain(ctx, value, field_path)
+    if key == "preset":
+        if value not in PRESETS:
+            raise ctx.error(field_path, f"{value!r} is not one of {', '.join(PRESETS)}")
+        return value
+    try:  # type and choices only: checks across keys run on the resolved trial config
+        coerce(FIELD_SECTION[key], key, value, source="spec")
+    except ConfigError as e:
+        raise ctx.error(field_path, str(e).split(": ", 1)[-1]) from None
+    return value
+
+
+def _chain(ctx: _Ctx, m: Mapping[str, Any], field_path: str) -> Chain:
+    ctx.keys(m, CHAIN_KEYS, field_path)
+    if "from" not in m:
+        raise ctx.error(field_path, "a chained value needs `from: <stage>` (e.g. {from: stage2, select: best, "
+                                    "metric: final_val_loss, where: {attn_gate: elementwise}})")
+    select = m.get("select", "best")
+    if select not in ("best", "worst"):
+        raise ctx.error(f"{field_path}.select", f"{select!r} is not one of best, worst")
+    where = ctx.mapping(m.get("where"), f"{field_path}.where")
+    return Chain(source=str(m["from"]), select=select, metric=str(m.get("metric", "final_val_loss")),
+                 where=tuple(sorted(where.items())), fallback=m.get("fallback"))
+
+
+def _config_block(ctx: _Ctx, m: Mapping[str, Any], field_path: str) -> tuple[tuple[str, Any], ...]:
+    return tuple((str(k), _config_value(ctx, str(k), v, f"{field_path}.{k}")) for k, v in m.items())
+
+
+def _seeds(ctx: _Ctx, value: Any, field_path: str) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return tuple(range(ctx.int_(value, field_path, 1)))
+    if not isinstance(value, list) or not value:
+        raise ctx.error(field_path, f"expected a non-empty list of integers or a count, got {value!r}")
+    seeds = tuple(ctx.int_(s, f"{field_path}[{i}]") for i, s in enumerate(value))
+    if len(set(seeds)) != len(seeds):
+        raise ctx.error(field_path, f"duplicate seeds in {list(seeds)}")
+    return seeds
+
+
+def parse_spec(data: Any, path: str) -> SweepSpec:
+    ctx = _Ctx(path)
+    top = ctx.mapping(data, "(top level)")
+    ctx.keys(top, TOP_KEYS, "")
+    name = top.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ctx.error("name", f"required: letters, digits, '_', '.', '-' (got {name!r})")
+    stage = top.get("stage", name)
+    if not isinstance(stage, str) or not NAME_RE.match(stage):
+        raise ctx.error("stage", f"letters, digits, '_', '.', '-' (got {stage!r})")
+    base = _config_block(ctx, ctx.mapping(top.get("base"), "base"), "base")
+    grid = []
+    for k, values in ctx.mapping(top.get("grid"), "grid").items():
+        if not isinstance(values, list) or not values:
+            raise ctx.error(f"grid.{k}", f"expected a non-empty list of values, got {values!r}")
+        grid.append((str(k), tuple(_config_value(ctx, str(k), v, f"grid.{k}[{i}]") for i, v in enumerate(values))))
+    include = []
+    for i, entry in enumerate(top.get("include") or []):
+        entry = dict(ctx.mapping(entry, f"include[{i}]"))
+        seeds = _seeds(ctx, entry.pop("seeds"), f"include[{i}].seeds") if "seeds" in entry else None
+        include.append(DesignPoint(values=_config_block(ctx, entry, f"include[{i}]"), seeds=seeds))
+    if not isinstance(top.get("include") or [], list):
+        raise ctx.error("include", "expected a list of design points")
+    exclude = tuple(_config_block(ctx, ctx.mapping(e, f"exclude[{i}]"), f"exclude[{i}]")
+                    for i, e in enumerate(top.get("exclude") or []))
+    res_map = ctx.mapping(top.get("resources"), "resources")
+    ctx.keys(res_map, RESOURCE_KEYS, "resources")
+    resources = Resources(**{k: ctx.int_(v, f"resources.{k}", 0 if k in ("gpus_per_node", "mem_gb") else 1)
+                             for k, v in res_map.items()})
+    tracking = ctx.mapping(top.get("tracking"), "tracking")
+    ctx.keys(tracking, ("experiment",), "tracking")
+    backend = dict(ctx.mapping(top.get("backend"), "backend"))
+    ctx.keys(backend, ("default",) + BACKENDS, "backend")
+    if backend.get("default", "local") not in BACKENDS:
+        raise ctx.error("backend.default", f"{backend['default']!r} is not one of {', '.join(BACKENDS)}")
+    for b, allowed in (("local", LOCAL_KEYS), ("slurm", SLURM_KEYS), ("ray", RAY_KEYS)):
+        ctx.keys(ctx.mapping(backend.get(b), f"backend.{b}"), allowed, f"backend.{b}")
+    estimate = ctx.mapping(top.get("estimate"), "estimate")
+    ctx.keys(estimate, ("ms_per_step",), "estimate")
+    ms = estimate.get("ms_per_step", 160.0)
+    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms <= 0:
+        raise ctx.error("estimate.ms_per_step", f"expected a positive number, got {ms!r}")
+    description = top.get("description", "")
+    return SweepSpec(path=path, name=name, stage=stage, description=str(description), base=base,
+                     grid=tuple(grid), include=tuple(include), exclude=exclude,
+                     seeds=_seeds(ctx, top.get("seeds", [0]), "seeds"), resources=resources,
+                     experiment=str(tracking.get("experiment") or f"gatesweep-{name}"), backend=backend,
+                     estimate_ms_per_step=float(ms), search=dict(ctx.mapping(top.get("search"), "search")))
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    p = Path(path)
+    if not p.is_file():
+        shipped = Path(__file__).parent / p.name
+        hint = f"; did you mean {shipped}?" if shipped.is_file() else "; the shipped specs are in sweeps/"
+        raise SpecError(f"{path}: spec file not found{hint}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{path}: malformed YAML{where}: {problem}; fix the syntax") from None
+    return parse_spec(data, str(path))
+
+
+# ---------------------------------------------------------------- spec-level overrides
+SPEC_OVERRIDE_PREFIXES = ("resources.", "tracking.", "backend.", "estimate.")
+
+
+def apply_spec_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> tuple[SweepSpec, dict[str, Any]]:
+    """Split CLI overrides: `resources.*`, `tracking.experiment`, `backend.*`, `seeds` change the spec;
+    every other key overrides the base trainer config of every trial (and so their trial ids)."""
+    config: dict[str, Any] = {}
+    ctx = _Ctx("command line")
+    for key, value in overrides.items():
+        if key == "seeds":  # on the command line always a list of seed values: seeds=0 or seeds=0,1,2
+            items = [value] if isinstance(value, int) else str(value).split(",")
+            try:
+                seeds = [int(s) for s in items]
+            except ValueError:
+                raise ctx.error("seeds", f"{value!r} is not a comma-separated list of integers (e.g. seeds=0,1)") from None
+            spec = replace(spec, seeds=_seeds(ctx, seeds, "seeds"))
+        elif key.startswith("resources."):
+            sub = key.split(".", 1)[1]
+            ctx.keys({sub: value}, RESOURCE_KEYS, "resources")
+            spec = replace(spec, resources=replace(spec.resources, **{sub: ctx.int_(value, key)}))
+        elif key == "tracking.experiment":
+            spec = replace(spec, experiment=str(value))
+        elif key.startswith("backend."):
+            parts = key.split(".")
+            backend = {k: dict(v) if isinstance(v, Mapping) else v for k, v in spec.backend.items()}
+            if len(parts) == 2:
+                backend[parts[1]] = value
+            else:
+                backend.setdefault(parts[1], {})[parts[2]] = value
+            spec = parse_spec_backend(spec, backend)
+        elif key.startswith("estimate."):
+            spec = replace(spec, estimate_ms_per_step=float(value))
+        else:
+            config[key] = _config_value(ctx, key, value, key)
+    return spec, config
+
+
+def parse_spec_backend(spec: SweepSpec, backend: dict[str, Any]) -> SweepSpec:
+    ctx = _Ctx("command line")
+    ctx.keys(backend, ("default",) + BACKENDS, "backend")
+    for b, allowed in (("local", LOCAL_KEYS), ("slurm", SLURM_KEYS), ("ray", RAY_KEYS)):
+        ctx.keys(ctx.mapping(backend.get(b), f"backend.{b}"), allowed, f"backend.{b}")
+    return replace(spec, backend=backend)
