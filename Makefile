@@ -1,0 +1,99 @@
+# gatesweep — `make demo` and `make test` work on a fresh Debian machine (see README).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GS := $(VENV)/bin/gatesweep
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
+BACKEND ?= slurm
+DRY_RUN ?=
+ARGS ?=
+PYTEST_ARGS ?=
+export SLURM_ROOT ?= /tmp/gatesweep-slurm
+export MLFLOW_ROOT ?= /tmp/gatesweep-mlflow
+export RAY_AUTH_MODE ?= disabled
+export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT ?= true
+# pip's local index config prints one warning per package; keep the output readable.
+PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+
+.PHONY: help setup test lint demo data-synth stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep \
+        lr-search tables report mlflow-ui mlflow-up mlflow-down slurm-up slurm-down services-up bench clean
+
+help:
+	@echo "make demo     tiny stage-1 sweep on CPU (synthetic data, local MLflow), then the stage table"
+	@echo "make test     set up and run the whole test suite (real Slurm, MLflow server, Ray)"
+	@echo "make stage{1,2,2_5,3}-sweep BACKEND=local|slurm|ray [DRY_RUN=1] [ARGS='key=value ...']"
+	@echo "make lr-search | tables | report | mlflow-ui | slurm-up | slurm-down | lint | bench"
+
+# ---------------------------------------------------------------- environment
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "[setup] installing into $(VENV) (torch 2.13 CPU from local disk, then the project with all extras)"
+	@$(VENV)/bin/pip install -q torch==2.13.0 $(PIP_QUIET)
+	@$(VENV)/bin/pip install -q -e '.[all,dev]' $(PIP_QUIET)
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# ---------------------------------------------------------------- tests and lint
+services-up: $(STAMP)
+	@bash scripts/slurm_up.sh
+	@bash scripts/chromium_install.sh
+
+test: $(STAMP) services-up
+	@source $(SLURM_ROOT)/env.sh && $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check trainer sweeps cluster analysis gatesweep tests bench
+	$(VENV)/bin/pyright
+
+# ---------------------------------------------------------------- the main job
+data/synth/synth.json: | $(STAMP)
+	$(GS) data synth --out data/synth
+
+data-synth: data/synth/synth.json
+
+demo: $(STAMP) data/synth/synth.json
+	@start=$$(date +%s); \
+	$(GS) run sweeps/demo.yaml --backend local; \
+	$(GS) table sweeps/demo.yaml; \
+	echo "demo took $$(( $$(date +%s) - start ))s after setup; open the runs with: make mlflow-ui  (http://127.0.0.1:5000)"
+
+# ---------------------------------------------------------------- study stages
+stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep: $(STAMP)
+	$(GS) run sweeps/$(@:-sweep=).yaml --backend $(BACKEND) $(if $(DRY_RUN),--dry-run) $(ARGS)
+
+lr-search: $(STAMP) data/synth/synth.json
+	$(GS) run sweeps/lr_search.yaml --backend ray $(if $(DRY_RUN),--dry-run) $(ARGS)
+
+tables: $(STAMP)
+	@for s in sweeps/stage1.yaml sweeps/stage2.yaml sweeps/stage2_5.yaml sweeps/stage3.yaml; do \
+	  $(GS) table $$s $(ARGS) || true; done
+
+report: $(STAMP)
+	$(GS) report $(or $(SPEC),sweeps/demo.yaml) $(ARGS)
+
+# ---------------------------------------------------------------- services
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri $(or $(MLFLOW_TRACKING_URI),sqlite:///mlflow.db) --host 127.0.0.1 --port $(or $(PORT),5000)
+
+mlflow-up: $(STAMP)
+	@bash scripts/mlflow_up.sh
+
+mlflow-down:
+	@bash scripts/mlflow_down.sh
+
+slurm-up:
+	@bash scripts/slurm_up.sh
+
+slurm-down:
+	@bash scripts/slurm_down.sh
+
+bench:
+	python3 bench/run.py $(ARGS)
+
+clean:
+	rm -rf runs logs experiments reports/demo mlflow.db mlruns
