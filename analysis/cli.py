@@ -1,0 +1,216 @@
+"""`gatesweep table|report|import`: argv -> analysis calls -> stdout/files. Errors propagate as
+GatesweepError subclasses; the `gatesweep` dispatcher prints their one-line message and exits 2.
+
+The tracking URI is --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.errors import SpecError
+
+FORMATS = ("md", "csv", "console")
+_EXT = {"md": "md", "csv": "csv", "console": "txt"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to analyse: experiments (None = all), stages in block order (None = all), spec filter."""
+
+    label: str
+    experiments: list[str] | None
+    stages: list[str] | None
+    spec: str | None
+
+
+def table_main(argv: Sequence[str] | None = None) -> int:
+    p = _parser("table", "Seed-averaged table of a stage: statistics vs the none-gate baseline.")
+    p.add_argument("--format", choices=FORMATS, default="console")
+    p.add_argument("--compat", action="store_true",
+                   help="the study's columns only: keys, seeds, final_loss, train_time")
+    p.add_argument("--columns", help="with --compat: comma-separated output columns, in order")
+    p.add_argument("--out", type=Path, help="write the table into this directory instead of stdout")
+    args = p.parse_args(argv)
+    from analysis import render
+    from analysis.fetch import fetch_runs
+    from analysis.table import compat_table, stage_table
+
+    target = _target(args)
+    runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
+    if args.compat:
+        df = compat_table(runs, stages=target.stages, columns=_split(args.columns))
+        note, headers = "", None
+    else:
+        if args.columns:
+            raise SpecError("--columns applies to --compat only; drop it or add --compat")
+        numeric = stage_table(runs, stages=target.stages)
+        note, headers = render.footer(numeric), render.DISPLAY_HEADERS
+        df = numeric if args.format == "csv" else render.display_table(numeric)
+    text = _render(df, args.format, title=target.label, note=note, headers=headers)
+    if args.out:
+        path = args.out / f"{_slug(target.label)}_{'compat' if args.compat else 'table'}.{_EXT[args.format]}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(path)
+    else:
+        print(text, end="")
+    return 0
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    p = _parser("report", "Write reports/<stage>/README.md with tables and figures.")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
+    p.add_argument("--no-attach", action="store_true", help="do not upload to the sweep's parent run")
+    args = p.parse_args(argv)
+    from analysis.fetch import fetch_runs
+
+    target = _target(args)
+    runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
+    out_dir = args.out / _slug(target.label)
+    written = _write_report(runs, target, out_dir, args.tracking_uri)
+    print(out_dir / "README.md")
+    if not args.no_attach:
+        parent = _attach(target, written, args.tracking_uri)
+        print(f"attached {len(written)} file(s) to sweep run {parent}" if parent
+              else "no sweep run (tag gatesweep.kind=sweep) found; nothing attached")
+    return 0
+
+
+def import_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="gatesweep import", description=(
+        "Import a legacy results CSV (and logs/<run_id>.txt) as MLflow runs in the trainer's schema."))
+    p.add_argument("file", type=Path, help="results CSV (the study's columns or a subset)")
+    p.add_argument("--logs", type=Path, help="directory with <run_id>.txt reference-format logs")
+    p.add_argument("--stage", help="stage of every row (else the CSV's 'stage' column)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default gatesweep-import)")
+    p.add_argument("--tracking-uri", default=None)
+    args = p.parse_args(argv)
+    from analysis.importer import DEFAULT_EXPERIMENT, import_results
+
+    result = import_results(args.file, logs_dir=args.logs, stage=args.stage,
+                            experiment=args.experiment or DEFAULT_EXPERIMENT, tracking_uri=args.tracking_uri)
+    print(result.summary())
+    return 0
+
+
+def read_spec_target(path: Path) -> tuple[str, str | None, str]:
+    """(name, stage, experiment) from a spec YAML's top level; only these keys are read.
+
+    TODO: switch to sweeps.spec.load_spec once it exists (it validates the whole spec).
+    """
+    import yaml
+
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not doc["name"]:
+        raise SpecError(f"{path}: needs a top-level 'name: <spec name>'")
+    tracking = doc.get("tracking") or {}
+    if not isinstance(tracking, dict):
+        raise SpecError(f"{path}: 'tracking' must be a mapping (e.g. tracking: {{experiment: NAME}})")
+    stage = doc.get("stage")
+    experiment = tracking.get("experiment") or f"gatesweep-{doc['name']}"
+    return doc["name"], str(stage) if stage is not None else None, str(experiment)
+
+
+def _parser(cmd: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"gatesweep {cmd}", description=description)
+    p.add_argument("spec", nargs="?", type=Path, help="sweep spec YAML (name, stage, tracking.experiment)")
+    p.add_argument("--stage", action="append", help="stage name; repeat to stack stage blocks")
+    p.add_argument("--experiment", action="append", help="MLflow experiment (repeatable; default: all)")
+    p.add_argument("--tracking-uri", default=None)
+    return p
+
+
+def _target(args: argparse.Namespace) -> Target:
+    if args.spec is not None:
+        name, stage, experiment = read_spec_target(args.spec)
+        stages = args.stage or ([stage] if stage else None)
+        return Target(name, args.experiment or [experiment], stages, name)
+    if not args.stage:
+        raise SpecError("give a spec file or --stage NAME (e.g. gatesweep table --stage stage1)")
+    return Target("+".join(args.stage), args.experiment, list(args.stage), None)
+
+
+def _render(df, fmt_name: str, *, title: str, note: str, headers) -> str:
+    from analysis import render
+
+    if fmt_name == "csv":
+        return render.to_csv(df)
+    if fmt_name == "md":
+        return render.to_markdown(df, headers) + (f"\n{note}\n" if note else "")
+    return render.to_console(df, title=title, note=note)
+
+
+def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None) -> list[Path]:
+    from analysis import plots, render
+    from analysis.fetch import fetch_histories
+    from analysis.report import render_report
+    from analysis.table import FINISHED, compat_table, stage_table
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    numeric = stage_table(runs, stages=target.stages)
+    compat = compat_table(runs, stages=target.stages)
+    files = {"table.md": render.to_markdown(render.display_table(numeric), render.DISPLAY_HEADERS),
+             "table.csv": render.to_csv(numeric), "compat.csv": render.to_csv(compat)}
+    for name, text in files.items():
+        (out_dir / name).write_text(text)
+    figures: list[tuple[str, str]] = []
+    finished = runs[runs["status"] == FINISHED]["mlflow_run_id"].tolist()
+    hist = fetch_histories(finished, ("val_loss",), tracking_uri=tracking_uri)
+    if not hist.empty:
+        plots.plot_val_curves(hist, runs, out_dir / "val_loss.png")
+        figures.append(("Validation loss (mean over seeds, min-max band)", "val_loss.png"))
+    plots.plot_stage_bars(numeric, out_dir / "final_loss.png")
+    figures.append(("Final validation loss (95% CI)", "final_loss.png"))
+    if plots.is_lr_stage(numeric):
+        plots.plot_lr_sweep(numeric, out_dir / "lr_sweep.png")
+        figures.append(("Final validation loss vs learning rate (95% CI)", "lr_sweep.png"))
+    for metric in _per_layer_metrics(runs.columns):
+        name = f"{_slug(metric)}.png"
+        plots.plot_per_layer(runs, metric, out_dir / name)
+        figures.append((f"{metric} per layer", name))
+    readme = render_report(f"Report: {target.label}", source=_source_line(runs, target), table_md=files["table.md"],
+                           compat_md=render.to_markdown(compat), figures=figures, files=list(files),
+                           footer=render.footer(numeric))
+    (out_dir / "README.md").write_text(readme)
+    return [out_dir / n for n in ["README.md", *files, *(f for _, f in figures)]]
+
+
+def _attach(target: Target, paths: list[Path], tracking_uri: str | None) -> str | None:
+    from analysis.fetch import call, find_sweep_run, open_client
+
+    stage = target.stages[0] if target.stages and len(target.stages) == 1 else None
+    parent = find_sweep_run(target.experiments, spec=target.spec, stage=stage, tracking_uri=tracking_uri)
+    if parent is None:
+        return None
+    client, uri = open_client(tracking_uri)
+    for path in paths:
+        call(uri, client.log_artifact, parent, str(path), f"report/{_slug(target.label)}")
+    return parent
+
+
+def _per_layer_metrics(columns) -> list[str]:
+    found = {m.group(1) for c in columns if (m := re.match(r"^(diag/.+)/layer_\d+$", str(c)))}
+    return sorted(found)
+
+
+def _source_line(runs, target: Target) -> str:
+    exps = ", ".join(target.experiments) if target.experiments else "all experiments"
+    return f"{len(runs)} run(s) from MLflow ({exps}); stages: {', '.join(target.stages or ['all'])}."
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.+-]+", "_", text).strip("_") or "report"

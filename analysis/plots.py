@@ -1,0 +1,140 @@
+"""Figures for a stage (PNG). Each function writes one file and returns the arrays it drew.
+
+Rendering uses matplotlib's Agg canvas bound to each figure (`Figure` + `FigureCanvasAgg`), so it
+needs no display, never touches pyplot's global state and works whatever backend the caller chose.
+Only FINISHED runs are drawn, as in the tables.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.table import FINISHED, STAT_COLUMNS, config_label, group_runs, key_columns, rows_where
+
+Arrays = dict[str, np.ndarray]
+
+
+def plot_val_curves(
+    histories: pd.DataFrame, runs: pd.DataFrame, out: str | Path, *, key: str = "val_loss",
+    band: str = "minmax",
+) -> dict[str, Arrays]:
+    """Mean `key` curve per configuration across seeds, with a min-max (or +-std) band."""
+    if band not in ("minmax", "std"):
+        raise ValueError(f"band={band!r}; use 'minmax' or 'std'")
+    hist = rows_where(histories, histories["key"] == key)
+    drawn: dict[str, Arrays] = {}
+    for config, grp in group_runs(_finished(runs)):
+        wide = hist[hist["mlflow_run_id"].isin(grp["mlflow_run_id"])].pivot_table(
+            index="step", columns="mlflow_run_id", values="value", aggfunc="last")
+        if wide.empty:
+            continue
+        mean = wide.mean(axis=1).to_numpy()
+        if band == "minmax":
+            lo, hi = wide.min(axis=1).to_numpy(), wide.max(axis=1).to_numpy()
+        else:
+            sd = wide.std(axis=1, ddof=1).fillna(0.0).to_numpy()
+            lo, hi = mean - sd, mean + sd
+        drawn[config_label(config)] = {"step": wide.index.to_numpy(), "mean": mean, "lo": lo, "hi": hi}
+    fig, ax = _figure()
+    for label, a in drawn.items():
+        (line,) = ax.plot(a["step"], a["mean"], label=label, linewidth=1.2)
+        ax.fill_between(a["step"], a["lo"], a["hi"], color=line.get_color(), alpha=0.2, linewidth=0)
+    _finish(fig, ax, out, xlabel="step", ylabel=key, title=f"{key}: mean over seeds ({band} band)")
+    return drawn
+
+
+def plot_lr_sweep(table: pd.DataFrame, out: str | Path) -> dict[str, Arrays]:
+    """Final loss vs learning rate, one line per gate configuration; error bars = 95% CI."""
+    if "learning_rate" not in table.columns:
+        raise ValueError("plot_lr_sweep needs a learning_rate column (an LR stage)")
+    others = [c for c in _key_cols(table) if c != "learning_rate"]
+    drawn: dict[str, Arrays] = {}
+    for _, rows in table.groupby(others, sort=False, dropna=False):
+        rows = rows.sort_values("learning_rate")
+        label = config_label({c: rows.iloc[0][c] for c in others})
+        drawn[label] = {"learning_rate": rows["learning_rate"].to_numpy(dtype=float),
+                        "mean": rows["final_val_loss"].to_numpy(dtype=float),
+                        "ci95": rows["ci95"].to_numpy(dtype=float)}
+    fig, ax = _figure()
+    for label, a in drawn.items():
+        ax.errorbar(a["learning_rate"], a["mean"], yerr=np.nan_to_num(a["ci95"]), marker="o",
+                    capsize=3, label=label)
+    _finish(fig, ax, out, xlabel="learning rate", ylabel="final val loss",
+            title="final val loss vs learning rate (95% CI)")
+    return drawn
+
+
+def plot_stage_bars(table: pd.DataFrame, out: str | Path) -> Arrays:
+    """One bar per configuration (mean final val loss) with its 95% CI."""
+    keys = _key_cols(table)
+    labels = np.array([config_label({k: r[k] for k in keys}) for _, r in table.iterrows()], dtype=object)
+    mean = table["final_val_loss"].to_numpy(dtype=float)
+    ci = table["ci95"].to_numpy(dtype=float)
+    fig, ax = _figure()
+    x = np.arange(len(labels))
+    ax.bar(x, mean, yerr=np.nan_to_num(ci), capsize=4, color="#4c72b0")
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    finite = mean[np.isfinite(mean)]
+    if finite.size:  # losses differ in the 3rd decimal: zoom in instead of starting at 0
+        spread = max(float(finite.max() - finite.min()), float(np.nanmax(np.nan_to_num(ci))), 1e-3)
+        ax.set_ylim(finite.min() - 1.5 * spread, finite.max() + 1.5 * spread)
+    _finish(fig, ax, out, xlabel="", ylabel="final val loss", title="final val loss (95% CI)", legend=False)
+    return {"labels": labels, "mean": mean, "ci95": ci}
+
+
+def plot_per_layer(df: pd.DataFrame, metric: str, out: str | Path) -> dict[str, Arrays]:
+    """`metric/layer_NN` columns (e.g. diag/gate_mean/layer_03) vs layer, mean over seeds per config."""
+    pattern = re.compile(rf"^{re.escape(metric)}/layer_(\d+)$")
+    cols = sorted((int(m.group(1)), c) for c in df.columns if (m := pattern.match(str(c))))
+    if not cols:
+        raise ValueError(f"no columns named {metric}/layer_NN in the runs table")
+    layers = np.array([i for i, _ in cols])
+    runs = _finished(df) if "status" in df.columns else df
+    drawn: dict[str, Arrays] = {}
+    for config, grp in group_runs(runs, key_columns(runs) if "attn_gate" in runs.columns else []):
+        values = grp[[c for _, c in cols]].astype(float)
+        drawn[config_label(config) or "all runs"] = {"layer": layers, "mean": values.mean(axis=0).to_numpy()}
+    fig, ax = _figure()
+    for label, a in drawn.items():
+        ax.plot(a["layer"], a["mean"], marker="o", label=label)
+    ax.set_xticks(layers)
+    _finish(fig, ax, out, xlabel="layer", ylabel=metric, title=f"{metric} per layer (mean over seeds)")
+    return drawn
+
+
+def _finished(runs: pd.DataFrame) -> pd.DataFrame:
+    return rows_where(runs, runs["status"] == FINISHED)
+
+
+def _key_cols(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c not in STAT_COLUMNS and c != "stage"]
+
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _finish(fig, ax, out: str | Path, *, xlabel: str, ylabel: str, title: str, legend: bool = True) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+
+
+def is_lr_stage(table: pd.DataFrame) -> bool:
+    """Whether the table compares learning rates (then the LR-sweep figure is drawn)."""
+    return "learning_rate" in table.columns and len(table["learning_rate"].dropna().unique()) > 1

@@ -1,0 +1,93 @@
+"""Per-group statistics over seeds and the test of a group against its baseline. Pure functions.
+
+`summarize` gives n, mean, sample std (ddof=1) and the 95% CI half-width with Student's t.
+`compare` gives the difference to a baseline and a two-sided p-value: a paired t-test when both
+groups ran exactly the same seeds (at least 2), because seed-matched runs share the data order and
+init noise; Welch's unequal-variance t-test otherwise. Undefined quantities are NaN, never 0.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+PAIRED = "paired"
+WELCH = "welch"
+UNDEFINED = "n/a"
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    mean: float
+    std: float  # sample std, ddof=1; NaN for n < 2
+    ci95: float  # half-width t_{0.975, n-1} * std / sqrt(n); NaN for n < 2
+
+
+@dataclass(frozen=True)
+class Comparison:
+    delta: float  # mean(group) - mean(baseline)
+    delta_pct: float  # 100 * delta / mean(baseline)
+    p_value: float
+    test: str  # PAIRED, WELCH or UNDEFINED
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    x = _finite(values)
+    n = len(x)
+    if n == 0:
+        return Summary(0, NAN, NAN, NAN)
+    mean = float(np.mean(x))
+    if n < 2:
+        return Summary(1, mean, NAN, NAN)
+    std = float(np.std(x, ddof=1))
+    half = float(sps.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return Summary(n, mean, std, half)
+
+
+def compare(group: Mapping[object, float], baseline: Mapping[object, float]) -> Comparison:
+    """Compare a group's per-seed values with the baseline's; both map seed -> value.
+
+    Seeds are keys, so a group cannot hold one seed twice; callers with unknown seeds pass unique
+    placeholders, which never match and so fall back to Welch.
+    """
+    g = {k: v for k, v in group.items() if _is_finite(v)}
+    b = {k: v for k, v in baseline.items() if _is_finite(v)}
+    if not g or not b:
+        return Comparison(NAN, NAN, NAN, UNDEFINED)
+    g_mean, b_mean = float(np.mean(list(g.values()))), float(np.mean(list(b.values())))
+    delta = g_mean - b_mean
+    delta_pct = 100.0 * delta / b_mean if b_mean != 0 else NAN
+    p, test = _p_value(g, b)
+    return Comparison(delta, delta_pct, p, test)
+
+
+def _p_value(g: Mapping[object, float], b: Mapping[object, float]) -> tuple[float, str]:
+    with warnings.catch_warnings():
+        # Zero-variance inputs make scipy warn and return NaN; NaN is the answer we want.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if set(g) == set(b) and len(g) >= 2:
+            seeds = sorted(g, key=repr)
+            p = sps.ttest_rel([g[s] for s in seeds], [b[s] for s in seeds]).pvalue  # type: ignore[attr-defined]
+            return float(p), PAIRED
+        if len(g) >= 2 and len(b) >= 2:
+            p = sps.ttest_ind(list(g.values()), list(b.values()), equal_var=False).pvalue  # type: ignore[attr-defined]
+            return float(p), WELCH
+    return NAN, UNDEFINED
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [float(v) for v in values if _is_finite(v)]
+
+
+def _is_finite(v: object) -> bool:
+    try:
+        return math.isfinite(float(v))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,249 @@
+"""Tidy runs -> seed-averaged stage table (numbers) and the study's compat view (strings). Pure.
+
+Grouping. A row of the table is one configuration: the runs of a stage that agree on every config
+column that *varies* among the selected runs (`CONFIG_COLUMNS`; seed and run bookkeeping are never
+config). `attn_gate` is always a key, so a one-config stage still says what it ran.
+
+Row order (documented in the report). Stage blocks in the order the stages were asked for; inside a
+block, configurations sorted by their key values (strings alphabetically, numbers ascending, missing
+last) - the order of the study's ``DataFrame.groupby(keys)``, which is what its published tables
+use. The study's stage-3 table is its stage-3 groupby followed by the stage-3.5 baseline run, i.e.
+two blocks: ``--stage stage3 --stage stage3.5``.
+
+Runs. Only status FINISHED enters the statistics. EARLY_STOPPED runs are reported in their own
+column (they stopped on purpose; their final loss is not comparable); every other status (FAILED,
+KILLED, RUNNING, missing) is counted as `failed`.
+
+Baseline. For each row, the group with ``attn_gate == "none"`` that agrees on the other varying
+keys except the gate columns (so learning rate and iterations must match); preferring the same
+stage, then equal gate columns, then the first in row order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+
+from analysis import fmt
+from analysis.stats import compare, summarize
+from trainer.errors import DataError
+
+# TODO: derive from trainer.config (identity keys = flat config minus NON_IDENTITY_KEYS) once that
+# module is committed; kept literal here so the table does not depend on an unfinished API.
+CONFIG_COLUMNS: tuple[str, ...] = (
+    "attn_gate", "gate_pos", "gate_act", "learning_rate", "num_iterations", "warmdown_iters",
+    "warmup_iters", "batch_size", "device_batch_size", "sequence_length", "weight_decay",
+    "muon_lr_ratio", "muon_momentum", "ns_steps", "n_layer", "n_head", "n_embd", "vocab_size",
+    "val_tokens", "val_every", "replay_first_batch",
+)
+GATE_COLUMNS = frozenset({"attn_gate", "gate_pos", "gate_act"})
+BASELINE_GATE = "none"
+FINISHED, EARLY_STOPPED = "FINISHED", "EARLY_STOPPED"
+COMPAT_METRICS = ("seeds", "final_loss", "train_time")
+REQUIRED = ("attn_gate", "status", "final_val_loss", "train_time_ms")
+STAT_COLUMNS = (
+    "n", "failed", "early_stopped", "final_val_loss", "std", "ci95", "best_val_loss",
+    "train_time_ms", "ms_per_step", "delta", "delta_pct", "p_value", "test",
+)
+
+
+def varying_columns(runs: pd.DataFrame, candidates: Sequence[str] = CONFIG_COLUMNS) -> list[str]:
+    """Candidate config columns with more than one distinct non-missing value, in candidate order."""
+    return [c for c in candidates if c in runs.columns and _distinct(runs[c]) > 1]
+
+
+def key_columns(runs: pd.DataFrame, candidates: Sequence[str] = CONFIG_COLUMNS) -> list[str]:
+    return ["attn_gate"] + [c for c in varying_columns(runs, candidates) if c != "attn_gate"]
+
+
+def stage_table(
+    runs: pd.DataFrame,
+    *,
+    stages: Sequence[str] | None = None,
+    keys: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """One row per configuration: key columns then `STAT_COLUMNS` (plus `stage` for >1 stage)."""
+    _check_columns(runs)
+    keys = list(keys) if keys is not None else key_columns(runs)
+    blocks = _blocks(runs, stages)
+    rows = [_group_row(stage, key, grp, keys) for stage, key, grp in _groups(blocks, keys)]
+    table = pd.DataFrame(rows, columns=["stage", *keys, *STAT_COLUMNS[:-4], "_values"])
+    _add_baseline_comparison(table, keys)
+    table = table.drop(columns="_values")
+    if _distinct(table["stage"]) <= 1:
+        table = table.drop(columns="stage")
+    return table.reset_index(drop=True)
+
+
+def compat_table(
+    runs: pd.DataFrame,
+    *,
+    stages: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The study's table: key columns, seeds, final_loss (4 dp), train_time ("10m 9.1s"); strings.
+
+    `columns` picks and orders the output columns as the study did by hand for some stages (its
+    stage-2 table has no `seeds`; its stage-2.5 table lists constant `learning_rate` and
+    `num_iterations`). A varying key may not be left out: it would silently pool configurations.
+    """
+    _check_columns(runs)
+    varying = key_columns(runs)
+    if columns is None:
+        columns = [*varying, *COMPAT_METRICS]
+    _check_compat_columns(runs, columns, varying)
+    keys = [c for c in columns if c not in COMPAT_METRICS]
+    keys += [c for c in varying if c not in keys]
+    out = []
+    for _, key, grp in _groups(_blocks(runs, stages), keys):
+        ok = rows_where(grp, grp["status"] == FINISHED)
+        cells = dict(zip(keys, key, strict=True))
+        cells["seeds"] = len(ok)
+        cells["final_loss"] = fmt.format_loss(summarize(ok["final_val_loss"].tolist()).mean)
+        cells["train_time"] = fmt.format_train_time(summarize(ok["train_time_ms"].tolist()).mean)
+        out.append({c: cells[c] if c in COMPAT_METRICS else fmt.format_value(cells[c]) for c in columns})
+    return pd.DataFrame(out, columns=list(columns), dtype=object)
+
+
+def _check_columns(runs: pd.DataFrame) -> None:
+    for col in REQUIRED:
+        if col not in runs.columns:
+            raise DataError(f"runs table has no column {col!r}; it needs {', '.join(REQUIRED)}")
+    if runs.empty:
+        raise DataError("runs table is empty; check --stage/--experiment")
+
+
+def _check_compat_columns(runs: pd.DataFrame, columns: Sequence[str], varying: Sequence[str]) -> None:
+    allowed = [c for c in CONFIG_COLUMNS if c in runs.columns] + list(COMPAT_METRICS)
+    unknown = [c for c in columns if c not in allowed]
+    if unknown:
+        raise DataError(f"--columns: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    missing = [c for c in varying if c not in columns]
+    if missing:
+        raise DataError(f"--columns leaves out {', '.join(missing)}, which varies in these runs; add it")
+
+
+def _blocks(runs: pd.DataFrame, stages: Sequence[str] | None) -> list[tuple[str, pd.DataFrame]]:
+    if "stage" not in runs.columns:
+        return [("", runs)]
+    order = list(stages) if stages else list(dict.fromkeys(runs["stage"].tolist()))
+    blocks = [(s, rows_where(runs, runs["stage"] == s)) for s in order]
+    return [(s, b) for s, b in blocks if not b.empty]
+
+
+def _groups(
+    blocks: Iterable[tuple[str, pd.DataFrame]], keys: Sequence[str]
+) -> list[tuple[str, tuple, pd.DataFrame]]:
+    out = []
+    for stage, block in blocks:
+        tuples = [tuple(_clean(row.get(k)) for k in keys) for _, row in block.iterrows()]
+        for key in sorted(dict.fromkeys(tuples), key=_sort_key):
+            mask = [t == key for t in tuples]
+            out.append((stage, key, rows_where(block, mask)))
+    return out
+
+
+def _group_row(stage: str, key: tuple, grp: pd.DataFrame, keys: Sequence[str]) -> dict:
+    ok = rows_where(grp, grp["status"] == FINISHED)
+    s = summarize(ok["final_val_loss"].tolist())
+    return {
+        "stage": stage, **dict(zip(keys, key, strict=True)),
+        "n": s.n, "failed": _count(~grp["status"].isin([FINISHED, EARLY_STOPPED])),
+        "early_stopped": _count(grp["status"] == EARLY_STOPPED),
+        "final_val_loss": s.mean, "std": s.std, "ci95": s.ci95,
+        "best_val_loss": _mean(ok, "best_val_loss"), "train_time_ms": _mean(ok, "train_time_ms"),
+        "ms_per_step": _mean(ok, "ms_per_step"), "_values": _per_seed(ok),
+    }
+
+
+def _add_baseline_comparison(table: pd.DataFrame, keys: Sequence[str]) -> None:
+    match_cols = [k for k in keys if k not in GATE_COLUMNS]
+    results = []
+    for i, row in table.iterrows():
+        j = _find_baseline(table, row, match_cols, keys)
+        if j is None:
+            results.append((math.nan, math.nan, math.nan, ""))
+        elif j == i:
+            results.append((math.nan, math.nan, math.nan, "baseline"))
+        else:
+            c = compare(dict(row["_values"]), dict(table.at[j, "_values"]))  # type: ignore[arg-type]
+            results.append((c.delta, c.delta_pct, c.p_value, c.test))
+    table[["delta", "delta_pct", "p_value", "test"]] = pd.DataFrame(results, index=table.index)
+
+
+def _find_baseline(table: pd.DataFrame, row: pd.Series, match_cols: Sequence[str], keys: Sequence[str]):
+    cands = [
+        j for j, other in table.iterrows()
+        if bool(other["attn_gate"] == BASELINE_GATE) and all(_same(other[c], row[c]) for c in match_cols)
+    ]
+    if not cands:
+        return None
+    gate_cols = [k for k in keys if k in GATE_COLUMNS and k != "attn_gate"]
+
+    def preference(j):
+        other = table.loc[j]
+        return (other["stage"] != row["stage"], not all(_same(other[c], row[c]) for c in gate_cols), j)
+
+    return min(cands, key=preference)
+
+
+def _per_seed(ok: pd.DataFrame) -> dict:
+    """seed -> final loss; runs without a usable (unique) seed get keys that never pair."""
+    seeds = ok["seed"].tolist() if "seed" in ok.columns else [None] * len(ok)
+    losses = ok["final_val_loss"].tolist()
+    clean = [_clean(s) for s in seeds]
+    if any(s is None for s in clean) or len(set(clean)) < len(clean):
+        return {("run", i): v for i, v in enumerate(losses)}
+    return dict(zip(clean, losses, strict=True))
+
+
+def _mean(df: pd.DataFrame, col: str) -> float:
+    return summarize(df[col].tolist()).mean if col in df.columns else math.nan
+
+
+def _clean(v: object) -> object:
+    """Missing -> None so that keys compare equal; numpy scalars -> Python scalars."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def rows_where(df: pd.DataFrame, mask) -> pd.DataFrame:
+    """df[mask], typed: boolean row selection always gives a DataFrame."""
+    return cast(pd.DataFrame, df[mask])
+
+
+def _distinct(values: Any) -> int:  # a Series; pandas' own hints say "Series | DataFrame"
+    return len(values.dropna().unique())
+
+
+def _count(mask: Any) -> int:
+    return int(np.count_nonzero(mask.to_numpy()))
+
+
+def _same(a: object, b: object) -> bool:
+    a, b = _clean(a), _clean(b)
+    return a == b
+
+
+def _sort_key(key: tuple) -> tuple:
+    return tuple((v is None, isinstance(v, str), v if v is not None else 0) for v in key)
+
+
+def group_runs(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> list[tuple[dict, pd.DataFrame]]:
+    """(config dict, its runs) per configuration, in table row order (stages ignored)."""
+    keys = list(keys) if keys is not None else key_columns(runs)
+    return [(dict(zip(keys, key, strict=True)), grp) for _, key, grp in _groups([("", runs)], keys)]
+
+
+def config_label(config: dict) -> str:
+    """"elementwise/sigmoid lr=0.00468": gate values joined by "/", other keys as k=v."""
+    short = {"learning_rate": "lr", "num_iterations": "iters", "warmdown_iters": "warmdown"}
+    gates = [fmt.format_value(v) for k, v in config.items() if k in GATE_COLUMNS]
+    others = [f"{short.get(k, k)}={fmt.format_value(v)}" for k, v in config.items()
+              if k not in GATE_COLUMNS and k != "stage"]
+    return " ".join(["/".join(gates), *others]).strip()
