@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.config import ModelConfig
+from trainer.fused_ce import linear_cross_entropy
 
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -158,18 +159,14 @@ class Block(nn.Module):
 
 
 def lm_loss(x: Tensor, weight: Tensor, targets: Tensor, chunks: int = 1) -> Tensor:
-    """Final RMSNorm, lm_head and mean fp32 cross-entropy. chunks > 1 evaluates the logits a slice
-    of tokens at a time (same math) so the (tokens x vocab) fp32 matrix never exists at once."""
+    """Final RMSNorm, lm_head and mean fp32 cross-entropy. chunks > 1 uses the fused chunked path
+    (same math) so the (tokens x vocab) fp32 logits never exist at once."""
     x = rms_norm(x).flatten(0, 1)
     targets = targets.flatten()
     if chunks == 1:
         logits = F.linear(x, weight).float()
         return F.cross_entropy(logits, targets, ignore_index=-1)
-    total = x.new_zeros((), dtype=torch.float32)
-    for xc, tc in zip(x.chunk(chunks), targets.chunk(chunks)):
-        logits = F.linear(xc, weight).float()
-        total = total + F.cross_entropy(logits, tc, ignore_index=-1, reduction="sum")
-    return total / (targets != -1).sum()
+    return linear_cross_entropy(x, weight, targets, chunks)
 
 
 class GPT(nn.Module):
