@@ -1,0 +1,110 @@
+"""Shared fixtures: real MLflow server, the project's Slurm, short tmp dirs for Ray, a clean env.
+
+Fixtures (see tests/services.py for the helpers behind them):
+  mlflow_server  (session)  MlflowServer: .uri .root .port .stop() .start(); MLFLOW_TEST_URI reuses a server
+  mlflow_env     (function) str: the tracking URI, exported as MLFLOW_TRACKING_URI, experiment/run env cleared
+  slurm_cluster  (session)  SlurmCluster: .partition .root .conf; SLURM_CONF exported; fails (never skips)
+  short_tmp      (function) Path: /tmp/gsXXXX, short enough for Ray's 107-byte unix socket paths
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import MlflowServer, SlurmCluster, SlurmUpError, ensure_slurm
+
+# `mlflow.set_experiment()` writes MLFLOW_EXPERIMENT_ID into os.environ and child processes (Ray
+# workers, sbatch --export=ALL) inherit it: runs then land in the wrong experiment.
+MLFLOW_SCOPE_VARS = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_environment() -> Iterator[None]:
+    """Quiet, offline, hermetic: nothing inherited from the developer's shell points at a real
+    tracking server, experiment or run; Ray runs without token auth."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        for name in (*MLFLOW_SCOPE_VARS, "MLFLOW_TRACKING_URI"):
+            mp.delenv(name, raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real `mlflow server` on 127.0.0.1 (free port, fresh sqlite DB and artifact root) for the
+    whole session, killed with its process tree at the end. MLFLOW_TEST_URI=http://... uses that
+    server instead (then stop()/start() raise NotManagedError)."""
+    external = os.environ.get("MLFLOW_TEST_URI")
+    if external:
+        yield MlflowServer(uri=external)
+        return
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mlflow_env(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point MLflow clients (this process and its children) at the test server; yields its URI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for name in MLFLOW_SCOPE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    _reset_mlflow_fluent_state(mlflow_server.uri)
+    yield mlflow_server.uri
+    _reset_mlflow_fluent_state(None)
+
+
+def _reset_mlflow_fluent_state(uri: str | None) -> None:
+    """mlflow's fluent API keeps the tracking URI, the active experiment and the run stack in module
+    globals, which outlive monkeypatch; reset them so tests cannot leak into each other.
+    Only when mlflow is imported already: importing it costs ~3 s."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    fluent: Any = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None and hasattr(fluent, "_active_experiment_id"):
+        fluent._active_experiment_id = None  # set by mlflow.set_experiment(); no public reset
+    mlflow.set_tracking_uri(uri)  # None clears it (and the env var it exported)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """The project's single-node Slurm (scripts/slurm_up.sh under SLURM_ROOT, default
+    /tmp/gatesweep-slurm), brought up unless `sinfo` already answers. SLURM_CONF is exported for the
+    session. The cluster stays up afterwards (make slurm-down stops it). If it cannot be brought
+    up the test FAILS with the script's output: a Slurm test must never pass by skipping."""
+    try:
+        cluster = ensure_slurm()
+    except SlurmUpError as e:
+        failure = str(e)
+    else:
+        failure = ""
+    if failure:  # outside the except block: no "during handling ... another exception" noise
+        pytest.fail(failure, pytrace=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", cluster.conf)
+        yield cluster
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory under /tmp (e.g. Ray's _temp_dir: unix socket paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="gs"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
