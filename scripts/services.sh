@@ -37,9 +37,11 @@ down() {
 }
 
 status() {
-  local conf=${SLURM_ROOT:-/tmp/gatesweep-slurm}/etc/slurm.conf
+  local sroot=${SLURM_ROOT:-/tmp/gatesweep-slurm}
   local pidfile=${MLFLOW_ROOT:-/tmp/gatesweep-mlflow}/server.pid
-  if [ -f "$conf" ] && SLURM_CONF=$conf timeout 15 sinfo 2>/dev/null; then :; else echo "slurm: down"; fi
+  # check the pid first: sinfo retries a stopped controller for ~9 s
+  if [ -s "$sroot/run/slurmctld.pid" ] && kill -0 "$(cat "$sroot/run/slurmctld.pid")" 2>/dev/null &&
+     SLURM_CONF=$sroot/etc/slurm.conf timeout 15 sinfo 2>/dev/null; then :; else echo "slurm: down"; fi
   if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "mlflow: running (pid $(cat "$pidfile"), http://${MLFLOW_HOST:-127.0.0.1}:${MLFLOW_PORT:-5055})"
   else
