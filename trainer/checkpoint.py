@@ -38,10 +38,15 @@ def save(ckpt_dir: str | os.PathLike[str], state: dict[str, Any], *, keep_histor
     d = Path(ckpt_dir)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".{LATEST}.tmp.{os.getpid()}"
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, d / LATEST)
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, d / LATEST)
+    except BaseException:
+        # A failed save (disk full, unpicklable state) must not leave a checkpoint-sized orphan.
+        tmp.unlink(missing_ok=True)
+        raise
     if keep_history:
         hist = d / f"state_step{int(state['step']):06d}.pt"
         torch.save(state, hist)

@@ -217,8 +217,8 @@ def coerce(section: str, key: str, value: Any, *, source: str) -> Any:
     if typ is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where} must be a string")
-        if key == "compile" and isinstance(value, bool):
-            value = "on" if value else "off"
+        if key == "compile" and (isinstance(value, bool) or str(value).lower() in _TRUE | _FALSE):
+            value = "on" if value is True or str(value).lower() in _TRUE else "off"  # compile=true works
         value = str(value)
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(

@@ -20,7 +20,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainer.tracking import TERMINAL, write_json, read_json
+from trainer.tracking import TERMINAL, read_json, write_json
 
 log = logging.getLogger(__name__)
 

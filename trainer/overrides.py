@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from trainer.config import SECTIONS, TrainConfig
+from trainer.config import FIELD_SECTION, SECTIONS, TrainConfig, coerce, locate
 from trainer.errors import ConfigError
 
 ENV_KEYS = {
@@ -83,11 +83,33 @@ def resolve(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> tu
         raise ConfigError(f"expected at most one config file, got {files}; overrides are key=value")
     values, meta = read_config_file(files[0]) if files else ({}, {})
     source = files[0] if files else "config"
-    cli = parse_kv([a for a in argv if "=" in a])
+    cli = _cli_values([a for a in argv if "=" in a])
     preset = cli.pop("preset", values.pop("preset", "reference"))
     cfg = TrainConfig.from_flat({"preset": preset, **values}, source=source)
     env = env_overrides(environ)
-    for key, value in env.items():
-        name = next(k for k, v in ENV_KEYS.items() if v == key)
-        cfg = cfg.override({key: value}, source=f"environment variable {name}")
-    return cfg.override(cli, source="command line"), meta
+    names = [name for name, key in ENV_KEYS.items() if key in env]
+    for name in names:  # a bad value names its variable
+        key = ENV_KEYS[name]
+        coerce(FIELD_SECTION[key], key, env[key], source=f"environment variable {name}")
+    for raw_key, value in cli.items():
+        coerce(*locate(raw_key, source="command line"), value, source="command line")
+    # Env and key=value are applied and validated together (key=value wins): a check across fields
+    # (warmup_iters <= num_iterations) must see the final values, not an intermediate config that
+    # depends on the order of the environment.
+    where = [f"environment variable{'s' if len(names) > 1 else ''} {', '.join(names)}"] if names else []
+    where += ["command line"] if cli or not names else []
+    return cfg.override({**env, **cli}, source=" and ".join(where)), meta
+
+
+# str fields keep the text as typed: YAML would read run_id=0123 as the octal number 83 (changing
+# the run that is resumed) and notes=yes as True.
+_STR_KEYS = frozenset(k for k, v in TrainConfig().flat().items() if isinstance(v, str))
+
+
+def _cli_values(items: Sequence[str]) -> dict[str, Any]:
+    values = parse_kv(items)
+    for item in items:
+        key, _, raw = item.partition("=")
+        if key.strip().rsplit(".", 1)[-1] in _STR_KEYS:
+            values[key.strip()] = raw
+    return values

@@ -95,7 +95,7 @@ class RunLog:
             self._f.write(f"resumed: pid {os.getpid()}\n")
 
     def line(self, text: str) -> None:
-        self._f.write(text + "\n")
+        self._f.write(redact(text) + "\n")  # reasons and paths may carry user text, like the header
 
     def close(self) -> None:
         self._f.close()
@@ -120,7 +120,7 @@ def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
             f.seek(0, os.SEEK_END)
             if f.tell() == 0:
                 f.write(",".join(RESULTS_COLUMNS) + "\n")
-            f.write(buf.getvalue())
+            f.write(redact(buf.getvalue()))  # notes are user text
             f.flush()
             os.fsync(f.fileno())
         finally:

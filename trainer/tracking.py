@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,10 +32,10 @@ def looks_secret(name: str) -> bool:
     return any(m in upper for m in _SECRET_MARKERS)
 
 
-def redact(text: str, env: dict[str, str] | None = None) -> str:
+def redact(text: str, env: Mapping[str, str] | None = None) -> str:
     """Replace the values of credential-looking environment variables inside `text`."""
-    env = os.environ if env is None else env
-    for key, value in env.items():
+    source: Mapping[str, str] = os.environ if env is None else env
+    for key, value in source.items():
         if looks_secret(key) and value and len(value) >= 4 and value in text:
             text = text.replace(value, f"<redacted:{key}>")
     return text
@@ -87,14 +88,16 @@ class LocalTracker:
         return (read_json(self.root / "status.json") or {}).get("status", "")
 
     def _set_status(self, status: str, reason: str) -> None:
-        write_json(self.root / "status.json", {"status": status, "reason": reason, "time": time.time()})
+        write_json(self.root / "status.json", {"status": status, "reason": redact(reason), "time": time.time()})
 
     def log_params(self, params: dict[str, Any]) -> None:
-        merged = {**(read_json(self.root / "params.json") or {}), **params}
+        # Config values are user text (notes, paths): a credential pasted into one must not be recorded.
+        clean = {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
+        merged = {**(read_json(self.root / "params.json") or {}), **clean}
         write_json(self.root / "params.json", merged)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        merged = {**(read_json(self.root / "tags.json") or {}), **{k: str(v) for k, v in tags.items()}}
+        merged = {**(read_json(self.root / "tags.json") or {}), **{k: redact(str(v)) for k, v in tags.items()}}
         write_json(self.root / "tags.json", merged)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
