@@ -123,10 +123,10 @@ def run_job(job: Job, gpu_ids: list[int], train: str, val: str, peak_tflops: flo
     if first is None and stats.steps:
         first = float("nan")
     tokens = job.batch * 1024
-    tps = tokens / (stats.step_ms / 1000) if stats.step_ms == stats.step_ms else float("nan")
+    tps = tokens / (stats.step_ms_median / 1000) if stats.step_ms_median == stats.step_ms_median else float("nan")
     mfu = tps * flops_per_token(gate=job.gate) / (peak_tflops * 1e12 * job.gpus)
     tail = (run_dir / "stdout.txt").read_text(errors="replace")[-1500:]
-    res = Result(job.label, job.kind, job.gate, job.gpus, round(first or float("nan"), 1), round(stats.step_ms, 2),
+    res = Result(job.label, job.kind, job.gate, job.gpus, round(first or float("nan"), 1), round(stats.step_ms_median, 2),
                  round(stats.step_ms_spread, 3), round(tps), round(mfu, 4), stats.peak_mib, stats.final_val_loss,
                  proc.returncode, job.overrides, job.cache, tail if proc.returncode else "")
     print(f"[{job.label}] exit={proc.returncode} startup={res.startup_s}s step={res.step_ms}ms "
