@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.trainer_helpers import cli_args, data_cfg, run_ranks
-from trainer.dist import DistEnv
+from tests.trainer_helpers import cli_args, data_cfg, run_ranks, tiny_cfg
+from trainer.build import Geometry
+from trainer.dist import DistEnv, pick_device
+from trainer.errors import ConfigError
 from trainer.loop import train
 from trainer.main import main
 from trainer.shards import write_shard
+from trainer.signals import StopRequest
 from trainer.tracking import NullTracker
 
 # Muon's and AdamW's steps are bounded by the LR, so only an absurd LR overflows the weights:
@@ -78,3 +83,42 @@ def test_bad_data_exits_2_before_any_record(tmp_path: Path, bad: str, capsys: py
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {shard}:") and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- stop signals, batch arithmetic, device
+def test_stop_request_flags_and_a_second_ctrl_c_interrupts():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        env = DistEnv(0, 0, 1, torch.device("cpu"))
+        assert not stop.requested(env)
+        os.kill(os.getpid(), signal.SIGUSR2)  # Slurm's --signal=USR2@... before the time limit
+        assert stop.requested(env) and stop.signal_name == "SIGUSR2"
+        os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C only asks for a checkpoint ...
+        with pytest.raises(KeyboardInterrupt):  # ... the second one interrupts at once
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+
+
+@pytest.mark.parametrize("over,world,pattern", [
+    ({"batch_size": 8, "device_batch_size": 4}, 3, r"batch_size=8 is not divisible by device_batch_size x world "
+                                                   r"size = 4 x 3; choose batch_size as a multiple of 12"),
+    ({"val_tokens": 300}, 1, r"val_tokens=300 is not divisible by .* = 128; use a multiple of it"),
+])
+def test_geometry_errors_name_the_fix(over: dict, world: int, pattern: str):
+    with pytest.raises(ConfigError, match=pattern):
+        Geometry.of(tiny_cfg(**over), world)
+
+
+def test_geometry_of_the_reference_run():
+    from trainer.config import TrainConfig
+    assert Geometry.of(TrainConfig(), 8) == Geometry(B=64, T=1024, accum=1, val_steps=20)
+    assert Geometry.of(TrainConfig(), 1) == Geometry(B=64, T=1024, accum=8, val_steps=160)
+
+
+def test_cuda_request_without_cuda_is_a_config_error():
+    if torch.cuda.is_available():
+        assert pick_device("cuda", 0).type == "cuda"
+        return
+    with pytest.raises(ConfigError, match="device=cuda but torch.cuda.is_available"):
+        pick_device("cuda", 0)
+    assert pick_device("auto", 0) == torch.device("cpu")

@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.trainer_helpers import (
@@ -23,11 +24,15 @@ from tests.trainer_helpers import (
     data_cfg,
     finish,
     python_trainer,
+    single_env,
     torchrun_trainer,
     trainer_env,
     wait_for_line,
 )
 from trainer import checkpoint
+from trainer.errors import ConfigError
+from trainer.loop import train
+from trainer.tracking import NullTracker
 
 STEP_LINE = re.compile(r"^step:(\d+)/(\d+) (train_loss|val_loss):(\S+) ")
 
@@ -78,6 +83,34 @@ def test_sigterm_then_restart_is_bitwise_an_uninterrupted_run(tmp_path: Path):
     assert losses(Path(cfg.run.out_dir) / "logs" / "run.txt") == losses(Path(ref.run.out_dir) / "logs" / "run.txt")
     assert (Path(cfg.run.out_dir) / "curve.csv").read_text() == (Path(ref.run.out_dir) / "curve.csv").read_text()
     assert len(Path(cfg.run.results_csv).read_text().splitlines()) == 2  # header + the finished attempt
+
+
+def test_hard_kill_resumes_bitwise_from_the_last_periodic_checkpoint(tmp_path: Path):
+    """SIGKILL (node failure, OOM killer) gives no chance to save: the restart continues from the
+    last checkpoint_every checkpoint, trains the lost steps again with the same losses, and ends
+    bitwise where the uninterrupted run ends (checkpoint_every does not change the math)."""
+    common = dict(num_iterations=30, warmdown_iters=8, val_every=10, save_final=True)
+    ref = data_cfg(tmp_path / "ref", **common)
+    cfg = data_cfg(tmp_path / "cut", checkpoint_every=4, **common)
+    ref_proc = python_trainer(cli_args(ref))
+    log = Path(cfg.run.out_dir) / "logs" / "run.txt"
+    proc = python_trainer(cli_args(cfg))
+    wait_for_line(log, "step:10/30 train_loss", proc)
+    proc.kill()
+    proc.wait()
+    saved = torch.load(Path(cfg.run.out_dir) / "checkpoints" / "run" / "latest.pt", weights_only=False)["step"]
+    assert saved % 4 == 0 and 8 <= saved < 30
+    rc, out = finish(python_trainer(cli_args(cfg)))
+    assert rc == 0, out[-3000:]
+    ref_rc, ref_out = finish(ref_proc)
+    assert ref_rc == 0, ref_out[-3000:]
+    assert_state_equal(ckpt_model(cfg.run.out_dir, "run"), ckpt_model(ref.run.out_dir, "run"))
+    cut, want = losses(log), losses(Path(ref.run.out_dir) / "logs" / "run.txt")
+    first = {}
+    for step, kind, loss in cut:  # steps after `saved` appear twice: killed attempt and restart
+        assert first.setdefault((step, kind), loss) == loss, (step, kind)
+    assert sorted(first.items()) == sorted(((s, k), v) for s, k, v in want)
+    assert summary(cfg.run.out_dir)["final_val_loss"] == summary(ref.run.out_dir)["final_val_loss"]
 
 
 def test_two_rank_sigterm_then_restart_is_bitwise_an_uninterrupted_run(tmp_path: Path):
@@ -139,3 +172,24 @@ def test_failed_save_keeps_the_previous_checkpoint_and_no_temp_file(tmp_path: Pa
         raise AssertionError("save should have raised")
     assert checkpoint.load_latest(tmp_path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+# ---------------------------------------------------------------- what a checkpoint may continue
+def _stop_at(step: int):
+    """An on_val callback that delivers SIGTERM to this process after validation at `step`."""
+    def on_val(s: int, _loss: float) -> bool:
+        if s == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return False
+    return on_val
+
+
+def test_checkpoint_resumes_only_the_config_that_wrote_it(tmp_path: Path):
+    cfg = data_cfg(tmp_path, num_iterations=8, warmdown_iters=2, val_every=2)
+    first = train(cfg, NullTracker(), on_val=_stop_at(2), env=single_env())
+    assert (first.status, first.step) == ("KILLED", 2)
+    with pytest.raises(ConfigError, match=r"latest\.pt was written with learning_rate=0\.02; now learning_rate=0\.03"):
+        train(cfg.override({"learning_rate": 0.03}), NullTracker(), env=single_env())
+    # keys that do not change the math (logging, fused kernels) may differ
+    again = train(cfg.override({"log_every": 2, "fused_proj": True}), NullTracker(), env=single_env())
+    assert (again.status, [s for s, _ in again.val_history]) == ("FINISHED", [0, 2, 4, 6, 8])

@@ -21,8 +21,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint, dist
-from trainer.build import Geometry, build_loaders, build_model, build_optimizers, compile_model, use_compile
-from trainer.config import TrainConfig
+from trainer.build import (Geometry, build_loaders, build_model, build_optimizers, compile_model,
+                           select_sdpa_backend, use_compile)
+from trainer.config import FIELD_SECTION, TrainConfig, trial_identity
+from trainer.errors import ConfigError
 from trainer.loader import ShardLoader
 from trainer.runlog import RunLog, append_result, git_info, header, train_line, val_line
 from trainer.schedule import lr_factor
@@ -78,6 +80,18 @@ def _first_batch(loader: ShardLoader, drawn: int, replay: bool) -> tuple[torch.T
     return loader.next_batch()
 
 
+def _check_same_trial(cfg: TrainConfig, state: dict, ckpt_dir: Path) -> None:
+    """A checkpoint continues only the trial that wrote it: resuming a run_id under other
+    hyperparameters would silently splice two configs into one run."""
+    saved = state["config"]
+    diff = [k for k, v in trial_identity(cfg).items() if k in saved and saved[k] != v]
+    if diff:
+        was = ", ".join(f"{k}={saved[k]!r}" for k in diff)
+        now = ", ".join(f"{k}={getattr(getattr(cfg, FIELD_SECTION[k]), k)!r}" for k in diff)
+        raise ConfigError(f"{ckpt_dir / checkpoint.LATEST} was written with {was}; now {now}. Resume with the "
+                          "same config, or start a new run with another run_id or out_dir")
+
+
 def train(cfg: TrainConfig, tracker: Tracker | None = None, *, on_val: ValCallback | None = None,
           env: dist.DistEnv | None = None) -> RunSummary:
     own_env = env is None
@@ -114,12 +128,14 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
     state = checkpoint.load_latest(ckpt_dir)
     start_step, drawn, time_ms, best, history = 0, 0, 0.0, math.inf, []
     if state is not None:
+        _check_same_trial(cfg, state, ckpt_dir)
         model.load_state_dict(state["model"])
         adam.load_state_dict(state["adam"])
         muon.scatter_state(state["muon"])
         checkpoint.set_rng_state(state["rng"])
         start_step, drawn, time_ms = state["step"], state["loader_drawn"], state["train_time_ms"]
         best, history = state["best_val_loss"], [tuple(h) for h in state["val_history"]]
+    select_sdpa_backend(r.sdpa_backend)
     net = compile_model(cfg, model) if compiled else model
     ddp = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -208,9 +224,8 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
             sync_ctx = ddp.no_sync() if (env.distributed and i < geo.accum) else contextlib.nullcontext()
             with sync_ctx:
                 loss.backward()
-        for p in model.parameters():
-            if p.grad is not None:
-                p.grad /= geo.accum
+        if geo.accum > 1:  # the reference divides the summed grads (bitwise the same as per-tensor /=)
+            torch._foreach_div_([p.grad for p in model.parameters() if p.grad is not None], geo.accum)
         factor = lr_factor(step, num_iterations=N, warmup_iters=cfg.optim.warmup_iters,
                            warmdown_iters=cfg.optim.warmdown_iters)
         for opt in (adam, muon):
