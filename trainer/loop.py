@@ -21,8 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint, dist
-from trainer.build import (Geometry, build_loaders, build_model, build_optimizers, compile_model,
-                           select_sdpa_backend, use_compile)
+from trainer.build import Geometry, build_loaders, build_model, build_optimizers, compile_model, use_compile
 from trainer.config import FIELD_SECTION, TrainConfig, trial_identity
 from trainer.errors import ConfigError
 from trainer.loader import ShardLoader
@@ -135,7 +134,6 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
         checkpoint.set_rng_state(state["rng"])
         start_step, drawn, time_ms = state["step"], state["loader_drawn"], state["train_time_ms"]
         best, history = state["best_val_loss"], [tuple(h) for h in state["val_history"]]
-    select_sdpa_backend(r.sdpa_backend)
     net = compile_model(cfg, model) if compiled else model
     ddp = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -224,8 +222,9 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
             sync_ctx = ddp.no_sync() if (env.distributed and i < geo.accum) else contextlib.nullcontext()
             with sync_ctx:
                 loss.backward()
-        if geo.accum > 1:  # the reference divides the summed grads (bitwise the same as per-tensor /=)
-            torch._foreach_div_([p.grad for p in model.parameters() if p.grad is not None], geo.accum)
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad /= geo.accum
         factor = lr_factor(step, num_iterations=N, warmup_iters=cfg.optim.warmup_iters,
                            warmdown_iters=cfg.optim.warmdown_iters)
         for opt in (adam, muon):
