@@ -63,7 +63,8 @@ def flops_per_token(*, n_layer: int = 12, d: int = 768, vocab: int = 50304, T: i
     return 3 * (n_layer * (block + attn) + 2 * d * vocab)
 
 
-PATCH_KEYS = ("input_bin", "input_val_bin", "batch_size", "num_iterations", "val_loss_every", "val_tokens")
+PATCH_KEYS = ("input_bin", "input_val_bin", "batch_size", "device_batch_size", "num_iterations", "warmdown_iters",
+              "val_loss_every", "val_tokens")
 
 
 def patch_reference(source: str, **values: object) -> str:

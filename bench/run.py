@@ -42,6 +42,8 @@ class Job:
     steps: int = 60
     batch: int = 64
     gate: str = "none"
+    patch: dict = field(default_factory=dict)  # reference: extra Hyperparameters patches (parity runs)
+    data: tuple[str, str] | None = None  # (train, val) patterns instead of the random-token shards
 
 
 @dataclass
@@ -92,8 +94,9 @@ def _command(job: Job, train: str, val: str, run_dir: Path) -> list[str]:
     if job.kind == "ref":
         src = Path(ARGS.ref).read_text()
         script = run_dir / "train_gpt2.py"
-        script.write_text(patch_reference(src, input_bin=train, input_val_bin=val, batch_size=job.batch,
-                                          num_iterations=job.steps, val_loss_every=0, val_tokens=val_tokens))
+        values = dict(input_bin=train, input_val_bin=val, batch_size=job.batch, num_iterations=job.steps,
+                      val_loss_every=0, val_tokens=val_tokens) | job.patch
+        script.write_text(patch_reference(src, **values))
         return [sys.executable, *nproc, str(script)]
     cfg = {"train_files": train, "val_files": val, "batch_size": job.batch, "device_batch_size": 64,
            "num_iterations": job.steps, "warmdown_iters": 0, "val_every": 0, "val_tokens": val_tokens,
@@ -106,6 +109,8 @@ def run_job(job: Job, gpu_ids: list[int], train: str, val: str, peak_tflops: flo
     run_dir = WORK / "runs" / job.label
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
+    if job.data:
+        train, val = (str(Path(p).resolve()) for p in job.data)
     cmd = _command(job, train, val, run_dir)
     t0 = time.time()
     with open(run_dir / "stdout.txt", "w") as out:
@@ -167,6 +172,14 @@ def plan_jobs(plan: str, steps: int, ours: dict) -> list[list[Job]]:
         return [variants[:4], ref[:1] + ablate]
     if plan == "full":
         return [variants, ref]
+    if plan == "variants":  # the rest of the gate variants, each lane with its own baseline
+        return [[variants[0], variants[4], variants[5]],
+                [v("ours-none-b", "none", "ours-b"), variants[6],
+                 v("ours-headwise-unfused", "headwise", "ours-b", fused_proj=False)]]
+    if plan == "parity":  # the reference on the offline corpus, as sweeps/offline_stage1.yaml trains
+        data = (str(ROOT / ".gpu/data/offline_train_*.bin"), str(ROOT / ".gpu/data/offline_val_*.bin"))
+        return [[Job("ref-parity", "ref", cache="ref", steps=300, batch=32, data=data,
+                     patch=dict(device_batch_size=32, warmdown_iters=90, val_loss_every=50, val_tokens=524288))]]
     if plan == "scaling":
         return [[Job(f"ddp-{n}gpu", "ours", ours, "ours", gpus=n, batch=512, steps=steps)] for n in (1, 2)]
     raise SystemExit(f"unknown plan {plan}")

@@ -96,7 +96,8 @@ def run_local(prep: Any, *, dry_run: bool, max_parallel: int | None) -> int:
     store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path)
     status = "FINISHED"
     try:
-        results = run_trials(todo, store, max_parallel=parallel, nproc=nproc, title=spec.name, existing=existing)
+        results = run_trials(todo, store, max_parallel=parallel, nproc=nproc, title=spec.name, existing=existing,
+                             trials_per_gpu=int(spec.backend_options("local").get("trials_per_gpu", 1)))
     except KeyboardInterrupt:
         status = "KILLED"
         print("interrupted: running trials were stopped and marked KILLED; rerun the same command to resume",

@@ -24,6 +24,7 @@ from cluster.progress import Progress
 from cluster.state import TrialState
 from cluster.store import SweepStore, clean_env, is_server
 from cluster.trialdir import TrialLock, local_status, set_local_status, write_trial_json
+from trainer.errors import BackendError
 from trainer.main import EXIT_CODES
 
 STATUS_OF_EXIT = {v: k for k, v in EXIT_CODES.items() if k != "EARLY_STOPPED"}
@@ -128,9 +129,14 @@ def _deliver(s: TrialState, store: SweepStore) -> None:
 
 
 def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, nproc: int,
-               title: str, existing: dict, device: str | None = None, gpus: list[int] | None = None) -> dict[str, str]:
-    """Run `todo` and return {trial_id: final status}."""
-    pool = GpuPool(visible_gpus() if gpus is None else gpus)
+               title: str, existing: dict, device: str | None = None, gpus: list[int] | None = None,
+               trials_per_gpu: int = 1) -> dict[str, str]:
+    """Run `todo` and return {trial_id: final status}. `trials_per_gpu` > 1 shares each GPU between
+    that many single-GPU trials (small models that leave a GPU mostly idle)."""
+    if trials_per_gpu > 1 and nproc > 1:
+        raise BackendError(f"trials_per_gpu={trials_per_gpu} needs single-GPU trials (this spec uses {nproc} "
+                           "GPUs per trial); set backend.local.trials_per_gpu=1")
+    pool = GpuPool([g for g in (visible_gpus() if gpus is None else gpus) for _ in range(trials_per_gpu)])
     use_gpus = pool.total > 0 and device != "cpu"
     queue = list(todo)
     running: list[_Running] = []

@@ -26,7 +26,7 @@ RESOURCE_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_m
 BACKENDS = ("local", "slurm", "ray")
 SLURM_KEYS = ("partition", "account", "qos", "constraint", "timeout_min", "array_parallelism", "max_requeues",
               "max_array_size", "signal_delay_s", "extra", "setup")
-LOCAL_KEYS = ("max_parallel",)
+LOCAL_KEYS = ("max_parallel", "trials_per_gpu")
 RAY_KEYS = ("address", "num_cpus", "num_gpus", "cpus_per_trial", "storage_path")
 CHAIN_KEYS = ("from", "select", "metric", "where", "fallback")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

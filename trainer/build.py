@@ -90,9 +90,23 @@ def use_compile(cfg: TrainConfig, device: torch.device) -> bool:
     return cfg.run.compile == "on" or (cfg.run.compile == "auto" and device.type == "cuda")
 
 
+def select_sdpa_backend(name: str) -> None:
+    """Restrict SDPA to one fused kernel (process-wide, before compiling: the choice is traced)."""
+    if name == "auto" or not torch.cuda.is_available():
+        return
+    b = torch.backends.cuda
+    b.enable_flash_sdp(name == "flash")
+    b.enable_cudnn_sdp(name == "cudnn")
+    b.enable_mem_efficient_sdp(name == "efficient")
+    b.enable_math_sdp(False)
+
+
 def compile_model(cfg: TrainConfig, model: GPT) -> nn.Module:
     """'model': the reference's whole-model torch.compile. 'blocks': compile one block (its code is
     shared by all layers, so it is traced once) and the loss head; much shorter start-up."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.coordinate_descent_tuning = cfg.run.cd_tuning
     if cfg.run.compile_mode == "model":
         return torch.compile(model)  # type: ignore[return-value]
     for block in model.transformer.h:

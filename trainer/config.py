@@ -88,6 +88,11 @@ class RunConfig:
     compile_mode: str = "blocks"
     """model: torch.compile the whole model (the reference); blocks: compile one block (reused by all
     layers) and the loss head separately, which compiles far faster."""
+    cd_tuning: bool = False
+    """Inductor coordinate-descent tuning of kernel configs (the reference turns it on). Costs compile
+    time once; the sweep's shared compile cache keeps the tuned configs for later trials."""
+    sdpa_backend: str = "auto"
+    """auto | flash | cudnn | efficient: which fused attention kernel SDPA may use (same math)."""
     checkpoint_every: int = 0
     """Save a checkpoint every N steps (0 = only on SIGTERM/SIGUSR2 and, if save_final, at the end)."""
     save_final: bool = False
@@ -147,6 +152,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "compile": COMPILE_MODES,
     "compile_mode": ("model", "blocks"),
     "device": DEVICES,
+    "sdpa_backend": ("auto", "flash", "cudnn", "efficient"),
 }
 ALL_KEYS = tuple(FIELD_SECTION) + ("preset",)
 
@@ -155,7 +161,7 @@ ALL_KEYS = tuple(FIELD_SECTION) + ("preset",)
 NON_IDENTITY_KEYS = frozenset({
     "device", "compile", "compile_mode", "checkpoint_every", "save_final", "out_dir", "run_id",
     "results_csv", "notes", "log_every", "diag_every", "diag_batch", "fused_proj", "ce_chunks",
-    "muon_batched",
+    "muon_batched", "cd_tuning", "sdpa_backend",
 })
 
 

@@ -21,8 +21,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint, dist
-from trainer.build import Geometry, build_loaders, build_model, build_optimizers, compile_model, use_compile
+from trainer.build import (Geometry, build_loaders, build_model, build_optimizers, compile_model,
+                           select_sdpa_backend, use_compile)
 from trainer.config import FIELD_SECTION, TrainConfig, trial_identity
+from trainer.diagnostics import diagnose
 from trainer.errors import ConfigError
 from trainer.loader import ShardLoader
 from trainer.runlog import RunLog, append_result, git_info, header, train_line, val_line
@@ -134,6 +136,7 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
         checkpoint.set_rng_state(state["rng"])
         start_step, drawn, time_ms = state["step"], state["loader_drawn"], state["train_time_ms"]
         best, history = state["best_val_loss"], [tuple(h) for h in state["val_history"]]
+    select_sdpa_backend(r.sdpa_backend)
     net = compile_model(cfg, model) if compiled else model
     ddp = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -163,6 +166,13 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                 total += net(x.to(device), y.to(device)).detach()
         env.all_reduce_avg(total)
         return (total / geo.val_steps).item()
+
+    def run_diagnostics() -> dict[str, float]:
+        """On a fixed slice of the first val batch; the clock is already stopped here."""
+        val_loader.reset()
+        x, _ = val_loader.next_batch()
+        with autocast:
+            return diagnose(model, x[: r.diag_batch].to(device))
 
     def save(step: int) -> None:
         muon_state = muon.gather_state(env.broadcast)
@@ -194,6 +204,8 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
             if log:
                 log.line(val_line(step, N, val, time_ms, timed))
             tracker.log_metrics({"val_loss": val, "train_time_ms": time_ms}, step)
+            if env.is_main and r.diag_every and (step % r.diag_every == 0 or last):
+                tracker.log_metrics(run_diagnostics(), step)
             if on_val is not None and on_val(step, val) and not last:
                 status, reason = "EARLY_STOPPED", f"stopped by the scheduler at step {step}"
                 break
@@ -222,9 +234,8 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
             sync_ctx = ddp.no_sync() if (env.distributed and i < geo.accum) else contextlib.nullcontext()
             with sync_ctx:
                 loss.backward()
-        for p in model.parameters():
-            if p.grad is not None:
-                p.grad /= geo.accum
+        if geo.accum > 1:  # the reference divides the summed grads (bitwise the same as per-tensor /=)
+            torch._foreach_div_([p.grad for p in model.parameters() if p.grad is not None], geo.accum)
         factor = lr_factor(step, num_iterations=N, warmup_iters=cfg.optim.warmup_iters,
                            warmdown_iters=cfg.optim.warmdown_iters)
         for opt in (adam, muon):

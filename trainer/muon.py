@@ -60,17 +60,26 @@ class Muon(torch.optim.Optimizer):
     def owner(self, index: int) -> int:
         return index % self.world_size
 
-    def _momentum_update(self, p: Tensor, momentum: float, nesterov: bool) -> Tensor:
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p.grad)
-        buf = state["momentum_buffer"]
-        buf.mul_(momentum).add_(p.grad)
-        return p.grad.add(buf, alpha=momentum) if nesterov else p.grad
+    def _momentum_updates(self, params: list[Tensor], momentum: float, nesterov: bool) -> list[Tensor]:
+        """buf = m*buf + g; returns g + m*buf (Nesterov) or g - as foreach ops: a few kernel launches
+        for all matrices instead of three per matrix."""
+        if not params:
+            return []
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p.grad)
+            bufs.append(state["momentum_buffer"])
+        grads = [p.grad for p in params]
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, grads)
+        return list(torch._foreach_add(grads, bufs, alpha=momentum)) if nesterov else grads
 
     def _updates(self, group: dict, owned: list[tuple[int, Tensor]]) -> dict[int, Tensor]:
         """Scaled orthogonalized updates (bf16) for the params this rank owns, keyed by index."""
-        gs = {i: self._momentum_update(p, group["momentum"], group["nesterov"]) for i, p in owned}
+        nest = self._momentum_updates([p for _, p in owned], group["momentum"], group["nesterov"])
+        gs = {i: g for (i, _), g in zip(owned, nest)}
         out: dict[int, Tensor] = {}
         if not self.batched:
             for i, g in gs.items():
