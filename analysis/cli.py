@@ -134,7 +134,8 @@ def _target(args: argparse.Namespace) -> Target:
     if args.spec is not None:
         name, stage, experiment = read_spec_target(args.spec)
         stages = args.stage or ([stage] if stage else None)
-        return Target(name, args.experiment or [experiment], stages, name)
+        # reports/<stage>/ as the study's layout; the spec name when the spec has no stage
+        return Target(stage or name, args.experiment or [experiment], stages, name)
     if not args.stage:
         raise SpecError("give a spec file or --stage NAME (e.g. gatesweep table --stage stage1)")
     return Target("+".join(args.stage), args.experiment, list(args.stage), None)

@@ -40,9 +40,21 @@ def plot_val_curves(
             lo, hi = mean - sd, mean + sd
         drawn[config_label(config)] = {"step": wide.index.to_numpy(), "mean": mean, "lo": lo, "hi": hi}
     fig, ax = _figure()
+    # The first evaluations (loss ~ln(vocab)) dwarf the differences that matter; an inset zooms on
+    # the last 40% of the run, where the variants separate.
+    last = max((a["step"].max() for a in drawn.values()), default=0)
+    inset = ax.inset_axes((0.40, 0.14, 0.57, 0.47)) if last > 0 else None
     for label, a in drawn.items():
         (line,) = ax.plot(a["step"], a["mean"], label=label, linewidth=1.2)
         ax.fill_between(a["step"], a["lo"], a["hi"], color=line.get_color(), alpha=0.2, linewidth=0)
+        if inset is not None:
+            tail = a["step"] >= 0.6 * last
+            inset.plot(a["step"][tail], a["mean"][tail], color=line.get_color(), linewidth=1.2, marker=".")
+            inset.fill_between(a["step"][tail], a["lo"][tail], a["hi"][tail], color=line.get_color(), alpha=0.2,
+                               linewidth=0)
+    if inset is not None:
+        inset.grid(True, alpha=0.3)
+        inset.tick_params(labelsize=7)
     _finish(fig, ax, out, xlabel="step", ylabel=key, title=f"{key}: mean over seeds ({band} band)")
     return drawn
 
@@ -129,7 +141,7 @@ def _finish(fig, ax, out: str | Path, *, xlabel: str, ylabel: str, title: str, l
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     if legend and ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right" if ax.child_axes else "best")
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")

@@ -9,6 +9,7 @@
 set -u
 cd "$(dirname "$0")/.."
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
+export GATESWEEP_GIT_SHA=${GATESWEEP_GIT_SHA:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export GATESWEEP_COMPILE_CACHE=/tmp/gs-compile-cache BENCH_WORK=/tmp/gatesweep-bench
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

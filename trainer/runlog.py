@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,13 @@ def git_info(cwd: Path = TRAINER_DIR) -> tuple[str, bool]:
         sha = os.environ["GATESWEEP_GIT_SHA"]
         return sha.removesuffix("-dirty"), sha.endswith("-dirty")
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        sha = res.stdout.strip()
+        if res.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}", sha):  # e.g. a copy with an empty .git
+            return "unknown", False
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                     capture_output=True, text=True, timeout=10).stdout.strip())
-        return (sha or "unknown"), dirty
+        return sha, dirty
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
 
