@@ -80,7 +80,6 @@ def measure(label: str, overrides: dict, steps: int = 20, trace: Path | None = N
         (trace / f"profile-{label}.txt").write_text(table)
         print(table[:6000])
     torch.cuda.reset_peak_memory_stats()
-    del model, adam, muon, net
     torch.cuda.empty_cache()
     print(json.dumps(out), flush=True)
     return out
