@@ -29,9 +29,9 @@ SETUPS = {"none": {"attn_gate": "none"}, "elementwise": {"attn_gate": "elementwi
           "accum": {"attn_gate": "headwise", "batch_size": 16}}
 
 
-def _train_ranks(rank: int, world: int, cfgs: list) -> list[str]:
+def _train_ranks(rank: int, world: int, cfgs: list) -> list[tuple[str, list]]:
     env = DistEnv(rank=rank, local_rank=rank, world_size=world, device=torch.device("cpu"))
-    return [train(c, NullTracker(), env=env).status for c in cfgs]
+    return [(s.status, s.val_history) for s in (train(c, NullTracker(), env=env) for c in cfgs)]
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +41,24 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict:
     both train on the same tokens each step."""
     tmp = tmp_path_factory.mktemp("ddp")
     # 8000 tokens: no shard boundary within the run (there the orders differ, see test_trainer_loader)
-    cfgs = {name: data_cfg(tmp / name, replay_first_batch=False, num_iterations=6, warmdown_iters=3,
+    cfgs = {name: data_cfg(tmp / name, replay_first_batch=False, num_iterations=6, warmdown_iters=3, val_every=3,
                            save_final=True, train_sizes=(8000, 2000), **over) for name, over in SETUPS.items()}
     out: dict = {}
     for name, cfg in cfgs.items():
         one = cfg.override({"out_dir": str(tmp / name / "w1")})
-        assert train(one, NullTracker(), env=single_env()).status == "FINISHED"
+        summary = train(one, NullTracker(), env=single_env())
+        assert summary.status == "FINISHED"
         out[1, name] = ckpt_model(one.run.out_dir, "run")
+        out["val", 1, name] = summary.val_history
     # the rounding floor: the same 1-rank run with q/k/v/gate in one GEMM (same math, other rounding)
     fused = cfgs["accum"].override({"out_dir": str(tmp / "accum" / "fused"), "fused_proj": True})
     assert train(fused, NullTracker(), env=single_env()).status == "FINISHED"
     out["fused", "accum"] = ckpt_model(fused.run.out_dir, "run")
     two = [cfg.override({"out_dir": str(tmp / name / "w2")}) for name, cfg in cfgs.items()]
-    assert run_ranks(_train_ranks, two, tmp=tmp) == [["FINISHED"] * len(SETUPS)] * 2
-    for name, cfg in zip(SETUPS, two):
+    ranks = run_ranks(_train_ranks, two, tmp=tmp)
+    for i, (name, cfg) in enumerate(zip(SETUPS, two)):
+        assert [r[i][0] for r in ranks] == ["FINISHED"] * 2
+        out["val", 2, name] = [r[i][1] for r in ranks]
         out[2, name] = ckpt_model(cfg.run.out_dir, "run")
         out["init", name] = _initial(cfg)
     return out
@@ -73,6 +77,15 @@ def test_two_rank_ddp_equals_one_rank_with_accumulation_bitwise(weights: dict, g
     assert_state_equal(weights[2, gate], weights[1, gate])
     moved = [k for k in weights[1, gate] if not torch.equal(weights[1, gate][k], weights["init", gate][k])]
     assert len(moved) == len(weights[1, gate])  # every tensor trained (no vacuous equality)
+
+
+@pytest.mark.parametrize("gate", ["none", "elementwise"])
+def test_two_rank_val_loss_is_the_average_over_ranks(weights: dict, gate: str):
+    """val_tokens=256: one 128-token micro-batch per rank on 2 ranks, two micro-batches on 1 rank -
+    the same tokens. The all-reduced average equals the 1-rank mean bitwise, on every rank."""
+    one, (r0, r1) = weights["val", 1, gate], weights["val", 2, gate]
+    assert [s for s, _ in one] == [0, 3, 6]
+    assert r0 == r1 == one
 
 
 def test_two_ranks_with_accumulation_match_one_rank_to_rounding(weights: dict):
@@ -97,11 +110,11 @@ def test_torchrun_two_ranks_end_to_end(tmp_path: Path):
     rc, out = finish(torchrun_trainer(args), timeout=240)
     assert rc == 0, out[-3000:]
     logs = list((tmp_path / "out" / "logs").glob("*.txt"))
-    assert len(logs) == 1, logs
+    assert len(logs) == 1, (logs, out[-3000:])
     text = logs[0].read_text()
     assert [ln for ln in text.splitlines() if ln.startswith("step:")][-1].startswith("step:4/4 val_loss:")
     with open(tmp_path / "out" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1
     assert rows[0]["n_gpus"] == "2" and rows[0]["run_id"] == logs[0].stem and rows[0]["num_iterations"] == "4"
-    assert out.count("FINISHED: final_val_loss=") == 1  # printed by rank 0 only
+    assert out.count("FINISHED: final_val_loss=") == 1, out[-3000:]  # printed by rank 0 only
