@@ -21,8 +21,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint, dist
-from trainer.build import (Geometry, build_loaders, build_model, build_optimizers, compile_model,
-                           select_sdpa_backend, use_compile)
+from trainer.build import (
+    Geometry,
+    build_loaders,
+    build_model,
+    build_optimizers,
+    compile_model,
+    select_sdpa_backend,
+    use_compile,
+)
 from trainer.config import FIELD_SECTION, TrainConfig, trial_identity
 from trainer.diagnostics import diagnose
 from trainer.errors import ConfigError
