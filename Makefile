@@ -18,7 +18,7 @@ export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT ?= true
 # pip's local index config prints one warning per package; keep the output readable.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help setup test lint demo data-synth stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep \
+.PHONY: help setup test lint demo data-synth services-down stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep \
         lr-search tables report mlflow-ui mlflow-up mlflow-down slurm-up slurm-down services-up bench clean
 
 help:
@@ -39,9 +39,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # ---------------------------------------------------------------- tests and lint
-services-up: $(STAMP)
-	@bash scripts/slurm_up.sh
-	@bash scripts/chromium_install.sh
+services-up: $(STAMP)  ## what the tests need: Slurm + Chromium (the tests start their own MLflow server)
+	@bash scripts/services.sh up slurm chromium
+
+services-down:
+	@bash scripts/services.sh down
 
 test: $(STAMP) services-up
 	@source $(SLURM_ROOT)/env.sh && $(PY) -m pytest -q -ra $(PYTEST_ARGS)
@@ -69,16 +71,19 @@ stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep: $(STAMP)
 lr-search: $(STAMP) data/synth/synth.json
 	$(GS) run sweeps/lr_search.yaml --backend ray $(if $(DRY_RUN),--dry-run) $(ARGS)
 
-tables: $(STAMP)
-	@for s in sweeps/stage1.yaml sweeps/stage2.yaml sweeps/stage2_5.yaml sweeps/stage3.yaml; do \
-	  $(GS) table $$s $(ARGS) || true; done
+tables: $(STAMP)  ## every stage with runs in the store: Markdown + study-format CSV under reports/tables/
+	@for s in sweeps/stage1.yaml sweeps/stage2.yaml sweeps/stage2_5.yaml sweeps/stage3.yaml sweeps/demo.yaml; do \
+	  if $(GS) table $$s --format md --out reports/tables $(ARGS) && \
+	     $(GS) table $$s --compat --format csv --out reports/tables $(ARGS); then :; \
+	  else echo "($$s: no runs yet)"; fi; done
 
 report: $(STAMP)
 	$(GS) report $(or $(SPEC),sweeps/demo.yaml) $(ARGS)
 
 # ---------------------------------------------------------------- services
-mlflow-ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri $(or $(MLFLOW_TRACKING_URI),sqlite:///mlflow.db) --host 127.0.0.1 --port $(or $(PORT),5000)
+mlflow-ui: $(STAMP)  ## the project's own store (sqlite:///mlflow.db) on http://127.0.0.1:$(or $(PORT),5000)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlruns \
+	  --host 127.0.0.1 --port $(or $(PORT),5000)
 
 mlflow-up: $(STAMP)
 	@bash scripts/mlflow_up.sh
