@@ -103,17 +103,20 @@ class CausalSelfAttention(nn.Module):
         """q, k, v as (B, T, nh, hd) and the gate scores (or None)."""
         B, T, C = x.shape
         gate_w = self.gate.weight if self.gate is not None else None
+        # fused_proj: one GEMM over the concatenated weights; the parameters stay separate for Muon.
+        # A gate whose row count is not a multiple of 64 (headwise: n_head rows) keeps a GEMM of its
+        # own: 3*768+6 output columns measured +6.5% step time on H200 (elementwise: +3.6%).
+        fuse_gate = self.fused_proj and gate_w is not None and gate_w.size(0) % 64 == 0
         if self.fused_proj:
-            # One GEMM over the concatenated weights; the parameters stay separate for Muon.
-            ws = [self.c_q.weight, self.c_k.weight, self.c_v.weight] + ([gate_w] if gate_w is not None else [])
+            ws = [self.c_q.weight, self.c_k.weight, self.c_v.weight] + ([gate_w] if fuse_gate else [])
             out = F.linear(x, torch.cat(ws))
             q, k, v = out[..., :C], out[..., C:2 * C], out[..., 2 * C:3 * C]
-            g = self.gate.scores_from_logits(out[..., 3 * C:]) if gate_w is not None else None
         else:
             q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
-            g = self.gate(x) if gate_w is not None else None
-        if self.gate is not None and gate_w is None:  # const gate
-            g = self.gate(x)
+        if fuse_gate:
+            g = self.gate.scores_from_logits(out[..., 3 * C:])
+        else:
+            g = self.gate(x) if self.gate is not None else None
         shape = (B, T, self.n_head, self.head_dim)
         return q.reshape(shape), k.reshape(shape), v.reshape(shape), g
 
