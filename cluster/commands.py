@@ -54,7 +54,8 @@ def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: b
     prep = prepare(spec_path, overrides, uri, use_store=not dry_run)
     spec = prep.spec
     backend = backend or spec.default_backend
-    check_backend(backend)
+    if not (dry_run and backend == "slurm"):  # a Slurm dry run prints its sbatch scripts on any machine
+        check_backend(backend)
     if backend == "slurm":
         from cluster.slurm_launch import run_slurm
 
@@ -113,17 +114,18 @@ def run_local(prep: Any, *, dry_run: bool, max_parallel: int | None) -> int:
 
 def status(spec_path: str, overrides: list[str], *, uri: str | None) -> int:
     prep = prepare(spec_path, overrides, uri)
-    from cluster.slurm_state import slurm_alive
+    from cluster.slurm_state import SlurmView
 
-    alive = slurm_alive(prep.trials)
-    states = states_for(prep, alive=alive)
+    slurm = SlurmView(prep.trials, with_sacct=True)  # one squeue (+ one sacct) call for all trials
+    states = states_for(prep, alive=slurm.alive)
     from cluster.progress import last_step
 
     rows = []
     for s in states:
         step = last_step(s.run_dir)
         rows.append([s.trial.trial_id, s.trial.label or "-", str(s.trial.seed), s.status or "PENDING",
-                     f"{step if step is not None else '-'}/{s.trial.config.run.num_iterations}", s.reason[:60]])
+                     f"{step if step is not None else '-'}/{s.trial.config.run.num_iterations}",
+                     " ".join(x for x in (slurm.note(s.run_dir), s.reason) if x)[:90]])
     print(_table(rows, ["trial_id", "design", "seed", "status", "step", "note"]))
     print("  ".join(f"{k}: {v}" for k, v in sorted(counts(states).items())))
     return 0

@@ -1,4 +1,5 @@
-"""Liveness of Slurm-run trials for `status` and the stale check: one batched squeue call.
+"""Liveness of Slurm-run trials for `status` and the stale check: one batched squeue call (+ one sacct
+call for jobs squeue no longer lists, for display).
 
 A trial submitted to Slurm records its job id in `<run_dir>/slurm.json`; it is alive while its job
 is pending or running in squeue (a requeued job keeps its id), or while a local process holds its lock.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from cluster.trialdir import RUNS_ROOT, TrialLock, trial_dir
 from sweeps.expand import Trial
+from trainer.errors import BackendError
 from trainer.tracking import read_json
 
 LIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
@@ -29,13 +31,27 @@ def job_ids(trials: list[Trial], root: Path = RUNS_ROOT) -> dict[Path, str]:
     return out
 
 
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"`{cmd[0]}` did not answer in 60 s; is slurmctld reachable (scontrol ping)?") from None
+
+
 def squeue_states(ids: list[str]) -> dict[str, str]:
-    """{job id: state} for the given ids (array tasks as `<array>_<index>`), in one call."""
+    """{job id: state} for the given ids (array tasks as `<array>_<index>`), in one call.
+
+    Raises when squeue fails: an empty answer would make every queued trial look dead, and a rerun
+    would then submit all of them a second time."""
     if not ids or shutil.which("squeue") is None:
         return {}
     arrays = sorted({i.split("_")[0] for i in ids})
-    res = subprocess.run(["squeue", "-h", "-j", ",".join(arrays), "-o", "%i|%T", "--states=all"],
-                         capture_output=True, text=True, timeout=60)
+    # -r: one line per array task; without it pending tasks collapse into `123_[2-9%2]`
+    res = _run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T", "--states=all"])
+    if res.returncode != 0:
+        if "Invalid job id" in res.stderr:  # every id is gone from the controller (MinJobAge passed)
+            return {}
+        raise BackendError(f"squeue failed ({res.stderr.strip()[:200]}); is slurmctld reachable (scontrol ping)?")
     states = {}
     for line in res.stdout.splitlines():
         jid, _, st = line.partition("|")
@@ -43,14 +59,43 @@ def squeue_states(ids: list[str]) -> dict[str, str]:
     return states
 
 
+def sacct_states(ids: list[str]) -> dict[str, str]:
+    """{job id: final state} from accounting (one call); {} where accounting is unavailable."""
+    if not ids or shutil.which("sacct") is None:
+        return {}
+    arrays = sorted({i.split("_")[0] for i in ids})
+    res = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays)])
+    if res.returncode != 0:
+        return {}
+    states = {}
+    for line in res.stdout.splitlines():  # a requeued job has one line per attempt: the last one wins
+        jid, _, st = line.partition("|")
+        states[jid.strip()] = st.split()[0] if st.strip() else ""  # "CANCELLED by 0" -> CANCELLED
+    return states
+
+
+class SlurmView:
+    """The Slurm side of a spec's trials, read once: job ids, live states, final states."""
+
+    def __init__(self, trials: list[Trial], root: Path = RUNS_ROOT, *, with_sacct: bool = False):
+        self.ids = job_ids(trials, root)
+        self.states = squeue_states(list(self.ids.values()))
+        gone = [j for j in self.ids.values() if j not in self.states]
+        if with_sacct and gone:
+            self.states |= {j: s for j, s in sacct_states(gone).items() if j in gone}
+
+    def job_live(self, run_dir: Path) -> bool:
+        """The trial's recorded job is pending, running or being requeued."""
+        jid = self.ids.get(run_dir)
+        return jid is not None and self.states.get(jid) in LIVE_STATES
+
+    def alive(self, run_dir: Path) -> bool:
+        return self.job_live(run_dir) or TrialLock(run_dir).held_elsewhere()
+
+    def note(self, run_dir: Path) -> str:
+        jid = self.ids.get(run_dir)
+        return f"job {jid} {self.states.get(jid, '?')}" if jid else ""
+
+
 def slurm_alive(trials: list[Trial], root: Path = RUNS_ROOT) -> Callable[[Path], bool]:
-    ids = job_ids(trials, root)
-    states = squeue_states(list(ids.values()))
-
-    def alive(run_dir: Path) -> bool:
-        jid = ids.get(run_dir)
-        if jid is not None and states.get(jid) in LIVE_STATES:
-            return True
-        return TrialLock(run_dir).held_elsewhere()
-
-    return alive
+    return SlurmView(trials, root).alive

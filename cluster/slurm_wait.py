@@ -1,0 +1,108 @@
+"""`gatesweep run ... --backend slurm --wait`: follow submitted trials until their jobs end.
+
+One squeue call per poll for all jobs. A trial has ended when its job is no longer pending or running
+(a requeued job stays live under its id); its outcome is the trainer's record (track/status.json).
+A job that ended before the trainer recorded an outcome (cancelled while pending, node failure, out
+of memory) gets one here, from sacct's state. With a sqlite MLflow store the jobs track locally and
+this launcher, the single writer, delivers their records.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from cluster.progress import Progress
+from cluster.slurm_state import LIVE_STATES, sacct_states, squeue_states
+from cluster.state import DONE, TrialState
+from cluster.store import SweepStore, is_server
+from cluster.trialdir import local_status, set_local_status
+from trainer.errors import BackendError
+from trainer.tracking import TERMINAL, read_json
+
+POLL_S = 5.0
+DELIVER_EVERY_S = 15.0
+ACCOUNTING_GRACE_S = 15.0  # sacct records of a just-ended job lag a few seconds
+MAX_SQUEUE_FAILURES = 10
+
+
+def _deliver(s: TrialState, store: SweepStore) -> None:
+    if store.enabled and not is_server(store.uri):
+        from trainer.mlflow_sync import sync_record
+
+        try:
+            sync_record(s.run_dir / "track", store.uri)
+        except Exception as e:  # noqa: BLE001 - delivery is retried by `gatesweep sync`
+            print(f"warning: MLflow delivery of {s.run_dir} failed ({e}); run `gatesweep sync`", file=sys.stderr)
+
+
+def _settle(s: TrialState, job_id: str, store: SweepStore, ended_at: float) -> str | None:
+    """The trial's final status once its job is gone, or None to look again at the next poll."""
+    status, _ = local_status(s.run_dir)
+    if status in TERMINAL:
+        return status
+    job_state = sacct_states([job_id]).get(job_id, "")
+    if not job_state and time.monotonic() - ended_at < ACCOUNTING_GRACE_S:
+        return None
+    status = "KILLED" if job_state in ("CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE") else "FAILED"
+    log = (read_json(s.run_dir / "slurm.json") or {}).get("log", "the job's log")
+    reason = f"Slurm job {job_id} ended {job_state or '(state unknown)'} before the trainer recorded an outcome; see {log}"
+    set_local_status(s.run_dir, status, reason)
+    if store.enabled and s.mlflow_run_id and is_server(store.uri):
+        store.mark(s.mlflow_run_id, status, reason)
+    return status
+
+
+def wait_for(followed: list[tuple[TrialState, str]], store: SweepStore, *, title: str, parallel: int) -> bool:
+    """Block until every job has ended; True if every trial finished."""
+    pending = dict((s.trial.trial_id, (s, j)) for s, j in followed)
+    started: set[str] = set()
+    ended_at: dict[str, float] = {}
+    results: dict[str, str] = {}
+    last_delivery = time.monotonic()
+    with Progress(title, len(pending), parallel=parallel) as progress:
+        try:
+            failures = 0
+            while pending:
+                try:
+                    states = squeue_states([j for _, j in pending.values()])
+                    failures = 0
+                except BackendError as e:  # a controller hiccup must not end a long wait
+                    failures += 1
+                    if failures >= MAX_SQUEUE_FAILURES:
+                        raise
+                    print(f"warning: {e} (retrying)", file=sys.stderr)
+                    time.sleep(POLL_S)
+                    continue
+                for tid, (s, job_id) in list(pending.items()):
+                    state = states.get(job_id, "")
+                    label = s.trial.label or tid
+                    if state == "RUNNING" and tid not in started:
+                        started.add(tid)
+                        progress.started(label, s.run_dir, s.trial.config.run.num_iterations)
+                    if state in LIVE_STATES:
+                        continue
+                    final = _settle(s, job_id, store, ended_at.setdefault(tid, time.monotonic()))
+                    if final is None:
+                        continue
+                    del pending[tid]
+                    _deliver(s, store)
+                    results[tid] = final
+                    if tid not in started:
+                        progress.started(label, s.run_dir, s.trial.config.run.num_iterations)
+                    progress.ended(label, final)
+                if time.monotonic() - last_delivery > DELIVER_EVERY_S:
+                    for s, _ in pending.values():
+                        _deliver(s, store)
+                    last_delivery = time.monotonic()
+                progress.tick()
+                if pending:
+                    time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            print(f"\nstopped waiting; {len(pending)} job(s) keep running in Slurm: `gatesweep status` shows them, "
+                  "a rerun with --wait follows them again", file=sys.stderr)
+            raise
+    bad = {k: v for k, v in results.items() if v not in DONE}
+    print(f"sweep {title}: {len(results) - len(bad)} finished, {len(bad)} not "
+          f"({', '.join(sorted(set(bad.values()))) or '-'})")
+    return not bad

@@ -1,0 +1,117 @@
+"""Preemption on the real Slurm: a trial stopped mid-run by Slurm's warning signal (SIGUSR2, as
+`--signal=USR2@<delay>` sends it before the time limit) checkpoints, is requeued through submitit's
+checkpoint protocol, resumes from its checkpoint and ends with the same final val loss as the same
+trial run without interruption - in one MLflow run, not two."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+
+import cluster.slurm_wait
+from cluster.trialdir import RUNS_ROOT
+from sweeps.expand import expand
+from sweeps.spec import load_spec
+from tests.slurm_helpers import (
+    gatesweep,
+    job_id,
+    job_log,
+    last_step,
+    sacct,
+    squeue,
+    status,
+    unique,
+    wait_until,
+    write_data,
+    write_spec,
+)
+from trainer.tracking import read_json
+
+pytestmark = [pytest.mark.slurm, pytest.mark.mlflow]
+N = 240
+
+
+def test_requeued_trial_resumes_and_matches_an_uninterrupted_one(slurm_cluster, mlflow_env, tmp_path, monkeypatch):
+    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
+    monkeypatch.chdir(tmp_path)
+    write_data(tmp_path)
+    base = {"num_iterations": N, "val_every": 60, "warmdown_iters": 60}
+    interrupted, reference = unique("requeue"), unique("reference")
+    for name in (interrupted, reference):  # the same trial (same id and config) in two sweeps
+        write_spec(tmp_path / f"{name}.yaml", name, gates=["elementwise"], base=base)
+        code, _, err = gatesweep(["run", f"{name}.yaml"])
+        assert code == 0, err
+    (trial,) = expand(load_spec(tmp_path / f"{interrupted}.yaml"))
+    run_dir, ref_dir = RUNS_ROOT / interrupted / trial.trial_id, RUNS_ROOT / reference / trial.trial_id
+    job = job_id(run_dir)
+
+    wait_until(lambda: last_step(run_dir) >= 30, 120, "the trial to train 30 steps")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what Slurm sends before the time limit
+    wait_until(lambda: squeue(job)[0] == "PENDING" and status(run_dir) == "QUEUED", 60, "the job to be requeued")
+    stopped_at = last_step(run_dir)
+    assert 30 <= stopped_at < N
+    # Slurm holds a requeued job until the credential of its last run expires (120 s by default), so
+    # that slurmd does not refuse the new launch as "Job credential revoked"; slurmd compares whole
+    # seconds, so a start 2 s after the kill is safe and the test need not wait the 120 s out.
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
+
+    for name in (interrupted, reference):
+        code, out, err = gatesweep(["run", f"{name}.yaml", "--wait"])
+        assert code == 0, err + job_log(run_dir)
+        assert "submitted" not in out  # followed (or found finished), never submitted a second time
+    assert status(run_dir) == status(ref_dir) == "FINISHED"
+
+    # one job, requeued once by submitit's handler, resumed from its checkpoint
+    assert [r["state"] for r in sacct([job], duplicates=True)] == ["REQUEUED", "COMPLETED"]
+    assert "Requeued job" in job_log(run_dir)
+    log = (run_dir / "logs" / f"{trial.trial_id}.txt").read_text()
+    resumed = [int(s) for s in re.findall(r"^resumed from step (\d+)", log, re.MULTILINE)]
+    assert resumed == [stopped_at]  # from the checkpoint it saved when stopped
+    final = read_json(run_dir / "track" / "summary.json")["final_val_loss"]
+    assert final == read_json(ref_dir / "track" / "summary.json")["final_val_loss"]
+
+    # MLflow: the trial's one run carries both attempts, each step once
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_env)
+    exp = client.get_experiment_by_name(f"gs-{interrupted}")
+    (run,) = client.search_runs([exp.experiment_id], f"tags.trial_id = '{trial.trial_id}'")
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "FINISHED"
+    assert run.data.metrics["final_val_loss"] == pytest.approx(final)
+    val_steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert sorted(val_steps) == [0, 60, 120, 180, 240]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == list(range(1, N + 1))
+
+
+def test_cancelled_trial_is_resubmitted_into_its_mlflow_run(slurm_cluster, mlflow_env, tmp_path, monkeypatch):
+    """A trial whose job was cancelled (pending or running) is submitted again by the next run; it keeps
+    its one MLflow run."""
+    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
+    monkeypatch.chdir(tmp_path)
+    write_data(tmp_path)
+    name = unique("cancel")
+    write_spec(tmp_path / "spec.yaml", name, gates=["headwise"], resources={"gpus_per_node": 0})
+    (trial,) = expand(load_spec(tmp_path / "spec.yaml"))
+    run_dir = RUNS_ROOT / name / trial.trial_id
+    code, _, err = gatesweep(["run", "spec.yaml"])
+    assert code == 0, err
+    first = job_id(run_dir)
+    subprocess.run(["scancel", first], check=True)
+    wait_until(lambda: squeue(first)[0] not in ("PENDING", "RUNNING", "COMPLETING"), 30, "the job to end")
+
+    code, out, err = gatesweep(["run", "spec.yaml", "--wait"])
+    assert code == 0, err + job_log(run_dir)
+    second = job_id(run_dir)
+    assert second != first and read_json(run_dir / "slurm.json")["previous"] == [first]
+    assert "submitted 1 trial(s)" in out and status(run_dir) == "FINISHED"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_env)
+    exp = client.get_experiment_by_name(f"gs-{name}")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`gatesweep.kind` = 'trial'")
+    assert run.data.tags["trial_id"] == trial.trial_id and run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [0, 10, 20]
