@@ -18,7 +18,7 @@ export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT ?= true
 # pip's local index config prints one warning per package; keep the output readable.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help setup test lint demo data-synth services-down stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep \
+.PHONY: help setup test lint demo data-synth services-down status test-slurm stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep \
         lr-search tables report mlflow-ui mlflow-up mlflow-down slurm-up slurm-down services-up bench clean
 
 help:
@@ -65,8 +65,15 @@ demo: $(STAMP) data/synth/synth.json
 	echo "demo took $$(( $$(date +%s) - start ))s after setup; open the runs with: make mlflow-ui  (http://127.0.0.1:5000)"
 
 # ---------------------------------------------------------------- study stages
+# WAIT=1 blocks with the progress display (slurm); DRY_RUN=1 prints what would be submitted
 stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep: $(STAMP)
-	$(GS) run sweeps/$(@:-sweep=).yaml --backend $(BACKEND) $(if $(DRY_RUN),--dry-run) $(ARGS)
+	$(GS) run sweeps/$(@:-sweep=).yaml --backend $(BACKEND) $(if $(DRY_RUN),--dry-run) $(if $(WAIT),--wait) $(ARGS)
+
+status: $(STAMP)  ## make status SPEC=sweeps/stage2.yaml
+	$(GS) status $(or $(SPEC),sweeps/stage2.yaml) $(ARGS)
+
+test-slurm: $(STAMP)
+	@bash scripts/slurm_up.sh && source $(SLURM_ROOT)/env.sh && $(PY) -m pytest -q -ra tests/test_slurm_*.py $(PYTEST_ARGS)
 
 lr-search: $(STAMP) data/synth/synth.json
 	$(GS) run sweeps/lr_search.yaml --backend ray $(if $(DRY_RUN),--dry-run) $(ARGS)
