@@ -63,7 +63,7 @@ def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: b
     if backend == "ray":
         from cluster.ray_launch import run_ray
 
-        return run_ray(prep, dry_run=dry_run, max_parallel=max_parallel)
+        return run_ray(prep, dry_run=dry_run, max_parallel=max_parallel, overrides=overrides, slurm_opts=slurm_opts)
     return run_local(prep, dry_run=dry_run, max_parallel=max_parallel)
 
 

@@ -27,7 +27,7 @@ BACKENDS = ("local", "slurm", "ray")
 SLURM_KEYS = ("partition", "account", "qos", "constraint", "timeout_min", "array_parallelism", "max_requeues",
               "max_array_size", "signal_delay_s", "extra", "setup")
 LOCAL_KEYS = ("max_parallel", "trials_per_gpu")
-RAY_KEYS = ("address", "num_cpus", "num_gpus", "cpus_per_trial", "storage_path")
+RAY_KEYS = ("address", "num_cpus", "num_gpus", "cpus_per_trial", "storage_path", "nodes", "timeout_min")
 CHAIN_KEYS = ("from", "select", "metric", "where", "fallback")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -1,0 +1,279 @@
+"""Ray Tune backend: a spec's `search:` as Tune trials under ASHA (thin executor over ray_* builders).
+
+run_ray: sample the search's trials (ray_space) -> the same checks, stale cleanup and MLflow parent
+and child runs as the local backend (one child run per trial id, reused) -> one Tuner over the
+trials (ray_trainable runs each in its actor) -> the best value per design point, printed and
+logged to the parent run.
+
+Resuming: a rerun of the same spec draws the same trials (same ids). Trials whose record is
+FINISHED/EARLY_STOPPED are not trained again: they replay their recorded val losses to Tune, so
+ASHA's rungs hold the same values as before (Tuner.restore would not do that: Tune 2.60 does not
+save the scheduler's state with the experiment); the others run, resuming from their checkpoint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cluster.ray_plan import (
+    RayOptions,
+    check_fits,
+    check_trials,
+    describe,
+    nproc,
+    ray_options,
+    trial_resources,
+)
+from cluster.ray_slurm import sbatch_text, slurm_job
+from cluster.ray_space import METRIC, MODE, SearchPlan, parse_search, search_trials
+from cluster.ray_summary import best_rows, log_best, outcome, render_text, summary_table
+from cluster.state import DONE, TrialState, split
+from cluster.store import LEAKY_ENV, SweepStore, is_server
+from cluster.sweep import Prepared, preflight_trials, retire_stale, states_for
+from cluster.trialdir import RUNS_ROOT, local_status, trial_dir, write_trial_json
+from trainer.errors import BackendError
+from trainer.tracking import read_json
+
+NODE_WAIT_S = 300.0
+
+
+def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, overrides: list[str] | tuple[str, ...] = (),
+            slurm_opts: dict[str, Any] | None = None) -> int:
+    spec, store = prep.spec, prep.store
+    plan = parse_search(spec)
+    trials = search_trials(plan, prep.trials)
+    check_trials(trials)
+    workdir = Path.cwd()
+    opts = ray_options(spec, workdir)
+    concurrent = max_parallel or plan.max_concurrent_trials
+    if dry_run:
+        done = {t.trial_id for t in trials if local_status(trial_dir(t))[0] in DONE}
+        print(describe(spec, plan, trials, opts, max_concurrent=concurrent, done=done))
+        print("\n# ---- Ray on Slurm: save as a file and `sbatch` it from the project directory ----")
+        job = slurm_job(spec, num_trials=len(trials), workdir=workdir, concurrent=concurrent,
+                        default_concurrent=plan.max_concurrent_trials, overrides=overrides,
+                        slurm_opts=slurm_opts or {})
+        print(sbatch_text(job), end="")
+        return 0
+    preflight_trials(trials)
+    search = Prepared(spec, trials, store)
+    states = states_for(search)
+    if retire_stale(states, store):
+        print("trial(s) left RUNNING by a dead process: marked KILLED, running again")
+    todo, done, busy = split(states)
+    if busy:
+        print(f"{len(busy)} trial(s) are running in another process; leaving them out of this search")
+    print(f"ray search {spec.name}: {len(trials)} trials ({len(done)} recorded earlier and replayed to the "
+          f"scheduler, {len(todo)} to run), up to {concurrent} at a time")
+    if not todo:
+        print(f"nothing to run: {len(done)}/{len(states)} trials recorded")
+        _deliver_all(states, store)
+        return 0 if _report(plan, search, store) == "FINISHED" else 1
+    existing = store.trial_runs() if store.enabled else {}
+    store.start_parent(spec=spec.name, stage=spec.stage, backend="ray", n_trials=len(todo), spec_path=spec.path)
+    status = "FAILED"
+    try:
+        for s in todo:
+            write_trial_json(s.trial, s.run_dir, backend="ray")
+            store.ensure_child(s.trial, s.run_dir, backend="ray", existing=existing)
+        _log_search(store, plan, concurrent)
+        # finished trials with a local record replay it to ASHA; one known only to MLflow has nothing to replay
+        replay = [s for s in done if local_status(s.run_dir)[0] in DONE]
+        _fit(spec.name, plan, replay + todo, store, opts, concurrent, workdir)
+        status = _report(plan, search, store)
+        if any(local_status(s.run_dir)[0] == "KILLED" for s in todo):
+            # Tune took the Ctrl-C, stopped the trials (they recorded KILLED) and returned normally
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("interrupted: rerun the same command to resume (finished trials are not run again)", file=sys.stderr)
+        return 130
+    finally:
+        _deliver_all(states, store)
+        store.finish_parent(status)
+    return 0 if status == "FINISHED" else 1
+
+
+# ---------------------------------------------------------------- the Tune run
+def _fit(name: str, plan: SearchPlan, states: list[TrialState], store: SweepStore, opts: RayOptions,
+         concurrent: int, workdir: Path) -> None:
+    ray_environment(opts)  # before Ray is imported: it reads some of these at import time
+    from ray import tune
+
+    tune_log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoTunerRestoreHint) for f in tune_log.filters):
+        tune_log.addFilter(_NoTunerRestoreHint())
+
+    from cluster.ray_callbacks import EarlyStopASHA, SearchCallback
+    from cluster.ray_trainable import TrialTrainable, trial_payload
+
+    forward = store.enabled and is_server(store.uri)
+    replayed = {s.trial.trial_id for s in states if s.status in DONE}
+    payloads = [trial_payload(s.trial.trial_id, s.trial.label, s.run_dir, workdir=workdir, nproc=nproc(s.trial),
+                              forward=forward, num_iterations=s.trial.config.run.num_iterations) for s in states]
+    callback = SearchCallback({s.trial.trial_id: s.run_dir for s in states},
+                              {s.trial.trial_id: f"{s.trial.label or 'base'} s{s.trial.seed} {s.trial.trial_id}"
+                               for s in states},
+                              deliver=lambda d: _deliver(d, store), driver_writes=store.enabled and not forward,
+                              replayed=replayed)
+    a = plan.scheduler
+    scheduler = EarlyStopASHA(time_attr="step", max_t=a.max_t, grace_period=a.grace_period,
+                              reduction_factor=a.reduction_factor) if a else None
+    with ray_session(opts) as cluster:
+        resources = trial_resources(states[0].trial, cluster_gpus=cluster.get("GPU", 0),
+                                    cpus_per_trial=opts.cpus_per_trial)
+        check_fits(resources, cluster)
+        if states[0].trial.resources.gpus_per_node and not resources["gpu"]:
+            print("the Ray cluster has no GPUs: trials run on CPUs")
+        tuner = tune.Tuner(
+            tune.with_resources(TrialTrainable, resources),
+            param_space={"trial": tune.grid_search(payloads)},
+            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, num_samples=1,
+                                        max_concurrent_trials=concurrent, reuse_actors=True,
+                                        trial_name_creator=lambda t: str(t.config["trial"]["trial_id"]),
+                                        trial_dirname_creator=lambda t: str(t.config["trial"]["trial_id"])),
+            run_config=tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      storage_path=str(opts.storage_path), verbose=0, callbacks=[callback],
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
+        tuner.fit()
+        callback.settle(wait_s=60.0)
+
+
+class _NoTunerRestoreHint(logging.Filter):
+    """After a Ctrl-C Tune suggests `Tuner.restore(...)`; a gatesweep search resumes by running the same
+    command again (see the module doc), so that hint would mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+def ray_environment(opts: RayOptions) -> None:
+    """The environment Ray and its workers start with (workers inherit this process's)."""
+    for k in LEAKY_ENV:  # an inherited experiment/run id would redirect the trials' runs
+        os.environ.pop(k, None)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment box on stdout: we print progress
+    if opts.address is None or _is_loopback(opts.address):
+        # Ray's single-machine mode: every Ray server binds 127.0.0.1. Without it they listen on all
+        # interfaces and Ray rewrites _node_ip_address=127.0.0.1 to the machine's address.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        constants = sys.modules.get("ray._private.ray_constants")
+        if constants is not None and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+            # Ray was imported before this ran (a notebook, a test) and read the variable already; the
+            # driver is the process that picks the node address, so its copy is the one that counts.
+            setattr(constants, "ENABLE_RAY_CLUSTER", False)  # noqa: B010
+    if opts.address is None:
+        # A loopback-only cluster of this process; Ray 2.60's default token auth would also write a
+        # world-readable ~/.ray/auth_token. An explicit RAY_AUTH_MODE wins.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@contextmanager
+def ray_session(opts: RayOptions) -> Iterator[dict[str, float]]:
+    """Ray for one search; yields the cluster's resources. Reuses a Ray this process already started
+    (tests, notebooks); else joins backend.ray.address, or starts a local Ray on 127.0.0.1."""
+    ray_environment(opts)
+    import ray
+
+    if ray.is_initialized():
+        yield {k: float(v) for k, v in ray.cluster_resources().items()}
+        return
+    temp_dir = None
+    if opts.address:
+        ray.init(address=opts.address, log_to_driver=False)
+        _wait_for_nodes(ray, opts.nodes or 1)
+    else:
+        temp_dir = tempfile.mkdtemp(prefix="gsray-", dir="/tmp")  # unix socket paths: at most 107 bytes
+        ray.init(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, include_dashboard=False, _temp_dir=temp_dir,
+                 _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        yield {k: float(v) for k, v in ray.cluster_resources().items()}
+    finally:
+        ray.shutdown()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0]
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _wait_for_nodes(ray: Any, n: int) -> None:
+    deadline = time.monotonic() + NODE_WAIT_S
+    while sum(1 for node in ray.nodes() if node.get("Alive")) < n:
+        if time.monotonic() > deadline:
+            raise BackendError(f"only {sum(1 for x in ray.nodes() if x.get('Alive'))} of backend.ray.nodes={n} Ray "
+                               f"nodes joined in {NODE_WAIT_S:.0f}s; check the workers' `ray start` output")
+        time.sleep(2.0)
+
+
+# ---------------------------------------------------------------- records
+def _deliver(run_dir: Path, store: SweepStore) -> None:
+    if not store.enabled:
+        return
+    from trainer.mlflow_sync import sync_record
+
+    try:
+        sync_record(run_dir / "track", store.uri)
+    except Exception as e:  # noqa: BLE001 - `gatesweep sync` delivers it later
+        print(f"warning: MLflow delivery of {run_dir} failed ({e}); run `gatesweep sync`", file=sys.stderr)
+
+
+def _deliver_all(states: list[TrialState], store: SweepStore) -> None:
+    """Whatever a record still holds undelivered, once no trial process writes it any more."""
+    if not store.enabled:
+        return
+    from cluster.trialdir import TrialLock
+    from trainer.mlflow_sync import pending
+
+    for s in states:
+        track = s.run_dir / "track"
+        if track.is_dir() and (track / "mlflow.json").exists() and pending(track) \
+                and not TrialLock(s.run_dir).held_elsewhere():
+            _deliver(s.run_dir, store)
+
+
+def _log_search(store: SweepStore, plan: SearchPlan, concurrent: int) -> None:
+    if not (store.enabled and store.parent_id):
+        return
+    params = {f"search.{a.key}": a.describe().split(": ", 1)[1] for a in plan.axes}
+    params |= {"search.num_samples": str(plan.num_samples), "search.seed": str(plan.seed),
+               "search.max_concurrent_trials": str(concurrent)}
+    if plan.scheduler:
+        a = plan.scheduler
+        params |= {"search.scheduler": "asha (training steps)", "search.grace_period": str(a.grace_period),
+                   "search.reduction_factor": f"{a.reduction_factor:g}", "search.max_t": str(a.max_t)}
+    for k, v in params.items():
+        store.client.log_param(store.parent_id, k, v)
+
+
+def _report(plan: SearchPlan, search: Prepared, store: SweepStore) -> str:
+    """Print and log the best value per design point; the sweep's status from the trials' records."""
+    outcomes = []
+    for t in search.trials:
+        run_dir = trial_dir(t)
+        status = local_status(run_dir)[0]
+        outcomes.append(outcome(t, plan, status, read_json(run_dir / "track" / "summary.json") or {}))
+    rows = best_rows(outcomes)
+    print(f"best {', '.join(plan.keys)} per design point (FINISHED trials only; early-stopped ones did not reach the end):")
+    print(render_text(summary_table(rows)))
+    log_best(store, rows, RUNS_ROOT / search.spec.name)
+    bad = [o for o in outcomes if o.status not in DONE]
+    if bad:
+        print(f"{len(bad)} trial(s) not finished ({', '.join(sorted({o.status or 'never run' for o in bad}))}); "
+              "rerun the same command to run them")
+    return "FINISHED" if not bad else "FAILED"

@@ -1,0 +1,120 @@
+"""The search's answer: the best value of the searched keys per design point (e.g. the best LR per
+gate), from the trials' records. Pure `best_rows` + `summary_table`; `log_best` writes the parent run.
+
+Only FINISHED trials compete: an early-stopped trial's final loss does not exist (it never reached
+the last step). Seeds of one config are averaged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.ray_space import SearchPlan, group_label
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    group: str
+    values: tuple[tuple[str, Any], ...]  # the searched keys' values
+    trial_id: str
+    status: str
+    final_val_loss: float
+
+
+@dataclass(frozen=True)
+class BestRow:
+    group: str
+    values: tuple[tuple[str, Any], ...]  # () when no trial of the group finished
+    final_val_loss: float
+    trial_ids: tuple[str, ...]
+    finished: int
+    early_stopped: int
+    failed: int
+
+
+def outcome(trial: Any, plan: SearchPlan, status: str, summary: dict[str, Any]) -> TrialOutcome:
+    values = tuple((k, v) for k, v in trial.design if k in plan.keys)
+    loss = summary.get("final_val_loss")
+    return TrialOutcome(group_label(trial, plan), values, trial.trial_id, status,
+                        float(loss) if isinstance(loss, (int, float)) else math.nan)
+
+
+def best_rows(outcomes: Sequence[TrialOutcome]) -> list[BestRow]:
+    groups: dict[str, list[TrialOutcome]] = {}
+    for o in outcomes:
+        groups.setdefault(o.group, []).append(o)
+    rows = []
+    for group, items in groups.items():
+        by_values: dict[tuple, list[TrialOutcome]] = {}
+        for o in items:
+            if o.status == "FINISHED" and math.isfinite(o.final_val_loss):
+                by_values.setdefault(o.values, []).append(o)
+        means = {v: sum(o.final_val_loss for o in os_) / len(os_) for v, os_ in by_values.items()}
+        best = min(means, key=lambda v: means[v]) if means else ()
+        rows.append(BestRow(group, best, means.get(best, math.nan) if best else math.nan,
+                            tuple(o.trial_id for o in by_values.get(best, [])),
+                            finished=sum(o.status == "FINISHED" for o in items),
+                            early_stopped=sum(o.status == "EARLY_STOPPED" for o in items),
+                            failed=sum(o.status not in ("FINISHED", "EARLY_STOPPED") for o in items)))
+    return rows
+
+
+def _value_text(values: tuple[tuple[str, Any], ...]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values) or "(none finished)"
+
+
+def summary_table(rows: Sequence[BestRow], *, sep: str = "  ") -> list[list[str]]:
+    header = ["design", "best", "final_val_loss", "trial_ids", "finished", "early_stopped", "failed"]
+    body = [[r.group, _value_text(r.values), f"{r.final_val_loss:.4f}" if r.values else "-",
+             ",".join(r.trial_ids) or "-", str(r.finished), str(r.early_stopped), str(r.failed)] for r in rows]
+    return [header, *body]
+
+
+def render_text(table: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
+def render_markdown(table: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in table[1:]]) + "\n"
+
+
+def slug(text: str) -> str:
+    """An MLflow-safe key part: `attn_gate=none gate_act=sigmoid` -> `attn_gate_none.gate_act_sigmoid`."""
+    return ".".join(re.sub(r"[^\w\-]", "_", part) for part in text.split()) or "base"
+
+
+def parent_params_metrics(rows: Sequence[BestRow]) -> tuple[dict[str, str], dict[str, float]]:
+    """best.<design>.<key> params and best.<design>.final_val_loss metrics for the parent run."""
+    params: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    for r in rows:
+        for k, v in r.values:
+            params[f"best.{slug(r.group)}.{k}"] = f"{v:g}" if isinstance(v, float) else str(v)
+        if r.values:
+            metrics[f"best.{slug(r.group)}.final_val_loss"] = r.final_val_loss
+    return params, metrics
+
+
+def log_best(store: Any, rows: Sequence[BestRow], out_dir: Path) -> list[Path]:
+    """Write best_lr.{md,csv} into out_dir and log them plus params/metrics to the sweep's parent run."""
+    table = summary_table(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv = out_dir / "best_lr.md", out_dir / "best_lr.csv"
+    md.write_text(render_markdown(table))
+    csv.write_text("".join(",".join(f'"{c}"' if "," in c else c for c in row) + "\n" for row in table))
+    if store.enabled and store.parent_id:
+        params, metrics = parent_params_metrics(rows)
+        for k, v in params.items():
+            store.client.log_param(store.parent_id, k, v)
+        for k, v in metrics.items():
+            store.client.log_metric(store.parent_id, k, v)
+        store.log_parent_artifact(md)
+        store.log_parent_artifact(csv)
+    return [md, csv]
