@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from cluster.compile_cache import cache_env
-from cluster.local import run_trials, trainer_command
+from cluster.local import check_local, run_trials, trainer_command, visible_gpus
 from cluster.state import DONE, counts, split
-from cluster.store import clean_env
+from cluster.store import SWEEP_RECORDS, clean_env, sync_sweep_record
 from cluster.sweep import check_backend, preflight_trials, prepare, retire_stale, states_for
 from cluster.trialdir import RUNS_ROOT, trial_dir
 from sweeps.expand import Trial, gpu_hours
@@ -69,22 +71,21 @@ def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: b
 
 def run_local(prep: Any, *, dry_run: bool, max_parallel: int | None) -> int:
     spec = prep.spec
-    parallel = max_parallel or int(spec.backend_options("local").get("max_parallel", 1))
+    local = spec.backend_options("local")
+    parallel = int(local.get("max_parallel", 1)) if max_parallel is None else max_parallel
     nproc = max(spec.resources.gpus_per_node, 1) * spec.resources.nodes
+    per_gpu = int(local.get("trials_per_gpu", 1))
+    check_local(nproc, max_parallel=parallel, trials_per_gpu=per_gpu, gpus=visible_gpus())
     if dry_run:
         for t in prep.trials:
             d = trial_dir(t)
             print(f"# trial {t.index} {t.trial_id} {t.label} seed={t.seed}")
-            print(" ".join(trainer_command(d / "trial.json", nproc)))
+            print(shlex.join(trainer_command(d / "trial.json", nproc)))  # safe to paste into a shell
         print(f"{len(prep.trials)} trials, up to {parallel} at a time; "
               f"{gpu_hours(prep.trials, spec.estimate_ms_per_step):.1f} GPU-hours estimated")
         return 0
-    preflight_trials(prep.trials)
     states = states_for(prep)
-    stale = retire_stale(states, prep.store)
     todo, done, busy = split(states)
-    if stale:
-        print(f"{stale} trial(s) left RUNNING by a dead process: marked KILLED, running again")
     if done:
         print(f"skipping {len(done)} finished trial(s)")
     if busy:
@@ -92,24 +93,38 @@ def run_local(prep: Any, *, dry_run: bool, max_parallel: int | None) -> int:
     if not todo:
         print(f"nothing to run: {len(done)}/{len(states)} trials finished")
         return 0
+    preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
+    stale = retire_stale(states, prep.store)
+    if stale:
+        print(f"{stale} trial(s) left RUNNING by a dead process: marked KILLED, running again")
     store = prep.store
+    if store.enabled and store.retire_stale_parents(spec.name):
+        print("a sweep run left RUNNING by a dead launcher was marked KILLED")
     existing = store.trial_runs() if store.enabled else {}
     store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path)
     status = "FINISHED"
+    # `kill PID` (SIGTERM) stops a sweep like Ctrl-C: trials checkpoint, records and the sweep run say KILLED
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = run_trials(todo, store, max_parallel=parallel, nproc=nproc, title=spec.name, existing=existing,
-                             trials_per_gpu=int(spec.backend_options("local").get("trials_per_gpu", 1)))
+                             trials_per_gpu=per_gpu)
     except KeyboardInterrupt:
         status = "KILLED"
         print("interrupted: running trials were stopped and marked KILLED; rerun the same command to resume",
               file=sys.stderr)
         return 130
     finally:
-        store.finish_parent(status)
+        signal.signal(signal.SIGTERM, previous)
+        store.finish_parent(status, RUNS_ROOT / spec.name)
     bad = {k: v for k, v in results.items() if v not in DONE}
     print(f"sweep {spec.name}: {len(results) - len(bad)} finished, {len(bad)} not "
           f"({', '.join(sorted(set(bad.values()))) or '-'}); records in {RUNS_ROOT / spec.name}")
     return 0 if not bad else 1
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean stop short
+    raise KeyboardInterrupt
 
 
 def status(spec_path: str, overrides: list[str], *, uri: str | None) -> int:
@@ -136,7 +151,13 @@ def sync(paths: list[str], uri: str | None) -> int:
     from trainer.mlflow_sync import pending, sync_record
 
     roots = [Path(p) for p in paths] or [RUNS_ROOT]
-    tracks = []
+    missing = [str(p) for p in roots if paths and not p.exists()]
+    if missing:
+        from trainer.errors import DataError
+
+        raise DataError(f"{', '.join(missing)}: no such run record; pass run directories (runs/<spec>/<trial_id>), "
+                        "their track/ directories or a root such as runs/")
+    tracks, sweeps = [], []
     for root in roots:
         if (root / "metrics.jsonl").exists() or (root / "status.json").exists():
             tracks.append(root)
@@ -144,6 +165,7 @@ def sync(paths: list[str], uri: str | None) -> int:
             tracks.append(root / "track")
         else:
             tracks += sorted(p.parent for p in root.glob("**/track/status.json"))
+            sweeps += sorted(root.glob(f"**/{SWEEP_RECORDS}/*.json"))
     n_ok = n_fail = 0
     for t in tracks:
         if not pending(t):
@@ -155,8 +177,15 @@ def sync(paths: list[str], uri: str | None) -> int:
         except Exception as e:  # noqa: BLE001 - report and continue with the others
             n_fail += 1
             print(f"failed {t}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+    n_sweep_fail = 0
+    for f in sweeps:  # after the trials: a sweep run ends once its trials' records are in
+        try:
+            print(sync_sweep_record(f, uri))
+        except Exception as e:  # noqa: BLE001 - report and continue with the others
+            n_sweep_fail += 1
+            print(f"failed {f}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
     print(f"sync: {n_ok} record(s) delivered, {n_fail} failed, {len(tracks) - n_ok - n_fail} already up to date")
-    return 0 if n_fail == 0 else 1
+    return 0 if n_fail + n_sweep_fail == 0 else 1
 
 
 def warmup_trial(trial: Trial, sweep_dir: Path) -> int:

@@ -90,9 +90,15 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
     if not lock.acquire():
         return None  # another launcher runs it right now
     trial_json = write_trial_json(s.trial, s.run_dir, backend="local",
-                                  overrides={"device": device} if device else None)
+                                  overrides={"device": device} if device else None,
+                                  tags={"mlflow.parentRunId": store.parent_id} if store.parent_id else None)
     if store.enabled:
-        store.ensure_child(s.trial, s.run_dir, backend="local", existing=existing)
+        try:
+            store.ensure_child(s.trial, s.run_dir, backend="local", existing=existing)
+        except Exception as e:  # noqa: BLE001 - a tracking outage must not stop the sweep
+            print(f"warning: MLflow unreachable while starting trial {s.trial.trial_id} ({type(e).__name__}); "
+                  f"it trains anyway and its record is delivered when the server is back "
+                  f"(or by `gatesweep sync {s.run_dir}`)", file=sys.stderr)
     env = clean_env() | cache_env(Path(s.run_dir).parent)
     env["GATESWEEP_TRACKING"] = "mlflow" if is_server(store.uri) else "local"
     if gpus:
@@ -117,15 +123,47 @@ def _final_status(r: _Running, code: int) -> tuple[str, str]:
     return status, reason
 
 
-def _deliver(s: TrialState, store: SweepStore) -> None:
-    """With a file store (sqlite) the launcher is the single writer: it delivers the trial's record."""
-    if store.enabled and not is_server(store.uri):
-        from trainer.mlflow_sync import sync_record
+def _deliver(s: TrialState, store: SweepStore, *, ended: bool, quiet: bool = False) -> bool:
+    """With a file store (sqlite) the launcher is the single writer: it delivers the trial's record.
+    With a server the trainer delivers its own record; the launcher takes over only for a trial that
+    ended with part of it undelivered (the server was down when its trainer gave up). False: failed."""
+    if not store.enabled or (is_server(store.uri) and not ended):
+        return True
+    from trainer.mlflow_sync import pending, sync_record
 
-        try:
-            sync_record(s.run_dir / "track", store.uri)
-        except Exception as e:  # noqa: BLE001 - delivery is retried by `gatesweep sync`
-            print(f"warning: MLflow delivery of {s.run_dir} failed ({e}); run `gatesweep sync`", file=sys.stderr)
+    track = s.run_dir / "track"
+    if is_server(store.uri) and not pending(track):
+        return True
+    try:
+        sync_record(track, store.uri)
+        return True
+    except Exception as e:  # noqa: BLE001 - retried while the sweep runs, then by `gatesweep sync`
+        if not quiet:
+            print(f"warning: MLflow delivery of {s.run_dir} failed ({type(e).__name__}); retrying while the "
+                  "sweep runs, else `gatesweep sync`", file=sys.stderr)
+        return False
+
+
+def _redeliver(undelivered: list[TrialState], store: SweepStore) -> list[TrialState]:
+    """Retry ended trials' records; the first failure ends the pass (the server is still away)."""
+    for i, s in enumerate(undelivered):
+        if not _deliver(s, store, ended=True, quiet=True):
+            return undelivered[i:]
+    return []
+
+
+def check_local(nproc: int, *, max_parallel: int, trials_per_gpu: int, gpus: list[int]) -> None:
+    """Launch options this machine cannot honour: raised before any run or record is created."""
+    if max_parallel < 1:
+        raise BackendError(f"max_parallel={max_parallel}: a sweep runs at least 1 trial at a time; "
+                           "pass --max-parallel N with N >= 1")
+    if trials_per_gpu > 1 and nproc > 1:
+        raise BackendError(f"trials_per_gpu={trials_per_gpu} needs single-GPU trials (this spec uses {nproc} "
+                           "GPUs per trial); set backend.local.trials_per_gpu=1")
+    if gpus and nproc > len(gpus):
+        raise BackendError(f"a trial needs {nproc} GPUs (resources.nodes x resources.gpus_per_node) but this "
+                           f"machine has {len(gpus)} visible (CUDA_VISIBLE_DEVICES / nvidia-smi); lower "
+                           "resources.gpus_per_node or use --backend slurm")
 
 
 def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, nproc: int,
@@ -133,15 +171,16 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                trials_per_gpu: int = 1) -> dict[str, str]:
     """Run `todo` and return {trial_id: final status}. `trials_per_gpu` > 1 shares each GPU between
     that many single-GPU trials (small models that leave a GPU mostly idle)."""
-    if trials_per_gpu > 1 and nproc > 1:
-        raise BackendError(f"trials_per_gpu={trials_per_gpu} needs single-GPU trials (this spec uses {nproc} "
-                           "GPUs per trial); set backend.local.trials_per_gpu=1")
-    pool = GpuPool([g for g in (visible_gpus() if gpus is None else gpus) for _ in range(trials_per_gpu)])
+    gpus = visible_gpus() if gpus is None else gpus
+    check_local(nproc, max_parallel=max_parallel, trials_per_gpu=trials_per_gpu,
+                gpus=[] if device == "cpu" else gpus)
+    pool = GpuPool([g for g in gpus for _ in range(trials_per_gpu)])
     use_gpus = pool.total > 0 and device != "cpu"
     queue = list(todo)
     running: list[_Running] = []
     results: dict[str, str] = {}
-    last_delivery = 0.0
+    undelivered: list[TrialState] = []
+    last_delivery = last_retry = 0.0
     with Progress(title, len(todo), parallel=max_parallel) as progress:
         try:
             while queue or running:
@@ -156,8 +195,7 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                         results[s.trial.trial_id] = "RUNNING"
                         continue
                     running.append(r)
-                    progress.started(r.state.trial.label or r.state.trial.trial_id, r.state.run_dir,
-                                     r.state.trial.config.run.num_iterations)
+                    progress.started(_label(r.state), r.state.run_dir, r.state.trial.config.run.num_iterations)
                 for r in list(running):
                     code = r.proc.poll()
                     if code is None:
@@ -167,19 +205,30 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                     r.lock.release()
                     r.log.close()  # type: ignore[attr-defined]
                     pool.give(r.gpus)
-                    _deliver(r.state, store)
+                    if not _deliver(r.state, store, ended=True):
+                        undelivered.append(r.state)
                     results[r.state.trial.trial_id] = status
-                    progress.ended(r.state.trial.label or r.state.trial.trial_id, status)
+                    progress.ended(_label(r.state), status)
                 if time.monotonic() - last_delivery > 5:
                     for r in running:
-                        _deliver(r.state, store)
+                        _deliver(r.state, store, ended=False)
                     last_delivery = time.monotonic()
+                if undelivered and time.monotonic() - last_retry > 30:
+                    undelivered, last_retry = _redeliver(undelivered, store), time.monotonic()
                 progress.tick()
                 time.sleep(0.2)
         except KeyboardInterrupt:
             _stop_all(running, store, results)
             raise
+    undelivered = _redeliver(undelivered, store)
+    if undelivered:
+        print(f"warning: {len(undelivered)} trial record(s) are not in MLflow yet (tracking store unreachable); "
+              f"deliver them with `gatesweep sync {undelivered[0].run_dir.parent}` once it is back", file=sys.stderr)
     return results
+
+
+def _label(s: TrialState) -> str:
+    return f"{s.trial.label or s.trial.trial_id} seed={s.trial.seed}"
 
 
 def _stop_all(running: list[_Running], store: SweepStore, results: dict[str, str], grace: float = 60.0) -> None:
@@ -197,8 +246,8 @@ def _stop_all(running: list[_Running], store: SweepStore, results: dict[str, str
             os.killpg(r.proc.pid, signal.SIGKILL)
             r.proc.wait()
         status, reason = local_status(r.state.run_dir)
-        if status not in ("FINISHED", "FAILED", "EARLY_STOPPED"):
-            set_local_status(r.state.run_dir, "KILLED", "stopped by Ctrl-C; resumes from its checkpoint on rerun")
+        if status not in ("FINISHED", "FAILED", "KILLED", "EARLY_STOPPED"):  # keep the trainer's own reason
+            set_local_status(r.state.run_dir, "KILLED", "stopped with the sweep before it could save; reruns")
         r.lock.release()
-        _deliver(r.state, store)
+        _deliver(r.state, store, ended=True)
         results[r.state.trial.trial_id] = local_status(r.state.run_dir)[0]

@@ -75,11 +75,15 @@ class Progress:
             self._plain(force=True)
 
     def started(self, label: str, run_dir: Path, num_iterations: int) -> None:
-        self.running[label] = (time.monotonic(), run_dir, num_iterations)
+        key, i = label, 2
+        while key in self.running:  # trials may share a label (seeds): each one counts
+            key, i = f"{label} #{i}", i + 1
+        self.running[key] = (time.monotonic(), run_dir, num_iterations)
         self.refresh()
 
     def ended(self, label: str, status: str) -> None:
-        start = self.running.pop(label, (time.monotonic(), None, 0))[0]
+        key = next((k for k in self.running if k == label or k.startswith(f"{label} #")), label)
+        start = self.running.pop(key, (time.monotonic(), None, 0))[0]
         if status in ("FINISHED", "EARLY_STOPPED"):
             self.done += 1
             self.durations.append(time.monotonic() - start)

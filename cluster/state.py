@@ -35,12 +35,16 @@ def collect(trials: list[Trial], store: SweepStore | None, *, root: Path = RUNS_
             alive: Callable[[Path], bool] | None = None) -> list[TrialState]:
     """`alive(run_dir)` says whether some process (or scheduler job) still runs the trial;
     default: the trial's lock is held."""
-    runs: dict[str, RunState] = store.trial_runs() if store is not None else {}
+    local = {t.trial_id: local_status(trial_dir(t, root)) for t in trials}
+    # Every trial finished by its local record: nothing to ask MLflow (a rerun of a finished spec
+    # answers without importing mlflow or reaching the server).
+    need_store = store is not None and any(st not in DONE for st, _ in local.values())
+    runs: dict[str, RunState] = store.trial_runs() if need_store else {}  # type: ignore[union-attr]
     is_alive = alive or (lambda d: TrialLock(d).held_elsewhere())
     states = []
     for t in trials:
         d = trial_dir(t, root)
-        status, reason = local_status(d)
+        status, reason = local[t.trial_id]
         remote = runs.get(t.trial_id)
         if not status and remote is not None:
             status = remote.status if remote.status in ("FINISHED", "EARLY_STOPPED", "FAILED", "KILLED") else ""

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from trainer.errors import TrackingError
 from trainer.tracking import read_json, write_json
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+SWEEP_RECORDS = ".sweeps"  # <runs>/<spec>/.sweeps/<parent run id>.json: a sweep run's undelivered end
 # Env vars that a parent process (or mlflow.set_experiment) may have set and that would send child
 # processes' runs to the wrong experiment/run: never pass them on.
 LEAKY_ENV = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID")
@@ -64,6 +68,21 @@ class SweepStore:
             self._client = MlflowClient(self.uri)
         return self._client
 
+    def _existing_experiment_id(self) -> str | None:
+        """The experiment's id if it exists; queries (plan, status) never create it, nor a sqlite file."""
+        if self._exp_id is None:
+            if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
+                return None
+            try:
+                exp = self.client.get_experiment_by_name(self.experiment)
+            except Exception as e:  # noqa: BLE001 - connection errors come in many types
+                raise TrackingError(f"cannot reach the MLflow tracking store {self.uri} ({type(e).__name__}: "
+                                    f"{str(e)[:200]}); start it (make mlflow-up) or set MLFLOW_TRACKING_URI") from None
+            if exp is None or exp.lifecycle_stage == "deleted":
+                return None
+            self._exp_id = exp.experiment_id
+        return self._exp_id
+
     @property
     def experiment_id(self) -> str:
         if self._exp_id is None:
@@ -79,12 +98,13 @@ class SweepStore:
     # ------------------------------------------------------------ queries
     def trial_runs(self) -> dict[str, RunState]:
         """Child runs of the experiment by trial_id (the newest if, against the rules, there are two)."""
-        if not self.enabled:
+        exp_id = self._existing_experiment_id() if self.enabled else None
+        if exp_id is None:
             return {}
         out: dict[str, RunState] = {}
         token = None
         while True:
-            page = self.client.search_runs([self.experiment_id], "tags.`gatesweep.kind` = 'trial'",
+            page = self.client.search_runs([exp_id], "tags.`gatesweep.kind` = 'trial'",
                                            max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
             for r in page:
                 tid = r.data.tags.get("trial_id")
@@ -100,14 +120,43 @@ class SweepStore:
             return None
         run = self.client.create_run(self.experiment_id, run_name=f"sweep-{spec}-{backend}", tags={
             "gatesweep.kind": "sweep", "spec": spec, "stage": stage, "backend": backend,
-            "spec_path": spec_path})
+            "spec_path": spec_path, "gatesweep.host": socket.gethostname(), "gatesweep.pid": str(os.getpid())})
         self.parent_id = run.info.run_id
         self.client.log_param(self.parent_id, "n_trials", n_trials)
         return self.parent_id
 
-    def finish_parent(self, status: str) -> None:
+    def finish_parent(self, status: str, record_dir: Path | None = None) -> None:
+        """End the sweep run. If the server is away, the status waits in `record_dir/.sweeps/` for
+        `gatesweep sync` (an outage must not hide the sweep's result or leave the run RUNNING)."""
         if self.enabled and self.parent_id:
-            self.client.set_terminated(self.parent_id, status)
+            try:
+                self.client.set_terminated(self.parent_id, status)
+            except Exception as e:  # noqa: BLE001 - connection errors come in many types
+                where = "the next run of this spec marks it KILLED"
+                if record_dir is not None:
+                    (record_dir / SWEEP_RECORDS).mkdir(parents=True, exist_ok=True)
+                    write_json(record_dir / SWEEP_RECORDS / f"{self.parent_id}.json", {
+                        "run_id": self.parent_id, "status": status, "tracking_uri": self.uri, "time": time.time()})
+                    where = f"`gatesweep sync {record_dir}` does it once the server is back"
+                print(f"warning: could not mark sweep run {self.parent_id} {status} in MLflow ({type(e).__name__}); "
+                      f"{where}", file=sys.stderr)
+
+    def retire_stale_parents(self, spec: str) -> int:
+        """Sweep runs of `spec` left RUNNING by a launcher on this host that is gone (SIGKILL, OOM, a
+        closed terminal) are marked KILLED; a launcher on another host is never second-guessed."""
+        exp_id = self._existing_experiment_id() if self.enabled else None
+        if exp_id is None:
+            return 0
+        runs = self.client.search_runs([exp_id], f"tags.`gatesweep.kind` = 'sweep' and tags.spec = '{spec}' "
+                                                 "and attributes.status = 'RUNNING'", max_results=1000)
+        n = 0
+        for r in runs:
+            host, pid = r.data.tags.get("gatesweep.host"), r.data.tags.get("gatesweep.pid", "")
+            if host == socket.gethostname() and pid.isdigit() and not _launcher_alive(int(pid)):
+                self.client.set_tag(r.info.run_id, "failure_reason", f"launcher pid {pid} on {host} died")
+                self.client.set_terminated(r.info.run_id, "KILLED")
+                n += 1
+        return n
 
     def log_parent_artifact(self, path: str | Path) -> None:
         if self.enabled and self.parent_id:
@@ -123,6 +172,13 @@ class SweepStore:
         track = run_dir / "track"
         track.mkdir(parents=True, exist_ok=True)
         state = read_json(track / "mlflow.json") or {}
+        if state.get("tracking_uri") != self.uri:
+            if state.get("tracking_uri"):  # delivered to another store: its run ids mean nothing here
+                state = {}
+            # written before any request: if the server is down right now, the trainer still knows
+            # where to deliver its record once it is back
+            state["tracking_uri"] = self.uri
+            write_json(track / "mlflow.json", state)
         known = (existing or {}).get(trial.trial_id)
         run_id = known.run_id if known else None
         if run_id is None and state.get("run_id") and state.get("experiment_id") == self.experiment_id:
@@ -155,3 +211,22 @@ class SweepStore:
             self.client.set_terminated(run_id, mlflow_status)
         else:
             self.client.update_run(run_id, status=mlflow_status)
+
+
+def _launcher_alive(pid: int) -> bool:
+    """A live process with this pid that is a gatesweep launcher (not a recycled pid)."""
+    try:
+        return b"gatesweep" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def sync_sweep_record(path: Path, uri: str | None) -> str:
+    """Deliver one undelivered sweep-run end (see finish_parent); the file goes once delivered."""
+    rec = read_json(path)
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri or rec["tracking_uri"]).set_terminated(rec["run_id"], rec["status"],
+                                                            end_time=int(rec["time"] * 1000))
+    path.unlink()
+    return f"sweep run {rec['run_id']} marked {rec['status']}"

@@ -62,12 +62,14 @@ def check_backend(backend: str) -> None:
     raise BackendError(f"unknown backend '{backend}'; choose local, slurm or ray")
 
 
-def preflight_trials(trials: list[Trial]) -> None:
-    """Data files and batch arithmetic of every distinct data setup, before any run is created."""
+def preflight_trials(trials: list[Trial], spec_path: str | None = None) -> None:
+    """Data files and batch arithmetic of every distinct data setup, before any run is created.
+    With `spec_path`, an error names the spec (and the design point) it comes from."""
     import torch
 
     from trainer.build import preflight
     from trainer.dist import DistEnv
+    from trainer.errors import GatesweepError
 
     seen: set[tuple[Any, ...]] = set()
     for t in trials:
@@ -77,7 +79,12 @@ def preflight_trials(trials: list[Trial]) -> None:
         if key in seen:
             continue
         seen.add(key)
-        preflight(t.config, DistEnv(0, 0, t.resources.world_size, torch.device("cpu")))
+        try:
+            preflight(t.config, DistEnv(0, 0, t.resources.world_size, torch.device("cpu")))
+        except GatesweepError as e:
+            if spec_path is None:
+                raise
+            raise type(e)(f"{spec_path} ({t.label or 'base'}): {e}") from None
 
 
 def states_for(prep: Prepared, *, root: Path = RUNS_ROOT, alive: Any = None) -> list[TrialState]:

@@ -30,11 +30,13 @@ def run_config(trial: Trial, run_dir: Path) -> dict[str, Any]:
     return trial.config.flat() | {"out_dir": str(run_dir), "run_id": trial.trial_id}
 
 
-def write_trial_json(trial: Trial, run_dir: Path, *, backend: str, overrides: dict[str, Any] | None = None
-                     ) -> Path:
+def write_trial_json(trial: Trial, run_dir: Path, *, backend: str, overrides: dict[str, Any] | None = None,
+                     tags: dict[str, str] | None = None) -> Path:
+    """`tags` (e.g. mlflow.parentRunId) travel with the trial: a trainer whose run the launcher could
+    not create (tracking server down) creates it itself, with the same tags, when the server is back."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    meta = trial.meta() | {"backend": backend}
-    meta["tags"] = meta["tags"] | {"backend": backend}
+    meta: dict[str, Any] = trial.meta() | {"backend": backend}
+    meta["tags"] = {**meta["tags"], "backend": backend, **(tags or {})}
     body = {"config": run_config(trial, run_dir) | (overrides or {}), "trial": meta}
     path = run_dir / "trial.json"
     tmp = path.with_suffix(".json.tmp")

@@ -92,7 +92,10 @@ def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
     def resolve(key: str, value: Any) -> Any:
         if isinstance(value, Chain):
             if (value, key) not in chain_cache:
-                chain_cache[(value, key)] = resolve_chain(value, key)
+                try:
+                    chain_cache[(value, key)] = resolve_chain(value, key)
+                except SpecError as e:  # the resolver knows the key, not the file
+                    raise SpecError(f"{spec.path}: {e}") from None
             return chain_cache[(value, key)]
         return value
 
@@ -104,7 +107,8 @@ def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
             if seed_i >= len(seeds):
                 continue
             seed = seeds[seed_i]
-            values = {k: resolve(k, v) for k, v in (spec.base_dict | point).items()}
+            # an overridden key is never resolved: `key=...` is the way out of a chain that cannot resolve
+            values = {k: overrides[k] if k in overrides else resolve(k, v) for k, v in (spec.base_dict | point).items()}
             values |= overrides
             values["seed"] = seed
             try:
@@ -115,7 +119,7 @@ def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
             if tid in seen:
                 continue
             seen.add(tid)
-            design = tuple((k, resolve(k, point[k])) for k in varying if k in point)
+            design = tuple((k, values[k]) for k in varying if k in point)
             trials.append(Trial(trial_id=tid, spec=spec.name, stage=spec.stage, seed=seed, index=len(trials),
                                 label=_label(dict(design), varying), design=design, config=cfg,
                                 resources=spec.resources, experiment=spec.experiment))

@@ -133,6 +133,9 @@ def _config_value(ctx: _Ctx, key: str, value: Any, field_path: str) -> Any:
     if key not in ALL_KEYS:
         raise ctx.error(field_path, f"unknown trainer config key{_suggest(key, ALL_KEYS)}; see "
                                     "trainer/config.py for the keys")
+    if key == "seed":  # expansion sets it per trial: a value here would be dropped without a word
+        raise ctx.error(field_path, "a trial's seed comes from the top-level `seeds` list; write seeds: [0, 1] "
+                                    "(on the command line seeds=0,1)")
     if isinstance(value, Mapping):
         return _chain(ctx, value, field_path)
     if key == "preset":
@@ -154,6 +157,9 @@ def _chain(ctx: _Ctx, m: Mapping[str, Any], field_path: str) -> Chain:
     select = m.get("select", "best")
     if select not in ("best", "worst"):
         raise ctx.error(f"{field_path}.select", f"{select!r} is not one of best, worst")
+    if not isinstance(m["from"], str) or not NAME_RE.match(m["from"]):
+        raise ctx.error(f"{field_path}.from", f"expected a stage name (letters, digits, '_', '.', '-'), "
+                                              f"got {m['from']!r}")
     where = ctx.mapping(m.get("where"), f"{field_path}.where")
     return Chain(source=str(m["from"]), select=select, metric=str(m.get("metric", "final_val_loss")),
                  where=tuple(sorted(where.items())), fallback=m.get("fallback"))
@@ -190,13 +196,14 @@ def parse_spec(data: Any, path: str) -> SweepSpec:
         if not isinstance(values, list) or not values:
             raise ctx.error(f"grid.{k}", f"expected a non-empty list of values, got {values!r}")
         grid.append((str(k), tuple(_config_value(ctx, str(k), v, f"grid.{k}[{i}]") for i, v in enumerate(values))))
+    if not isinstance(top.get("include") or [], list):
+        raise ctx.error("include", f"expected a list of design points (- {{attn_gate: headwise}}), "
+                                   f"got {type(top['include']).__name__}")
     include = []
     for i, entry in enumerate(top.get("include") or []):
         entry = dict(ctx.mapping(entry, f"include[{i}]"))
         seeds = _seeds(ctx, entry.pop("seeds"), f"include[{i}].seeds") if "seeds" in entry else None
         include.append(DesignPoint(values=_config_block(ctx, entry, f"include[{i}]"), seeds=seeds))
-    if not isinstance(top.get("include") or [], list):
-        raise ctx.error("include", "expected a list of design points")
     exclude = tuple(_config_block(ctx, ctx.mapping(e, f"exclude[{i}]"), f"exclude[{i}]")
                     for i, e in enumerate(top.get("exclude") or []))
     res_map = ctx.mapping(top.get("resources"), "resources")
@@ -205,12 +212,14 @@ def parse_spec(data: Any, path: str) -> SweepSpec:
                              for k, v in res_map.items()})
     tracking = ctx.mapping(top.get("tracking"), "tracking")
     ctx.keys(tracking, ("experiment",), "tracking")
+    if not isinstance(tracking.get("experiment", ""), str):
+        raise ctx.error("tracking.experiment", f"expected an MLflow experiment name (a string), "
+                                               f"got {tracking['experiment']!r}")
     backend = dict(ctx.mapping(top.get("backend"), "backend"))
     ctx.keys(backend, ("default",) + BACKENDS, "backend")
     if backend.get("default", "local") not in BACKENDS:
         raise ctx.error("backend.default", f"{backend['default']!r} is not one of {', '.join(BACKENDS)}")
-    for b, allowed in (("local", LOCAL_KEYS), ("slurm", SLURM_KEYS), ("ray", RAY_KEYS)):
-        ctx.keys(ctx.mapping(backend.get(b), f"backend.{b}"), allowed, f"backend.{b}")
+    _backend_sections(ctx, backend)
     estimate = ctx.mapping(top.get("estimate"), "estimate")
     ctx.keys(estimate, ("ms_per_step",), "estimate")
     ms = estimate.get("ms_per_step", 160.0)
@@ -236,6 +245,9 @@ def load_spec(path: str | Path) -> SweepSpec:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if isinstance(e, yaml.constructor.ConstructorError):  # safe_load refuses !!python/... tags
+            raise SpecError(f"{path}: unsupported YAML tag{where}: {problem}; a spec is plain data "
+                            "(mappings, lists, strings, numbers): remove the tag") from None
         raise SpecError(f"{path}: malformed YAML{where}: {problem}; fix the syntax") from None
     return parse_spec(data, str(path))
 
@@ -261,7 +273,8 @@ def apply_spec_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> tuple[Sw
             sub = key.split(".", 1)[1]
             ctx.keys({sub: value}, RESOURCE_KEYS, "resources")
             spec = replace(spec, resources=replace(spec.resources, **{sub: ctx.int_(value, key)}))
-        elif key == "tracking.experiment":
+        elif key.startswith("tracking."):
+            ctx.keys({key.split(".", 1)[1]: value}, ("experiment",), "tracking")
             spec = replace(spec, experiment=str(value))
         elif key.startswith("backend."):
             parts = key.split(".")
@@ -272,6 +285,9 @@ def apply_spec_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> tuple[Sw
                 backend.setdefault(parts[1], {})[parts[2]] = value
             spec = parse_spec_backend(spec, backend)
         elif key.startswith("estimate."):
+            ctx.keys({key.split(".", 1)[1]: value}, ("ms_per_step",), "estimate")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ctx.error(key, f"expected a positive number (ms per step), got {value!r}")
             spec = replace(spec, estimate_ms_per_step=float(value))
         else:
             config[key] = _config_value(ctx, key, value, key)
@@ -281,6 +297,15 @@ def apply_spec_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> tuple[Sw
 def parse_spec_backend(spec: SweepSpec, backend: dict[str, Any]) -> SweepSpec:
     ctx = _Ctx("command line")
     ctx.keys(backend, ("default",) + BACKENDS, "backend")
+    if backend.get("default", "local") not in BACKENDS:
+        raise ctx.error("backend.default", f"{backend['default']!r} is not one of {', '.join(BACKENDS)}")
+    _backend_sections(ctx, backend)
+    return replace(spec, backend=backend)
+
+
+def _backend_sections(ctx: _Ctx, backend: Mapping[str, Any]) -> None:
     for b, allowed in (("local", LOCAL_KEYS), ("slurm", SLURM_KEYS), ("ray", RAY_KEYS)):
         ctx.keys(ctx.mapping(backend.get(b), f"backend.{b}"), allowed, f"backend.{b}")
-    return replace(spec, backend=backend)
+    # 0 or a negative max_parallel would start nothing and wait forever; a string would crash later
+    for k, v in ctx.mapping(backend.get("local"), "backend.local").items():
+        ctx.int_(v, f"backend.local.{k}", 1)

@@ -6,10 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from trainer import dist
-from trainer.build import preflight
 from trainer.errors import GatesweepError
-from trainer.loop import train
 from trainer.overrides import resolve
 from trainer.tracking import NullTracker, make_tracker
 
@@ -37,7 +34,11 @@ def main(argv: list[str]) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg, meta = resolve(argv)
+        cfg, meta = resolve(argv)  # a bad config fails here, before torch is imported (~3 s)
+        from trainer import dist
+        from trainer.build import preflight
+        from trainer.loop import train
+
         env = dist.setup(cfg.run.device)
     except GatesweepError as e:
         print(f"error: {e}", file=sys.stderr)

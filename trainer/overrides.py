@@ -24,7 +24,7 @@ ENV_KEYS = {
 
 
 def parse_kv(items: Sequence[str]) -> dict[str, Any]:
-    """`key=value` strings -> dict; values are YAML scalars (numbers, true/false, strings)."""
+    """`key=value` strings -> dict; values are YAML scalars (numbers, true/false); text stays as typed."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -34,8 +34,10 @@ def parse_kv(items: Sequence[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, (dict, list)):
-            value = raw  # flow-style YAML is not a scalar: keep the text, the config check decides
+        # Flow-style YAML is not a scalar (the config check decides), and text stays as typed: YAML
+        # would read `notes=run #2` as 'run' (a comment) and `tracking.experiment='x'` without quotes.
+        if isinstance(value, (dict, list, str)):
+            value = raw
         out[key.strip()] = value
     return out
 

@@ -112,7 +112,13 @@ class LocalTracker:
         dst = self.root / "artifacts" / src.name
         if src.resolve() != dst.resolve():
             tmp = dst.with_name(dst.name + ".tmp")
-            shutil.copyfile(src, tmp)
+            data = src.read_bytes()
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:  # binary: as is
+                shutil.copyfile(src, tmp)
+            else:  # a config file (trial.json, YAML) may carry a pasted credential, like params do
+                tmp.write_text(redact(text), encoding="utf-8")
             os.replace(tmp, dst)
 
     def log_summary(self, summary: dict[str, float]) -> None:

@@ -1,0 +1,225 @@
+"""Security: servers bind loopback unless told otherwise; YAML is data (safe_load only); values that
+reach a shell are quoted (local launcher and the Slurm sbatch script); credential-looking environment
+variables never reach the logs, params, tags or artifacts of a real sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.services import free_port
+from tests.sweep_helpers import (
+    PYTHON,
+    REPO,
+    cli_env,
+    client,
+    experiment_runs,
+    gatesweep,
+    local_status,
+    trial_dirs,
+    unique,
+    write_data,
+    write_spec,
+)
+
+PACKAGES = ("trainer", "sweeps", "cluster", "gatesweep", "analysis")
+HOSTILE = "x'; touch PWNED1; echo \"$(touch PWNED2)\" `touch PWNED3` #"
+MARKERS = ("PWNED", "PWNED1", "PWNED2", "PWNED3")
+
+
+def _sources() -> list[Path]:
+    return [p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")]
+
+
+# ---------------------------------------------------------------- loopback
+def _listening(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp{,6} write them) with a LISTEN socket on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.rsplit(":", 1)
+            if state == "0A" and int(hexport, 16) == port:
+                found.add(addr)
+    return found
+
+
+LOOPBACK_V4 = "0100007F"  # 127.0.0.1, little-endian
+
+
+@pytest.mark.mlflow
+def test_the_test_server_listens_on_loopback_only(mlflow_server):
+    assert _listening(mlflow_server.port) == {LOOPBACK_V4}
+
+
+@pytest.mark.mlflow
+def test_mlflow_up_script_binds_loopback_by_default(tmp_path: Path):
+    script = (REPO / "scripts" / "mlflow_up.sh").read_text()
+    assert re.search(r"^HOST=\$\{MLFLOW_HOST:-127\.0\.0\.1\}$", script, re.M)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {"MLFLOW_ROOT": str(tmp_path), "MLFLOW_PORT": str(port), "VENV": str(Path(PYTHON).parent.parent)}
+    up = subprocess.run(["bash", str(REPO / "scripts" / "mlflow_up.sh")], env=env, capture_output=True, text=True,
+                        timeout=180)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert (tmp_path / "env.sh").read_text() == f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}\n"
+        assert _listening(port) == {LOOPBACK_V4}  # not 0.0.0.0 (00000000) nor :: on any interface
+    finally:
+        subprocess.run(["bash", str(REPO / "scripts" / "mlflow_down.sh")], env=env, capture_output=True, timeout=60)
+    assert _listening(port) == set()
+
+
+def test_make_mlflow_ui_binds_loopback():
+    out = subprocess.run(["make", "-n", "mlflow-ui"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    (line,) = [ln for ln in out.replace("\\\n", " ").splitlines() if " ui " in ln and "mlflow" in ln]
+    args = shlex.split(line)
+    assert args[args.index("--host") + 1] == "127.0.0.1", line
+    makefile = (REPO / "Makefile").read_text()
+    assert "0.0.0.0" not in makefile
+
+
+# ---------------------------------------------------------------- YAML is data
+def test_yaml_is_only_safe_loaded():
+    unsafe = re.compile(r"yaml\.(load|unsafe_load|full_load|load_all)\(|Loader\s*=|UnsafeLoader|FullLoader")
+    hits = [f"{p.relative_to(REPO)}:{i}" for p in _sources()
+            for i, line in enumerate(p.read_text().splitlines(), 1) if unsafe.search(line)]
+    assert hits == []
+
+
+def test_python_tags_are_refused_and_run_nothing(tmp_path: Path):
+    (tmp_path / "spec.yaml").write_text('name: !!python/object/apply:os.system ["touch PWNED"]\n')
+    (tmp_path / "cfg.yaml").write_text('notes: !!python/object/apply:os.system ["touch PWNED"]\n')
+    spec = gatesweep(["plan", "spec.yaml"], tmp_path, cli_env())
+    trainer = subprocess.run([PYTHON, "-m", "trainer", "cfg.yaml"], cwd=tmp_path, env=cli_env(), capture_output=True,
+                             text=True, timeout=60)
+    assert spec.returncode == trainer.returncode == 2
+    assert "unsupported YAML tag" in spec.stderr and "not valid YAML" in trainer.stderr
+    # a tag inside a command-line value is plain text
+    write_spec(tmp_path / "ok.yaml", "tagged")
+    res = gatesweep(["plan", "ok.yaml", "--json", 'notes=!!python/object/apply:os.system ["touch PWNED"]'],
+                    tmp_path, cli_env())
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)[0]["config"]["notes"] == '!!python/object/apply:os.system ["touch PWNED"]'
+    assert not (tmp_path / "PWNED").exists()
+
+
+# ---------------------------------------------------------------- shell quoting
+def test_no_shell_in_the_packages():
+    shell = re.compile(r"shell\s*=\s*True|os\.system\(|os\.popen\(|subprocess\.getoutput\(|commands\.getoutput")
+    hits = [f"{p.relative_to(REPO)}:{i}" for p in _sources()
+            for i, line in enumerate(p.read_text().splitlines(), 1) if shell.search(line)]
+    assert hits == []
+
+
+def test_hostile_names_in_dry_runs_are_quoted(tmp_path: Path, slurm_cluster):
+    """Local: the printed command is exactly the argv. Slurm: every hostile option value reaches sbatch
+    as one quoted word (sbatch itself reads the partition back verbatim), and the script runs nothing."""
+    write_data(tmp_path)
+    write_spec(tmp_path / "spec.yaml", "hostile", experiment=HOSTILE, seeds=[0], grid={"attn_gate": ["none"]})
+    res = gatesweep(["run", "spec.yaml", "--dry-run", "--backend", "local", f"notes={HOSTILE}"], tmp_path, cli_env())
+    assert res.returncode == 0, res.stderr
+    cmd = shlex.split(res.stdout.splitlines()[1])
+    assert cmd[:3] == [PYTHON, "-m", "trainer"] and len(cmd) == 4
+
+    opts = {"partition": HOSTILE, "account": HOSTILE + " a", "qos": HOSTILE + " q", "constraint": HOSTILE + " c"}
+    args = [a for k, v in opts.items() for a in (f"--{k}", v)]
+    res = gatesweep(["run", "spec.yaml", "--backend", "slurm", "--dry-run", *args, f"notes={HOSTILE}"], tmp_path,
+                    cli_env(SLURM_CONF=slurm_cluster.conf))
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    script = "\n".join(lines[lines.index("#!/bin/bash"):next(i for i, ln in enumerate(lines) if ln.startswith("estimate:"))])
+    sbatch = {}
+    for line in script.splitlines():
+        if line.startswith("#SBATCH --"):
+            (word,) = shlex.split(line[len("#SBATCH "):])  # one shell word per option
+            key, _, value = word[2:].partition("=")
+            sbatch[key] = value
+    assert {k: sbatch[k] for k in opts} == opts
+    # run the script's shell part for real, with a stub srun: nothing hostile executes
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "srun").write_text("#!/bin/sh\necho srun-called > srun.out\n")
+    (stub / "srun").chmod(0o755)
+    (tmp_path / "job.sh").write_text(script + "\n")
+    ran = subprocess.run(["bash", "job.sh"], cwd=tmp_path, env=cli_env(PATH=f"{stub}:{os.environ['PATH']}"),
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "srun.out").read_text() == "srun-called\n"
+    # and Slurm's own parser reads the partition back as the one hostile string
+    test_only = subprocess.run(["sbatch", "--test-only", "job.sh"], cwd=tmp_path, capture_output=True, text=True,
+                               env=cli_env(SLURM_CONF=slurm_cluster.conf), timeout=60)
+    assert f"invalid partition specified: {HOSTILE}" in test_only.stderr, test_only.stderr
+    assert not any((tmp_path / m).exists() for m in MARKERS)
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+# ---------------------------------------------------------------- a real sweep: hostile names, credentials
+@pytest.fixture(scope="module")
+def secret_sweep(tmp_path_factory: pytest.TempPathFactory, mlflow_server):
+    """One real trial with a hostile experiment name and notes, credentials in the environment, and
+    one credential pasted into a config value (notes)."""
+    cwd = tmp_path_factory.mktemp("secrets")
+    secrets = {"AWS_SECRET_ACCESS_KEY": "aws" + uuid.uuid4().hex, "MY_API_TOKEN": "tok" + uuid.uuid4().hex,
+               "MLFLOW_TRACKING_PASSWORD": "pw" + uuid.uuid4().hex, "DB_PASSWORD": "db" + uuid.uuid4().hex}
+    experiment = f"{HOSTILE} {uuid.uuid4().hex[:6]}"
+    name = unique("secret")
+    write_data(cwd)
+    write_spec(cwd / "spec.yaml", name, experiment=experiment, seeds=[0], grid={"attn_gate": ["none"]})
+    notes = f"{HOSTILE} ticket {secrets['MY_API_TOKEN']}"
+    res = gatesweep(["run", "spec.yaml", f"notes={notes}"], cwd, cli_env(mlflow_server.uri, **secrets))
+    assert res.returncode == 0, res.stdout + res.stderr
+    return cwd, name, experiment, secrets, notes, res
+
+
+@pytest.mark.mlflow
+def test_hostile_names_go_through_a_real_sweep_verbatim(secret_sweep, mlflow_server):
+    cwd, name, experiment, _, _, _ = secret_sweep
+    assert not any((cwd / m).exists() for m in MARKERS)
+    (run,) = experiment_runs(mlflow_server.uri, experiment, "trial")
+    assert client(mlflow_server.uri).get_experiment_by_name(experiment).name == experiment
+    assert run.data.params["notes"].startswith(HOSTILE + " ticket ")
+    assert all(local_status(d)["status"] == "FINISHED" for d in trial_dirs(cwd, name))
+
+
+@pytest.mark.mlflow
+def test_credentials_never_reach_logs_params_or_artifacts(secret_sweep, mlflow_server, tmp_path: Path):
+    cwd, name, experiment, secrets, _, res = secret_sweep
+    values = list(secrets.values())
+    leaks = [f"launcher output: {k}" for k, v in secrets.items() if v in res.stdout + res.stderr]
+    # every file the sweep wrote: logs, stdout.log, the local record, checkpoints, results.csv ...
+    for p in cwd.rglob("*"):
+        if not p.is_file() or p.parent.name == "data":
+            continue
+        data = p.read_bytes()
+        for k, v in secrets.items():
+            # trial.json is the launcher's input; the token pasted into notes is there by the user's hand
+            if v.encode() in data and not (p.name == "trial.json" and p.parent.parent.name == name
+                                           and k == "MY_API_TOKEN"):
+                leaks.append(f"{p.relative_to(cwd)}: {k}")
+    # everything MLflow holds: params, tags, metrics keys, and the artifacts downloaded back
+    c = client(mlflow_server.uri)
+    for run in experiment_runs(mlflow_server.uri, experiment):
+        text = json.dumps([run.data.params, run.data.tags, sorted(run.data.metrics)])
+        leaks += [f"run {run.info.run_name} params/tags: {k}" for k, v in secrets.items() if v in text]
+        got = Path(c.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id)))
+        for p in got.rglob("*"):
+            if p.is_file():
+                leaks += [f"artifact {p.name}: {k}" for k, v in secrets.items() if v.encode() in p.read_bytes()]
+    assert leaks == [], leaks
+    (run,) = experiment_runs(mlflow_server.uri, experiment, "trial")
+    assert run.data.params["notes"].endswith("ticket <redacted:MY_API_TOKEN>")
+    artifact = json.loads((tmp_path / run.info.run_id / "trial.json").read_text())
+    assert artifact["config"]["notes"].endswith("ticket <redacted:MY_API_TOKEN>")
+    assert len(values) == 4
