@@ -73,8 +73,9 @@ def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, override
     todo, done, busy = split(states)
     if busy:
         print(f"{len(busy)} trial(s) are running in another process; leaving them out of this search")
-    print(f"ray search {spec.name}: {len(trials)} trials ({len(done)} recorded earlier and replayed to the "
-          f"scheduler, {len(todo)} to run), up to {concurrent} at a time")
+    replayed = " and replayed to the scheduler" if done and todo else ""
+    print(f"ray search {spec.name}: {len(trials)} trials ({len(done)} recorded earlier{replayed}, {len(todo)} to run), "
+          f"up to {concurrent} at a time")
     if not todo:
         print(f"nothing to run: {len(done)}/{len(states)} trials recorded")
         _deliver_all(states, store)
@@ -163,6 +164,7 @@ def ray_environment(opts: RayOptions) -> None:
     for k in LEAKY_ENV:  # an inherited experiment/run id would redirect the trials' runs
         os.environ.pop(k, None)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment box on stdout: we print progress
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no telemetry calls from the search's machines
     if opts.address is None or _is_loopback(opts.address):
         # Ray's single-machine mode: every Ray server binds 127.0.0.1. Without it they listen on all
         # interfaces and Ray rewrites _node_ip_address=127.0.0.1 to the machine's address.

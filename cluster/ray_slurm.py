@@ -26,7 +26,7 @@ from cluster.ray_plan import ray_options
 from sweeps.spec import SweepSpec
 
 MAX_GPUS_PER_NODE = 8
-RAY_PORT = 6379
+RAY_PORT_BASE = 20000
 HEAD_WAIT_S = 120
 LEAKY = "MLFLOW_EXPERIMENT_ID MLFLOW_EXPERIMENT_NAME MLFLOW_RUN_ID MLFLOW_PARENT_RUN_ID"
 
@@ -67,7 +67,8 @@ def _directives(job: RaySlurmJob) -> list[str]:
              f"--cpus-per-task={job.cpus_per_node}"]
     if job.gpus_per_node:
         lines.append(f"--gpus-per-task={job.gpus_per_node}")
-    lines += [f"--time={job.timeout_min}", f"--output={job.workdir}/runs/{job.spec_name}/_tune/slurm-%j.out"]
+    # the output directory must exist when the job starts: the project directory does
+    lines += [f"--time={job.timeout_min}", f"--output={job.workdir}/slurm-ray-{job.spec_name}-%j.out"]
     lines += [f"--{k}={v}" for k, v in sorted(job.sbatch_options.items()) if v]
     return [f"#SBATCH {line}" for line in lines]
 
@@ -98,14 +99,19 @@ def sbatch_text(job: RaySlurmJob) -> str:
         'export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$state/auth_token"',
         '(umask 077; "$PY" -c \'import secrets; print(secrets.token_hex(32), end="")\' > "$RAY_AUTH_TOKEN_PATH")',
         f"unset {LEAKY}  # inherited ids would send the runs to another experiment",
+        'export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"  # no telemetry calls from compute nodes',
         'mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
         'head=${nodes[0]}',
-        'head_ip=$(srun --nodes=1 --ntasks=1 -w "$head" hostname --ip-address | awk \'{print $1}\')',
-        f"port={RAY_PORT}",
-        f'srun --nodes=1 --ntasks=1 -w "$head" "$RAY" start --head --node-ip-address="$head_ip" --port=$port {start_opts} &',
+        "# The head's address as Slurm knows it (NodeAddr), as an IPv4 address for Ray.",
+        'head_addr=$(scontrol show node "$head" | tr \' \' \'\\n\' | sed -n \'s/^NodeAddr=//p\')',
+        'head_ip=$(getent ahostsv4 "$head_addr" | awk \'NR==1{print $1}\')',
+        "# A head on loopback is a one-machine cluster: Ray's single-machine mode keeps every server on it.",
+        'case "$head_ip" in 127.*) export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0;; esac',
+        f"port=$(({RAY_PORT_BASE} + SLURM_JOB_ID % 10000))  # two searches on one node must not collide",
+        f'srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$head" "$RAY" start --head --node-ip-address="$head_ip" --port=$port {start_opts} &',
         f'for _ in $(seq {HEAD_WAIT_S // 2}); do "$RAY" status --address="$head_ip:$port" >/dev/null 2>&1 && break; sleep 2; done',
         'for node in "${nodes[@]:1}"; do',
-        f'  srun --nodes=1 --ntasks=1 -w "$node" "$RAY" start --address="$head_ip:$port" {start_opts} &',
+        f'  srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$node" "$RAY" start --address="$head_ip:$port" {start_opts} &',
         "done",
         "# The driver waits until backend.ray.nodes nodes have joined, then runs the search on them.",
         "code=0",

@@ -146,7 +146,7 @@ GOLDEN_SBATCH = """\
 #SBATCH --cpus-per-task=16
 #SBATCH --gpus-per-task=8
 #SBATCH --time=120
-#SBATCH --output=/shared/gs/runs/lr_search/_tune/slurm-%j.out
+#SBATCH --output=/shared/gs/slurm-ray-lr_search-%j.out
 #SBATCH --account=proj7
 #SBATCH --partition=gpu
 set -euo pipefail
@@ -160,14 +160,19 @@ mkdir -p "$state"
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$state/auth_token"
 (umask 077; "$PY" -c 'import secrets; print(secrets.token_hex(32), end="")' > "$RAY_AUTH_TOKEN_PATH")
 unset MLFLOW_EXPERIMENT_ID MLFLOW_EXPERIMENT_NAME MLFLOW_RUN_ID MLFLOW_PARENT_RUN_ID  # inherited ids would send the runs to another experiment
+export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"  # no telemetry calls from compute nodes
 mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 head=${nodes[0]}
-head_ip=$(srun --nodes=1 --ntasks=1 -w "$head" hostname --ip-address | awk '{print $1}')
-port=6379
-srun --nodes=1 --ntasks=1 -w "$head" "$RAY" start --head --node-ip-address="$head_ip" --port=$port --num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus=8 --include-dashboard=false --temp-dir="/tmp/ray-$SLURM_JOB_ID" --block &
+# The head's address as Slurm knows it (NodeAddr), as an IPv4 address for Ray.
+head_addr=$(scontrol show node "$head" | tr ' ' '\\n' | sed -n 's/^NodeAddr=//p')
+head_ip=$(getent ahostsv4 "$head_addr" | awk 'NR==1{print $1}')
+# A head on loopback is a one-machine cluster: Ray's single-machine mode keeps every server on it.
+case "$head_ip" in 127.*) export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0;; esac
+port=$((20000 + SLURM_JOB_ID % 10000))  # two searches on one node must not collide
+srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$head" "$RAY" start --head --node-ip-address="$head_ip" --port=$port --num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus=8 --include-dashboard=false --temp-dir="/tmp/ray-$SLURM_JOB_ID" --block &
 for _ in $(seq 60); do "$RAY" status --address="$head_ip:$port" >/dev/null 2>&1 && break; sleep 2; done
 for node in "${nodes[@]:1}"; do
-  srun --nodes=1 --ntasks=1 -w "$node" "$RAY" start --address="$head_ip:$port" --num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus=8 --include-dashboard=false --temp-dir="/tmp/ray-$SLURM_JOB_ID" --block &
+  srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$node" "$RAY" start --address="$head_ip:$port" --num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus=8 --include-dashboard=false --temp-dir="/tmp/ray-$SLURM_JOB_ID" --block &
 done
 # The driver waits until backend.ray.nodes nodes have joined, then runs the search on them.
 code=0

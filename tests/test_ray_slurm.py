@@ -1,0 +1,63 @@
+"""The Ray-on-Slurm recipe for real: the sbatch text `--dry-run` prints, submitted to the project's
+single-node Slurm (NodeAddr 127.0.0.1, fake GPUs). The job starts a Ray head with `srun ray start`
+(token auth on, every server on loopback), runs the search driver against it, and Slurm ends Ray
+with the job. One node, so the worker loop is empty here; the golden test covers its text."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import time
+import uuid
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cluster.trialdir import local_status
+from tests.test_ray_search import make_workdir, run_cli, sampled, write_spec
+
+pytestmark = [pytest.mark.slurm, pytest.mark.ray, pytest.mark.slow]
+
+
+def test_sbatch_recipe_runs_the_search_on_a_slurm_allocation(slurm_cluster, tmp_path, monkeypatch):
+    root = make_workdir(tmp_path)
+    monkeypatch.chdir(root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    experiment = f"gs-ray-slurm-{uuid.uuid4().hex[:8]}"
+    spec = write_spec(root, "onslurm", experiment=experiment, lrs=[0.03, 0.01], gates=["none"], gpus=1,
+                      base={"num_iterations": 20}, scheduler={"type": "fifo"})
+    code, out = run_cli(["run", "sweeps/onslurm.yaml", "--backend", "ray", "--dry-run",
+                         "--partition", slurm_cluster.partition])
+    assert code == 0, out
+    script = out.split("# ---- Ray on Slurm", 1)[1].split("\n", 1)[1]
+    assert "#SBATCH --gpus-per-task=2" in script and f"#SBATCH --partition={slurm_cluster.partition}" in script
+    (root / "search.sbatch").write_text(script)
+
+    done = subprocess.run(["sbatch", "--parsable", "--wait", "search.sbatch"], cwd=root, env=os.environ.copy(),
+                          capture_output=True, text=True, timeout=600)
+    job = done.stdout.strip().split(";")[0]
+    log_path = root / f"slurm-ray-onslurm-{job}.out"
+    log = log_path.read_text() if log_path.exists() else "(no job output)"
+    try:
+        assert done.returncode == 0, f"{done.stderr}\n{log[-4000:]}"
+        assert "ray search onslurm: 2 trials" in log and "best learning_rate per design point" in log
+        token = root / "runs" / "onslurm" / "_tune" / f"slurm-{job}" / "auth_token"
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text()) == 64
+        trials = sampled(spec)
+        assert all(local_status(root / "runs" / "onslurm" / t.trial_id)[0] == "FINISHED" for t in trials)
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], "tags.`gatesweep.kind` = 'trial'")
+        assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(t.trial_id for t in trials)
+        assert {r.data.tags["backend"] for r in runs} == {"ray"} and {r.data.tags["n_gpus"] for r in runs} == {"1"}
+        # Slurm ended the job's Ray (the head step): nothing of it is left on the machine
+        deadline = time.monotonic() + 30
+        while (left := subprocess.run(["pgrep", "-f", f"ray-{job}"], capture_output=True, text=True).stdout.split()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, f"Ray processes of job {job} still running: {left}"
+    finally:
+        shutil.rmtree(f"/tmp/ray-{job}", ignore_errors=True)
