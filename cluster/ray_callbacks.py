@@ -50,9 +50,10 @@ def ended_line(label: str, run_dir: Path, replayed: bool) -> str:
 class SearchCallback(Callback):
     """Progress lines and MLflow delivery, keyed by the gatesweep trial id in each Tune trial's config."""
 
-    def __init__(self, run_dirs: dict[str, Path], labels: dict[str, str], *, deliver: Callable[[Path], None],
-                 driver_writes: bool, replayed: set[str], out: Callable[[str], None] = print):
-        self.run_dirs, self.labels, self.deliver = run_dirs, labels, deliver
+    def __init__(self, run_dirs: dict[str, Path], labels: dict[str, str], *, start: Callable[[str], None],
+                 deliver: Callable[[Path], None], driver_writes: bool, replayed: set[str],
+                 out: Callable[[str], None] = print):
+        self.run_dirs, self.labels, self.start, self.deliver = run_dirs, labels, start, deliver
         self.driver_writes, self.replayed, self.out = driver_writes, replayed, out
         self.ended: list[str] = []  # Tune is done with them; their process may still be finishing
         self.reported: set[str] = set()
@@ -61,6 +62,11 @@ class SearchCallback(Callback):
     @staticmethod
     def _tid(trial: Any) -> str:
         return str(trial.config["trial"]["trial_id"])
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tid = self._tid(trial)
+        if tid not in self.replayed:
+            self.start(tid)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         tid = self._tid(trial)

@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -36,11 +37,11 @@ from cluster.ray_plan import (
 )
 from cluster.ray_slurm import sbatch_text, slurm_job
 from cluster.ray_space import METRIC, MODE, SearchPlan, parse_search, search_trials
-from cluster.ray_summary import best_rows, log_best, outcome, render_text, summary_table
+from cluster.ray_summary import log_search, report
 from cluster.state import DONE, TrialState, split
 from cluster.store import LEAKY_ENV, SweepStore, is_server
 from cluster.sweep import Prepared, preflight_trials, retire_stale, states_for
-from cluster.trialdir import RUNS_ROOT, local_status, trial_dir, write_trial_json
+from cluster.trialdir import RUNS_ROOT, TrialLock, local_status, trial_dir, write_trial_json
 from trainer.errors import BackendError
 from trainer.tracking import read_json
 
@@ -65,35 +66,35 @@ def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, override
                         slurm_opts=slurm_opts or {})
         print(sbatch_text(job), end="")
         return 0
-    preflight_trials(trials)
     search = Prepared(spec, trials, store)
     states = states_for(search)
-    if retire_stale(states, store):
-        print("trial(s) left RUNNING by a dead process: marked KILLED, running again")
     todo, done, busy = split(states)
     if busy:
         print(f"{len(busy)} trial(s) are running in another process; leaving them out of this search")
     replayed = " and replayed to the scheduler" if done and todo else ""
     print(f"ray search {spec.name}: {len(trials)} trials ({len(done)} recorded earlier{replayed}, {len(todo)} to run), "
           f"up to {concurrent} at a time")
-    if not todo:
+    if not todo:  # answered from the local records: no torch, no Ray, no server unless a record waits
         print(f"nothing to run: {len(done)}/{len(states)} trials recorded")
         _deliver_all(states, store)
-        return 0 if _report(plan, search, store) == "FINISHED" else 1
+        return 0 if report(plan, trials, store, RUNS_ROOT / spec.name) == "FINISHED" else 1
+    preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
+    if retire_stale(states, store):
+        print("trial(s) left RUNNING by a dead process: marked KILLED, running again")
+    if store.enabled and store.retire_stale_parents(spec.name):
+        print("a sweep run left RUNNING by a dead launcher was marked KILLED")
     existing = store.trial_runs() if store.enabled else {}
     store.start_parent(spec=spec.name, stage=spec.stage, backend="ray", n_trials=len(todo), spec_path=spec.path)
     status = "FAILED"
     try:
-        for s in todo:
-            write_trial_json(s.trial, s.run_dir, backend="ray")
-            store.ensure_child(s.trial, s.run_dir, backend="ray", existing=existing)
-        _log_search(store, plan, concurrent)
+        log_search(store, plan, concurrent)
         # finished trials with a local record replay it to ASHA; one known only to MLflow has nothing to replay
         replay = [s for s in done if local_status(s.run_dir)[0] in DONE]
-        _fit(spec.name, plan, replay + todo, store, opts, concurrent, workdir)
-        status = _report(plan, search, store)
-        if any(local_status(s.run_dir)[0] == "KILLED" for s in todo):
-            # Tune took the Ctrl-C, stopped the trials (they recorded KILLED) and returned normally
+        ended = _fit(spec.name, plan, replay + todo, store, opts, concurrent, workdir, existing)
+        status = report(plan, trials, store, RUNS_ROOT / spec.name)
+        if any(s.trial.trial_id not in ended or local_status(s.run_dir)[0] == "KILLED" for s in todo):
+            # Tune took the Ctrl-C (or SIGTERM), stopped the running trials (they recorded KILLED), never
+            # started the rest, and returned normally
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         status = "KILLED"
@@ -101,13 +102,30 @@ def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, override
         return 130
     finally:
         _deliver_all(states, store)
-        store.finish_parent(status)
+        store.finish_parent(status, RUNS_ROOT / spec.name)
     return 0 if status == "FINISHED" else 1
+
+
+def _create_run(s: TrialState, store: SweepStore, existing: dict) -> None:
+    """trial.json and the trial's one MLflow child run, when Tune starts the trial (as the local backend
+    does). A tracking outage does not stop the search: the record is delivered when the server is back
+    (the tags in trial.json let the trainer create its run itself)."""
+    write_trial_json(s.trial, s.run_dir, backend="ray",
+                     tags={"mlflow.parentRunId": store.parent_id} if store.parent_id else None)
+    if not store.enabled:
+        return
+    try:
+        store.ensure_child(s.trial, s.run_dir, backend="ray", existing=existing)
+    except Exception as e:  # noqa: BLE001 - connection errors come in many types
+        print(f"warning: MLflow unreachable while starting trial {s.trial.trial_id} ({type(e).__name__}); "
+              f"its record is delivered when the server is back (or by `gatesweep sync {s.run_dir}`)",
+              file=sys.stderr)
 
 
 # ---------------------------------------------------------------- the Tune run
 def _fit(name: str, plan: SearchPlan, states: list[TrialState], store: SweepStore, opts: RayOptions,
-         concurrent: int, workdir: Path) -> None:
+         concurrent: int, workdir: Path, existing: dict) -> set[str]:
+    """Run the Tune experiment; returns the trial ids Tune completed or failed (not the interrupted)."""
     ray_environment(opts)  # before Ray is imported: it reads some of these at import time
     from ray import tune
 
@@ -120,11 +138,13 @@ def _fit(name: str, plan: SearchPlan, states: list[TrialState], store: SweepStor
 
     forward = store.enabled and is_server(store.uri)
     replayed = {s.trial.trial_id for s in states if s.status in DONE}
+    by_id = {s.trial.trial_id: s for s in states}
     payloads = [trial_payload(s.trial.trial_id, s.trial.label, s.run_dir, workdir=workdir, nproc=nproc(s.trial),
                               forward=forward, num_iterations=s.trial.config.run.num_iterations) for s in states]
     callback = SearchCallback({s.trial.trial_id: s.run_dir for s in states},
                               {s.trial.trial_id: f"{s.trial.label or 'base'} s{s.trial.seed} {s.trial.trial_id}"
                                for s in states},
+                              start=lambda tid: _create_run(by_id[tid], store, existing),
                               deliver=lambda d: _deliver(d, store), driver_writes=store.enabled and not forward,
                               replayed=replayed)
     a = plan.scheduler
@@ -147,8 +167,15 @@ def _fit(name: str, plan: SearchPlan, states: list[TrialState], store: SweepStor
                                       storage_path=str(opts.storage_path), verbose=0, callbacks=[callback],
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
-        tuner.fit()
+        # `kill PID` stops a search like Ctrl-C: Tune stops the trials, they record KILLED and resume on
+        # rerun. Set after ray.init, whose own SIGTERM handler aborts the process.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+        try:
+            tuner.fit()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         callback.settle(wait_s=60.0)
+    return set(callback.ended)
 
 
 class _NoTunerRestoreHint(logging.Filter):
@@ -237,45 +264,21 @@ def _deliver(run_dir: Path, store: SweepStore) -> None:
 
 def _deliver_all(states: list[TrialState], store: SweepStore) -> None:
     """Whatever a record still holds undelivered, once no trial process writes it any more."""
-    if not store.enabled:
+    waiting = [s for s in states if _undelivered(s.run_dir / "track")]
+    if not store.enabled or not waiting:
         return
-    from cluster.trialdir import TrialLock
-    from trainer.mlflow_sync import pending
+    from trainer.mlflow_sync import pending  # imports mlflow: only when a record waits
 
-    for s in states:
-        track = s.run_dir / "track"
-        if track.is_dir() and (track / "mlflow.json").exists() and pending(track) \
-                and not TrialLock(s.run_dir).held_elsewhere():
+    for s in waiting:
+        if pending(s.run_dir / "track") and not TrialLock(s.run_dir).held_elsewhere():
             _deliver(s.run_dir, store)
 
 
-def _log_search(store: SweepStore, plan: SearchPlan, concurrent: int) -> None:
-    if not (store.enabled and store.parent_id):
-        return
-    params = {f"search.{a.key}": a.describe().split(": ", 1)[1] for a in plan.axes}
-    params |= {"search.num_samples": str(plan.num_samples), "search.seed": str(plan.seed),
-               "search.max_concurrent_trials": str(concurrent)}
-    if plan.scheduler:
-        a = plan.scheduler
-        params |= {"search.scheduler": "asha (training steps)", "search.grace_period": str(a.grace_period),
-                   "search.reduction_factor": f"{a.reduction_factor:g}", "search.max_t": str(a.max_t)}
-    for k, v in params.items():
-        store.client.log_param(store.parent_id, k, v)
-
-
-def _report(plan: SearchPlan, search: Prepared, store: SweepStore) -> str:
-    """Print and log the best value per design point; the sweep's status from the trials' records."""
-    outcomes = []
-    for t in search.trials:
-        run_dir = trial_dir(t)
-        status = local_status(run_dir)[0]
-        outcomes.append(outcome(t, plan, status, read_json(run_dir / "track" / "summary.json") or {}))
-    rows = best_rows(outcomes)
-    print(f"best {', '.join(plan.keys)} per design point (FINISHED trials only; early-stopped ones did not reach the end):")
-    print(render_text(summary_table(rows)))
-    log_best(store, rows, RUNS_ROOT / search.spec.name)
-    bad = [o for o in outcomes if o.status not in DONE]
-    if bad:
-        print(f"{len(bad)} trial(s) not finished ({', '.join(sorted({o.status or 'never run' for o in bad}))}); "
-              "rerun the same command to run them")
-    return "FINISHED" if not bad else "FAILED"
+def _undelivered(track: Path) -> bool:
+    """A cheap look at a record (JSON only): does it hold something MLflow has not received?"""
+    state = read_json(track / "mlflow.json")
+    if state is None:
+        return False
+    size = (track / "metrics.jsonl").stat().st_size if (track / "metrics.jsonl").exists() else 0
+    status = (read_json(track / "status.json") or {}).get("status", "")
+    return int(state.get("metrics_offset", 0)) < size or state.get("status_sent") != status

@@ -1,5 +1,6 @@
 """The search's answer: the best value of the searched keys per design point (e.g. the best LR per
-gate), from the trials' records. Pure `best_rows` + `summary_table`; `log_best` writes the parent run.
+gate), from the trials' records. Pure `best_rows` + `summary_table`; `report` reads the records,
+prints, and (`log_best`, `log_search`) writes the sweep's parent run.
 
 Only FINISHED trials compete: an early-stopped trial's final loss does not exist (it never reached
 the last step). Seeds of one config are averaged.
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from cluster.ray_space import SearchPlan, group_label
+from cluster.state import DONE
+from cluster.trialdir import local_status, trial_dir
+from trainer.tracking import read_json
 
 
 @dataclass(frozen=True)
@@ -118,3 +122,36 @@ def log_best(store: Any, rows: Sequence[BestRow], out_dir: Path) -> list[Path]:
         store.log_parent_artifact(md)
         store.log_parent_artifact(csv)
     return [md, csv]
+
+
+def log_search(store: Any, plan: SearchPlan, concurrent: int) -> None:
+    """The search's settings as params of the sweep's parent run."""
+    if not (store.enabled and store.parent_id):
+        return
+    params = {f"search.{a.key}": a.describe().split(": ", 1)[1] for a in plan.axes}
+    params |= {"search.num_samples": str(plan.num_samples), "search.seed": str(plan.seed),
+               "search.max_concurrent_trials": str(concurrent)}
+    if plan.scheduler:
+        a = plan.scheduler
+        params |= {"search.scheduler": "asha (training steps)", "search.grace_period": str(a.grace_period),
+                   "search.reduction_factor": f"{a.reduction_factor:g}", "search.max_t": str(a.max_t)}
+    for k, v in params.items():
+        store.client.log_param(store.parent_id, k, v)
+
+
+def report(plan: SearchPlan, trials: Sequence[Any], store: Any, out_dir: Path) -> str:
+    """Print and log the best value per design point; the sweep's status from the trials' records."""
+    outcomes = []
+    for t in trials:
+        run_dir = trial_dir(t)
+        status = local_status(run_dir)[0]
+        outcomes.append(outcome(t, plan, status, read_json(run_dir / "track" / "summary.json") or {}))
+    rows = best_rows(outcomes)
+    print(f"best {', '.join(plan.keys)} per design point (FINISHED trials only; early-stopped ones did not reach the end):")
+    print(render_text(summary_table(rows)))
+    log_best(store, rows, out_dir)
+    bad = [o for o in outcomes if o.status not in DONE]
+    if bad:
+        print(f"{len(bad)} trial(s) not finished ({', '.join(sorted({o.status or 'never run' for o in bad}))}); "
+              "rerun the same command to run them")
+    return "FINISHED" if not bad else "FAILED"

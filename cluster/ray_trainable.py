@@ -193,15 +193,10 @@ class TrialTrainable(tune.Trainable):
         self.run_dir = Path(p["run_dir"])
         self.num_iterations = int(p["num_iterations"])
         self.lock: TrialLock | None = None
-        self.engine: Engine | None = None
+        self.engine: Engine | None = None  # started by the first step(): after the driver's on_trial_start
         self.ended = False
         self.last_step = -1
         self.replay = local_status(self.run_dir)[0] in DONE
-        try:
-            self.engine = ReplayRun(self.run_dir) if self.replay else self._start()
-        except BaseException:
-            self._release()
-            raise
 
     def _start(self) -> Engine:
         from cluster.compile_cache import cache_env
@@ -224,8 +219,15 @@ class TrialTrainable(tune.Trainable):
         return InProcessRun(trial_json, self.run_dir, forward=bool(self.payload["forward"]))
 
     def step(self) -> dict[str, Any]:
-        assert self.engine is not None
-        if self.last_step >= 0:
+        if self.engine is None:
+            # Tune calls the driver's on_trial_start (which writes trial.json and creates the trial's MLflow
+            # run, as the local backend does when it starts a trial) between setup() and the first step().
+            try:
+                self.engine = ReplayRun(self.run_dir) if self.replay else self._start()
+            except BaseException:
+                self._release()
+                raise
+        elif self.last_step >= 0:
             self.engine.proceed()
         nxt = self.engine.next_val()
         if nxt is None:  # ended between evaluations: diverged, crashed, or a record without evaluations
