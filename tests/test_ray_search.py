@@ -2,20 +2,16 @@
 module), a real MLflow server or sqlite store, the tiny trainer on synthetic data.
 
 ASHA stops trials early (EARLY_STOPPED, not failures), every trial is one MLflow child run with the
-local backend's schema, the best LR per gate is printed and logged, an interrupted search (driver
-SIGKILLed) resumes without rerunning or duplicating trials, multi-GPU trials run torchrun children,
-and the stage table shows the search's runs beside local-backend runs.
+local backend's schema, the best LR per gate is printed and logged, multi-GPU trials run torchrun
+children, and the stage table shows the search's runs beside local-backend runs. Interrupted searches:
+test_ray_resume.py; Ray on Slurm: test_ray_slurm.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -31,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from analysis.fetch import fetch_runs
 from analysis.table import stage_table
 from cluster.ray_space import parse_search, search_trials
-from cluster.trialdir import TrialLock, local_status
+from cluster.trialdir import local_status
 from gatesweep.cli import main as cli_main
 from sweeps.expand import expand
 from sweeps.spec import load_spec
@@ -220,58 +216,6 @@ def test_stage_table_shows_ray_runs_beside_local_runs(lr_search, monkeypatch):
     a, b = (client.get_run(df["mlflow_run_id"].iloc[0]).data for df in (local, remote[remote["status"] == "FINISHED"]))
     assert set(a.params) == set(b.params)
     assert set(a.tags) - {"failure_reason"} == set(b.tags) - {"failure_reason"}
-
-
-# ---------------------------------------------------------------- interruption
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
-
-
-def test_interrupted_search_resumes_without_rerunning_or_duplicating(ray_address, tmp_path, monkeypatch):
-    """SIGKILL the driver (a separate process on the module's Ray) after two trials finished; the rerun
-    replays those two from their records and runs the rest; sqlite: the driver is MLflow's only writer."""
-    root = make_workdir(tmp_path)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    spec = write_spec(root, "resume", experiment="gs-ray-resume", lrs=[0.03, 0.02, 0.01, 0.005], gates=["none"],
-                      max_concurrent=1, base={"num_iterations": 60}, scheduler={"type": "fifo"})
-    trials = sampled(spec)
-    dirs = [root / "runs" / "resume" / t.trial_id for t in trials]
-    log = open(root / "driver.log", "wb")
-    driver = subprocess.Popen([sys.executable, "-m", "gatesweep", "run", str(spec), "--backend", "ray",
-                               f"backend.ray.address={ray_address}"], cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                              env=os.environ.copy(), start_new_session=True)
-    finished = lambda: [d for d in dirs if local_status(d)[0] in DONE]  # noqa: E731
-    try:
-        _wait(lambda: len(finished()) >= 2 or driver.poll() is not None, 180, "two finished trials")
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-        log.close()
-    before = {d.name: ((d / "track" / "metrics.jsonl").read_bytes(), read_json(d / "track" / "mlflow.json")["run_id"])
-              for d in finished()}
-    assert 2 <= len(before) < len(trials), (root / "driver.log").read_text()[-3000:]
-    # Ray ends the dead driver's actors; a trial cut short lets go of its lock
-    _wait(lambda: not any(TrialLock(d).held_elsewhere() for d in dirs), 60, "the killed trials to release their locks")
-
-    code, out = run_cli(["run", str(spec), "--backend", "ray"])
-    assert code == 0, out
-    assert f"{len(before)} recorded earlier and replayed" in out
-    for d in dirs:
-        assert local_status(d)[0] == "FINISHED", d
-    for name, (metrics, run_id) in before.items():  # not trained again, same MLflow run
-        d = root / "runs" / "resume" / name
-        assert (d / "track" / "metrics.jsonl").read_bytes() == metrics
-        assert read_json(d / "track" / "mlflow.json")["run_id"] == run_id
-    runs = trial_runs(uri, "gs-ray-resume")
-    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(t.trial_id for t in trials)  # no duplicates
-    assert all(r.data.tags["status"] == "FINISHED" and r.info.status == "FINISHED" for r in runs)
-    assert all(r.data.metrics["final_val_loss"] > 0 for r in runs)
 
 
 # ---------------------------------------------------------------- multi-GPU trials
