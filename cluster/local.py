@@ -10,6 +10,7 @@ orphan writing into a trial. Ctrl-C stops the children cleanly and marks their t
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -67,11 +68,13 @@ def visible_gpus() -> list[int]:
     return list(range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int | None = None) -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if parent is not None and os.getppid() != parent:  # the launcher died before the prctl: no signal comes
+        os._exit(75)
 
 
 @dataclass
@@ -107,8 +110,9 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
         env.setdefault("OMP_NUM_THREADS", "1")
     log = open(s.run_dir / "stdout.log", "ab")
     assert lock._fd is not None
-    proc = subprocess.Popen(trainer_command(trial_json, nproc), stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True, pass_fds=(lock._fd,), preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(trainer_command(trial_json, nproc), stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True, pass_fds=(lock._fd,),
+                            preexec_fn=functools.partial(_die_with_parent, os.getpid()))
     return _Running(s, proc, gpus, lock, time.monotonic(), log)
 
 

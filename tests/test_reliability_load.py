@@ -5,6 +5,7 @@ exactly the points of each trial's local metrics.jsonl (none lost, none twice), 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,5 +55,6 @@ def test_sixteen_concurrent_trials_lose_no_metric_point(tmp_path: Path, mlflow_s
         summary = json.loads((d / "track" / "summary.json").read_text())
         assert run.data.metrics["final_val_loss"] == summary["final_val_loss"]
     points = sum(len(local_points(d / "track")) for d in dirs)
+    print(f"\n16 concurrent trials: {points} metric points, {lost} lost, {extra} duplicated or extra", file=sys.stderr)
     assert (lost, extra) == (0, 0), f"{lost} of {points} points lost, {extra} extra"
     assert points == 16 * (3 * N + N // 5 + 1)  # train_loss, lr, step_avg_ms per step; val_loss at 0, 5, ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,4 @@ def test_sigterm_at_three_random_steps_resumes_bitwise(tmp_path: Path):
     for c in cuts:
         assert_same_final_state(Path(ref.run.out_dir), Path(c.run.out_dir), "run")
     assert len(set(saved)) == 3, f"kill points {points} saved at {saved}: expected three different steps"
+    print(f"\nSIGTERM at steps {points} (checkpoints at {saved}) of {N}: 3 resumes bitwise equal", file=sys.stderr)

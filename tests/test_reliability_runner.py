@@ -34,7 +34,7 @@ from tests.sweep_helpers import (
 )
 
 pytestmark = pytest.mark.mlflow
-N = 100
+N = 150
 
 
 def test_sigkilled_runner_loses_no_trial_and_duplicates_no_run(tmp_path: Path, mlflow_server):
@@ -70,7 +70,7 @@ def test_sigkilled_runner_loses_no_trial_and_duplicates_no_run(tmp_path: Path, m
     assert out[-1] == f"sweep {name}: 3 finished, 0 not (-); records in runs/{name}"
     assert alive(paused) and local_status(runs_dir / paused_id)["status"] == "RUNNING"
     hard_log = (runs_dir / hard_id / "logs" / f"{hard_id}.txt").read_text()
-    assert re.search(rf"resumed from step [1-9]0 \(runs/{name}/{hard_id}/checkpoints/", hard_log), hard_log[-500:]
+    assert re.search(rf"resumed from step [1-9]\d*0 \(runs/{name}/{hard_id}/checkpoints/", hard_log), hard_log[-500:]
 
     # the paused trainer continues: the launcher's death reached it as SIGTERM, it checkpoints and stops
     os.kill(paused, signal.SIGCONT)

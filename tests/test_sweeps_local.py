@@ -178,7 +178,7 @@ def test_sweep_stopped_midway_resumes_and_finishes_every_trial_once(tmp_path: Pa
     """Stop the launcher while `parallel` trials train: they checkpoint and end KILLED, the sweep run
     says KILLED. The rerun resumes them from their checkpoints and runs the ones never started: every
     trial ends FINISHED exactly once, in exactly one MLflow run, with every step logged exactly once."""
-    name, n = unique("stop"), 100
+    name, n = unique("stop"), 150
     write_data(tmp_path)
     write_spec(tmp_path / "spec.yaml", name, base={"num_iterations": n, "warmdown_iters": 20, "val_every": 50},
                seeds=seeds, max_parallel=parallel)
