@@ -18,7 +18,7 @@ export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT ?= true
 # pip's local index config prints one warning per package; keep the output readable.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help setup test lint demo data-synth services-down status test-slurm stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep \
+.PHONY: help setup test lint demo data-synth services-down status test-slurm test-reliability stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep \
         lr-search tables report mlflow-ui mlflow-up mlflow-down slurm-up slurm-down services-up bench clean
 
 help:
@@ -71,6 +71,9 @@ stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep: $(STAMP)
 
 status: $(STAMP)  ## make status SPEC=sweeps/stage2.yaml
 	$(GS) status $(or $(SPEC),sweeps/stage2.yaml) $(ARGS)
+
+test-reliability: $(STAMP) services-up
+	@source $(SLURM_ROOT)/env.sh && $(PY) -m pytest -q -ra tests/test_sweeps_*.py tests/test_reliability_*.py tests/test_security.py $(PYTEST_ARGS)
 
 test-slurm: $(STAMP)
 	@bash scripts/slurm_up.sh && source $(SLURM_ROOT)/env.sh && $(PY) -m pytest -q -ra tests/test_slurm_*.py $(PYTEST_ARGS)
