@@ -18,14 +18,15 @@ export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT ?= true
 # pip's local index config prints one warning per package; keep the output readable.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help setup test lint demo data-synth services-down status test-slurm test-reliability stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep \
+.PHONY: help setup test lint demo data-synth services-down status test-slurm test-reliability test-ray stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep \
         lr-search tables report mlflow-ui mlflow-up mlflow-down slurm-up slurm-down services-up bench clean
 
 help:
 	@echo "make demo     tiny stage-1 sweep on CPU (synthetic data, local MLflow), then the stage table"
 	@echo "make test     set up and run the whole test suite (real Slurm, MLflow server, Ray)"
 	@echo "make stage{1,2,2_5,3}-sweep BACKEND=local|slurm|ray [DRY_RUN=1] [ARGS='key=value ...']"
-	@echo "make lr-search | tables | report | mlflow-ui | slurm-up | slurm-down | lint | bench"
+	@echo "make lr-search [DRY_RUN=1] | tables | report SPEC=... | status SPEC=... | mlflow-ui | mlflow-up | slurm-up | slurm-down"
+	@echo "make lint | bench (GPU machine) | test-slurm | test-ray | test-reliability"
 
 # ---------------------------------------------------------------- environment
 $(STAMP): pyproject.toml
@@ -74,6 +75,9 @@ status: $(STAMP)  ## make status SPEC=sweeps/stage2.yaml
 
 test-reliability: $(STAMP) services-up
 	@source $(SLURM_ROOT)/env.sh && $(PY) -m pytest -q -ra tests/test_sweeps_*.py tests/test_reliability_*.py tests/test_security.py $(PYTEST_ARGS)
+
+test-ray: $(STAMP) services-up
+	@source $(SLURM_ROOT)/env.sh && $(PY) -m pytest -q -ra -m ray $(PYTEST_ARGS)
 
 test-slurm: $(STAMP)
 	@bash scripts/slurm_up.sh && source $(SLURM_ROOT)/env.sh && $(PY) -m pytest -q -ra tests/test_slurm_*.py $(PYTEST_ARGS)

@@ -36,8 +36,13 @@ def is_server(uri: str) -> bool:
 
 
 def clean_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a trial's processes: no inherited MLflow run/experiment ids, and none of
+    the trainer's quick-start variables (LR=..., ATTNGATE=... in the user's shell would otherwise
+    override the trial's own config in trial.json)."""
+    from trainer.overrides import ENV_KEYS
+
     env = dict(os.environ if env is None else env)
-    for k in LEAKY_ENV:
+    for k in LEAKY_ENV + tuple(ENV_KEYS):
         env.pop(k, None)
     return env
 
@@ -205,7 +210,8 @@ class SweepStore:
             return
         self.client.set_tag(run_id, "status", status)
         if reason:
-            self.client.set_tag(run_id, "failure_reason", reason[:5000])
+            key = "stop_reason" if status in ("FINISHED", "EARLY_STOPPED") else "failure_reason"
+            self.client.set_tag(run_id, key, reason[:5000])
         mlflow_status = {"EARLY_STOPPED": "FINISHED", "QUEUED": "SCHEDULED"}.get(status, status)
         if mlflow_status in ("FINISHED", "FAILED", "KILLED"):
             self.client.set_terminated(run_id, mlflow_status)

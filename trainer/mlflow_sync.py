@@ -147,8 +147,9 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
     st = status.get("status", "")
     if st in TERMINAL and state.get("status_sent") != st:
         client.set_tag(run_id, "status", st)
-        if status.get("reason"):
-            client.set_tag(run_id, "failure_reason", str(status["reason"])[:5000])
+        if status.get("reason"):  # why it failed / was killed, or why the scheduler stopped it
+            key = "stop_reason" if st in ("FINISHED", "EARLY_STOPPED") else "failure_reason"
+            client.set_tag(run_id, key, str(status["reason"])[:5000])
         client.set_terminated(run_id, _MLFLOW_STATUS[st], end_time=int(status.get("time", time.time()) * 1000))
         state["status_sent"] = st
         write_json(state_path, state)
