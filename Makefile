@@ -63,6 +63,7 @@ demo: $(STAMP) data/synth/synth.json
 	@start=$$(date +%s); \
 	$(GS) run sweeps/demo.yaml --backend local; \
 	$(GS) table sweeps/demo.yaml; \
+	$(PY) -c "import json; d = json.load(open('data/synth/synth.json')); print(f\"(synthetic source: Bayes-optimal val loss {d['entropy_nats_per_token']:.3f} nats/token, ln(vocab) = {d['ln_vocab']:.3f})\")"; \
 	echo "demo took $$(( $$(date +%s) - start ))s after setup; open the runs with: make mlflow-ui  (http://127.0.0.1:5000)"
 
 # ---------------------------------------------------------------- study stages
