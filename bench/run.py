@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +225,7 @@ def main() -> int:
         for t in threads:
             t.join()
     meta = {"card": card, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "matmul_tflops": round(peak, 1),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "matmul_tflops": round(peak, 1),
             "plan": ARGS.plan, "steps": ARGS.steps, "ours_overrides": json.loads(ARGS.ours),
             "n_gpus": torch.cuda.device_count()}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1))

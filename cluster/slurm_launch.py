@@ -56,9 +56,6 @@ class ArrayPlan:
 def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]) -> int:
     spec = prep.spec
     options = resolve_options(spec, opts)
-    if sys.version_info < (3, 11):
-        raise BackendError("the Slurm backend needs Python >= 3.11 (PYTHONSAFEPATH keeps a job started in the "
-                           "checkout on the code snapshot); use a newer venv")
     sweep_dir = (RUNS_ROOT / spec.name).resolve()
     # With a server the trainers forward their records themselves; a sqlite file takes one writer only
     # (this launcher, with --wait or `gatesweep sync`), so the jobs then track locally.

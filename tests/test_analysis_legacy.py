@@ -35,7 +35,7 @@ def test_full_schema_row_maps_to_params_metrics_and_tags():
     assert r.tags["git_sha"] == "21aae13b20675947154a15b640706eb3a47e5fcd"
     assert r.tags["gpu_name"] == "NVIDIA A100 80GB PCIe" and r.tags["n_gpus"] == "8"
     assert "mlflow.note.content" not in r.tags  # empty notes are not a tag
-    assert r.start_time_ms == int(dt.datetime(2025, 12, 7, 11, 2, 55, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    assert r.start_time_ms == int(dt.datetime(2025, 12, 7, 11, 2, 55, tzinfo=dt.UTC).timestamp() * 1000)
     assert r.defaulted == ()
 
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -296,7 +296,7 @@ def _finish(cfg: TrainConfig, env: dist.DistEnv, tracker: Tracker, log: RunLog |
         if status == "FINISHED":
             m, o, d = cfg.model, cfg.optim, cfg.data
             append_result(cfg.run.results_csv, {
-                "run_id": run_id, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                "run_id": run_id, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
                 "git_commit": sha[:12] + ("-dirty" if dirty else ""), "seed": cfg.run.seed,
                 "attn_gate": m.attn_gate, "gate_pos": m.gate_pos, "gate_act": m.gate_act,
                 "learning_rate": o.learning_rate, "batch_size": d.batch_size,
