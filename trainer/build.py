@@ -48,7 +48,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> GPT:
 def split_params(model: GPT) -> tuple[list[nn.Parameter], list[tuple[str, nn.Parameter]]]:
     """(AdamW params: the tied lm_head/embedding; Muon params: everything in the blocks, named)."""
     adam = list(model.lm_head.parameters())
-    muon = list(model.transformer.h.named_parameters())
+    muon = list(model.transformer["h"].named_parameters())
     bad = [(n, tuple(p.shape)) for n, p in muon if p.ndim != 2]
     if bad:
         name, shape = bad[0]
@@ -109,7 +109,7 @@ def compile_model(cfg: TrainConfig, model: GPT) -> nn.Module:
     inductor_config.coordinate_descent_tuning = cfg.run.cd_tuning
     if cfg.run.compile_mode == "model":
         return torch.compile(model)  # type: ignore[return-value]
-    for block in model.transformer.h:
+    for block in model.blocks:
         block.compile()
     model.loss_fn = torch.compile(lm_loss)
     return model

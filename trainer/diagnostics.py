@@ -38,8 +38,8 @@ def first_token_share(weights: Tensor) -> float:
 def diagnose(model: GPT, idx: Tensor) -> dict[str, float]:
     """Per-layer metrics keyed `diag/<metric>/layer_NN`, plus layer means `diag/<metric>`."""
     out: dict[str, float] = {}
-    x = model.transformer.wte(idx)
-    for i, block in enumerate(model.transformer.h):
+    x = model.wte(idx)
+    for i, block in enumerate(model.blocks):
         attn = block.attn
         q, k, _, g = attn.qkv(rms_norm(x))
         out[f"diag/first_token_attn/layer_{i:02d}"] = first_token_share(attention_weights(q, k))

@@ -20,10 +20,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n = x.shape[0]
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         total = torch.zeros((), device=x.device, dtype=torch.float32)
-        grad_x = torch.empty_like(xw) if need_grad else None
-        grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_grad else None
-        for idx in torch.arange(n, device=x.device).chunk(chunks):
-            xc, tc = xw[idx], targets[idx]
+        grad_x = torch.empty_like(xw)  # only filled (and saved) when a gradient is needed
+        grad_w = torch.zeros(weight.shape if need_grad else (0,), device=weight.device, dtype=torch.float32)
+        size = -(-n // chunks)
+        for start in range(0, n, size):  # contiguous slices: views, no gather copies
+            sl = slice(start, start + size)
+            xc, tc = xw[sl], targets[sl]
             logits = (xc @ w.t()).float()  # (n_chunk, vocab) fp32, as the reference's .float()
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
@@ -31,7 +33,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs = torch.exp(logits - lse[:, None])
                 probs.scatter_add_(1, tc[:, None], torch.full_like(lse[:, None], -1.0))
                 g = (probs / n).to(dtype)
-                grad_x[idx] = g @ w
+                grad_x[sl] = g @ w
                 grad_w += (g.t() @ xc).float()
         if need_grad:
             ctx.save_for_backward(grad_x, grad_w)

@@ -238,7 +238,7 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                 loss = ddp(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             train_loss = loss.detach()
             x, y = train_loader.next_batch()
-            sync_ctx = ddp.no_sync() if (env.distributed and i < geo.accum) else contextlib.nullcontext()
+            sync_ctx = ddp.no_sync() if (isinstance(ddp, DDP) and i < geo.accum) else contextlib.nullcontext()
             with sync_ctx:
                 loss.backward()
         if geo.accum > 1:  # the reference divides the summed grads (bitwise the same as per-tensor /=)

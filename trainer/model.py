@@ -12,6 +12,8 @@ that Muon can take them.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,6 +29,8 @@ def rms_norm(x: Tensor) -> Tensor:
 class Rotary(nn.Module):
     """Rotary tables computed per call (no cached attributes: mutating them made torch.compile
     recompile in the reference). Values are rounded to bf16 exactly as the reference caches them."""
+
+    inv_freq: Tensor
 
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
@@ -107,16 +111,19 @@ class CausalSelfAttention(nn.Module):
         # A gate whose row count is not a multiple of 64 (headwise: n_head rows) keeps a GEMM of its
         # own: 3*768+6 output columns measured +6.5% step time on H200 (elementwise: +3.6%).
         fuse_gate = self.fused_proj and gate_w is not None and gate_w.size(0) % 64 == 0
+        g: Tensor | None = None
         if self.fused_proj:
-            ws = [self.c_q.weight, self.c_k.weight, self.c_v.weight] + ([gate_w] if fuse_gate else [])
+            ws = [self.c_q.weight, self.c_k.weight, self.c_v.weight]
+            if fuse_gate and gate_w is not None:
+                ws.append(gate_w)
             out = F.linear(x, torch.cat(ws))
             q, k, v = out[..., :C], out[..., C:2 * C], out[..., 2 * C:3 * C]
+            if fuse_gate and self.gate is not None:
+                g = self.gate.scores_from_logits(out[..., 3 * C:])
         else:
             q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
-        if fuse_gate:
-            g = self.gate.scores_from_logits(out[..., 3 * C:])
-        else:
-            g = self.gate(x) if self.gate is not None else None
+        if g is None and self.gate is not None:
+            g = self.gate(x)
         shape = (B, T, self.n_head, self.head_dim)
         return q.reshape(shape), k.reshape(shape), v.reshape(shape), g
 
@@ -181,13 +188,21 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # tied
+        self.wte.weight = self.lm_head.weight  # tied
         # Set by the training loop when compiling regions; the plain modules otherwise.
         self.loss_fn = lm_loss
 
+    @property
+    def wte(self) -> nn.Embedding:
+        return cast(nn.Embedding, self.transformer["wte"])
+
+    @property
+    def blocks(self) -> list[Block]:
+        return cast("list[Block]", list(cast(nn.ModuleList, self.transformer["h"])))
+
     def hidden(self, idx: Tensor) -> Tensor:
-        x = self.transformer.wte(idx)
-        for block in self.transformer.h:
+        x = self.wte(idx)
+        for block in self.blocks:
             x = block(x)
         return x
 

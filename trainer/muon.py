@@ -65,13 +65,14 @@ class Muon(torch.optim.Optimizer):
         for all matrices instead of three per matrix."""
         if not params:
             return []
-        bufs = []
+        bufs, grads = [], []
         for p in params:
+            assert p.grad is not None  # callers pass only params with a gradient
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p.grad)
             bufs.append(state["momentum_buffer"])
-        grads = [p.grad for p in params]
+            grads.append(p.grad)
         torch._foreach_mul_(bufs, momentum)
         torch._foreach_add_(bufs, grads)
         return list(torch._foreach_add(grads, bufs, alpha=momentum)) if nesterov else grads
@@ -87,7 +88,7 @@ class Muon(torch.optim.Optimizer):
             return out
         # Same math, one batched NS per shape: a transposed shape joins its twin (NS is
         # transpose-equivariant), which puts c_fc and c_proj of the MLPs into one batch.
-        by_shape: dict[tuple[int, int], list[int]] = {}
+        by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, g in gs.items():
             by_shape.setdefault(tuple(sorted(g.shape)), []).append(i)
         for idx in by_shape.values():
