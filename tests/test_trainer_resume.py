@@ -55,7 +55,8 @@ def interrupt_and_resume(cfg, start, kill, at_step: int) -> tuple[int, int, str]
     kill(proc)
     rc, out = finish(proc)
     ckpt_dir = Path(cfg.run.out_dir) / "checkpoints" / cfg.run.run_id
-    assert os.listdir(ckpt_dir) == ["latest.pt"], os.listdir(ckpt_dir)  # no temp files left behind
+    # no temp files left behind; latest.json is the config sidecar a restart checks first
+    assert sorted(os.listdir(ckpt_dir)) == ["latest.json", "latest.pt"], os.listdir(ckpt_dir)
     saved = torch.load(ckpt_dir / "latest.pt", weights_only=False)["step"]
     assert at_step <= saved < cfg.run.num_iterations, (saved, out[-2000:])
     status = json.loads((Path(cfg.run.out_dir) / "track" / "status.json").read_text())
@@ -171,7 +172,8 @@ def test_failed_save_keeps_the_previous_checkpoint_and_no_temp_file(tmp_path: Pa
     else:
         raise AssertionError("save should have raised")
     assert checkpoint.load_latest(tmp_path)["step"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+    assert checkpoint.sidecar(tmp_path)["step"] == 1  # the sidecar still describes the kept checkpoint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "latest.pt"]
 
 
 # ---------------------------------------------------------------- what a checkpoint may continue
@@ -193,3 +195,19 @@ def test_checkpoint_resumes_only_the_config_that_wrote_it(tmp_path: Path):
     # keys that do not change the math (logging, fused kernels) may differ
     again = train(cfg.override({"log_every": 2, "fused_proj": True}), NullTracker(), env=single_env())
     assert (again.status, [s for s, _ in again.val_history]) == ("FINISHED", [0, 2, 4, 6, 8])
+
+
+def test_restart_with_another_config_is_refused_before_the_record_changes(tmp_path: Path):
+    """The CLI refuses a mismatched resume in its preflight (exit 2): the KILLED record of the
+    interrupted attempt stays KILLED instead of being rewritten as FAILED."""
+    cfg = data_cfg(tmp_path, num_iterations=8, warmdown_iters=2, val_every=2)
+    first = train(cfg, NullTracker(), on_val=_stop_at(2), env=single_env())
+    assert first.status == "KILLED"
+    track = Path(cfg.run.out_dir) / "track"
+    track.mkdir(parents=True, exist_ok=True)
+    (track / "status.json").write_text(json.dumps({"status": "KILLED", "reason": "stopped", "time": 0}))
+    proc = subprocess.run([PYTHON, "-m", "trainer", *cli_args(cfg.override({"learning_rate": 0.03}))],
+                          cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "was written with learning_rate=0.02; now learning_rate=0.03" in proc.stderr
+    assert json.loads((track / "status.json").read_text())["status"] == "KILLED"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from trainer import checkpoint
 from trainer.config import TrainConfig
 from trainer.dist import DistEnv
 from trainer.errors import ConfigError
@@ -83,6 +85,11 @@ def preflight(cfg: TrainConfig, env: DistEnv) -> Geometry:
     """Every check that can fail on user input, before anything is written or tracked."""
     geo = Geometry.of(cfg, env.world_size)
     build_loaders(cfg, env, geo)
+    if cfg.run.run_id:  # a restart must continue the same trial; refuse before any record is touched
+        ckpt_dir = Path(cfg.run.out_dir) / "checkpoints" / cfg.run.run_id
+        saved = checkpoint.sidecar(ckpt_dir)
+        if saved is not None:
+            checkpoint.check_same_trial(cfg, saved["config"], ckpt_dir)
     return geo
 
 

@@ -6,6 +6,7 @@ of micro-batches the loader has drawn, and every RNG state, so a resumed run con
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -14,7 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.config import FIELD_SECTION, TrainConfig, trial_identity
+from trainer.errors import ConfigError
+
 LATEST = "latest.pt"
+SIDECAR = "latest.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -50,7 +55,32 @@ def save(ckpt_dir: str | os.PathLike[str], state: dict[str, Any], *, keep_histor
     if keep_history:
         hist = d / f"state_step{int(state['step']):06d}.pt"
         torch.save(state, hist)
+    # A small sidecar lets a restart check the config before it loads (or records) anything.
+    side = d / SIDECAR
+    tmp_side = d / f".{SIDECAR}.tmp.{os.getpid()}"
+    tmp_side.write_text(json.dumps({"step": int(state["step"]), "config": state.get("config", {})}, default=str))
+    os.replace(tmp_side, side)
     return d / LATEST
+
+
+def sidecar(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """{"step", "config"} of the newest checkpoint, without loading it; None if there is none."""
+    path = Path(ckpt_dir) / SIDECAR
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def check_same_trial(cfg: TrainConfig, saved: dict[str, Any], ckpt_dir: str | os.PathLike[str]) -> None:
+    """A checkpoint continues only the trial that wrote it: resuming a run_id under other
+    hyperparameters would silently splice two configs into one run."""
+    diff = [k for k, v in trial_identity(cfg).items() if k in saved and saved[k] != v]
+    if diff:
+        was = ", ".join(f"{k}={saved[k]!r}" for k in diff)
+        now = ", ".join(f"{k}={getattr(getattr(cfg, FIELD_SECTION[k]), k)!r}" for k in diff)
+        raise ConfigError(f"{Path(ckpt_dir) / LATEST} was written with {was}; now {now}. Resume with the "
+                          "same config, or start a new run with another run_id or out_dir")
 
 
 def load_latest(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -30,9 +30,8 @@ from trainer.build import (
     select_sdpa_backend,
     use_compile,
 )
-from trainer.config import FIELD_SECTION, TrainConfig, trial_identity
+from trainer.config import TrainConfig
 from trainer.diagnostics import diagnose
-from trainer.errors import ConfigError
 from trainer.loader import ShardLoader
 from trainer.runlog import RunLog, append_result, git_info, header, train_line, val_line
 from trainer.schedule import lr_factor
@@ -88,18 +87,6 @@ def _first_batch(loader: ShardLoader, drawn: int, replay: bool) -> tuple[torch.T
     return loader.next_batch()
 
 
-def _check_same_trial(cfg: TrainConfig, state: dict, ckpt_dir: Path) -> None:
-    """A checkpoint continues only the trial that wrote it: resuming a run_id under other
-    hyperparameters would silently splice two configs into one run."""
-    saved = state["config"]
-    diff = [k for k, v in trial_identity(cfg).items() if k in saved and saved[k] != v]
-    if diff:
-        was = ", ".join(f"{k}={saved[k]!r}" for k in diff)
-        now = ", ".join(f"{k}={getattr(getattr(cfg, FIELD_SECTION[k]), k)!r}" for k in diff)
-        raise ConfigError(f"{ckpt_dir / checkpoint.LATEST} was written with {was}; now {now}. Resume with the "
-                          "same config, or start a new run with another run_id or out_dir")
-
-
 def train(cfg: TrainConfig, tracker: Tracker | None = None, *, on_val: ValCallback | None = None,
           env: dist.DistEnv | None = None) -> RunSummary:
     own_env = env is None
@@ -136,7 +123,7 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
     state = checkpoint.load_latest(ckpt_dir)
     start_step, drawn, time_ms, best, history = 0, 0, 0.0, math.inf, []
     if state is not None:
-        _check_same_trial(cfg, state, ckpt_dir)
+        checkpoint.check_same_trial(cfg, state["config"], ckpt_dir)
         model.load_state_dict(state["model"])
         adam.load_state_dict(state["adam"])
         muon.scatter_state(state["muon"])
