@@ -42,7 +42,7 @@ from cluster.state import DONE, TrialState, split
 from cluster.store import LEAKY_ENV, SweepStore, is_server
 from cluster.sweep import Prepared, preflight_trials, retire_stale, states_for
 from cluster.trialdir import RUNS_ROOT, TrialLock, local_status, trial_dir, write_trial_json
-from trainer.errors import BackendError
+from trainer.errors import BackendError, SpecError
 from trainer.tracking import read_json
 
 NODE_WAIT_S = 300.0
@@ -52,6 +52,10 @@ def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, override
             slurm_opts: dict[str, Any] | None = None) -> int:
     spec, store = prep.spec, prep.store
     plan = parse_search(spec)
+    searched = [o.partition("=")[0].strip() for o in overrides if o.partition("=")[0].strip() in plan.keys]
+    if searched:  # the search would silently replace the value with its draws
+        raise SpecError(f"{spec.path}: search.space: {', '.join(searched)} is searched by this spec, so an override "
+                        f"has no effect; remove it, or edit search.space (or run --backend local for one value)")
     trials = search_trials(plan, prep.trials)
     check_trials(trials)
     workdir = Path.cwd()

@@ -212,3 +212,11 @@ def test_dry_run_prints_space_asha_trials_and_the_slurm_recipe(capsys, tmp_path,
     assert 'start --address="$head_ip:$port"' in out
     assert f"-m gatesweep run {LR_SEARCH} --backend ray" in out and "#SBATCH --partition=gpu" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overriding_a_searched_key_is_an_error_not_a_silent_no_op(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["run", str(LR_SEARCH), "--backend", "ray", "--dry-run", "learning_rate=0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "search.space: learning_rate is searched by this spec" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
