@@ -48,6 +48,9 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
     todo = [s.trial for s in states if not s.done]
     print(f"estimate: {hours:.1f} GPU-hours for all trials ({gpu_hours(todo, spec.estimate_ms_per_step):.1f} "
           f"still to run) at {spec.estimate_ms_per_step:g} ms/step; finished: {sum(s.done for s in states)}/{len(states)}")
+    if spec.search:  # the design points above are the search's bases, not its trials
+        print(f"note: this spec has a `search:` block; `gatesweep run {spec.path} --backend ray --dry-run` lists the "
+              "sampled trials the search runs")
     return 0
 
 
