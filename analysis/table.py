@@ -168,7 +168,8 @@ def _add_baseline_comparison(table: pd.DataFrame, keys: Sequence[str]) -> None:
         if j is None:
             results.append((math.nan, math.nan, math.nan, ""))
         elif j == i:
-            results.append((math.nan, math.nan, math.nan, "baseline"))
+            # a baseline whose runs all failed cannot anchor a comparison: say so in the row
+            results.append((math.nan, math.nan, math.nan, "baseline" if row["n"] else "baseline (no finished runs)"))
         else:
             c = compare(dict(row["_values"]), dict(table.at[j, "_values"]))  # type: ignore[arg-type]
             results.append((c.delta, c.delta_pct, c.p_value, c.test))
