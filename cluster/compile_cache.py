@@ -24,3 +24,9 @@ def cache_env(sweep_dir: Path) -> dict[str, str]:
         "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
         "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
     }
+
+
+def cache_is_cold(sweep_dir: Path) -> bool:
+    """True until a trial has written compiled graphs into the sweep's cache."""
+    inductor = cache_dir(sweep_dir) / "inductor"
+    return not inductor.is_dir() or not any(inductor.iterdir())

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.compile_cache import cache_env
-from cluster.progress import Progress
+from cluster.compile_cache import cache_env, cache_is_cold
+from cluster.progress import Progress, last_step
 from cluster.state import TrialState
 from cluster.store import SweepStore, clean_env, is_server
 from cluster.trialdir import TrialLock, local_status, set_local_status, write_trial_json
@@ -184,11 +184,17 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
     running: list[_Running] = []
     results: dict[str, str] = {}
     undelivered: list[TrialState] = []
+    # GPU trials compile: with a cold cache, start one trial alone and the rest once it has taken its
+    # first step, so they load its graphs from the sweep's shared cache instead of all compiling.
+    warming = use_gpus and len(todo) > 1 and cache_is_cold(Path(todo[0].run_dir).parent)
     last_delivery = last_retry = 0.0
     with Progress(title, len(todo), parallel=max_parallel) as progress:
         try:
             while queue or running:
-                while queue and len(running) < max_parallel:
+                if warming and running:  # released once the first trial has stepped (or ended)
+                    first = running[0]
+                    warming = first.proc.poll() is None and (last_step(first.state.run_dir) or 0) < 1
+                while queue and len(running) < max_parallel and not (warming and running):
                     taken = pool.take(nproc) if use_gpus else []
                     if taken is None:
                         break
