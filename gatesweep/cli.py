@@ -6,6 +6,7 @@ Every user error (GatesweepError) prints one line and exits 2; nothing is half-w
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from trainer.errors import GatesweepError
@@ -93,9 +94,9 @@ def _dispatch(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    import logging
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" / "view run" chatter
+    # mlflow sets its loggers to INFO when imported ("Creating initial MLflow database tables..."); it
+    # reads this variable at import, so it must be set before anything imports mlflow.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         return _dispatch(argv)
     except GatesweepError as e:
