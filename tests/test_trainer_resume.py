@@ -211,3 +211,26 @@ def test_restart_with_another_config_is_refused_before_the_record_changes(tmp_pa
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "was written with learning_rate=0.02; now learning_rate=0.03" in proc.stderr
     assert json.loads((track / "status.json").read_text())["status"] == "KILLED"
+
+
+def test_restart_on_another_world_size_is_refused(tmp_path: Path):
+    """The checkpoint's loader position counts micro-batches per rank: another world size cannot
+    continue it exactly, so the preflight refuses before anything is written."""
+    from trainer.build import preflight
+    from trainer.dist import DistEnv
+
+    cfg = data_cfg(tmp_path, num_iterations=8, warmdown_iters=2, val_every=2)
+    assert train(cfg, NullTracker(), on_val=_stop_at(2), env=single_env()).status == "KILLED"
+    ckpt_dir = Path(cfg.run.out_dir) / "checkpoints" / cfg.run.run_id
+    assert checkpoint.sidecar(ckpt_dir)["world_size"] == 1
+    with pytest.raises(ConfigError, match=r"written by 1 rank\(s\); this run has 2"):
+        preflight(cfg, DistEnv(0, 0, 2, torch.device("cpu")))
+
+
+def test_restarting_a_finished_run_adds_no_second_results_row(tmp_path: Path):
+    cfg = data_cfg(tmp_path, num_iterations=6, warmdown_iters=2, val_every=3, save_final=True)
+    assert train(cfg, NullTracker(), env=single_env()).status == "FINISHED"
+    again = train(cfg, NullTracker(), env=single_env())
+    assert again.status == "FINISHED" and again.final_val_loss == again.val_history[-1][1]
+    rows = Path(cfg.run.results_csv).read_text().splitlines()
+    assert len(rows) == 2, rows  # header + the one row of the first (and only) training

@@ -90,6 +90,7 @@ def preflight(cfg: TrainConfig, env: DistEnv) -> Geometry:
         saved = checkpoint.sidecar(ckpt_dir)
         if saved is not None:
             checkpoint.check_same_trial(cfg, saved["config"], ckpt_dir)
+            checkpoint.check_same_world(saved.get("world_size"), env.world_size, ckpt_dir)
     return geo
 
 

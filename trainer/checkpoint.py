@@ -58,7 +58,8 @@ def save(ckpt_dir: str | os.PathLike[str], state: dict[str, Any], *, keep_histor
     # A small sidecar lets a restart check the config before it loads (or records) anything.
     side = d / SIDECAR
     tmp_side = d / f".{SIDECAR}.tmp.{os.getpid()}"
-    tmp_side.write_text(json.dumps({"step": int(state["step"]), "config": state.get("config", {})}, default=str))
+    tmp_side.write_text(json.dumps({"step": int(state["step"]), "config": state.get("config", {}),
+                                    "world_size": state.get("world_size")}, default=str))
     os.replace(tmp_side, side)
     return d / LATEST
 
@@ -70,6 +71,14 @@ def sidecar(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def check_same_world(saved_world: int | None, world_size: int, ckpt_dir: str | os.PathLike[str]) -> None:
+    """The loader position in a checkpoint counts micro-batches per rank and the token order depends
+    on the world size, so only the same number of ranks continues a run exactly."""
+    if saved_world is not None and int(saved_world) != world_size:
+        raise ConfigError(f"{Path(ckpt_dir) / LATEST} was written by {saved_world} rank(s); this run has {world_size}. "
+                          f"Resume with --nproc_per_node={saved_world} (x nodes), or start a new run_id")
 
 
 def check_same_trial(cfg: TrainConfig, saved: dict[str, Any], ckpt_dir: str | os.PathLike[str]) -> None:

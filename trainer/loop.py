@@ -124,6 +124,7 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
     start_step, drawn, time_ms, best, history = 0, 0, 0.0, math.inf, []
     if state is not None:
         checkpoint.check_same_trial(cfg, state["config"], ckpt_dir)
+        checkpoint.check_same_world(state.get("world_size"), env.world_size, ckpt_dir)
         model.load_state_dict(state["model"])
         adam.load_state_dict(state["adam"])
         muon.scatter_state(state["muon"])
@@ -252,13 +253,15 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                 log.line(train_line(step + 1, N, local_loss, approx, timed))
             tracker.log_metrics({"train_loss": local_loss, "step_avg_ms": approx / timed if timed == timed else
                                  math.nan, "lr": adam.param_groups[0]["lr"]}, step + 1)
+    # a run restarted after it had already finished (save_final) has its results.csv row already
+    finished_before = state is not None and start_step == N
     return _finish(cfg, env, tracker, log, run_id, status, reason, step, history, best, time_ms, gpu, sha,
-                   dirty, device)
+                   dirty, device, record_result=not finished_before)
 
 
 def _finish(cfg: TrainConfig, env: dist.DistEnv, tracker: Tracker, log: RunLog | None, run_id: str, status: str,
             reason: str, step: int, history: list, best: float, time_ms: float, gpu: str, sha: str, dirty: bool,
-            device: torch.device) -> RunSummary:
+            device: torch.device, record_result: bool = True) -> RunSummary:
     N = cfg.run.num_iterations
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
     final = history[-1][1] if history and history[-1][0] == N else math.nan
@@ -280,7 +283,7 @@ def _finish(cfg: TrainConfig, env: dist.DistEnv, tracker: Tracker, log: RunLog |
         tracker.log_summary({"final_val_loss": final, "best_val_loss": summary.best_val_loss,
                              "train_time_ms": time_ms, "ms_per_step": ms_per_step, "peak_mem_mib": peak,
                              "final_step": step})
-        if status == "FINISHED":
+        if status == "FINISHED" and record_result:
             m, o, d = cfg.model, cfg.optim, cfg.data
             append_result(cfg.run.results_csv, {
                 "run_id": run_id, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
