@@ -169,7 +169,7 @@ def _add_baseline_comparison(table: pd.DataFrame, keys: Sequence[str]) -> None:
             results.append((math.nan, math.nan, math.nan, ""))
         elif j == i:
             # a baseline whose runs all failed cannot anchor a comparison: say so in the row
-            has_runs = int(row["n"]) > 0
+            has_runs = bool(table.at[i, "n"])
             results.append((math.nan, math.nan, math.nan, "baseline" if has_runs else "baseline (no finished runs)"))
         else:
             c = compare(dict(row["_values"]), dict(table.at[j, "_values"]))  # type: ignore[arg-type]
