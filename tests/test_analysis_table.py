@@ -154,3 +154,13 @@ def test_render_markdown_csv_console(runs, monkeypatch):
     plain = render.to_console(display, title="s1", note="note")
     assert "┃" not in plain and plain.splitlines()[1].startswith("attn_gate")
     assert plain.rstrip().endswith("note")
+
+
+def test_a_baseline_with_only_failed_runs_is_labelled_and_anchors_nothing():
+    df = pd.DataFrame([run("none", 0.0036, 1, math.nan, status="FAILED"),
+                       run("none", 0.0036, 2, math.nan, status="FAILED"),
+                       run("elementwise", 0.0036, 1, 3.27), run("elementwise", 0.0036, 2, 3.28)])
+    table = stage_table(df).set_index("attn_gate")
+    assert table.loc["none", "test"] == "baseline (no finished runs)"
+    assert table.loc["none", "failed"] == 2 and table.loc["none", "n"] == 0
+    assert math.isnan(table.loc["elementwise", "delta"])
