@@ -6,8 +6,10 @@ set -uo pipefail
 ROOT=${MLFLOW_ROOT:-/tmp/gatesweep-mlflow}
 PIDFILE=$ROOT/server.pid
 [ -s "$PIDFILE" ] || { echo "[mlflow_down] not running (no $PIDFILE)"; exit 0; }
+# shellcheck source=scripts/pidfile.sh
+. "$(dirname "${BASH_SOURCE[0]}")/pidfile.sh"
 pid=$(cat "$PIDFILE")
-if kill -0 "$pid" 2>/dev/null; then
+if pid_running "$PIDFILE" mlflow; then
   # mlflow_up.sh started it with setsid, so its process group id is its pid
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
   for _ in $(seq 1 100); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done

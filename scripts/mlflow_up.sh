@@ -53,8 +53,10 @@ EOF
 }
 write_env() { echo "export MLFLOW_TRACKING_URI=$URI" > "$ROOT/env.sh"; }
 
+# shellcheck source=scripts/pidfile.sh
+. "$REPO/scripts/pidfile.sh"
 mkdir -p "$ROOT" "$ARTIFACTS"
-if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+if pid_running "$PIDFILE" mlflow; then
   wait_healthy "$TIMEOUT" || die "server pid $(cat "$PIDFILE") from $PIDFILE is not healthy at $URI (log: $LOG)"
   write_env
   echo "[mlflow_up] already running at $URI (pid $(cat "$PIDFILE"))"

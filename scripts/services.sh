@@ -7,6 +7,8 @@
 # The env vars of the scripts beside this one pass through (SLURM_ROOT, MLFLOW_ROOT, MLFLOW_PORT, ...).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/pidfile.sh
+. "$HERE/pidfile.sh"
 cmd=${1:-}; shift || true
 
 up() {
@@ -40,9 +42,9 @@ status() {
   local sroot=${SLURM_ROOT:-/tmp/gatesweep-slurm}
   local pidfile=${MLFLOW_ROOT:-/tmp/gatesweep-mlflow}/server.pid
   # check the pid first: sinfo retries a stopped controller for ~9 s
-  if [ -s "$sroot/run/slurmctld.pid" ] && kill -0 "$(cat "$sroot/run/slurmctld.pid")" 2>/dev/null &&
+  if pid_running "$sroot/run/slurmctld.pid" slurmctld &&
      SLURM_CONF=$sroot/etc/slurm.conf timeout 15 sinfo 2>/dev/null; then :; else echo "slurm: down"; fi
-  if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  if pid_running "$pidfile" mlflow; then
     echo "mlflow: running (pid $(cat "$pidfile"), http://${MLFLOW_HOST:-127.0.0.1}:${MLFLOW_PORT:-5055})"
   else
     echo "mlflow: down"

@@ -7,11 +7,14 @@ ROOT=${SLURM_ROOT:-/tmp/gatesweep-slurm}
 export SLURM_CONF=$ROOT/etc/slurm.conf
 T0=$(date +%s.%N)
 
+# shellcheck source=scripts/pidfile.sh
+. "$(dirname "${BASH_SOURCE[0]}")/pidfile.sh"
+
 stop_pidfile() {  # stop_pidfile <pidfile> <name>: SIGTERM, wait up to 10 s, then SIGKILL
   local f=$1 name=$2 pid
   [ -s "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if pid_running "$f" "$name"; then
     kill "$pid"
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then echo "[slurm_down] $name ($pid) ignored SIGTERM: SIGKILL"; kill -9 "$pid"; fi
@@ -20,7 +23,7 @@ stop_pidfile() {  # stop_pidfile <pidfile> <name>: SIGTERM, wait up to 10 s, the
   rm -f "$f"
 }
 
-if [ -s "$ROOT/run/slurmctld.pid" ] && kill -0 "$(cat "$ROOT/run/slurmctld.pid")" 2>/dev/null; then
+if pid_running "$ROOT/run/slurmctld.pid" slurmctld; then
   scancel --quiet --user="$(id -un)" 2>/dev/null || true
   for _ in $(seq 1 50); do [ -z "$(squeue -h -t R,CG,PD 2>/dev/null)" ] && break; sleep 0.1; done
 fi

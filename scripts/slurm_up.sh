@@ -36,7 +36,9 @@ wait_for() {  # wait_for <seconds> <what> <cmd...>: poll until cmd succeeds
     sleep 0.1
   done
 }
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }   # alive <pidfile>
+# shellcheck source=scripts/pidfile.sh
+. "$(dirname "${BASH_SOURCE[0]}")/pidfile.sh"
+alive() { pid_running "$1" "$(basename "$1" .pid)"; }   # alive <dir>/<daemon>.pid
 stop_pidfile() {  # stop_pidfile <pidfile>: SIGTERM, wait up to 10 s, then SIGKILL
   alive "$1" || { rm -f "$1"; return 0; }
   local pid; pid=$(cat "$1"); kill "$pid"
@@ -223,9 +225,15 @@ start_daemon "$ROOT/run/slurmctld.pid" 6817 slurmctld /usr/sbin/slurmctld -i    
 start_daemon "$ROOT/run/slurmd.pid"    6818 slurmd    /usr/sbin/slurmd -N localhost  # -N: hostname differs
 # idle, or busy with jobs (mix/alloc) on a warm cluster; down/drain/inval/"*" (not responding) fail
 node_usable() { sinfo -h -p "$PARTITION" -n localhost -o %t | grep -Eqx 'idle|mix|alloc'; }
-if ! wait_for 60 "node localhost in partition $PARTITION to be idle" node_usable; then
-  show_logs
-  die "Slurm node is not idle (SLURM_CONF=$CONF)"
+if ! wait_for 20 "node localhost in partition $PARTITION to be idle" node_usable; then
+  # state saved by an earlier cluster (a killed machine, a test that downed the node) can keep the
+  # node down or drained across restarts; this cluster is ours alone, so bring it back
+  log "node is $(sinfo -h -n localhost -o %t 2>/dev/null || echo unknown): scontrol update State=RESUME"
+  scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1 || true
+  if ! wait_for 40 "node localhost in partition $PARTITION to be idle" node_usable; then
+    show_logs
+    die "Slurm node is not idle (SLURM_CONF=$CONF)"
+  fi
 fi
 log "cluster up in $(el)s: partition=$PARTITION SLURM_CONF=$CONF"
 sinfo -p "$PARTITION"
