@@ -165,6 +165,8 @@ BAD_SPECS = {
                  "base.num_iterations: num_iterations='abc' is not an integer; use e.g. num_iterations=100"),
     "float_type": ("name: t\nbase: {learning_rate: fast}\n",
                    "base.learning_rate: learning_rate='fast' is not a number; use e.g. learning_rate=0.0036"),
+    "float_not_finite": ("name: t\ngrid: {learning_rate: [0.0036, .nan]}\n",
+                         "grid.learning_rate[1]: learning_rate=nan must be a finite number, not nan"),
     "bool_type": ("name: t\nbase: {save_final: maybe}\n",
                   "base.save_final: save_final='maybe' is not a boolean; use true or false"),
     "int_is_not_bool": ("name: t\nbase: {num_iterations: true}\n",

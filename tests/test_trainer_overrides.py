@@ -64,6 +64,8 @@ def test_warmdown_longer_than_the_run_is_allowed_like_the_reference():
     ("ATTNGATE", "headwice", r"ATTNGATE.*did you mean 'headwise'"),
     ("LR", "abc", r"environment variable LR.*learning_rate='abc' is not a number; use e\.g\. learning_rate=0\.0036"),
     ("LR", "-1", r"environment variable LR.*learning_rate=-1\.0 must be > 0"),
+    ("LR", "nan", r"environment variable LR.*learning_rate='nan' must be a finite number"),
+    ("LR", "inf", r"environment variable LR.*learning_rate='inf' must be a finite number"),
     ("SEED", "1.5", r"environment variable SEED.*seed='1\.5' must be a whole number"),
     ("NUM_ITERATIONS", "many", r"environment variable NUM_ITERATIONS.*not an integer; use e\.g\. num_iterations=100"),
 ])

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
@@ -217,9 +218,12 @@ def coerce(section: str, key: str, value: Any, *, source: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where} must be a number, not a boolean")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where} is not a number; use e.g. {key}=0.0036") from None
+        if not math.isfinite(number):  # nan passes every `<= 0` check and reaches the optimizer
+            raise ConfigError(f"{where} must be a finite number, not {value!r}")
+        return number
     if typ is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where} must be a string")
