@@ -56,7 +56,7 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
 
 def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: bool, max_parallel: int | None,
         uri: str | None, wait: bool, slurm_opts: dict[str, Any]) -> int:
-    prep = prepare(spec_path, overrides, uri, use_store=not dry_run)
+    prep = prepare(spec_path, overrides, uri)
     spec = prep.spec
     backend = backend or spec.default_backend
     if not (dry_run and backend == "slurm"):  # a Slurm dry run prints its sbatch scripts on any machine

@@ -73,10 +73,15 @@ class SweepStore:
             self._client = MlflowClient(self.uri)
         return self._client
 
+    def exists(self) -> bool:
+        """False for a sqlite store whose file is not there (opening it would create it): queries
+        (plan, status, dry runs, chained values) read it as empty instead."""
+        return not (self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists())
+
     def _existing_experiment_id(self) -> str | None:
         """The experiment's id if it exists; queries (plan, status) never create it, nor a sqlite file."""
         if self._exp_id is None:
-            if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
+            if not self.exists():
                 return None
             try:
                 exp = self.client.get_experiment_by_name(self.experiment)

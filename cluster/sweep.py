@@ -12,7 +12,7 @@ from typing import Any
 from cluster.state import TrialState, collect, split
 from cluster.store import SweepStore
 from cluster.trialdir import RUNS_ROOT, set_local_status
-from sweeps.chain import mlflow_resolver
+from sweeps.chain import empty_store_resolver, mlflow_resolver
 from sweeps.expand import Trial, expand
 from sweeps.spec import Chain, SweepSpec, apply_spec_overrides, load_spec
 from trainer.errors import BackendError
@@ -31,7 +31,9 @@ def prepare(spec_path: str, overrides: list[str], uri: str | None, *, use_store:
     spec, config_overrides = apply_spec_overrides(spec, parse_kv(overrides))
     store = SweepStore(uri, spec.experiment)
     if has_chain(spec) and use_store and store.enabled:
-        trials = expand(spec, overrides=config_overrides, resolve_chain=mlflow_resolver(store.client))
+        # read-only: a dry run must show the values (and trial ids) that the real run will use
+        resolver = mlflow_resolver(store.client) if store.exists() else empty_store_resolver()
+        trials = expand(spec, overrides=config_overrides, resolve_chain=resolver)
     else:
         trials = expand(spec, overrides=config_overrides)
     return Prepared(spec, trials, store)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sweeps.spec import Chain
-from trainer.errors import SpecError
+from trainer.errors import SpecError, TrackingError
 
 INCOMPLETE = ("RUNNING", "QUEUED", "KILLED", "SCHEDULED")
 
@@ -77,17 +77,36 @@ def mlflow_resolver(client: Any) -> Callable[[Chain, str], Any]:
     """Resolve chains from every experiment's trial runs tagged with the source stage."""
 
     def resolve(chain: Chain, key: str) -> Any:
-        exps = [e.experiment_id for e in client.search_experiments()]
-        runs: list[dict[str, Any]] = []
-        token = None
-        while exps:
-            page = client.search_runs(exps, f"tags.`gatesweep.kind` = 'trial' and tags.stage = '{chain.source}'",
-                                      max_results=1000, page_token=token)
-            runs += [{"params": r.data.params, "metrics": r.data.metrics,
-                      "status": r.data.tags.get("status") or r.info.status} for r in page]
-            token = page.token
-            if not token:
-                break
+        try:
+            runs = _stage_runs(client, chain.source)
+        except Exception as e:  # noqa: BLE001 - connection errors come in many types
+            raise TrackingError(f"{key}: chained from stage '{chain.source}', but the tracking store cannot be "
+                                f"read ({type(e).__name__}: {str(e)[:200]}); start it (make mlflow-up), set "
+                                f"MLFLOW_TRACKING_URI, or override {key}=...") from None
         return select_value(runs, chain, key)
+
+    return resolve
+
+
+def _stage_runs(client: Any, stage: str) -> list[dict[str, Any]]:
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs: list[dict[str, Any]] = []
+    token = None
+    while exps:
+        page = client.search_runs(exps, f"tags.`gatesweep.kind` = 'trial' and tags.stage = '{stage}'",
+                                  max_results=1000, page_token=token)
+        runs += [{"params": r.data.params, "metrics": r.data.metrics,
+                  "status": r.data.tags.get("status") or r.info.status} for r in page]
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
+def empty_store_resolver() -> Callable[[Chain, str], Any]:
+    """For a store that does not exist yet (a sqlite file not created): no stage has runs."""
+
+    def resolve(chain: Chain, key: str) -> Any:
+        return select_value([], chain, key)
 
     return resolve

@@ -1,0 +1,120 @@
+"""Stage chaining: `select_value` (pure) picks the seed-averaged best/worst value of the source
+stage, and the CLI resolves it from the real MLflow server the same way in plan, dry run and run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sweeps.chain import select_value
+from sweeps.spec import Chain
+from tests.sweep_helpers import cli_env, client, gatesweep, unique
+from trainer.errors import SpecError
+
+
+def _run(lr: float, loss: float, gate: str = "elementwise", status: str = "FINISHED") -> dict[str, Any]:
+    return {"params": {"learning_rate": str(lr), "attn_gate": gate}, "metrics": {"final_val_loss": loss},
+            "status": status}
+
+
+# stage 2 in miniature: two seeds per (lr, gate); 0.00432 is best for elementwise on the mean
+# although one seed of 0.00396 is the single lowest run, and the baseline's best is another LR
+STAGE2 = [
+    _run(0.0036, 3.30), _run(0.0036, 3.32),
+    _run(0.00396, 3.20), _run(0.00396, 3.40),    # mean 3.30: the single best run, not the best mean
+    _run(0.00432, 3.25), _run(0.00432, 3.27),    # mean 3.26: best
+    _run(0.00468, 3.35), _run(0.00468, 3.37),
+    _run(0.00468, 3.10, gate="none"), _run(0.00468, 3.12, gate="none"),
+]
+ELEMENTWISE = (("attn_gate", "elementwise"),)
+
+
+def test_best_is_the_lowest_seed_mean_within_the_where_filter():
+    assert select_value(STAGE2, Chain(source="stage2", where=ELEMENTWISE), "learning_rate") == 0.00432
+    assert select_value(STAGE2, Chain(source="stage2", select="worst", where=ELEMENTWISE),
+                        "learning_rate") == 0.00468
+    # no filter: the mean pools every run of an LR, both gates: 0.00468 -> 3.235 beats 0.00432 -> 3.26
+    assert select_value(STAGE2, Chain(source="stage2"), "learning_rate") == 0.00468
+    assert select_value(STAGE2, Chain(source="stage2", where=(("attn_gate", "none"),)), "learning_rate") == 0.00468
+
+
+def test_failed_and_non_finite_runs_do_not_count():
+    runs = STAGE2 + [_run(0.005, 1.0, status="FAILED"), _run(0.0055, float("nan"))]
+    assert select_value(runs, Chain(source="stage2", where=ELEMENTWISE), "learning_rate") == 0.00432
+
+
+@pytest.mark.parametrize("status", ["RUNNING", "QUEUED", "KILLED"])
+def test_an_incomplete_source_stage_is_refused(status: str):
+    runs = STAGE2 + [_run(0.005, 3.0, status=status)]
+    with pytest.raises(SpecError, match=r"learning_rate: chained from stage 'stage2', which is incomplete "
+                                        r"\(1 of 11 runs queued, running or killed\); finish it"):
+        select_value(runs, Chain(source="stage2", fallback=0.00468), "learning_rate")
+
+
+def test_no_runs_uses_the_fallback_and_no_match_is_an_error():
+    assert select_value([], Chain(source="stage2", fallback=0.00468), "learning_rate") == 0.00468
+    with pytest.raises(SpecError, match=r"stage 'stage2' has no finished runs with attn_gate=headwise"):
+        select_value(STAGE2, Chain(source="stage2", where=(("attn_gate", "headwise"),)), "learning_rate")
+
+
+def test_values_come_back_typed():
+    runs = [{"params": {"warmup_iters": "100"}, "metrics": {"final_val_loss": 3.0}, "status": "FINISHED"}]
+    assert select_value(runs, Chain(source="s"), "warmup_iters") == 100
+    assert isinstance(select_value(runs, Chain(source="s"), "warmup_iters"), int)
+
+
+# ---------------------------------------------------------------- through the CLI and a real server
+def _log_stage(uri: str, stage: str, runs: list[dict[str, Any]]) -> None:
+    c = client(uri)
+    exp = c.create_experiment(unique("gs-chain-src"))
+    for r in runs:
+        run = c.create_run(exp, tags={"gatesweep.kind": "trial", "stage": stage, "status": r["status"]})
+        for k, v in r["params"].items():
+            c.log_param(run.info.run_id, k, v)
+        c.log_metric(run.info.run_id, "final_val_loss", r["metrics"]["final_val_loss"])
+        c.set_terminated(run.info.run_id)
+
+
+@pytest.mark.mlflow
+def test_plan_and_dry_run_resolve_the_chain_from_the_server(tmp_path: Path, mlflow_server):
+    stage = unique("stage2")
+    _log_stage(mlflow_server.uri, stage, STAGE2)
+    (tmp_path / "spec.yaml").write_text(
+        "name: chained\nstage: s25\nbase: {preset: tiny, learning_rate: {from: " + stage
+        + ", where: {attn_gate: elementwise}, fallback: 0.00468}}\nseeds: [0]\n"
+        "resources: {gpus_per_node: 0}\nbackend: {default: local}\n")
+    env = cli_env(mlflow_server.uri)
+    res = gatesweep(["plan", "spec.yaml", "--json"], tmp_path, env)
+    assert res.returncode == 0, res.stderr
+    planned = json.loads(res.stdout)[0]
+    assert planned["config"]["learning_rate"] == 0.00432
+    # the dry run shows the same value and hence the same trial id as plan and the real run
+    res = gatesweep(["run", "spec.yaml", "--dry-run"], tmp_path, env)
+    assert res.returncode == 0, res.stderr
+    assert f"# trial 0 {planned['trial_id']}" in res.stdout
+    fallback = gatesweep(["plan", "spec.yaml", "--json", "learning_rate=0.00468"], tmp_path, env)
+    assert json.loads(fallback.stdout)[0]["trial_id"] != planned["trial_id"]  # the id does depend on the LR
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.mlflow
+def test_an_unreachable_store_is_a_one_line_error(tmp_path: Path):
+    (tmp_path / "spec.yaml").write_text("name: chained\nbase: {preset: tiny, learning_rate: {from: stage2}}\n")
+    res = gatesweep(["plan", "spec.yaml"], tmp_path, cli_env("http://127.0.0.1:9", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+                                                               MLFLOW_HTTP_REQUEST_TIMEOUT="2"))
+    assert res.returncode == 2
+    assert len(res.stderr.splitlines()) == 1, res.stderr
+    assert "learning_rate: chained from stage 'stage2', but the tracking store cannot be read" in res.stderr
+    assert "override learning_rate=..." in res.stderr
+
+
+def test_plan_on_a_missing_sqlite_store_creates_nothing(tmp_path: Path):
+    (tmp_path / "spec.yaml").write_text(
+        "name: chained\nbase: {preset: tiny, learning_rate: {from: stage2, fallback: 0.00468}}\nseeds: [0]\n")
+    res = gatesweep(["plan", "spec.yaml", "--json"], tmp_path, cli_env())  # default sqlite:///mlflow.db
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)[0]["config"]["learning_rate"] == 0.00468
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
