@@ -30,16 +30,19 @@ import pandas as pd
 
 from analysis import fmt
 from analysis.stats import compare, summarize
+from trainer.config import FIELD_SECTION, NON_IDENTITY_KEYS
 from trainer.errors import DataError
 
-# TODO: derive from trainer.config (identity keys = flat config minus NON_IDENTITY_KEYS) once that
-# module is committed; kept literal here so the table does not depend on an unfinished API.
-CONFIG_COLUMNS: tuple[str, ...] = (
+# Every key that defines a trial's math (trainer.config.trial_identity, seed aside) can separate two
+# configurations; the study's columns come first, so tables read like its own.
+_STUDY_ORDER: tuple[str, ...] = (
     "attn_gate", "gate_pos", "gate_act", "learning_rate", "num_iterations", "warmdown_iters",
     "warmup_iters", "batch_size", "device_batch_size", "sequence_length", "weight_decay",
     "muon_lr_ratio", "muon_momentum", "ns_steps", "n_layer", "n_head", "n_embd", "vocab_size",
     "val_tokens", "val_every", "replay_first_batch",
 )
+CONFIG_COLUMNS: tuple[str, ...] = _STUDY_ORDER + tuple(sorted(
+    k for k in FIELD_SECTION if k not in NON_IDENTITY_KEYS and k != "seed" and k not in _STUDY_ORDER))
 GATE_COLUMNS = frozenset({"attn_gate", "gate_pos", "gate_act"})
 BASELINE_GATE = "none"
 FINISHED, EARLY_STOPPED = "FINISHED", "EARLY_STOPPED"

@@ -43,6 +43,14 @@ def test_varying_columns_ignore_constants_and_missing(runs):
     assert key_columns(runs.query("learning_rate == 0.0036")) == ["attn_gate"]
 
 
+@pytest.mark.parametrize("key,values", [("adam_beta2", (0.95, 0.99)), ("train_files", ("a_*.bin", "b_*.bin"))])
+def test_every_math_defining_key_separates_configurations(key, values):
+    """Keys beyond the study's own columns (any trial-identity key) still split rows, never pool them."""
+    runs = pd.DataFrame([run("none", 0.0036, s, 3.3, **{key: v}) for v in values for s in (1, 2)])
+    t = stage_table(runs)
+    assert list(t[key]) == list(values) and list(t["n"]) == [2, 2]
+
+
 def test_stage_table_rows_stats_and_order(runs):
     t = stage_table(runs)
     assert list(t.columns[:2]) == ["attn_gate", "learning_rate"]
