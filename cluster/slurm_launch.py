@@ -38,7 +38,7 @@ from cluster.snapshot import content_hash, git_sha, snapshot_dir, source_root, t
 from cluster.state import TrialState, split
 from cluster.store import is_server
 from cluster.sweep import Prepared, preflight_trials, retire_stale, states_for
-from cluster.trialdir import RUNS_ROOT, set_local_status, trial_dir, write_trial_json
+from cluster.trialdir import RUNS_ROOT, set_local_status, submission_lock, trial_dir, write_trial_json
 from sweeps.expand import Trial
 from trainer.errors import BackendError
 from trainer.tracking import read_json, write_json
@@ -65,21 +65,22 @@ def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]
             raise BackendError("--dry-run of backend 'slurm' needs submitit (its sbatch builder): "
                                "pip install 'gatesweep[slurm]' (or make setup)")
         prep.store.enabled = False  # a dry run creates nothing: no MLflow store, no files
-    states, todo, done, busy = _split(prep)
-    if dry_run:
+        _, todo, done, busy = _split(prep)
         return dry_run_report(prep, [s.trial for s in todo], len(done) + len(busy), options, sweep_dir, tracking)
-    if done:
-        print(f"skipping {len(done)} finished trial(s)")
-    if busy:
-        print(f"{len(busy)} trial(s) already queued or running in Slurm; not submitting them again")
-    submitted: list[tuple[TrialState, str]] = []
-    if todo:
-        preflight_trials([s.trial for s in todo])  # data and batch arithmetic, before anything is written
-        stale = retire_stale(states, prep.store)
-        if stale:
-            print(f"{stale} trial(s) whose job is gone without a final status: marked KILLED, submitting again")
-        submitted = submit(prep, todo, options, sweep_dir, tracking)
-    elif not wait or not busy:
+    with submission_lock(sweep_dir):
+        states, todo, done, busy = _split(prep)
+        if done:
+            print(f"skipping {len(done)} finished trial(s)")
+        if busy:
+            print(f"{len(busy)} trial(s) already queued or running in Slurm; not submitting them again")
+        submitted: list[tuple[TrialState, str]] = []
+        if todo:
+            preflight_trials([s.trial for s in todo])  # data and batch arithmetic, before anything is written
+            stale = retire_stale(states, prep.store)
+            if stale:
+                print(f"{stale} trial(s) whose job is gone without a final status: marked KILLED, submitting again")
+            submitted = submit(prep, todo, options, sweep_dir, tracking)
+    if not todo and (not wait or not busy):
         print(f"nothing to submit: {len(done)}/{len(states)} trials finished, {len(busy)} queued or running")
         return 0
     if not wait:

@@ -40,7 +40,7 @@ def collect(trials: list[Trial], store: SweepStore | None, *, root: Path = RUNS_
     # answers without importing mlflow or reaching the server).
     need_store = store is not None and any(st not in DONE for st, _ in local.values())
     runs: dict[str, RunState] = store.trial_runs() if need_store else {}  # type: ignore[union-attr]
-    is_alive = alive or (lambda d: TrialLock(d).held_elsewhere())
+    is_alive = alive or _default_alive(trials, local, root)
     states = []
     for t in trials:
         d = trial_dir(t, root)
@@ -52,6 +52,19 @@ def collect(trials: list[Trial], store: SweepStore | None, *, root: Path = RUNS_
             status, reason = "STALE", f"left {status} by a process that is gone"
         states.append(TrialState(t, d, status, reason, remote.run_id if remote else None))
     return states
+
+
+def _default_alive(trials: list[Trial], local: dict[str, tuple[str, str]], root: Path) -> Callable[[Path], bool]:
+    """A trial is alive while a process holds its lock or, for one submitted to Slurm, while its job is
+    live in squeue: without the Slurm check a local or Ray launcher would take a queued Slurm trial for
+    stale, mark it KILLED and run it beside the job."""
+    queued = [t for t in trials if local[t.trial_id][0] in ("RUNNING", "QUEUED")
+              and (trial_dir(t, root) / "slurm.json").exists()]
+    if queued:
+        from cluster.slurm_state import SlurmView
+
+        return SlurmView(queued, root).alive
+    return lambda d: TrialLock(d).held_elsewhere()
 
 
 def split(states: list[TrialState]) -> tuple[list[TrialState], list[TrialState], list[TrialState]]:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,24 @@ def local_status(run_dir: Path) -> tuple[str, str]:
 def set_local_status(run_dir: Path, status: str, reason: str) -> None:
     (run_dir / "track").mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "track" / "status.json", {"status": status, "reason": reason, "time": time.time()})
+
+
+@contextmanager
+def submission_lock(sweep_dir: Path) -> Iterator[None]:
+    """One launcher at a time decides what to submit for a spec and records it: between a trial's
+    QUEUED record and its job id, a second launcher would see a QUEUED trial with no live job, take it
+    for stale and submit it again. The kernel drops the lock if the holder dies."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(sweep_dir / ".submit.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another launcher to finish submitting {sweep_dir.name} ...", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class TrialLock:

@@ -6,6 +6,7 @@ whose name would run commands if anything reached a shell unquoted."""
 from __future__ import annotations
 
 import os
+import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -112,3 +113,30 @@ def test_demo_spec_two_ranks_per_trial(slurm_cluster, mlflow_env, tmp_path, monk
     code, out, err = gatesweep(["status", "demo2.yaml"])
     assert code == 0 and out.count("FINISHED") >= 2 and f"job {ids[0]} COMPLETED" in out
     assert not list(tmp_path.rglob("PWNED")) and not Path(os.getcwd(), "PWNED").exists()
+
+
+def test_a_queued_slurm_trial_is_left_alone_by_the_other_backends(slurm_cluster, mlflow_env, tmp_path, monkeypatch):
+    """The local launcher (and Ray's, which shares its state check) sees a trial whose Slurm job is
+    still pending as busy, not as stale: no KILLED mark, no second run beside the job."""
+    monkeypatch.chdir(tmp_path)
+    write_data(tmp_path)
+    name = unique("xbackend")
+    write_spec(tmp_path / "s.yaml", name, gates=["none"], slurm={"extra": {"hold": True}})
+    (trial,) = expand(load_spec(tmp_path / "s.yaml"))
+    run_dir = RUNS_ROOT / name / trial.trial_id
+    code, out, err = gatesweep(["run", "s.yaml"])
+    assert code == 0, err
+    job = job_id(run_dir)
+    try:
+        assert squeue(job)[0] == "PENDING" and status(run_dir) == "QUEUED"
+        code, out, err = gatesweep(["run", "s.yaml", "--backend", "local"])
+        assert code == 0, err
+        assert "1 trial(s) are running in another process; leaving them alone" in out
+        assert status(run_dir) == "QUEUED" and squeue(job)[0] == "PENDING"
+        assert not (run_dir / "logs").exists()  # no trainer ran here
+        runs = _runs(mlflow_env, f"gs-{name}")
+        assert len(runs) == 1 and runs[0].data.tags["status"] == "QUEUED"
+        code, out, err = gatesweep(["status", "s.yaml"])
+        assert code == 0 and f"job {job} PENDING" in out
+    finally:
+        subprocess.run(["scancel", job.split("_")[0]], check=False)
