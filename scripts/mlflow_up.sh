@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Start a local `mlflow server` (sqlite backend + local artifact root), wait for /health and
+# Start a local `mlflow server` (sqlite backend, artifacts proxied: clients upload them over HTTP
+# into $MLFLOW_ARTIFACT_ROOT on the server's host, so trainers on compute nodes need no shared
+# filesystem and nothing lands in a node's /tmp), wait for /health and
 # write $MLFLOW_ROOT/env.sh (export MLFLOW_TRACKING_URI=...). Idempotent: a healthy server
 # started earlier from the same MLFLOW_ROOT is reused.
 #
@@ -71,7 +73,7 @@ fi
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 # shellcheck disable=SC2086  # MLFLOW_SERVER_ARGS is a list of flags
 setsid bash -c 'echo $$ > "$0"; exec "$@"' "$PIDFILE" "$VENV/bin/mlflow" server \
-  --backend-store-uri "$BACKEND" --default-artifact-root "$ARTIFACTS" \
+  --backend-store-uri "$BACKEND" --artifacts-destination "$ARTIFACTS" \
   --host "$HOST" --port "$PORT" --workers "${MLFLOW_WORKERS:-1}" ${MLFLOW_SERVER_ARGS:-} \
   >"$LOG" 2>&1 </dev/null &
 for _ in $(seq 1 50); do [ -s "$PIDFILE" ] && break; sleep 0.1; done

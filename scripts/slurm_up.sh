@@ -237,3 +237,4 @@ if ! wait_for 20 "node localhost in partition $PARTITION to be idle" node_usable
 fi
 log "cluster up in $(el)s: partition=$PARTITION SLURM_CONF=$CONF"
 sinfo -p "$PARTITION"
+echo "use it from a shell: source $ROOT/env.sh"

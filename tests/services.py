@@ -126,7 +126,7 @@ class MlflowServer:
         # the venv's own console script, next to the interpreter that runs pytest
         mlflow_exe = Path(sys.executable).parent / "mlflow"
         return [str(mlflow_exe), "server", "--backend-store-uri", self.backend_uri,
-                "--default-artifact-root", str(self.artifact_root),
+                "--artifacts-destination", str(self.artifact_root),  # proxied, as scripts/mlflow_up.sh
                 "--host", self.host, "--port", str(self.port), "--workers", "1"]
 
     def start(self, timeout_s: float = MLFLOW_HEALTH_TIMEOUT_S) -> float:

@@ -42,6 +42,19 @@ def test_mlflow_server_health_on_loopback(mlflow_server: MlflowServer):
 
 
 @pytest.mark.mlflow
+def test_mlflow_artifacts_are_proxied_through_the_server(mlflow_server: MlflowServer, tmp_path: Path):
+    """Clients upload artifacts over HTTP (a trainer on a compute node writes nothing to its own disk)
+    and the server stores them under its artifacts destination."""
+    client = _client(mlflow_server.uri)
+    exp_id, run_id = _log_run(mlflow_server.uri, "artifacts")
+    (tmp_path / "curve.txt").write_text("step,loss\n1,3.2\n")
+    client.log_artifact(run_id, str(tmp_path / "curve.txt"))
+    assert client.get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:/")
+    stored = list(mlflow_server.artifact_root.rglob("curve.txt"))
+    assert len(stored) == 1 and stored[0].read_text() == "step,loss\n1,3.2\n" and run_id in str(stored[0])
+
+
+@pytest.mark.mlflow
 def test_mlflow_env_routes_fluent_client_and_history_reads_back(mlflow_env: str):
     import mlflow
 
