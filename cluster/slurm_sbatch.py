@@ -158,6 +158,9 @@ def executor_params(res: Resources, opts: SlurmOptions, *, job_name: str, setup:
         # --requeue: `scontrol requeue` (submitit's checkpoint protocol) and preemption need it where
         # the cluster's JobRequeue default is 0.
         "additional_parameters": {"requeue": True, **dict(opts.extra)},
+        # submitit adds --wckey=submitit by default; where wckeys are enforced that rejects the job
+        # (set one with backend.slurm.extra.wckey)
+        "wckey": None,
     }
     if res.gpus_per_node > 0:
         params["gpus_per_node"] = res.gpus_per_node

@@ -279,10 +279,13 @@ def apply_spec_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> tuple[Sw
         elif key.startswith("backend."):
             parts = key.split(".")
             backend = {k: dict(v) if isinstance(v, Mapping) else v for k, v in spec.backend.items()}
-            if len(parts) == 2:
-                backend[parts[1]] = value
-            else:
-                backend.setdefault(parts[1], {})[parts[2]] = value
+            # nest every further part: backend.slurm.extra.exclusive=true -> {slurm: {extra: {exclusive: true}}}
+            node: dict[str, Any] = backend
+            for part in parts[1:-1]:
+                child = node.get(part)
+                node[part] = child = dict(child) if isinstance(child, Mapping) else {}
+                node = child
+            node[parts[-1]] = value
             spec = parse_spec_backend(spec, backend)
         elif key.startswith("estimate."):
             ctx.keys({key.split(".", 1)[1]: value}, ("ms_per_step",), "estimate")

@@ -149,6 +149,15 @@ def test_spec_level_overrides_do_not_change_ids(demo_spec):
     assert sorted({t.seed for t in expand(spec)}) == [5, 6, 7] and len(expand(spec)) == 15
 
 
+def test_nested_backend_overrides_merge_into_the_spec(demo_spec):
+    """backend.slurm.extra.<option>=... adds an sbatch option beside the spec's own extras."""
+    spec, _ = apply_spec_overrides(demo_spec, {"backend.slurm.extra.mail-type": "END"})
+    spec, _ = apply_spec_overrides(spec, {"backend.slurm.extra.exclusive": True, "backend.slurm.partition": "gpu"})
+    assert spec.backend["slurm"]["extra"] == {"mail-type": "END", "exclusive": True}
+    assert spec.backend["slurm"]["partition"] == "gpu"
+    assert "extra" not in (demo_spec.backend.get("slurm") or {})  # the original spec is untouched
+
+
 # ---------------------------------------------------------------- bad specs -> exact messages
 OK = "name: t\n"
 BAD_SPECS = {
