@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.ray_plan import ray_options
+from cluster.slurm_sbatch import STRING_OPTS, resolve_options
 from sweeps.spec import SweepSpec
 
 MAX_GPUS_PER_NODE = 8
@@ -41,8 +42,8 @@ class RaySlurmJob:
     gpus_per_node: int
     cpus_per_node: int
     timeout_min: int
-    sbatch_options: dict[str, str] = field(default_factory=dict)
-    """partition, account, qos, constraint (from the CLI or backend.slurm)."""
+    sbatch_options: dict[str, Any] = field(default_factory=dict)
+    """partition, account, qos, constraint, mem and backend.slurm.extra (from the CLI or the spec)."""
     setup: tuple[str, ...] = ()
     """Shell lines run first on the head (backend.slurm.setup: module load, venv activation)."""
     overrides: tuple[str, ...] = ()
@@ -69,7 +70,9 @@ def _directives(job: RaySlurmJob) -> list[str]:
         lines.append(f"--gpus-per-task={job.gpus_per_node}")
     # the output directory must exist when the job starts: the project directory does
     lines += [f"--time={job.timeout_min}", f"--output={job.workdir}/slurm-ray-{job.spec_name}-%j.out"]
-    lines += [f"--{k}={v}" for k, v in sorted(job.sbatch_options.items()) if v]
+    # values were checked by slurm_sbatch.resolve_options (no control characters); True is a bare flag
+    lines += [f"--{k}" if v is True else f"--{k}={v}" for k, v in sorted(job.sbatch_options.items())
+              if v not in (None, "", False)]
     return [f"#SBATCH {line}" for line in lines]
 
 
@@ -125,13 +128,16 @@ def slurm_job(spec: SweepSpec, *, num_trials: int, workdir: Path, concurrent: in
               overrides: Sequence[str], slurm_opts: dict[str, Any], python: str = sys.executable) -> RaySlurmJob:
     """The job for a spec's search: sized by size_allocation, sbatch options from the command line
     (--partition ...) or backend.slurm, the command line's overrides passed on to the driver."""
-    slurm = spec.backend_options("slurm")
     size = size_allocation(trial_gpus=spec.resources.gpus_per_node,
                            cpus_per_trial=math.ceil(ray_options(spec, workdir).cpus_per_trial),
                            max_concurrent=concurrent, num_trials=num_trials,
                            trial_timeout_min=spec.resources.timeout_min, ray_opts=spec.backend_options("ray"))
-    sbatch = {k: str(slurm_opts.get(k) or slurm.get(k) or "") for k in ("partition", "account", "qos", "constraint")}
-    setup = slurm.get("setup") or []
+    # the same checked options as the Slurm backend: partition ... constraint, extra, setup, memory
+    opts = resolve_options(spec, slurm_opts)
+    sbatch: dict[str, Any] = {k: getattr(opts, k) for k in STRING_OPTS if getattr(opts, k)} | dict(opts.extra)
+    if spec.resources.mem_gb > 0:
+        sbatch["mem"] = f"{spec.resources.mem_gb}GB"
+    setup = list(opts.setup)
     return RaySlurmJob(spec_name=spec.name, spec_path=spec.path, workdir=str(workdir), python=python,
                        sbatch_options=sbatch, setup=tuple([setup] if isinstance(setup, str) else setup),
                        overrides=tuple(o for o in overrides if not o.startswith("backend.ray.address=")),

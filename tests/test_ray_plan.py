@@ -220,3 +220,18 @@ def test_overriding_a_searched_key_is_an_error_not_a_silent_no_op(capsys, tmp_pa
     err = capsys.readouterr().err
     assert "search.space: learning_rate is searched by this spec" in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ray_on_slurm_takes_the_checked_slurm_options(capsys, tmp_path, monkeypatch):
+    """The recipe gets the same options as the Slurm backend (extra, memory), checked the same way: a
+    newline in a value would end the #SBATCH comment and start a shell command."""
+    monkeypatch.chdir(tmp_path)
+    args = ["run", str(LR_SEARCH), "--backend", "ray", "--dry-run", "backend.slurm.extra.exclusive=true",
+            "backend.slurm.extra.mail-type=END", "resources.mem_gb=64"]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --exclusive\n" in out and "#SBATCH --mail-type=END\n" in out and "#SBATCH --mem=64GB\n" in out
+    assert cli_main(["run", str(LR_SEARCH), "--backend", "ray", "--dry-run", "--partition", "gpu\ntouch /tmp/x"]) == 2
+    err = capsys.readouterr().err
+    assert "--partition='gpu\\ntouch /tmp/x' contains a control character" in err
+    assert list(tmp_path.iterdir()) == []
