@@ -115,3 +115,50 @@ def test_cancelled_trial_is_resubmitted_into_its_mlflow_run(slurm_cluster, mlflo
     (run,) = client.search_runs([exp.experiment_id], "tags.`gatesweep.kind` = 'trial'")
     assert run.data.tags["trial_id"] == trial.trial_id and run.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [0, 10, 20]
+
+
+def test_out_of_requeues_the_trial_is_killed_and_the_next_run_resumes_it(slurm_cluster, mlflow_env, tmp_path,
+                                                                          monkeypatch):
+    """max_requeues=1: the first warning signal requeues, the second ends the job with the trial KILLED
+    (its checkpoint saved); the next `gatesweep run` submits a new job that resumes from that
+    checkpoint, into the same MLflow run."""
+    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
+    monkeypatch.chdir(tmp_path)
+    write_data(tmp_path)
+    name = unique("outofrequeues")
+    write_spec(tmp_path / "spec.yaml", name, gates=["none"], slurm={"max_requeues": 1},
+               base={"num_iterations": N, "val_every": 60, "warmdown_iters": 60})
+    (trial,) = expand(load_spec(tmp_path / "spec.yaml"))
+    run_dir = RUNS_ROOT / name / trial.trial_id
+    code, _, err = gatesweep(["run", "spec.yaml"])
+    assert code == 0, err
+    job = job_id(run_dir)
+
+    wait_until(lambda: last_step(run_dir) >= 20, 120, "the trial to train 20 steps")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait_until(lambda: squeue(job)[0] == "PENDING" and status(run_dir) == "QUEUED", 60, "the job to be requeued")
+    first_stop = last_step(run_dir)
+    time.sleep(2)  # see the test above: the credential of the last run must be older than 1 s
+    subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
+    wait_until(lambda: last_step(run_dir) >= first_stop + 20, 120, "the requeued job to train 20 more steps")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait_until(lambda: squeue(job)[0] in ("", "COMPLETED", "FAILED", "CANCELLED"), 60, "the job to end")
+    assert status(run_dir) == "KILLED"
+    assert "max_requeues=1 reached" in read_json(run_dir / "track" / "status.json")["reason"]
+    second_stop = last_step(run_dir)
+    assert first_stop < second_stop < N
+
+    code, out, err = gatesweep(["run", "spec.yaml", "--wait"])
+    assert code == 0, err + job_log(run_dir)
+    assert "submitted 1 trial(s)" in out and status(run_dir) == "FINISHED"
+    assert job_id(run_dir) != job and read_json(run_dir / "slurm.json")["previous"] == [job]
+    log = (run_dir / "logs" / f"{trial.trial_id}.txt").read_text()
+    assert [int(s) for s in re.findall(r"^resumed from step (\d+)", log, re.MULTILINE)] == [first_stop, second_stop]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_env)
+    exp = client.get_experiment_by_name(f"gs-{name}")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`gatesweep.kind` = 'trial'")
+    assert run.data.tags["status"] == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == list(range(1, N + 1))
