@@ -87,10 +87,10 @@ lr-search: $(STAMP) data/synth/synth.json
 	$(GS) run sweeps/lr_search.yaml --backend ray $(if $(DRY_RUN),--dry-run) $(ARGS)
 
 tables: $(STAMP)  ## every stage with runs in the store: Markdown + study-format CSV under reports/tables/
-	@for s in sweeps/stage1.yaml sweeps/stage2.yaml sweeps/stage2_5.yaml sweeps/stage3.yaml sweeps/demo.yaml; do \
-	  if $(GS) table $$s --format md --out reports/tables $(ARGS) && \
-	     $(GS) table $$s --compat --format csv --out reports/tables $(ARGS); then :; \
-	  else echo "($$s: no runs yet)"; fi; done
+	@set -e; for s in sweeps/stage1.yaml sweeps/stage2.yaml sweeps/stage2_5.yaml sweeps/stage3.yaml \
+	    sweeps/lr_search.yaml sweeps/demo.yaml; do \
+	  $(GS) table $$s --format md --out reports/tables --skip-empty $(ARGS); \
+	  $(GS) table $$s --compat --format csv --out reports/tables --skip-empty $(ARGS); done
 
 report: $(STAMP)
 	$(GS) report $(or $(SPEC),sweeps/demo.yaml) $(ARGS)

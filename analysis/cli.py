@@ -35,13 +35,22 @@ def table_main(argv: Sequence[str] | None = None) -> int:
                    help="the study's columns only: keys, seeds, final_loss, train_time")
     p.add_argument("--columns", help="with --compat: comma-separated output columns, in order")
     p.add_argument("--out", type=Path, help="write the table into this directory instead of stdout")
+    p.add_argument("--skip-empty", action="store_true",
+                   help="no runs yet (no store, experiment or trial runs): say so and exit 0 instead of 2")
     args = p.parse_args(argv)
     from analysis import render
     from analysis.fetch import fetch_runs
     from analysis.table import compat_table, stage_table
+    from trainer.errors import NoRunsError
 
     target = _target(args)
-    runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
+    try:
+        runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
+    except NoRunsError:
+        if not args.skip_empty:
+            raise
+        print(f"({target.label}: no runs yet)")
+        return 0
     if args.compat:
         df = compat_table(runs, stages=target.stages, columns=_split(args.columns))
         note, headers = "", None
@@ -99,26 +108,11 @@ def import_main(argv: Sequence[str] | None = None) -> int:
 
 
 def read_spec_target(path: Path) -> tuple[str, str | None, str]:
-    """(name, stage, experiment) from a spec YAML's top level; only these keys are read.
+    """(name, stage, experiment) of a spec, validated like every other command's spec."""
+    from sweeps.spec import load_spec
 
-    TODO: switch to sweeps.spec.load_spec once it exists (it validates the whole spec).
-    """
-    import yaml
-
-    if not path.is_file():
-        raise SpecError(f"{path}: no such spec file")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not doc["name"]:
-        raise SpecError(f"{path}: needs a top-level 'name: <spec name>'")
-    tracking = doc.get("tracking") or {}
-    if not isinstance(tracking, dict):
-        raise SpecError(f"{path}: 'tracking' must be a mapping (e.g. tracking: {{experiment: NAME}})")
-    stage = doc.get("stage")
-    experiment = tracking.get("experiment") or f"gatesweep-{doc['name']}"
-    return doc["name"], str(stage) if stage is not None else None, str(experiment)
+    spec = load_spec(path)
+    return spec.name, spec.stage or None, spec.experiment
 
 
 def _parser(cmd: str, description: str) -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from typing import Any, cast
 import pandas as pd
 
 from analysis.legacy import coerce
-from trainer.errors import TrackingError
+from trainer.errors import NoRunsError, TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TIDY_COLUMNS = ("mlflow_run_id", "trial_id", "spec", "stage", "seed", "status", "backend")
@@ -100,7 +100,7 @@ def fetch_runs(
     if not records:
         where = ", ".join(experiment_names) if experiment_names else "any experiment"
         which = ", ".join(s for s in stages if s) or "any"
-        raise TrackingError(f"no trial runs in {where} at {uri} (stage {which}, spec {spec or 'any'}); "
+        raise NoRunsError(f"no trial runs in {where} at {uri} (stage {which}, spec {spec or 'any'}); "
                             "check --experiment/--stage, or import/run them first")
     return runs_frame(records)
 
@@ -161,7 +161,7 @@ def check_reachable(uri: str, *, must_exist: bool = True) -> None:
     elif must_exist and uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if not path.exists():
-            raise TrackingError(f"no MLflow database at {path}; set MLFLOW_TRACKING_URI or "
+            raise NoRunsError(f"no MLflow database at {path}; set MLFLOW_TRACKING_URI or "
                                 "--tracking-uri, or import/run something first")
 
 
@@ -173,7 +173,7 @@ def _experiment_ids(client, uri: str, names: Sequence[str] | None) -> list[str]:
     for name in names:
         exp = call(uri, client.get_experiment_by_name, name)
         if exp is None:
-            raise TrackingError(f"experiment {name!r} not found at {uri}; check --experiment "
+            raise NoRunsError(f"experiment {name!r} not found at {uri}; check --experiment "
                                 "(the spec's tracking.experiment, default gatesweep-<spec name>)")
         ids.append(exp.experiment_id)
     return ids

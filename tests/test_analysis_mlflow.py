@@ -19,7 +19,7 @@ from analysis.fetch import TIDY_COLUMNS, fetch_histories, fetch_runs
 from analysis.importer import import_results
 from analysis.table import stage_table
 from tests.test_analysis_compat import CASES, published_csv
-from trainer.errors import SpecError, TrackingError
+from trainer.errors import NoRunsError, SpecError, TrackingError
 
 pytestmark = pytest.mark.mlflow
 FIX = Path(__file__).parent / "fixtures" / "legacy"
@@ -236,13 +236,27 @@ def test_cli_table_spec_and_report(server, client, tmp_path, capsys):
     common = ["--experiment", name, "--tracking-uri", server.uri]
     import_main([str(FIX / "demo/results.csv"), "--logs", str(FIX / "demo/logs"), *common])
     spec = tmp_path / "screen.yaml"
-    spec.write_text(f"name: results\nstage: screen\ntracking:\n  experiment: {name}\naxes: {{}}\n")
+    spec.write_text(f"name: results\nstage: screen\ntracking:\n  experiment: {name}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"name: results\nstage: screen\ntracking:\n  experiment: {name}\naxes: {{}}\n")
+    with pytest.raises(SpecError, match=r"bad\.yaml: axes: unknown key"):  # validated like every command's spec
+        table_main([str(bad), "--tracking-uri", server.uri])
     capsys.readouterr()
     assert table_main([str(spec), "--format", "md", "--tracking-uri", server.uri]) == 0
     md = capsys.readouterr().out
     assert "| elementwise | 2 " in md and "paired" in md and "baseline" in md
     assert table_main(["--stage", "lr", *common, "--out", str(tmp_path / "t")]) == 0
     assert (tmp_path / "t" / "lr_table.txt").read_text().count("elementwise") == 2
+    # --skip-empty (make tables): a spec with nothing recorded yet is a note, a broken store still an error
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(f"name: never-ran\ntracking:\n  experiment: {new_experiment()}\n")
+    capsys.readouterr()
+    with pytest.raises(NoRunsError):
+        table_main([str(empty), "--tracking-uri", server.uri])
+    assert table_main([str(empty), "--tracking-uri", server.uri, "--skip-empty"]) == 0
+    assert capsys.readouterr().out == "(never-ran: no runs yet)\n"
+    with pytest.raises(TrackingError, match="unreachable"):
+        table_main([str(empty), "--tracking-uri", "http://127.0.0.1:9", "--skip-empty"])
     with pytest.raises(SpecError, match="give a spec file or --stage"):
         table_main(["--tracking-uri", server.uri])
     assert report_main(["--stage", "lr", *common, "--out", str(tmp_path / "reports")]) == 0

@@ -29,3 +29,7 @@ class BackendError(GatesweepError):
 
 class TrackingError(GatesweepError):
     """The tracking store cannot be reached or holds inconsistent records."""
+
+
+class NoRunsError(TrackingError):
+    """The store is reachable but holds nothing to analyse yet (no database, experiment or runs)."""
