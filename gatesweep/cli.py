@@ -47,24 +47,52 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("warmup", help="fill a sweep's compile cache with its first trial's graphs")
     s.add_argument("spec")
     s.add_argument("overrides", nargs="*")
+    # parsed by their own packages (see _dispatch); listed here so that --help shows them
+    for name, text in DELEGATED.items():
+        sub.add_parser(name, help=text, add_help=False)
     return p
+
+
+DELEGATED = {
+    "table": "seed-averaged stage table with statistics (gatesweep table -h)",
+    "report": "Markdown report with tables and figures (gatesweep report -h)",
+    "import": "import a legacy results CSV and logs into MLflow (gatesweep import -h)",
+    "train": "run the trainer in this process (gatesweep train key=value ...)",
+    "data": "make or check token shards: fineweb, text, synth (gatesweep data -h)",
+}
+
+
+def _global_uri(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`gatesweep --tracking-uri URI table ...`: the global option in front of a delegated command."""
+    if argv and argv[0].startswith("--tracking-uri="):
+        return argv[0].split("=", 1)[1], argv[1:]
+    if len(argv) > 2 and argv[0] == "--tracking-uri" and argv[2] in DELEGATED:
+        return argv[1], argv[2:]
+    return None, argv
 
 
 def _dispatch(argv: list[str]) -> int:
     # Subcommands owned by other packages parse their own arguments.
-    if argv and argv[0] in ("table", "report", "import"):
+    uri, rest = _global_uri(argv)
+    if rest and rest[0] in DELEGATED and uri is not None:
+        if rest[0] in ("data", "train"):
+            print(f"error: --tracking-uri does not apply to `{rest[0]}`; set MLFLOW_TRACKING_URI instead",
+                  file=sys.stderr)
+            return 2
+        rest = rest + ["--tracking-uri", uri]
+    if rest and rest[0] in ("table", "report", "import"):
         from analysis import cli as analysis_cli
 
         return {"table": analysis_cli.table_main, "report": analysis_cli.report_main,
-                "import": analysis_cli.import_main}[argv[0]](argv[1:])
-    if argv and argv[0] == "data":
+                "import": analysis_cli.import_main}[rest[0]](rest[1:])
+    if rest and rest[0] == "data":
         from trainer import data_cli
 
-        return data_cli.main(argv[1:])
-    if argv and argv[0] == "train":
+        return data_cli.main(rest[1:])
+    if rest and rest[0] == "train":
         from trainer.main import main as train_main
 
-        return train_main(argv[1:])
+        return train_main(rest[1:])
     parser = _parser()
     # key=value overrides may come after options too (`run SPEC --backend local lr=...`).
     args, extra = parser.parse_known_args(argv)

@@ -117,3 +117,16 @@ def test_chained_value_from_a_stage_with_no_runs(tmp_path: Path, mlflow_server):
     res = gatesweep(["plan", "spec.yaml", "learning_rate=0.01", "--json"], tmp_path, cli_env(mlflow_server.uri))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)[0]["config"]["learning_rate"] == 0.01
+
+
+def test_help_lists_every_command_and_the_global_uri_reaches_delegated_ones(tmp_path: Path):
+    res = gatesweep(["--help"], tmp_path, cli_env())
+    assert res.returncode == 0
+    for cmd in ("plan", "run", "status", "sync", "warmup", "table", "report", "import", "train", "data"):
+        assert f"    {cmd} " in res.stdout, cmd
+    (tmp_path / "spec.yaml").write_text("name: s\n")
+    # the global --tracking-uri in front of `table` is the one it uses (an unreachable port here)
+    res = gatesweep(["--tracking-uri", "http://127.0.0.1:9", "table", "spec.yaml"], tmp_path, cli_env())
+    assert res.returncode == 2 and res.stderr.startswith("error: MLflow server http://127.0.0.1:9 is unreachable")
+    res = gatesweep(["--tracking-uri=http://127.0.0.1:9", "data", "synth"], tmp_path, cli_env())
+    assert res.returncode == 2 and "--tracking-uri does not apply to `data`" in res.stderr
