@@ -19,10 +19,20 @@ def test_local_sweep_into_sqlite_then_table_matches_the_results_rows(tmp_path: P
     name = unique("sqlite")
     write_data(tmp_path)
     write_spec(tmp_path / "spec.yaml", name, grid={"attn_gate": ["none", "elementwise"]}, seeds=[0, 1])
-    env = cli_env()  # no MLFLOW_TRACKING_URI: the default sqlite:///mlflow.db in the working directory
+    # no MLFLOW_TRACKING_URI: the default sqlite:///mlflow.db in the working directory; an experiment and
+    # a run id left in the shell (e.g. by a notebook's mlflow.start_run) must not capture the trials
+    env = cli_env(MLFLOW_EXPERIMENT_ID="424242", MLFLOW_RUN_ID="0" * 32)
     res = gatesweep(["run", "spec.yaml", "--backend", "local"], tmp_path, env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert (tmp_path / "mlflow.db").is_file()
+
+    from mlflow import MlflowClient
+
+    mlc = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = mlc.get_experiment_by_name(f"gs-{name}")
+    assert exp is not None and {e.name for e in mlc.search_experiments()} <= {"Default", f"gs-{name}"}
+    kids = mlc.search_runs([exp.experiment_id], "tags.`gatesweep.kind` = 'trial'")
+    assert len(kids) == 4 and all(r.info.status == "FINISHED" for r in kids)
 
     res = gatesweep(["table", "spec.yaml", "--format", "csv"], tmp_path, env)
     assert res.returncode == 0, res.stderr
