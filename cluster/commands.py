@@ -104,7 +104,8 @@ def run_local(prep: Any, *, dry_run: bool, max_parallel: int | None) -> int:
     if store.enabled and store.retire_stale_parents(spec.name):
         print("a sweep run left RUNNING by a dead launcher was marked KILLED")
     existing = store.trial_runs() if store.enabled else {}
-    store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path)
+    store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path,
+                       trial_ids=[t.trial_id for t in prep.trials])
     status = "FINISHED"
     # `kill PID` (SIGTERM) stops a sweep like Ctrl-C: trials checkpoint, records and the sweep run say KILLED
     previous = signal.signal(signal.SIGTERM, _interrupt)

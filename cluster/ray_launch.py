@@ -88,7 +88,8 @@ def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, override
     if store.enabled and store.retire_stale_parents(spec.name):
         print("a sweep run left RUNNING by a dead launcher was marked KILLED")
     existing = store.trial_runs() if store.enabled else {}
-    store.start_parent(spec=spec.name, stage=spec.stage, backend="ray", n_trials=len(todo), spec_path=spec.path)
+    store.start_parent(spec=spec.name, stage=spec.stage, backend="ray", n_trials=len(todo), spec_path=spec.path,
+                       trial_ids=[t.trial_id for t in trials])
     status = "FAILED"
     try:
         log_search(store, plan, concurrent)

@@ -209,7 +209,8 @@ def submit(prep: Prepared, todo: list[TrialState], options: SlurmOptions, sweep_
               f"{RUNS_ROOT / spec.name}/ and this launcher delivers them with --wait (else run `gatesweep sync` "
               "once they end); for live tracking from parallel jobs start a server (make mlflow-up) and set "
               "MLFLOW_TRACKING_URI=http://HOST:PORT", file=sys.stderr)
-    store.start_parent(spec=spec.name, stage=spec.stage, backend="slurm", n_trials=len(todo), spec_path=spec.path)
+    store.start_parent(spec=spec.name, stage=spec.stage, backend="slurm", n_trials=len(todo), spec_path=spec.path,
+                       trial_ids=[t.trial_id for t in prep.trials])
     existing = store.trial_runs() if store.enabled else {}
     by_id = {s.trial.trial_id: s for s in todo}
     workdir = os.getcwd()

@@ -12,15 +12,18 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweeps.chain import TRIAL_IDS_TAG
 from sweeps.expand import Trial
 from trainer.errors import TrackingError
 from trainer.tracking import read_json, write_json
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+MAX_TAG_CHARS = 5000  # MLflow's tag value limit on older servers
 SWEEP_RECORDS = ".sweeps"  # <runs>/<spec>/.sweeps/<parent run id>.json: a sweep run's undelivered end
 # Env vars that a parent process (or mlflow.set_experiment) may have set and that would send child
 # processes' runs to the wrong experiment/run: never pass them on.
@@ -125,12 +128,18 @@ class SweepStore:
                 return out
 
     # ------------------------------------------------------------ parent run
-    def start_parent(self, *, spec: str, stage: str, backend: str, n_trials: int, spec_path: str) -> str | None:
+    def start_parent(self, *, spec: str, stage: str, backend: str, n_trials: int, spec_path: str,
+                     trial_ids: Sequence[str] = ()) -> str | None:
+        """`trial_ids`: the spec's whole expansion, so that a later stage chaining from this one can
+        tell a finished stage from a half-run one (sweeps.chain)."""
         if not self.enabled:
             return None
-        run = self.client.create_run(self.experiment_id, run_name=f"sweep-{spec}-{backend}", tags={
-            "gatesweep.kind": "sweep", "spec": spec, "stage": stage, "backend": backend,
-            "spec_path": spec_path, "gatesweep.host": socket.gethostname(), "gatesweep.pid": str(os.getpid())})
+        tags = {"gatesweep.kind": "sweep", "spec": spec, "stage": stage, "backend": backend,
+                "spec_path": spec_path, "gatesweep.host": socket.gethostname(), "gatesweep.pid": str(os.getpid())}
+        ids = ",".join(trial_ids)
+        if ids and len(ids) <= MAX_TAG_CHARS:
+            tags[TRIAL_IDS_TAG] = ids
+        run = self.client.create_run(self.experiment_id, run_name=f"sweep-{spec}-{backend}", tags=tags)
         self.parent_id = run.info.run_id
         self.client.log_param(self.parent_id, "n_trials", n_trials)
         return self.parent_id

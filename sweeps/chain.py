@@ -18,6 +18,8 @@ from sweeps.spec import Chain
 from trainer.errors import SpecError, TrackingError
 
 INCOMPLETE = ("RUNNING", "QUEUED", "KILLED", "SCHEDULED")
+ENDED = ("FINISHED", "FAILED", "EARLY_STOPPED")  # a FAILED trial (e.g. a diverging LR) is a result too
+TRIAL_IDS_TAG = "gatesweep.trial_ids"  # on a sweep run (cluster.store): the trial ids of its spec's expansion
 
 
 def _matches(params: dict[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
@@ -31,8 +33,11 @@ def _same(a: Any, b: Any) -> bool:
         return str(a) == str(b)
 
 
-def select_value(runs: list[dict[str, Any]], chain: Chain, key: str) -> Any:
-    """runs: [{"params": {...}, "status": str, "metrics": {...}}] of the source stage."""
+def select_value(runs: list[dict[str, Any]], chain: Chain, key: str, expected: set[str] | None = None) -> Any:
+    """runs: [{"params": {...}, "status": str, "metrics": {...}, "trial_id": str}] of the source stage.
+    expected: the trial ids of the source stage's last sweep (its spec's expansion), when known: every
+    one of them must have ended, so a stage run only in part (a sweep stopped between trials, trials
+    never submitted) is refused rather than chained from."""
     if not runs:
         if chain.fallback is not None:
             return chain.fallback
@@ -42,6 +47,13 @@ def select_value(runs: list[dict[str, Any]], chain: Chain, key: str) -> Any:
     if pending:
         raise SpecError(f"{key}: chained from stage '{chain.source}', which is incomplete ({len(pending)} of "
                         f"{len(runs)} runs queued, running or killed); finish it (rerun its spec) or override {key}=...")
+    if expected:
+        ended = {r.get("trial_id") for r in runs if r["status"] in ENDED}
+        missing = expected - ended
+        if missing:
+            raise SpecError(f"{key}: chained from stage '{chain.source}', which is incomplete ({len(missing)} of "
+                            f"{len(expected)} trials of its last sweep have no finished run); finish it (rerun its "
+                            f"spec) or override {key}=...")
     groups: dict[str, list[float]] = {}
     values: dict[str, Any] = {}
     for r in runs:
@@ -78,29 +90,34 @@ def mlflow_resolver(client: Any) -> Callable[[Chain, str], Any]:
 
     def resolve(chain: Chain, key: str) -> Any:
         try:
-            runs = _stage_runs(client, chain.source)
+            runs, expected = _stage_runs(client, chain.source)
         except Exception as e:  # noqa: BLE001 - connection errors come in many types
             raise TrackingError(f"{key}: chained from stage '{chain.source}', but the tracking store cannot be "
                                 f"read ({type(e).__name__}: {str(e)[:200]}); start it (make mlflow-up), set "
                                 f"MLFLOW_TRACKING_URI, or override {key}=...") from None
-        return select_value(runs, chain, key)
+        return select_value(runs, chain, key, expected)
 
     return resolve
 
 
-def _stage_runs(client: Any, stage: str) -> list[dict[str, Any]]:
+def _stage_runs(client: Any, stage: str) -> tuple[list[dict[str, Any]], set[str] | None]:
+    """The stage's trial runs, and the trial ids its newest sweep run expected (None if unknown:
+    imported runs, or a sweep too large for the tag)."""
     exps = [e.experiment_id for e in client.search_experiments()]
     runs: list[dict[str, Any]] = []
     token = None
     while exps:
         page = client.search_runs(exps, f"tags.`gatesweep.kind` = 'trial' and tags.stage = '{stage}'",
                                   max_results=1000, page_token=token)
-        runs += [{"params": r.data.params, "metrics": r.data.metrics,
+        runs += [{"params": r.data.params, "metrics": r.data.metrics, "trial_id": r.data.tags.get("trial_id"),
                   "status": r.data.tags.get("status") or r.info.status} for r in page]
         token = page.token
         if not token:
             break
-    return runs
+    sweeps = client.search_runs(exps, f"tags.`gatesweep.kind` = 'sweep' and tags.stage = '{stage}'",
+                                max_results=1, order_by=["attributes.start_time DESC"]) if exps else []
+    ids = sweeps[0].data.tags.get(TRIAL_IDS_TAG) if sweeps else None
+    return runs, set(ids.split(",")) if ids else None
 
 
 def empty_store_resolver() -> Callable[[Chain, str], Any]:

@@ -54,6 +54,18 @@ def test_an_incomplete_source_stage_is_refused(status: str):
         select_value(runs, Chain(source="stage2", fallback=0.00468), "learning_rate")
 
 
+def test_a_stage_whose_last_sweep_did_not_end_every_trial_is_refused():
+    runs = [r | {"trial_id": f"t{i}"} for i, r in enumerate(STAGE2)]
+    ids = {f"t{i}" for i in range(len(STAGE2))}
+    chain = Chain(source="stage2", where=ELEMENTWISE)
+    assert select_value(runs, chain, "learning_rate", expected=ids) == 0.00432
+    runs[-1] = runs[-1] | {"status": "FAILED"}  # a failed trial is a result: still complete
+    assert select_value(runs, chain, "learning_rate", expected=ids) == 0.00432
+    with pytest.raises(SpecError, match=r"which is incomplete \(2 of 12 trials of its last sweep have no "
+                                        r"finished run\); finish it \(rerun its spec\) or override learning_rate"):
+        select_value(runs, chain, "learning_rate", expected=ids | {"never-ran", "stopped-between-trials"})
+
+
 def test_no_runs_uses_the_fallback_and_no_match_is_an_error():
     assert select_value([], Chain(source="stage2", fallback=0.00468), "learning_rate") == 0.00468
     with pytest.raises(SpecError, match=r"stage 'stage2' has no finished runs with attn_gate=headwise"):
@@ -67,11 +79,16 @@ def test_values_come_back_typed():
 
 
 # ---------------------------------------------------------------- through the CLI and a real server
-def _log_stage(uri: str, stage: str, runs: list[dict[str, Any]]) -> None:
+def _log_stage(uri: str, stage: str, runs: list[dict[str, Any]], expected: list[str] | None = None) -> None:
+    """The source stage as the launchers record it: trial runs and (optionally) the sweep run that
+    names the trial ids of its spec's expansion."""
     c = client(uri)
     exp = c.create_experiment(unique("gs-chain-src"))
-    for r in runs:
-        run = c.create_run(exp, tags={"gatesweep.kind": "trial", "stage": stage, "status": r["status"]})
+    if expected is not None:
+        c.create_run(exp, tags={"gatesweep.kind": "sweep", "stage": stage, "gatesweep.trial_ids": ",".join(expected)})
+    for i, r in enumerate(runs):
+        run = c.create_run(exp, tags={"gatesweep.kind": "trial", "stage": stage, "status": r["status"],
+                                      "trial_id": f"t{i}"})
         for k, v in r["params"].items():
             c.log_param(run.info.run_id, k, v)
         c.log_metric(run.info.run_id, "final_val_loss", r["metrics"]["final_val_loss"])
@@ -98,6 +115,20 @@ def test_plan_and_dry_run_resolve_the_chain_from_the_server(tmp_path: Path, mlfl
     fallback = gatesweep(["plan", "spec.yaml", "--json", "learning_rate=0.00468"], tmp_path, env)
     assert json.loads(fallback.stdout)[0]["trial_id"] != planned["trial_id"]  # the id does depend on the LR
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.mlflow
+def test_a_half_run_source_stage_is_refused_through_the_cli(tmp_path: Path, mlflow_server):
+    stage = unique("stage2")
+    # its sweep expanded to 12 trials; only the 10 of STAGE2 have runs (stopped between trials)
+    _log_stage(mlflow_server.uri, stage, STAGE2, expected=[f"t{i}" for i in range(12)])
+    (tmp_path / "spec.yaml").write_text(
+        "name: chained\nbase: {preset: tiny, learning_rate: {from: " + stage + ", fallback: 0.00468}}\n")
+    res = gatesweep(["plan", "spec.yaml"], tmp_path, cli_env(mlflow_server.uri))
+    assert res.returncode == 2
+    assert res.stderr == (f"error: spec.yaml: learning_rate: chained from stage '{stage}', which is incomplete (2 of "
+                          "12 trials of its last sweep have no finished run); finish it (rerun its spec) or "
+                          "override learning_rate=...\n")
 
 
 @pytest.mark.mlflow

@@ -78,6 +78,7 @@ def test_one_parent_run_with_one_child_per_trial(sweep: Sweep):
     assert len(experiment_runs(sweep.uri, sweep.experiment)) == 5  # nothing else in the experiment
     ids = sorted(d.name for d in trial_dirs(sweep.cwd, sweep.name))
     assert sorted(r.data.tags["trial_id"] for r in children) == ids
+    assert sorted(parent.data.tags["gatesweep.trial_ids"].split(",")) == ids  # what a chained stage checks
     for run in children:
         tags = run.data.tags
         trial = json.loads((sweep.cwd / "runs" / sweep.name / tags["trial_id"] / "trial.json").read_text())
