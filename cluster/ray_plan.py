@@ -89,9 +89,12 @@ def describe(spec: SweepSpec, plan: SearchPlan, trials: list[Trial], opts: RayOp
     """The dry-run text: space, scheduler, resources and the trials with their sampled values."""
     lines = [f"ray search {spec.name} (stage {spec.stage}, {spec.path}), experiment {spec.experiment}",
              "search space:"]
-    lines += [f"  {a.describe()}" for a in plan.axes]
-    lines.append(f"  num_samples {plan.num_samples} per design point and seed (seed {plan.seed}; "
-                 "the same draws for every design point)")
+    if plan.axes:
+        lines += [f"  {a.describe()}" for a in plan.axes]
+        lines.append(f"  num_samples {plan.num_samples} per design point and seed (seed {plan.seed}; "
+                     "the same draws for every design point)")
+    else:
+        lines.append("  none: the spec's own trials (no `search:` block)")
     s = plan.scheduler
     if s is None:
         lines.append("scheduler: FIFO (no early stopping)")

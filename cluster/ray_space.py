@@ -116,9 +116,9 @@ def parse_search(spec: SweepSpec) -> SearchPlan:
     """Validate `spec.search` (free-form in the spec loader) into a SearchPlan."""
     ctx = _Ctx(spec)
     if not spec.search:
-        raise SpecError(f"{spec.path}: search: the ray backend needs a `search:` block with a space, e.g. "
-                        "search: {space: {learning_rate: {loguniform: [0.002, 0.2]}}, num_samples: 4}; "
-                        "or run the spec with --backend local")
+        # no search: the spec's own trials (its grid x seeds) as Tune trials, every one to the end, one
+        # at a time unless --max-parallel says otherwise
+        return SearchPlan(axes=(), num_samples=1, seed=0, max_concurrent_trials=1, scheduler=None)
     top = ctx.mapping(spec.search, "", SEARCH_KEYS)
     axes = tuple(_axis(ctx, spec, str(k), v) for k, v in ctx.mapping(top.get("space"), "space", ALL_KEYS).items())
     if not axes:

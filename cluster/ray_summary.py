@@ -146,10 +146,15 @@ def report(plan: SearchPlan, trials: Sequence[Any], store: Any, out_dir: Path) -
         run_dir = trial_dir(t)
         status = local_status(run_dir)[0]
         outcomes.append(outcome(t, plan, status, read_json(run_dir / "track" / "summary.json") or {}))
-    rows = best_rows(outcomes)
-    print(f"best {', '.join(plan.keys)} per design point (FINISHED trials only; early-stopped ones did not reach the end):")
-    print(render_text(summary_table(rows)))
-    log_best(store, rows, out_dir)
+    if plan.axes:
+        rows = best_rows(outcomes)
+        print(f"best {', '.join(plan.keys)} per design point (FINISHED trials only; early-stopped ones did not "
+              "reach the end):")
+        print(render_text(summary_table(rows)))
+        log_best(store, rows, out_dir)
+    else:  # the spec's own trials: nothing was searched, so no "best"; the stage table compares them
+        done = sum(o.status in DONE for o in outcomes)
+        print(f"{done}/{len(outcomes)} trials finished; compare them with `gatesweep table <spec>`")
     bad = [o for o in outcomes if o.status not in DONE]
     if bad:
         print(f"{len(bad)} trial(s) not finished ({', '.join(sorted({o.status or 'never run' for o in bad}))}); "

@@ -81,7 +81,6 @@ def test_sampled_trial_ids_follow_the_expand_rule():
 
 
 @pytest.mark.parametrize(("search", "field", "hint"), [
-    ({}, "search", "needs a `search:` block"),
     ({"space": {"learning_rte": {"grid": [0.1]}}}, "search.space.learning_rte", "unknown key"),
     ({"space": {"learning_rate": {"normal": [0, 1]}}}, "search.space.learning_rate.normal", "valid keys"),
     ({"space": {"learning_rate": {"loguniform": [0.0, 1.0]}}}, "search.space.learning_rate.loguniform", "0 < low"),

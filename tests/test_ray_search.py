@@ -242,3 +242,24 @@ def test_multi_gpu_trials_run_torchrun_children_and_stop_early(ray_address, mlfl
     last = max(m.step for m in history)
     assert 10 <= last < 150
     print(f"torchrun trial stopped at step 10 by ASHA; its child had evaluated up to step {last}")
+
+
+def test_a_spec_without_search_runs_its_own_trials_on_ray(ray_address, mlflow_env, tmp_path, monkeypatch):
+    """A stage spec (grid x seeds, no `search:`) on Ray: the same trials and ids as the local backend, each
+    to the end (no scheduler), so a later local run of the spec finds them all finished."""
+    root = make_workdir(tmp_path)
+    experiment = f"gs-ray-grid-{uuid.uuid4().hex[:8]}"
+    doc = {"name": "grid", "stage": "grid", "base": BASE, "grid": {"attn_gate": ["none", "headwise"]},
+           "seeds": [0], "resources": {"nodes": 1, "gpus_per_node": 1, "cpus_per_task": 1, "timeout_min": 5},
+           "tracking": {"experiment": experiment}}
+    (root / "sweeps" / "grid.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.chdir(root)
+    code, out = run_cli(["run", "sweeps/grid.yaml", "--backend", "ray", "--max-parallel", "2"])
+    assert code == 0, out
+    assert "2/2 trials finished" in out
+    expected = {t.trial_id for t in expand(load_spec(root / "sweeps" / "grid.yaml"))}
+    runs = trial_runs(mlflow_env, experiment)
+    assert {r.data.tags["trial_id"] for r in runs} == expected and len(runs) == 2
+    assert all(r.data.tags["status"] == "FINISHED" and r.data.tags["backend"] == "ray" for r in runs)
+    code, out = run_cli(["run", "sweeps/grid.yaml", "--backend", "local"])
+    assert code == 0 and "skipping 2 finished trial(s)" in out and "nothing to run" in out
