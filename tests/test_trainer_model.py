@@ -233,6 +233,24 @@ def test_gate_parameters_are_2d_and_bias_free(kind: str):
     assert all(tuple(p.shape) == expected for p in extra.values())
 
 
+@pytest.mark.parametrize("kind", GATES[1:])
+def test_same_seed_gives_every_variant_the_baselines_weights(kind: str):
+    """Common random numbers: a gated model's non-gate weights are exactly the none model's at the same
+    seed, so a paired-by-seed comparison differs by the gate alone; gate weights differ per layer and seed."""
+    def init(gate: str, seed: int = 0) -> dict[str, Tensor]:
+        torch.manual_seed(seed)  # as trainer.build does
+        return GPT(tiny_cfg(attn_gate=gate).model).state_dict()
+
+    base, gated = init("none"), init(kind)
+    for name, tensor in base.items():
+        assert torch.equal(gated[name], tensor), name
+    if kind != "const":
+        w = [gated[f"transformer.h.{i}.attn.gate.c_gate.weight"] for i in range(2)]
+        assert not torch.equal(w[0], w[1])
+        assert w[0].abs().max() <= 32 ** -0.5  # nn.Linear's default init, U(-1/sqrt(in), 1/sqrt(in))
+        assert not torch.equal(init(kind, seed=1)["transformer.h.0.attn.gate.c_gate.weight"], w[0])
+
+
 # ---------------------------------------------------------------- fused projection, chunked CE
 def loss_and_grads(model: GPT, idx: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     loss = model(idx, targets)

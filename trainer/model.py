@@ -57,17 +57,26 @@ def gate_activation(logits: Tensor, act: str) -> Tensor:
     return torch.sigmoid(logits)
 
 
+def gate_init_seed(model_seed: int, layer: int) -> int:
+    """A seed per (model seed, layer) for the gate's weights, distinct from the model seed's stream."""
+    return (model_seed * 1_000_003 + 7_919 * (layer + 1)) % (2**63 - 1)
+
+
 class AttnGate(nn.Module):
     """Gate scores of shape (B, T, n_head, head_dim) or broadcastable to it."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.kind, self.act = cfg.attn_gate, cfg.gate_act
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        if self.kind == "headwise":
-            self.c_gate = nn.Linear(cfg.n_embd, cfg.n_head, bias=False)
-        elif self.kind == "elementwise":
-            self.c_gate = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        if self.kind in ("headwise", "elementwise"):
+            # Initialised from a generator of its own, outside the model's RNG stream: every other
+            # weight is then exactly that of the attn_gate=none model at the same seed, so runs paired
+            # by seed differ by the gate alone (common random numbers) rather than by a reshuffled init.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(gate_init_seed(torch.initial_seed(), layer))
+                self.c_gate = nn.Linear(cfg.n_embd, cfg.n_head if self.kind == "headwise" else cfg.n_embd,
+                                        bias=False)
         elif self.kind == "const":
             # Input-independent: zero logits give a gate of 0.5 (sigmoid) at init.
             self.logits = nn.Parameter(torch.zeros(cfg.n_head, cfg.head_dim))
@@ -91,7 +100,7 @@ class AttnGate(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         self.gate_pos, self.fused_proj = cfg.gate_pos, cfg.fused_proj
@@ -101,7 +110,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.c_proj.weight.data.zero_()
         self.rotary = Rotary(cfg.head_dim)
-        self.gate = AttnGate(cfg) if cfg.attn_gate != "none" else None
+        self.gate = AttnGate(cfg, layer) if cfg.attn_gate != "none" else None
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """q, k, v as (B, T, nh, hd) and the gate scores (or None)."""
@@ -158,9 +167,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
         self.mlp = MLP(cfg)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -185,7 +194,7 @@ class GPT(nn.Module):
         self.config = cfg
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+            h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight  # tied
