@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from trainer.build import (
     select_sdpa_backend,
     use_compile,
 )
+from trainer.clock import TrainClock
 from trainer.config import TrainConfig
 from trainer.diagnostics import diagnose
 from trainer.loader import ShardLoader
@@ -183,16 +183,16 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
     x, y = _first_batch(train_loader, drawn, cfg.data.replay_first_batch)
     status, reason, step = "FINISHED", "", start_step
     _sync(device)
-    t0 = time.perf_counter()
+    clock = TrainClock(start_step=start_step, train_ms=time_ms, resumed=state is not None)
     for step in range(start_step, N + 1):
         last = step == N
-        if step == 10:
-            time_ms, t0 = 0.0, time.perf_counter()
+        clock.begin_step(step)
         timed = math.nan if step <= 11 else (step - 10) + 1
         already_done = state is not None and step == start_step  # validated before that checkpoint
         if not already_done and (last or (r.val_every > 0 and step % r.val_every == 0)):
             _sync(device)
-            time_ms += 1000 * (time.perf_counter() - t0)
+            clock.pause()
+            time_ms = clock.total_ms(step)
             val = evaluate()
             best = min(best, val)
             history.append((step, val))
@@ -205,15 +205,16 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                 status, reason = "EARLY_STOPPED", f"stopped by the scheduler at step {step}"
                 break
             _sync(device)
-            t0 = time.perf_counter()
+            clock.start()
         want_ckpt = stop.requested(env) or (r.checkpoint_every and step % r.checkpoint_every == 0 and step > 0) \
             or (last and r.save_final)
         if want_ckpt:
             _sync(device)
-            time_ms += 1000 * (time.perf_counter() - t0)
+            clock.pause()
+            time_ms = clock.total_ms(step)
             save(step)
             _sync(device)
-            t0 = time.perf_counter()
+            clock.start()
             if stop.is_set and not last:
                 status, reason = "KILLED", f"stopped by signal {stop.signal_name} at step {step}; checkpoint saved"
                 break
@@ -248,7 +249,7 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                 log.line(f"step:{step + 1}/{N} train_loss:{local_loss:.4f} {reason}")
             break
         if env.is_main and ((step + 1) % r.log_every == 0 or step + 1 == N):
-            approx = time_ms + 1000 * (time.perf_counter() - t0)
+            approx = clock.total_ms(step + 1)
             if log:
                 log.line(train_line(step + 1, N, local_loss, approx, timed))
             tracker.log_metrics({"train_loss": local_loss, "step_avg_ms": approx / timed if timed == timed else
