@@ -126,3 +126,29 @@ def test_cuda_request_without_cuda_is_a_config_error():
     with pytest.raises(ConfigError, match="device=cuda but torch.cuda.is_available"):
         pick_device("cuda", 0)
     assert pick_device("auto", 0) == torch.device("cpu")
+
+
+def test_a_nan_in_an_early_micro_batch_fails_that_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """With gradient accumulation the check covers every micro-batch, not only the last one: a NaN in
+    the first micro-batch of step 3 fails step 3 (the model is patched to produce exactly that)."""
+    import trainer.loop
+
+    real_build = trainer.loop.build_model
+    calls = {"n": 0}
+
+    def build_nan_on_call_5(cfg, device):
+        model = real_build(cfg, device)
+        forward = model.forward
+
+        def patched(idx, targets):
+            calls["n"] += 1
+            loss = forward(idx, targets)
+            return loss * float("nan") if calls["n"] == 5 else loss  # step 3's first of 2 micro-batches
+
+        model.forward = patched
+        return model
+
+    monkeypatch.setattr(trainer.loop, "build_model", build_nan_on_call_5)
+    cfg = data_cfg(tmp_path, num_iterations=6, warmdown_iters=2, val_every=0, batch_size=8, device_batch_size=4)
+    s = train(cfg, NullTracker(), env=DistEnv(0, 0, 1, torch.device("cpu")))
+    assert (s.status, s.reason) == ("FAILED", "non-finite loss at step 3")

@@ -222,10 +222,12 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
             break
 
         # ------------------------------------------------------------ one optimizer step
+        loss_sum: torch.Tensor | float = 0.0  # every micro-batch's loss: a NaN in any of them shows in the sum
         for i in range(1, geo.accum + 1):
             with autocast:
                 loss = ddp(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             train_loss = loss.detach()
+            loss_sum = loss_sum + train_loss.float()
             x, y = train_loader.next_batch()
             sync_ctx = ddp.no_sync() if (isinstance(ddp, DDP) and i < geo.accum) else contextlib.nullcontext()
             with sync_ctx:
@@ -240,7 +242,7 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
             opt.step()
         model.zero_grad(set_to_none=True)
 
-        check = train_loss.float().reshape(1).clone()
+        check = torch.as_tensor(loss_sum, device=device).reshape(1).clone()
         env.all_reduce_sum(check)  # every rank sees a non-finite loss on any rank at the same step
         local_loss = train_loss.item()
         if not math.isfinite(check.item()):
