@@ -56,11 +56,23 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def _env_int(key: str, default: int) -> int:
+    raw = os.environ.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < (1 if key == "WORLD_SIZE" else 0):
+        raise ConfigError(f"environment variable {key}={raw!r} is not a valid {key.lower()}; torchrun and the "
+                          f"launchers set it: unset it to run one process")
+    return value
+
+
 def setup(requested_device: str = "auto") -> DistEnv:
     """Read RANK/LOCAL_RANK/WORLD_SIZE (torchrun or the Slurm launcher sets them) and init NCCL/gloo."""
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank, world_size = (_env_int(k, d) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     device = pick_device(requested_device, local_rank)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Tiny CPU models gain nothing from intra-op threads, and on a loaded 2-core machine

@@ -69,6 +69,9 @@ def read_documents(files: Sequence[str | Path], *, split_blank_lines: bool = Fal
             raise DataError(f"{f}: no such text file; check the FILES arguments") from None
         except UnicodeDecodeError as e:
             raise DataError(f"{f}: not valid UTF-8 at byte {e.start}; convert it with iconv -t UTF-8") from None
+        except OSError as e:  # a directory, no permission, ...
+            raise DataError(f"{f}: cannot read it as a text file ({e.strerror}); pass text files, "
+                            "e.g. DIR/*.txt") from None
         parts = _BLANK_LINES.split(text) if split_blank_lines else [text]
         docs.extend(p for p in (p.strip("\n") for p in parts) if p.strip())
     return docs
