@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+import torch
 
 import cluster.slurm_wait
 from cluster.trialdir import RUNS_ROOT
@@ -28,6 +29,7 @@ from tests.slurm_helpers import (
     write_data,
     write_spec,
 )
+from tests.test_reliability_resume import assert_equal_nested
 from trainer.tracking import read_json
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mlflow]
@@ -38,7 +40,7 @@ def test_requeued_trial_resumes_and_matches_an_uninterrupted_one(slurm_cluster, 
     monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
     monkeypatch.chdir(tmp_path)
     write_data(tmp_path)
-    base = {"num_iterations": N, "val_every": 60, "warmdown_iters": 60}
+    base = {"num_iterations": N, "val_every": 60, "warmdown_iters": 60, "save_final": True}
     interrupted, reference = unique("requeue"), unique("reference")
     for name in (interrupted, reference):  # the same trial (same id and config) in two sweeps
         write_spec(tmp_path / f"{name}.yaml", name, gates=["elementwise"], base=base)
@@ -73,6 +75,12 @@ def test_requeued_trial_resumes_and_matches_an_uninterrupted_one(slurm_cluster, 
     assert resumed == [stopped_at]  # from the checkpoint it saved when stopped
     final = read_json(run_dir / "track" / "summary.json")["final_val_loss"]
     assert final == read_json(ref_dir / "track" / "summary.json")["final_val_loss"]
+    # bitwise the same final state as the uninterrupted run: weights, both optimizers, data position
+    a, b = (torch.load(d / "checkpoints" / trial.trial_id / "latest.pt", weights_only=False) for d in (run_dir, ref_dir))
+    assert a["step"] == b["step"] == N and a["loader_drawn"] == b["loader_drawn"]
+    for key in ("model", "adam", "muon", "val_history", "best_val_loss"):
+        assert_equal_nested(a[key], b[key], key)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
 
     # MLflow: the trial's one run carries both attempts, each step once
     from mlflow import MlflowClient
