@@ -170,3 +170,41 @@ def test_out_of_requeues_the_trial_is_killed_and_the_next_run_resumes_it(slurm_c
     (run,) = client.search_runs([exp.experiment_id], "tags.`gatesweep.kind` = 'trial'")
     assert run.data.tags["status"] == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == list(range(1, N + 1))
+
+
+def test_scontrol_requeue_sigterms_checkpoints_and_the_job_resumes(slurm_cluster, mlflow_env, tmp_path, monkeypatch):
+    """`scontrol requeue` (an admin, or a node failure with JobRequeue): Slurm SIGTERMs the job and queues
+    it again under the same id. The trainer checkpoints on SIGTERM; the restarted job resumes from that
+    checkpoint; a `gatesweep run` meanwhile sees a live job and submits nothing; one MLflow run."""
+    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
+    monkeypatch.chdir(tmp_path)
+    write_data(tmp_path)
+    name = unique("scontrolrequeue")
+    write_spec(tmp_path / "spec.yaml", name, gates=["none"], base={"num_iterations": N, "val_every": 60,
+                                                                  "warmdown_iters": 60})
+    (trial,) = expand(load_spec(tmp_path / "spec.yaml"))
+    run_dir = RUNS_ROOT / name / trial.trial_id
+    code, _, err = gatesweep(["run", "spec.yaml"])
+    assert code == 0, err
+    job = job_id(run_dir)
+    wait_until(lambda: last_step(run_dir) >= 20, 120, "the trial to train 20 steps")
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    wait_until(lambda: squeue(job)[0] == "PENDING" and status(run_dir) == "KILLED", 60, "the job to be requeued")
+    stopped_at = last_step(run_dir)
+    code, out, err = gatesweep(["run", "spec.yaml"])  # the job is live again: nothing to submit
+    assert code == 0 and "1 trial(s) already queued or running" in out and "submitted" not in out
+    time.sleep(2)  # see the first test: the credential of the last run must be older than 1 s
+    subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
+    code, out, err = gatesweep(["run", "spec.yaml", "--wait"])
+    assert code == 0, err + job_log(run_dir)
+    assert status(run_dir) == "FINISHED" and job_id(run_dir) == job
+    log = (run_dir / "logs" / f"{trial.trial_id}.txt").read_text()
+    assert [int(s) for s in re.findall(r"^resumed from step (\d+)", log, re.MULTILINE)] == [stopped_at]
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_env)
+    exp = client.get_experiment_by_name(f"gs-{name}")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`gatesweep.kind` = 'trial'")
+    assert run.data.tags["status"] == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == list(range(1, N + 1))
