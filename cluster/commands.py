@@ -15,7 +15,7 @@ from cluster.compile_cache import cache_env
 from cluster.local import check_local, run_trials, trainer_command, visible_gpus
 from cluster.state import DONE, counts, split
 from cluster.store import SWEEP_RECORDS, clean_env, sync_sweep_record
-from cluster.sweep import check_backend, preflight_trials, prepare, retire_stale, states_for
+from cluster.sweep import check_backend, preflight_trials, prepare, retire_stale, states_for, with_search
 from cluster.trialdir import RUNS_ROOT, trial_dir
 from sweeps.expand import Trial, gpu_hours
 
@@ -27,7 +27,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None) -> int:
-    prep = prepare(spec_path, overrides, uri)
+    prep = with_search(prepare(spec_path, overrides, uri))
     try:
         states = states_for(prep)
     except Exception as e:  # noqa: BLE001 - the plan is still useful without the store
@@ -48,9 +48,9 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
     todo = [s.trial for s in states if not s.done]
     print(f"estimate: {hours:.1f} GPU-hours for all trials ({gpu_hours(todo, spec.estimate_ms_per_step):.1f} "
           f"still to run) at {spec.estimate_ms_per_step:g} ms/step; finished: {sum(s.done for s in states)}/{len(states)}")
-    if spec.search:  # the design points above are the search's bases, not its trials
-        print(f"note: this spec has a `search:` block; `gatesweep run {spec.path} --backend ray --dry-run` lists the "
-              "sampled trials the search runs")
+    if spec.search:
+        print(f"note: the trials above are the `search:` block's samples (Ray runs them; `gatesweep run {spec.path} "
+              "--backend ray --dry-run` shows the scheduler); the local and Slurm backends run the base design points")
     return 0
 
 
@@ -132,7 +132,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def status(spec_path: str, overrides: list[str], *, uri: str | None) -> int:
-    prep = prepare(spec_path, overrides, uri)
+    prep = with_search(prepare(spec_path, overrides, uri))
     from cluster.slurm_state import SlurmView
 
     slurm = SlurmView(prep.trials, with_sacct=True)  # one squeue (+ one sacct) call for all trials

@@ -39,6 +39,16 @@ def prepare(spec_path: str, overrides: list[str], uri: str | None, *, use_store:
     return Prepared(spec, trials, store)
 
 
+def with_search(prep: Prepared) -> Prepared:
+    """A spec with a `search:` block runs its sampled trials (on Ray), not its base design points: the
+    trials that `plan` and `status` must show."""
+    if not prep.spec.search:
+        return prep
+    from cluster.ray_space import parse_search, search_trials
+
+    return Prepared(prep.spec, search_trials(parse_search(prep.spec), prep.trials), prep.store)
+
+
 def has_chain(spec: SweepSpec) -> bool:
     values = list(spec.base_dict.values()) + [v for _, vs in spec.grid for v in vs]
     values += [v for p in spec.include for _, v in p.values]
@@ -107,4 +117,4 @@ def retire_stale(states: list[TrialState], store: SweepStore) -> int:
     return n
 
 
-__all__ = ["Prepared", "prepare", "check_backend", "preflight_trials", "states_for", "retire_stale", "split"]
+__all__ = ["Prepared", "prepare", "with_search", "check_backend", "preflight_trials", "states_for", "retire_stale", "split"]

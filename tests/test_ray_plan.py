@@ -4,6 +4,7 @@ best-LR table, the Ray-on-Slurm sbatch text, and `gatesweep run --backend ray --
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -233,4 +234,17 @@ def test_ray_on_slurm_takes_the_checked_slurm_options(capsys, tmp_path, monkeypa
     assert cli_main(["run", str(LR_SEARCH), "--backend", "ray", "--dry-run", "--partition", "gpu\ntouch /tmp/x"]) == 2
     err = capsys.readouterr().err
     assert "--partition='gpu\\ntouch /tmp/x' contains a control character" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plan_and_status_of_a_search_spec_list_its_sampled_trials(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = load_spec(LR_SEARCH)
+    sampled = [t.trial_id for t in search_trials(parse_search(spec), expand(spec))]
+    assert cli_main(["plan", str(LR_SEARCH), "--json"]) == 0
+    assert [t["trial_id"] for t in json.loads(capsys.readouterr().out)] == sampled
+    assert cli_main(["status", str(LR_SEARCH)]) == 0
+    out = capsys.readouterr().out
+    assert all(tid in out for tid in sampled) and "PENDING: 12" in out
     assert list(tmp_path.iterdir()) == []
