@@ -158,8 +158,8 @@ def matmul_tflops() -> float:
     return 2 * 8192**3 * 20 / (start.elapsed_time(end) / 1000) / 1e12
 
 
-def plan_jobs(plan: str, steps: int, ours: dict) -> list[list[Job]]:
-    """Lanes of jobs (one GPU per lane)."""
+def plan_jobs(plan: str, steps: int, ours: dict, n_gpus: int = 2) -> list[list[Job]]:
+    """Lanes of jobs (one GPU per lane); `n_gpus`: the GPUs given with --lanes."""
     v = lambda label, gate, cache="ours", **kw: Job(label, "ours", ours | kw, cache, steps=steps, gate=gate)  # noqa: E731
     variants = [v("ours-none-cold", "none", "ours"), v("ours-none-warm", "none", "ours", seed=1),
                 v("ours-headwise", "headwise"), v("ours-elementwise", "elementwise"), v("ours-const", "const"),
@@ -180,8 +180,14 @@ def plan_jobs(plan: str, steps: int, ours: dict) -> list[list[Job]]:
         data = (str(ROOT / ".gpu/data/offline_train_*.bin"), str(ROOT / ".gpu/data/offline_val_*.bin"))
         return [[Job("ref-parity", "ref", cache="ref", steps=300, batch=32, data=data,
                      patch=dict(device_batch_size=32, warmdown_iters=90, val_loss_every=50, val_tokens=524288))]]
-    if plan == "scaling":
-        return [[Job(f"ddp-{n}gpu", "ours", ours, "ours", gpus=n, batch=512, steps=steps)] for n in (1, 2)]
+    if plan == "ablations":  # same-math speed options, each lane against its own baseline
+        opts = [{"cd_tuning": True}, {"compile_mode": "model"}, {"sdpa_backend": "cudnn"},
+                {"fused_proj": False}]
+        return [[v(f"abl-base-{i}", "none", f"abl-{i}"), v(f"abl-{next(iter(o))}={next(iter(o.values()))}", "none",
+                                                        f"abl-{i}-x", **o)] for i, o in enumerate(opts)]
+    if plan == "scaling":  # global batch fixed at 512 x 1024 tokens; every GPU count the machine has
+        return [[Job(f"ddp-{n}gpu", "ours", ours, "ours", gpus=n, batch=512, steps=steps)]
+                for n in (1, 2, 4, 8) if n <= n_gpus]
     raise SystemExit(f"unknown plan {plan}")
 
 
@@ -202,8 +208,8 @@ def main() -> int:
     train, val = make_data()
     peak = matmul_tflops()
     card = torch.cuda.get_device_name(0)
-    lanes = plan_jobs(ARGS.plan, ARGS.steps, json.loads(ARGS.ours))
     gpu_ids = [int(x) for x in ARGS.lanes.split(",")]
+    lanes = plan_jobs(ARGS.plan, ARGS.steps, json.loads(ARGS.ours), n_gpus=len(gpu_ids))
     results: list[Result] = []
     lock = threading.Lock()
 

@@ -62,3 +62,20 @@ def test_markdown_table_formats_cells():
     text = markdown_table([{"label": "ours", "step_ms": 138.04, "tokens": 474_000.0, "peak": None}],
                           ["label", "step_ms", "tokens", "peak"])
     assert text == "| label | step_ms | tokens | peak |\n|---|---|---|---|\n| ours | 138 | 474000 |  |\n"
+
+
+def test_bench_plans_cover_every_variant_and_gpu_count():
+    from bench.run import plan_jobs
+
+    ours = {"fused_proj": True}
+    full = plan_jobs("full", 60, ours)
+    labels = {j.label for lane in full for j in lane}
+    assert {"ours-none-cold", "ours-none-warm", "ours-headwise", "ours-elementwise", "ours-const",
+            "ours-headwise-ns", "ours-elementwise-value", "ref-cold", "ref-warm"} == labels
+    value = next(j for lane in full for j in lane if j.label == "ours-elementwise-value")
+    assert value.overrides == {"fused_proj": True, "gate_pos": "value"} and value.gate == "elementwise"
+    assert [[j.gpus for j in lane] for lane in plan_jobs("scaling", 30, ours, n_gpus=4)] == [[1], [2], [4]]
+    assert [[j.gpus for j in lane] for lane in plan_jobs("scaling", 30, ours, n_gpus=2)] == [[1], [2]]
+    for lane in plan_jobs("ablations", 60, ours):  # each option against a baseline run on the same GPU
+        base, option = lane
+        assert base.overrides == ours and option.overrides != ours and base.cache != option.cache
