@@ -225,7 +225,7 @@ start_daemon "$ROOT/run/slurmctld.pid" 6817 slurmctld /usr/sbin/slurmctld -i    
 start_daemon "$ROOT/run/slurmd.pid"    6818 slurmd    /usr/sbin/slurmd -N localhost  # -N: hostname differs
 # idle, or busy with jobs (mix/alloc) on a warm cluster; down/drain/inval/"*" (not responding) fail
 node_usable() { sinfo -h -p "$PARTITION" -n localhost -o %t | grep -Eqx 'idle|mix|alloc'; }
-if ! wait_for 20 "node localhost in partition $PARTITION to be idle" node_usable; then
+if ! wait_for 5 "node localhost in partition $PARTITION to be idle" node_usable; then
   # state saved by an earlier cluster (a killed machine, a test that downed the node) can keep the
   # node down or drained across restarts; this cluster is ours alone, so bring it back
   log "node is $(sinfo -h -n localhost -o %t 2>/dev/null || echo unknown): scontrol update State=RESUME"
