@@ -168,7 +168,9 @@ def sync(paths: list[str], uri: str | None) -> int:
         elif (root / "track").is_dir():
             tracks.append(root / "track")
         else:
-            tracks += sorted(p.parent for p in root.glob("**/track/status.json"))
+            # hidden folders hold no runs to deliver: .warmup (the compile-cache filler), .snapshots
+            tracks += sorted(p.parent for p in root.glob("**/track/status.json")
+                             if not any(part.startswith(".") for part in p.relative_to(root).parts))
             sweeps += sorted(root.glob(f"**/{SWEEP_RECORDS}/*.json"))
     n_ok = n_fail = 0
     for t in tracks:

@@ -130,3 +130,16 @@ def test_help_lists_every_command_and_the_global_uri_reaches_delegated_ones(tmp_
     assert res.returncode == 2 and res.stderr.startswith("error: MLflow server http://127.0.0.1:9 is unreachable")
     res = gatesweep(["--tracking-uri=http://127.0.0.1:9", "data", "synth"], tmp_path, cli_env())
     assert res.returncode == 2 and "--tracking-uri does not apply to `data`" in res.stderr
+
+
+def test_sync_skips_the_warmup_record(tmp_path: Path, mlflow_server):
+    """`gatesweep warmup` leaves a throwaway run under runs/<spec>/.warmup/: `gatesweep sync` must not
+    deliver it as a run."""
+    track = tmp_path / "runs" / "demo" / ".warmup" / "track"
+    track.mkdir(parents=True)
+    (track / "status.json").write_text(json.dumps({"status": "FINISHED", "reason": "", "time": 0}))
+    (track / "metrics.jsonl").write_text(json.dumps({"key": "train_loss", "value": 1.0, "step": 1, "ts": 0}) + "\n")
+    before = count_all_runs(mlflow_server.uri)
+    res = gatesweep(["sync"], tmp_path, cli_env(mlflow_server.uri))
+    assert res.returncode == 0, res.stderr
+    assert count_all_runs(mlflow_server.uri) == before

@@ -152,3 +152,20 @@ def test_a_nan_in_an_early_micro_batch_fails_that_step(tmp_path: Path, monkeypat
     cfg = data_cfg(tmp_path, num_iterations=6, warmdown_iters=2, val_every=0, batch_size=8, device_batch_size=4)
     s = train(cfg, NullTracker(), env=DistEnv(0, 0, 1, torch.device("cpu")))
     assert (s.status, s.reason) == ("FAILED", "non-finite loss at step 3")
+
+
+def test_runs_started_by_hand_keep_separate_records(tmp_path: Path):
+    """Two `python -m trainer` runs in one out_dir (the reference's logs/ and experiments/) get a
+    record each under runs/adhoc/<run_id>/track: nothing merges into one record or one MLflow run."""
+    cfg = data_cfg(tmp_path, num_iterations=3, warmdown_iters=1)
+    args = cli_args(cfg) + ["run_id="]
+    assert main(args) == 0 and main(args) == 0
+    records = sorted((tmp_path / "out" / "runs" / "adhoc").glob("*/track"))
+    assert len(records) == 2
+    for rec in records:
+        assert read_json(rec / "status.json")["status"] == "FINISHED"
+        steps = [json.loads(line)["step"] for line in (rec / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["key"] == "train_loss"]
+        assert steps == [1, 2, 3]  # one run's points only
+        assert (tmp_path / "out" / "logs" / f"{rec.parent.name}.txt").is_file()
+    assert not (tmp_path / "out" / "track").exists()

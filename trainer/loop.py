@@ -66,7 +66,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _shared_run_id(cfg: TrainConfig, env: dist.DistEnv) -> str:
+def shared_run_id(cfg: TrainConfig, env: dist.DistEnv) -> str:
+    """cfg's run_id, else a fresh one that rank 0 draws and every rank shares."""
     run_id = [cfg.run.run_id or str(uuid.uuid4())]
     if env.distributed:
         torch.distributed.broadcast_object_list(run_id, src=0)
@@ -91,7 +92,7 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, *, on_val: ValCallba
           env: dist.DistEnv | None = None) -> RunSummary:
     own_env = env is None
     env = env or dist.setup(cfg.run.device)
-    run_id = _shared_run_id(cfg, env)
+    run_id = shared_run_id(cfg, env)
     out = Path(cfg.run.out_dir)
     if not env.is_main:
         tracker = NullTracker()

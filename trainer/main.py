@@ -45,7 +45,17 @@ def main(argv: list[str]) -> int:
         return e.exit_code
     try:
         preflight(cfg, env)  # bad data or batch arithmetic fails here, before any record exists
-        tracker = make_tracker(Path(cfg.run.out_dir) / "track") if env.is_main else NullTracker()
+        root = Path(cfg.run.out_dir) / "track"  # a launcher's trial: out_dir is the trial's own directory
+        if "trial_id" not in meta and not cfg.run.run_id:
+            # a run started by hand without a run_id shares out_dir with every other such run (the
+            # reference's logs/ and experiments/): its record gets a directory of its own, so two runs
+            # never merge into one record (and one MLflow run on `gatesweep sync runs/`). A run given
+            # a run_id keeps out_dir/track, where a restart with the same run_id resumes it.
+            from trainer.loop import shared_run_id
+
+            cfg = cfg.override({"run_id": shared_run_id(cfg, env)}, source="run id")
+            root = Path(cfg.run.out_dir) / "runs" / "adhoc" / cfg.run.run_id / "track"
+        tracker = make_tracker(root) if env.is_main else NullTracker()
         tracker.set_tags(trial_tags(meta))
         for arg in argv:  # the resolved config file (trial.json / YAML) travels with the run
             if "=" not in arg and Path(arg).is_file():
