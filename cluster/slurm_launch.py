@@ -85,7 +85,8 @@ def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]
         return 0
     if not wait:
         prep.store.finish_parent("FINISHED")  # this invocation's work (submission) is complete
-        print(f"follow with: gatesweep status {shlex.quote(spec.path)}   (or rerun with --wait)")
+        follow = shlex.join(["gatesweep", "status", spec.path, *prep.overrides])
+        print(f"follow with: {follow}   (or rerun with --wait)")
         return 0
     from cluster.slurm_wait import wait_for
 

@@ -24,6 +24,7 @@ class Prepared:
     spec: SweepSpec
     trials: list[Trial]
     store: SweepStore
+    overrides: tuple[str, ...] = ()  # the command line's key=value (what a follow-up command must repeat)
 
 
 def prepare(spec_path: str, overrides: list[str], uri: str | None, *, use_store: bool = True) -> Prepared:
@@ -36,7 +37,7 @@ def prepare(spec_path: str, overrides: list[str], uri: str | None, *, use_store:
         trials = expand(spec, overrides=config_overrides, resolve_chain=resolver)
     else:
         trials = expand(spec, overrides=config_overrides)
-    return Prepared(spec, trials, store)
+    return Prepared(spec, trials, store, tuple(overrides))
 
 
 def with_search(prep: Prepared) -> Prepared:
@@ -46,7 +47,7 @@ def with_search(prep: Prepared) -> Prepared:
         return prep
     from cluster.ray_space import parse_search, search_trials
 
-    return Prepared(prep.spec, search_trials(parse_search(prep.spec), prep.trials), prep.store)
+    return Prepared(prep.spec, search_trials(parse_search(prep.spec), prep.trials), prep.store, prep.overrides)
 
 
 def has_chain(spec: SweepSpec) -> bool:

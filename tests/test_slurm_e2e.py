@@ -124,8 +124,9 @@ def test_a_queued_slurm_trial_is_left_alone_by_the_other_backends(slurm_cluster,
     write_spec(tmp_path / "s.yaml", name, gates=["none"], slurm={"extra": {"hold": True}})
     (trial,) = expand(load_spec(tmp_path / "s.yaml"))
     run_dir = RUNS_ROOT / name / trial.trial_id
-    code, out, err = gatesweep(["run", "s.yaml"])
+    code, out, err = gatesweep(["run", "s.yaml", "notes=held job"])  # notes: same trial id
     assert code == 0, err
+    assert "follow with: gatesweep status s.yaml 'notes=held job'" in out  # the overrides repeated
     job = job_id(run_dir)
     try:
         assert squeue(job)[0] == "PENDING" and status(run_dir) == "QUEUED"
