@@ -39,6 +39,7 @@ class BestRow:
     finished: int
     early_stopped: int
     failed: int
+    not_run: int = 0  # KILLED (an interrupted search) or never started: rerun the command to run them
 
 
 def outcome(trial: Any, plan: SearchPlan, status: str, summary: dict[str, Any]) -> TrialOutcome:
@@ -64,7 +65,8 @@ def best_rows(outcomes: Sequence[TrialOutcome]) -> list[BestRow]:
                             tuple(o.trial_id for o in by_values.get(best, [])),
                             finished=sum(o.status == "FINISHED" for o in items),
                             early_stopped=sum(o.status == "EARLY_STOPPED" for o in items),
-                            failed=sum(o.status not in ("FINISHED", "EARLY_STOPPED") for o in items)))
+                            failed=sum(o.status == "FAILED" for o in items),
+                            not_run=sum(o.status not in ("FINISHED", "EARLY_STOPPED", "FAILED") for o in items)))
     return rows
 
 
@@ -73,9 +75,10 @@ def _value_text(values: tuple[tuple[str, Any], ...]) -> str:
 
 
 def summary_table(rows: Sequence[BestRow], *, sep: str = "  ") -> list[list[str]]:
-    header = ["design", "best", "final_val_loss", "trial_ids", "finished", "early_stopped", "failed"]
+    header = ["design", "best", "final_val_loss", "trial_ids", "finished", "early_stopped", "failed", "not_run"]
     body = [[r.group, _value_text(r.values), f"{r.final_val_loss:.4f}" if r.values else "-",
-             ",".join(r.trial_ids) or "-", str(r.finished), str(r.early_stopped), str(r.failed)] for r in rows]
+             ",".join(r.trial_ids) or "-", str(r.finished), str(r.early_stopped), str(r.failed), str(r.not_run)]
+            for r in rows]
     return [header, *body]
 
 

@@ -109,11 +109,14 @@ def test_best_lr_per_gate_counts_only_finished_trials():
            TrialOutcome("attn_gate=none", (("learning_rate", 0.01),), "b", "FINISHED", 3.2),  # seed 2: mean 3.1
            TrialOutcome("attn_gate=none", (("learning_rate", 0.03),), "c", "FINISHED", 3.05),
            TrialOutcome("attn_gate=none", (("learning_rate", 0.3),), "d", "EARLY_STOPPED", float("nan")),
-           TrialOutcome("attn_gate=elementwise", (("learning_rate", 0.3),), "e", "FAILED", float("nan"))]
+           TrialOutcome("attn_gate=elementwise", (("learning_rate", 0.3),), "e", "FAILED", float("nan")),
+           TrialOutcome("attn_gate=elementwise", (("learning_rate", 0.1),), "f", "KILLED", float("nan")),
+           TrialOutcome("attn_gate=elementwise", (("learning_rate", 0.01),), "g", "", float("nan"))]
     none, elementwise = best_rows(out)
     assert none.values == (("learning_rate", 0.03),) and none.trial_ids == ("c",)
-    assert (none.finished, none.early_stopped, none.failed) == (3, 1, 0)
-    assert elementwise.values == () and elementwise.failed == 1
+    assert (none.finished, none.early_stopped, none.failed, none.not_run) == (3, 1, 0, 0)
+    # an interrupted search: killed and never-started trials are not failures
+    assert elementwise.values == () and (elementwise.failed, elementwise.not_run) == (1, 2)
     params, metrics = parent_params_metrics([none, elementwise])
     assert params == {"best.attn_gate_none.learning_rate": "0.03"}
     assert metrics == {"best.attn_gate_none.final_val_loss": 3.05}
