@@ -68,7 +68,10 @@ def test_requeued_trial_resumes_and_matches_an_uninterrupted_one(slurm_cluster, 
     assert status(run_dir) == status(ref_dir) == "FINISHED"
 
     # one job, requeued once by submitit's handler, resumed from its checkpoint
-    assert [r["state"] for r in sacct([job], duplicates=True)] == ["REQUEUED", "COMPLETED"]
+    # the job's end reaches accounting (slurmdbd) a moment after our own record says FINISHED
+    states = wait_until(lambda: (st := [r["state"] for r in sacct([job], duplicates=True)])[-1:] == ["COMPLETED"]
+                        and st, 60, "sacct to record the job's end")
+    assert states == ["REQUEUED", "COMPLETED"]
     assert "Requeued job" in job_log(run_dir)
     log = (run_dir / "logs" / f"{trial.trial_id}.txt").read_text()
     resumed = [int(s) for s in re.findall(r"^resumed from step (\d+)", log, re.MULTILINE)]
