@@ -61,9 +61,9 @@ def _default_alive(trials: list[Trial], local: dict[str, tuple[str, str]], root:
     queued = [t for t in trials if local[t.trial_id][0] in ("RUNNING", "QUEUED")
               and (trial_dir(t, root) / "slurm.json").exists()]
     if queued:
-        from cluster.slurm_state import SlurmView
+        from cluster.slurm_state import slurm_alive
 
-        return SlurmView(queued, root).alive
+        return slurm_alive(queued, root)
     return lambda d: TrialLock(d).held_elsewhere()
 
 

@@ -128,24 +128,28 @@ def test_cancelled_trial_is_resubmitted_into_its_mlflow_run(slurm_cluster, mlflo
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [0, 10, 20]
 
 
+def _submit_one(tmp_path, monkeypatch, prefix: str, **spec) -> tuple:
+    """One `none` trial of N steps submitted to Slurm and trained 20 steps: (name, trial, run_dir, job)."""
+    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
+    monkeypatch.chdir(tmp_path)
+    write_data(tmp_path)
+    name = unique(prefix)
+    write_spec(tmp_path / "spec.yaml", name, gates=["none"],
+               base={"num_iterations": N, "val_every": 60, "warmdown_iters": 60}, **spec)
+    (trial,) = expand(load_spec(tmp_path / "spec.yaml"))
+    run_dir = RUNS_ROOT / name / trial.trial_id
+    code, _, err = gatesweep(["run", "spec.yaml"])
+    assert code == 0, err
+    wait_until(lambda: last_step(run_dir) >= 20, 120, "the trial to train 20 steps")
+    return name, trial, run_dir, job_id(run_dir)
+
+
 def test_out_of_requeues_the_trial_is_killed_and_the_next_run_resumes_it(slurm_cluster, mlflow_env, tmp_path,
                                                                           monkeypatch):
     """max_requeues=1: the first warning signal requeues, the second ends the job with the trial KILLED
     (its checkpoint saved); the next `gatesweep run` submits a new job that resumes from that
     checkpoint, into the same MLflow run."""
-    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
-    monkeypatch.chdir(tmp_path)
-    write_data(tmp_path)
-    name = unique("outofrequeues")
-    write_spec(tmp_path / "spec.yaml", name, gates=["none"], slurm={"max_requeues": 1},
-               base={"num_iterations": N, "val_every": 60, "warmdown_iters": 60})
-    (trial,) = expand(load_spec(tmp_path / "spec.yaml"))
-    run_dir = RUNS_ROOT / name / trial.trial_id
-    code, _, err = gatesweep(["run", "spec.yaml"])
-    assert code == 0, err
-    job = job_id(run_dir)
-
-    wait_until(lambda: last_step(run_dir) >= 20, 120, "the trial to train 20 steps")
+    name, trial, run_dir, job = _submit_one(tmp_path, monkeypatch, "outofrequeues", slurm={"max_requeues": 1})
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     wait_until(lambda: squeue(job)[0] == "PENDING" and status(run_dir) == "QUEUED", 60, "the job to be requeued")
     first_stop = last_step(run_dir)
@@ -179,18 +183,7 @@ def test_scontrol_requeue_sigterms_checkpoints_and_the_job_resumes(slurm_cluster
     """`scontrol requeue` (an admin, or a node failure with JobRequeue): Slurm SIGTERMs the job and queues
     it again under the same id. The trainer checkpoints on SIGTERM; the restarted job resumes from that
     checkpoint; a `gatesweep run` meanwhile sees a live job and submits nothing; one MLflow run."""
-    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
-    monkeypatch.chdir(tmp_path)
-    write_data(tmp_path)
-    name = unique("scontrolrequeue")
-    write_spec(tmp_path / "spec.yaml", name, gates=["none"], base={"num_iterations": N, "val_every": 60,
-                                                                  "warmdown_iters": 60})
-    (trial,) = expand(load_spec(tmp_path / "spec.yaml"))
-    run_dir = RUNS_ROOT / name / trial.trial_id
-    code, _, err = gatesweep(["run", "spec.yaml"])
-    assert code == 0, err
-    job = job_id(run_dir)
-    wait_until(lambda: last_step(run_dir) >= 20, 120, "the trial to train 20 steps")
+    name, trial, run_dir, job = _submit_one(tmp_path, monkeypatch, "scontrolrequeue")
     subprocess.run(["scontrol", "requeue", job], check=True)
     wait_until(lambda: squeue(job)[0] == "PENDING" and status(run_dir) == "KILLED", 60, "the job to be requeued")
     stopped_at = last_step(run_dir)

@@ -25,7 +25,6 @@ class TrainClock:
         self._ms = train_ms  # timed steps, as the reference counts them
         self._t0 = now()
         self._running = True
-        self._start = start_step
         # a resume at S >= 10 leaves steps S .. S+WARMUP untimed, estimated at the end
         self._window = (start_step, start_step + WARMUP) if resumed and start_step >= WARMUP else None
         self._ms_before = train_ms
