@@ -1,0 +1,306 @@
+"""Sequential seeds: when to stop adding seeds to a comparison, without inflating false positives. Pure
+(numpy/scipy), except `decisions_for_spec`, the one reader of a sweep's decision log.
+
+Design. A configuration gets seeds in planned looks n_1 < n_2 < ... < n_K = max; information fraction
+t_k = n_k / max. At look k each open comparison (a gated configuration vs its `attn_gate: none`
+baseline) has the table's p-value over its first n_k seeds (paired t-test by seed, Welch otherwise),
+compared with the nominal level p_k(a) of a two-sided group-sequential test of size a.
+
+Boundaries (analysis.seq_bounds). Lan-DeMets alpha spending, O'Brien-Fleming or Pocock type, turned
+into nominal levels p_k(a) for the paired t-test at n_k seeds: the normal-theory levels, recalibrated
+on simulated null t paths so that each look spends exactly its share of a with 2-8 seeds.
+
+Multiplicity. The m comparisons of a table share alpha by the Holm graph of Maurer & Bretz (2013,
+"Multiple testing in group sequential trials using graphical approaches", Stat Biopharm Res 5:311):
+every hypothesis not yet rejected is tested at a / (number not yet rejected) with that level's
+boundaries; a rejection recycles its alpha to the others, whose boundaries are recomputed at the
+new level and applied to every look they have seen, the current one included. The first true
+hypothesis to be rejected is rejected at a level <= a / m_0, by a path that crosses that level's
+boundaries, so the familywise error stays <= m_0 * a / m_0 = a.
+
+A comparison stops when it is rejected ("decided") or at the last look ("undecided at max"); the
+baseline keeps receiving seeds while any comparison with it is open.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.special import stdtr
+
+from analysis.seq_bounds import fractions_of, t_levels
+
+OPEN, DECIDED, UNDECIDED = "open", "decided", "undecided"
+
+
+# ---------------------------------------------------------------- the stopping rule
+@dataclass(frozen=True)
+class Design:
+    looks: tuple[int, ...]  # seeds per configuration at each planned look, increasing; the last is max
+    alpha: float = 0.05
+    spending: str = "obf"
+
+    @property
+    def fractions(self) -> tuple[float, ...]:
+        return fractions_of(self.looks)
+
+    def levels(self, alpha_j: float) -> tuple[float, ...]:
+        return t_levels(self.looks, alpha_j, self.spending)
+
+
+@dataclass
+class Look:
+    look: int  # 1-based
+    n: int
+    p: float
+    threshold: float  # the nominal level this look's p was held against, at alpha_j
+    alpha_j: float
+
+
+@dataclass
+class Decision:
+    name: str
+    baseline: str
+    status: str = OPEN
+    look: int = 1  # open: the look it waits for; decided: the look whose p crossed; undecided: the last
+    stopped_at: int = 0  # the look after which it received no more seeds (0 while open)
+    n: int = 0
+    p: float = math.nan
+    threshold: float = math.nan
+    alpha_j: float = math.nan
+    history: list[Look] = field(default_factory=list)
+
+    def text(self, num_looks: int) -> str:
+        if self.status == DECIDED:
+            return f"decided at look {self.look} (n={self.n}): p={self.p:.3g} <= {self.threshold:.2g}"
+        if self.status == UNDECIDED:
+            return f"undecided at max n={self.n}: p={self.p:.3g} > {self.threshold:.2g}"
+        return f"open (look {self.look} of {num_looks})"
+
+
+@dataclass
+class Outcome:
+    design: Design
+    decisions: dict[str, Decision]
+    looks_done: int  # complete looks (0: the first look's seeds are not all in)
+
+    @property
+    def finished(self) -> bool:
+        return all(d.status != OPEN for d in self.decisions.values())
+
+    def required(self) -> dict[str, int]:
+        """Seeds each configuration needs now: a stopped comparison keeps what it had, an open one (and
+        its baseline) the seeds of the look it waits for."""
+        need: dict[str, int] = {}
+        for d in self.decisions.values():
+            n = d.n if d.status != OPEN else self.design.looks[d.look - 1]
+            need[d.name] = max(need.get(d.name, 0), n)
+            need[d.baseline] = max(need.get(d.baseline, 0), n)
+        return need
+
+    def to_json(self, configs: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        configs = configs or {}
+        rows = []
+        for d in self.decisions.values():
+            row = asdict(d) | {"text": d.text(len(self.design.looks))}
+            row |= {"config": dict(configs.get(d.name, {})), "baseline_config": dict(configs.get(d.baseline, {}))}
+            rows.append(_json_safe(row))
+        return {"design": asdict(self.design) | {"fractions": list(self.design.fractions)},
+                "looks_done": self.looks_done, "finished": self.finished, "required": self.required(),
+                "comparisons": rows}
+
+
+def p_value(group: Mapping[Any, float], baseline: Mapping[Any, float]) -> float:
+    """The table's two-sided test (analysis.stats.compare): paired t by seed when both ran the same seeds
+    (at least 2), else Welch; NaN when undefined. Written out with scipy.special because the rule runs it
+    thousands of times in its simulation; tests hold it equal to scipy.stats' t-tests."""
+    g = {k: float(v) for k, v in group.items() if _finite(v)}
+    b = {k: float(v) for k, v in baseline.items() if _finite(v)}
+    if set(g) == set(b) and len(g) >= 2:
+        d = np.array([g[k] - b[k] for k in g])
+        return _t_p(float(d.mean()), float(d.var(ddof=1)) / len(d), len(d) - 1.0)
+    if len(g) >= 2 and len(b) >= 2:
+        x, y = np.array(list(g.values())), np.array(list(b.values()))
+        vx, vy = float(x.var(ddof=1)) / len(x), float(y.var(ddof=1)) / len(y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+        return _t_p(float(x.mean() - y.mean()), vx + vy, float(df))
+    return math.nan
+
+
+def _t_p(diff: float, var: float, df: float) -> float:
+    if var == 0.0:
+        return 0.0 if diff != 0.0 else math.nan  # as scipy: t = +-inf, or 0/0
+    return float(2.0 * stdtr(df, -abs(diff) / math.sqrt(var)))
+
+
+def decide(design: Design, seeds: Sequence[Any], values: Mapping[str, Mapping[Any, float]],
+           pairs: Mapping[str, str]) -> Outcome:
+    """Replay the rule over the planned looks with the values in hand.
+
+    seeds: the planned seed order (look k uses seeds[:looks[k-1]]); values: configuration -> seed ->
+    final loss of its finished runs; pairs: compared configuration -> its baseline. Deterministic in its
+    inputs, so every invocation of the run loop reaches the same decisions from the same records."""
+    decisions = {name: Decision(name, base) for name, base in pairs.items()}
+    looks_done = 0
+    for k, n in enumerate(design.looks, start=1):
+        active = [d for d in decisions.values() if d.status == OPEN]
+        if not active:
+            break
+        for d in active:
+            d.look = k
+        if not all(_has(values.get(c, {}), seeds[:n]) for d in active for c in (d.name, d.baseline)):
+            break
+        looks_done = k
+        for d in active:
+            sub = seeds[:n]
+            p = p_value({s: values[d.name][s] for s in sub}, {s: values[d.baseline][s] for s in sub})
+            d.history.append(Look(k, n, p, math.nan, math.nan))
+        _holm(design, decisions, k)
+        for d in active:
+            if d.status == OPEN and k == len(design.looks):
+                last = d.history[-1]
+                d.status, d.n, d.p, d.threshold, d.alpha_j = UNDECIDED, last.n, last.p, last.threshold, last.alpha_j
+                d.stopped_at = k
+    return Outcome(design, decisions, looks_done)
+
+
+def _holm(design: Design, decisions: Mapping[str, Decision], k: int) -> None:
+    """At look k: reject at alpha / (number not rejected), recycling each rejection's alpha to the others;
+    a raised level applies to every look a comparison has seen (the current one is preferred)."""
+    while True:
+        remaining = [d for d in decisions.values() if d.status != DECIDED]
+        if not remaining:
+            return
+        alpha_j = design.alpha / len(remaining)
+        levels = design.levels(alpha_j)
+        rejected = False
+        for d in remaining:
+            if d.status != OPEN:
+                continue
+            for h in d.history:
+                h.threshold, h.alpha_j = levels[h.look - 1], alpha_j
+            crossed = [h for h in d.history if h.p <= h.threshold]
+            if crossed:
+                h = crossed[-1]
+                d.status, d.look, d.n, d.p, d.threshold, d.alpha_j = DECIDED, h.look, h.n, h.p, h.threshold, h.alpha_j
+                d.stopped_at = k
+                rejected = True
+        if not rejected:
+            return
+
+
+def _has(values: Mapping[Any, float], seeds: Sequence[Any]) -> bool:
+    return all(s in values and _finite(values[s]) for s in seeds)
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> None, so the log is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------- the table's column
+SEQ_COLUMN = "seq_stop"
+
+
+def annotate(table: Any, log: Mapping[str, Any]) -> Any:
+    """A copy of a stage table (analysis.table.stage_table) with `seq_stop`: for a compared row what the
+    rule decided ("decided at look 2 (n=4): p=0.003 <= 0.0071", "undecided at max n=8: ...",
+    "open (look 2 of 4)"), for a baseline row the seeds it has run to, else ''. `log` is a sweep's
+    decision log (runs/<spec>/sequential.json; see decisions_for_spec)."""
+    out = table.copy()
+    out[SEQ_COLUMN] = [row_text(dict(row), log) for _, row in out.iterrows()]
+    return out
+
+
+def row_text(row: Mapping[str, Any], log: Mapping[str, Any]) -> str:
+    comparisons = log.get("comparisons", [])
+    for c in comparisons:
+        if _same_config(row, c.get("config") or {}):
+            return str(c["text"])
+    for c in comparisons:
+        if _same_config(row, c.get("baseline_config") or {}):
+            return f"baseline (n={log.get('required', {}).get(c['baseline'], '?')})"
+    return ""
+
+
+def _same_config(row: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+    """The row is this configuration: every config key the table shows has the same value."""
+    shown = [k for k in config if k in row and k not in _TABLE_STATS]
+    return "attn_gate" in shown and all(_same_value(row[k], config[k]) for k in shown)
+
+
+_TABLE_STATS = frozenset({"stage", "n", "failed", "early_stopped", "final_val_loss", "std", "ci95", "best_val_loss",
+                          "train_time_ms", "ms_per_step", "delta", "delta_pct", "p_value", "test", SEQ_COLUMN})
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return str(a).lower() == str(b).lower()
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def decisions_for_spec(spec: str | Path, *, runs_root: str | Path = "runs",
+                       tracking_uri: str | None = None) -> dict[str, Any] | None:
+    """The decision log of a spec's sequential sweep, or None for a spec without one. `spec`: the spec
+    file or its name. Reads runs/<name>/sequential.json, else (records elsewhere) the `sequential.json`
+    artifact of the spec's newest sweep run in MLflow. The one I/O function of this module."""
+    import json
+
+    path = Path(spec)
+    name = str(spec)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        import yaml
+
+        name = str((yaml.safe_load(path.read_text()) or {}).get("name", path.stem))
+    local = Path(runs_root) / name / LOG_NAME
+    if local.is_file():
+        return json.loads(local.read_text())
+    return _log_from_mlflow(name, tracking_uri)
+
+
+LOG_NAME = "sequential.json"
+
+
+def _log_from_mlflow(spec_name: str, tracking_uri: str | None) -> dict[str, Any] | None:
+    import importlib.util
+    import json
+    import os
+    import tempfile
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri or importlib.util.find_spec("mlflow") is None:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, f"tags.`gatesweep.kind` = 'sweep' and tags.spec = '{spec_name}' and "
+                                    "tags.`gatesweep.sequential` = 'true'", max_results=1,
+                              order_by=["attributes.start_time DESC"]) if exps else []
+    if not runs:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(runs[0].info.run_id, LOG_NAME, tmp)
+        return json.loads(Path(path).read_text())
