@@ -39,8 +39,10 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
         print(json.dumps(out, indent=1, sort_keys=True))
         return 0
     spec = prep.spec
+    seq = _sequential(prep, states)
+    notes = _trial_notes(seq)
     rows = [[str(t.index), t.trial_id, t.label or "-", str(t.seed), str(t.config.run.num_iterations),
-             f"{t.config.optim.learning_rate:g}", s.status or "PENDING"] for s, t in ((s, s.trial) for s in states)]
+             f"{t.config.optim.learning_rate:g}", _status(s, notes)] for s, t in ((s, s.trial) for s in states)]
     print(f"spec {spec.name} (stage {spec.stage}, {spec.path}): {len(prep.trials)} trials, "
           f"{spec.resources.nodes} node(s) x {spec.resources.gpus_per_node} GPU(s) each, experiment {spec.experiment}")
     print(_table(rows, ["#", "trial_id", "design", "seed", "iters", "lr", "status"]))
@@ -48,6 +50,11 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
     todo = [s.trial for s in states if not s.done]
     print(f"estimate: {hours:.1f} GPU-hours for all trials ({gpu_hours(todo, spec.estimate_ms_per_step):.1f} "
           f"still to run) at {spec.estimate_ms_per_step:g} ms/step; finished: {sum(s.done for s in states)}/{len(states)}")
+    for note in prep.notes:
+        print(f"resolved: {note}")
+    if seq:
+        print(f"(sequential seeds: the estimate counts every configuration at max = {spec.sequential.max} seeds)")  # type: ignore[union-attr]
+        print(_seq_summary(seq))
     if spec.search:
         print(f"note: the trials above are the `search:` block's samples (Ray runs them; `gatesweep run {spec.path} "
               "--backend ray --dry-run` shows the scheduler); the local and Slurm backends run the base design points")
@@ -61,15 +68,26 @@ def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: b
     backend = backend or spec.default_backend
     if not (dry_run and backend == "slurm"):  # a Slurm dry run prints its sbatch scripts on any machine
         check_backend(backend)
-    if backend == "slurm":
-        from cluster.slurm_launch import run_slurm
+    if dry_run:
+        for note in prep.notes:
+            print(f"# resolved: {note}")
 
-        return run_slurm(prep, dry_run=dry_run, wait=wait, opts=slurm_opts)
-    if backend == "ray":
-        from cluster.ray_launch import run_ray
+    def once(p: Any) -> int:
+        if backend == "slurm":
+            from cluster.slurm_launch import run_slurm
 
-        return run_ray(prep, dry_run=dry_run, max_parallel=max_parallel, overrides=overrides, slurm_opts=slurm_opts)
-    return run_local(prep, dry_run=dry_run, max_parallel=max_parallel)
+            return run_slurm(p, dry_run=dry_run, wait=wait, opts=slurm_opts)
+        if backend == "ray":
+            from cluster.ray_launch import run_ray
+
+            return run_ray(p, dry_run=dry_run, max_parallel=max_parallel, overrides=overrides, slurm_opts=slurm_opts)
+        return run_local(p, dry_run=dry_run, max_parallel=max_parallel)
+
+    if spec.sequential is not None:
+        from cluster.sequential import run_sequential
+
+        return run_sequential(prep, once, dry_run=dry_run, loop=backend != "slurm" or wait)
+    return once(prep)
 
 
 def run_local(prep: Any, *, dry_run: bool, max_parallel: int | None) -> int:
@@ -139,15 +157,47 @@ def status(spec_path: str, overrides: list[str], *, uri: str | None) -> int:
     states = states_for(prep, alive=slurm.alive)
     from cluster.progress import last_step
 
+    seq = _sequential(prep, states)
+    notes = _trial_notes(seq)
     rows = []
     for s in states:
         step = last_step(s.run_dir)
-        rows.append([s.trial.trial_id, s.trial.label or "-", str(s.trial.seed), s.status or "PENDING",
+        rows.append([s.trial.trial_id, s.trial.label or "-", str(s.trial.seed), _status(s, notes),
                      f"{step if step is not None else '-'}/{s.trial.config.run.num_iterations}",
                      " ".join(x for x in (slurm.note(s.run_dir), s.reason) if x)[:90]])
     print(_table(rows, ["trial_id", "design", "seed", "status", "step", "note"]))
     print("  ".join(f"{k}: {v}" for k, v in sorted(counts(states).items())))
+    if seq:
+        print(_seq_summary(seq))
     return 0
+
+
+def _sequential(prep: Any, states: list[Any]) -> Any:
+    """The rule's state from these records (None for a fixed-seed spec)."""
+    if prep.spec.sequential is None:
+        return None
+    from cluster.sequential import evaluate
+
+    return evaluate(prep, states)
+
+
+def _trial_notes(seq: Any) -> dict[str, str]:
+    if seq is None:
+        return {}
+    from cluster.sequential import trial_notes
+
+    return trial_notes(seq)
+
+
+def _seq_summary(seq: Any) -> str:
+    from cluster.sequential import summary_lines
+
+    return "\n".join(summary_lines(seq))
+
+
+def _status(s: Any, notes: dict[str, str]) -> str:
+    note = notes.get(s.trial.trial_id)
+    return f"{s.status or 'PENDING'} ({note})" if note and not s.status else (s.status or "PENDING")
 
 
 def sync(paths: list[str], uri: str | None) -> int:

@@ -12,7 +12,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class SweepStore:
         self._client: Any = None
         self._exp_id: str | None = None
         self.parent_id: str | None = None
+        self._held: list[str] | None = None  # inside one_parent(): the statuses its steps reported
 
     # ------------------------------------------------------------ connection
     @property
@@ -134,9 +136,13 @@ class SweepStore:
         tell a finished stage from a half-run one (sweeps.chain)."""
         if not self.enabled:
             return None
+        ids = ",".join(trial_ids)
+        if self._held is not None and self.parent_id:
+            if ids and len(ids) <= MAX_TAG_CHARS:  # a later step of the same sweep: what it needs by now
+                self.client.set_tag(self.parent_id, TRIAL_IDS_TAG, ids)
+            return self.parent_id
         tags = {"gatesweep.kind": "sweep", "spec": spec, "stage": stage, "backend": backend,
                 "spec_path": spec_path, "gatesweep.host": socket.gethostname(), "gatesweep.pid": str(os.getpid())}
-        ids = ",".join(trial_ids)
         if ids and len(ids) <= MAX_TAG_CHARS:
             tags[TRIAL_IDS_TAG] = ids
         run = self.client.create_run(self.experiment_id, run_name=f"sweep-{spec}-{backend}", tags=tags)
@@ -147,6 +153,9 @@ class SweepStore:
     def finish_parent(self, status: str, record_dir: Path | None = None) -> None:
         """End the sweep run. If the server is away, the status waits in `record_dir/.sweeps/` for
         `gatesweep sync` (an outage must not hide the sweep's result or leave the run RUNNING)."""
+        if self._held is not None:  # one step of a longer sweep: the end comes from one_parent()
+            self._held.append(status)
+            return
         if self.enabled and self.parent_id:
             try:
                 self.client.set_terminated(self.parent_id, status)
@@ -159,6 +168,31 @@ class SweepStore:
                     where = f"`gatesweep sync {record_dir}` does it once the server is back"
                 print(f"warning: could not mark sweep run {self.parent_id} {status} in MLflow ({type(e).__name__}); "
                       f"{where}", file=sys.stderr)
+
+    @contextmanager
+    def one_parent(self, record_dir: Path | None = None) -> Iterator[None]:
+        """A sweep run in several steps (the looks of sequential seeds) stays one sweep run: the first
+        start_parent creates it, later ones update its trial ids, and it ends when this block does, with
+        the worst status a step reported (KILLED > FAILED > FINISHED; FAILED on an error)."""
+        self._held = []
+        try:
+            yield
+        except KeyboardInterrupt:
+            self._held.append("KILLED")
+            raise
+        except BaseException:
+            self._held.append("FAILED")
+            raise
+        finally:
+            held, self._held = self._held, None
+            if self.parent_id:
+                worst = next((s for s in ("KILLED", "FAILED") if s in held), "FINISHED")
+                self.finish_parent(worst, record_dir)
+
+    def set_parent_tags(self, tags: dict[str, str]) -> None:
+        if self.enabled and self.parent_id:
+            for k, v in tags.items():
+                self.client.set_tag(self.parent_id, k, v)
 
     def retire_stale_parents(self, spec: str) -> int:
         """Sweep runs of `spec` left RUNNING by a launcher on this host that is gone (SIGKILL, OOM, a

@@ -15,6 +15,7 @@ from cluster.trialdir import RUNS_ROOT, set_local_status
 from sweeps.chain import empty_store_resolver, mlflow_resolver
 from sweeps.expand import Trial, expand
 from sweeps.spec import Chain, SweepSpec, apply_spec_overrides, load_spec
+from sweeps.time_of import TimeOf, mlflow_time_resolver
 from trainer.errors import BackendError
 from trainer.overrides import parse_kv
 
@@ -25,19 +26,23 @@ class Prepared:
     trials: list[Trial]
     store: SweepStore
     overrides: tuple[str, ...] = ()  # the command line's key=value (what a follow-up command must repeat)
+    notes: tuple[str, ...] = ()  # where resolved time_of values came from (plan and dry runs print them)
 
 
 def prepare(spec_path: str, overrides: list[str], uri: str | None, *, use_store: bool = True) -> Prepared:
     spec = load_spec(spec_path)
     spec, config_overrides = apply_spec_overrides(spec, parse_kv(overrides))
     store = SweepStore(uri, spec.experiment)
-    if has_chain(spec) and use_store and store.enabled:
+    notes: list[str] = []
+    if has_chain(spec) and use_store and store.enabled and store.exists():
         # read-only: a dry run must show the values (and trial ids) that the real run will use
-        resolver = mlflow_resolver(store.client) if store.exists() else empty_store_resolver()
-        trials = expand(spec, overrides=config_overrides, resolve_chain=resolver)
+        trials = expand(spec, overrides=config_overrides, resolve_chain=mlflow_resolver(store.client),
+                        resolve_time=mlflow_time_resolver(store.client), notes=notes)
+    elif has_chain(spec) and use_store and store.enabled:
+        trials = expand(spec, overrides=config_overrides, resolve_chain=empty_store_resolver(), notes=notes)
     else:
-        trials = expand(spec, overrides=config_overrides)
-    return Prepared(spec, trials, store, tuple(overrides))
+        trials = expand(spec, overrides=config_overrides, notes=notes)
+    return Prepared(spec, trials, store, tuple(overrides), tuple(notes))
 
 
 def with_search(prep: Prepared) -> Prepared:
@@ -47,13 +52,14 @@ def with_search(prep: Prepared) -> Prepared:
         return prep
     from cluster.ray_space import parse_search, search_trials
 
-    return Prepared(prep.spec, search_trials(parse_search(prep.spec), prep.trials), prep.store, prep.overrides)
+    return Prepared(prep.spec, search_trials(parse_search(prep.spec), prep.trials), prep.store, prep.overrides,
+                    prep.notes)
 
 
 def has_chain(spec: SweepSpec) -> bool:
     values = list(spec.base_dict.values()) + [v for _, vs in spec.grid for v in vs]
     values += [v for p in spec.include for _, v in p.values]
-    return any(isinstance(v, Chain) for v in values)
+    return any(isinstance(v, (Chain, TimeOf)) for v in values)
 
 
 def check_backend(backend: str) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sweeps.spec import Chain
+if TYPE_CHECKING:  # sweeps.spec imports sweeps.time_of, which reads stages through this module
+    from sweeps.spec import Chain
 from trainer.errors import SpecError, TrackingError
 
 INCOMPLETE = ("RUNNING", "QUEUED", "KILLED", "SCHEDULED")
@@ -22,7 +23,7 @@ ENDED = ("FINISHED", "FAILED", "EARLY_STOPPED")  # a FAILED trial (e.g. a diverg
 TRIAL_IDS_TAG = "gatesweep.trial_ids"  # on a sweep run (cluster.store): the trial ids of its spec's expansion
 
 
-def _matches(params: dict[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
+def matches(params: dict[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
     return all(_same(params.get(k), v) for k, v in where)
 
 
@@ -31,6 +32,22 @@ def _same(a: Any, b: Any) -> bool:
         return math.isclose(float(a), float(b), rel_tol=1e-12)
     except (TypeError, ValueError):
         return str(a) == str(b)
+
+
+def check_complete(runs: list[dict[str, Any]], source: str, key: str, expected: set[str] | None) -> None:
+    """Refuse a source stage with runs still queued, running or killed, or (when its last sweep's trial
+    ids are known) with trials of that sweep that never ended."""
+    pending = [r for r in runs if r["status"] in INCOMPLETE]
+    if pending:
+        raise SpecError(f"{key}: chained from stage '{source}', which is incomplete ({len(pending)} of "
+                        f"{len(runs)} runs queued, running or killed); finish it (rerun its spec) or override {key}=...")
+    if expected:
+        ended = {r.get("trial_id") for r in runs if r["status"] in ENDED}
+        missing = expected - ended
+        if missing:
+            raise SpecError(f"{key}: chained from stage '{source}', which is incomplete ({len(missing)} of "
+                            f"{len(expected)} trials of its last sweep have no finished run); finish it (rerun its "
+                            f"spec) or override {key}=...")
 
 
 def select_value(runs: list[dict[str, Any]], chain: Chain, key: str, expected: set[str] | None = None) -> Any:
@@ -43,21 +60,11 @@ def select_value(runs: list[dict[str, Any]], chain: Chain, key: str, expected: s
             return chain.fallback
         raise SpecError(f"{key}: chained from stage '{chain.source}', which has no runs in the tracking store; "
                         f"run it first (gatesweep run sweeps/{chain.source}.yaml) or add a fallback / override {key}=...")
-    pending = [r for r in runs if r["status"] in INCOMPLETE]
-    if pending:
-        raise SpecError(f"{key}: chained from stage '{chain.source}', which is incomplete ({len(pending)} of "
-                        f"{len(runs)} runs queued, running or killed); finish it (rerun its spec) or override {key}=...")
-    if expected:
-        ended = {r.get("trial_id") for r in runs if r["status"] in ENDED}
-        missing = expected - ended
-        if missing:
-            raise SpecError(f"{key}: chained from stage '{chain.source}', which is incomplete ({len(missing)} of "
-                            f"{len(expected)} trials of its last sweep have no finished run); finish it (rerun its "
-                            f"spec) or override {key}=...")
+    check_complete(runs, chain.source, key, expected)
     groups: dict[str, list[float]] = {}
     values: dict[str, Any] = {}
     for r in runs:
-        if r["status"] != "FINISHED" or not _matches(r["params"], chain.where):
+        if r["status"] != "FINISHED" or not matches(r["params"], chain.where):
             continue
         if key not in r["params"] or chain.metric not in r["metrics"]:
             continue
@@ -90,7 +97,7 @@ def mlflow_resolver(client: Any) -> Callable[[Chain, str], Any]:
 
     def resolve(chain: Chain, key: str) -> Any:
         try:
-            runs, expected = _stage_runs(client, chain.source)
+            runs, expected = stage_runs(client, chain.source)
         except Exception as e:  # noqa: BLE001 - connection errors come in many types
             raise TrackingError(f"{key}: chained from stage '{chain.source}', but the tracking store cannot be "
                                 f"read ({type(e).__name__}: {str(e)[:200]}); start it (make mlflow-up), set "
@@ -100,7 +107,7 @@ def mlflow_resolver(client: Any) -> Callable[[Chain, str], Any]:
     return resolve
 
 
-def _stage_runs(client: Any, stage: str) -> tuple[list[dict[str, Any]], set[str] | None]:
+def stage_runs(client: Any, stage: str) -> tuple[list[dict[str, Any]], set[str] | None]:
     """The stage's trial runs, and the trial ids its newest sweep run expected (None if unknown:
     imported runs, or a sweep too large for the tag)."""
     exps = [e.experiment_id for e in client.search_experiments()]

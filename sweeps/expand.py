@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweeps.spec import Chain, Resources, SweepSpec
+from sweeps.time_of import TimeOf, TimeResolver, no_store_time_resolver
 from trainer.config import TrainConfig, config_hash
 from trainer.errors import ConfigError, SpecError
 
@@ -83,11 +84,13 @@ def _label(point: dict[str, Any], varying: list[str]) -> str:
 
 
 def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
-           resolve_chain: ChainResolver = _no_chains) -> list[Trial]:
+           resolve_chain: ChainResolver = _no_chains, resolve_time: TimeResolver = no_store_time_resolver,
+           notes: list[str] | None = None) -> list[Trial]:
+    """notes, if given, receives where each time_of value came from (dry runs and plan print them)."""
     overrides = overrides or {}
     points = design_points(spec)
     varying = list(dict.fromkeys(k for p, _ in points for k in p))
-    chain_cache: dict[tuple[Chain, str], Any] = {}
+    chain_cache: dict[tuple[Any, ...], Any] = {}
 
     def resolve(key: str, value: Any) -> Any:
         if isinstance(value, Chain):
@@ -98,6 +101,17 @@ def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
                     raise SpecError(f"{spec.path}: {e}") from None
             return chain_cache[(value, key)]
         return value
+
+    def budget(key: str, value: TimeOf, point_values: dict[str, Any]) -> int:
+        gates = tuple((k, point_values.get(k)) for k in ("attn_gate", "gate_pos", "gate_act"))
+        if (value, key, gates) not in chain_cache:
+            try:
+                chain_cache[(value, key, gates)], note = resolve_time(value, key, point_values)
+            except SpecError as e:
+                raise SpecError(f"{spec.path}: {e}") from None
+            if notes is not None and note not in notes:
+                notes.append(note)
+        return chain_cache[(value, key, gates)]
 
     max_seeds = max(len(s) for _, s in points)
     trials: list[Trial] = []
@@ -110,6 +124,8 @@ def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
             # an overridden key is never resolved: `key=...` is the way out of a chain that cannot resolve
             values = {k: overrides[k] if k in overrides else resolve(k, v) for k, v in (spec.base_dict | point).items()}
             values |= overrides
+            # a time budget depends on the point's own gate keys, resolved first
+            values |= {k: budget(k, v, values) for k, v in values.items() if isinstance(v, TimeOf)}
             values["seed"] = seed
             try:
                 cfg = TrainConfig.from_flat(values, source=f"{spec.path} ({_label(point, varying) or 'base'})")

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from sweeps.sequential import Sequential, parse_sequential
+from sweeps.time_of import parse_time_of
 from trainer.config import ALL_KEYS, FIELD_SECTION, PRESETS, coerce
 from trainer.errors import ConfigError, SpecError
 
@@ -77,6 +79,8 @@ class SweepSpec:
     include: tuple[DesignPoint, ...] = ()
     exclude: tuple[tuple[tuple[str, Any], ...], ...] = ()
     seeds: tuple[int, ...] = (0,)
+    sequential: Sequential | None = None
+    """Sequential seeds (sweeps.sequential): `seeds` is then the planned order, initial seeds first."""
     resources: Resources = field(default_factory=Resources)
     experiment: str = ""
     backend: dict[str, Any] = field(default_factory=dict)
@@ -137,6 +141,8 @@ def _config_value(ctx: _Ctx, key: str, value: Any, field_path: str) -> Any:
         raise ctx.error(field_path, "a trial's seed comes from the top-level `seeds` list; write seeds: [0, 1] "
                                     "(on the command line seeds=0,1)")
     if isinstance(value, Mapping):
+        if "time_of" in value:
+            return parse_time_of(ctx, value, key, field_path, NAME_RE)
         return _chain(ctx, value, field_path)
     if key == "preset":
         if value not in PRESETS:
@@ -226,11 +232,40 @@ def parse_spec(data: Any, path: str) -> SweepSpec:
     if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms <= 0:
         raise ctx.error("estimate.ms_per_step", f"expected a positive number, got {ms!r}")
     description = top.get("description", "")
-    return SweepSpec(path=path, name=name, stage=stage, description=str(description), base=base,
-                     grid=tuple(grid), include=tuple(include), exclude=exclude,
-                     seeds=_seeds(ctx, top.get("seeds", [0]), "seeds"), resources=resources,
-                     experiment=str(tracking.get("experiment") or f"gatesweep-{name}"), backend=backend,
-                     estimate_ms_per_step=float(ms), search=dict(ctx.mapping(top.get("search"), "search")))
+    seeds, sequential = _seed_plan(ctx, top.get("seeds", [0]), include, top)
+    spec = SweepSpec(path=path, name=name, stage=stage, description=str(description), base=base,
+                     grid=tuple(grid), include=tuple(include), exclude=exclude, seeds=seeds, sequential=sequential,
+                     resources=resources, experiment=str(tracking.get("experiment") or f"gatesweep-{name}"),
+                     backend=backend, estimate_ms_per_step=float(ms),
+                     search=dict(ctx.mapping(top.get("search"), "search")))
+    if sequential is not None:
+        _check_comparisons(spec)
+    return spec
+
+
+def _seed_plan(ctx: _Ctx, value: Any, include: list[DesignPoint], top: Mapping[str, Any]
+               ) -> tuple[tuple[int, ...], Sequential | None]:
+    """A list (fixed design) or {initial, add, max, per_look, stop} (sequential seeds)."""
+    if not isinstance(value, Mapping):
+        return _seeds(ctx, value, "seeds"), None
+    seeds, sequential = parse_sequential(ctx, value, "seeds")
+    own = [i for i, p in enumerate(include) if p.seeds is not None]
+    if own:
+        raise ctx.error(f"include[{own[0]}].seeds", "a design point's own seeds do not mix with sequential seeds, "
+                                                    "which every design point shares; remove it")
+    if top.get("search"):
+        raise ctx.error("seeds", "sequential seeds decide the spec's design points; a `search:` block samples its "
+                                 "own trials: write seeds as a plain list")
+    return seeds, sequential
+
+
+def _check_comparisons(spec: SweepSpec) -> None:
+    from sweeps.expand import design_points
+    from sweeps.sequential import check_baselines
+
+    points = [p for p, _ in design_points(spec)]
+    check_baselines(spec.path, points, spec.base_dict,
+                    [" ".join(f"{k}={v}" for k, v in p.items()) or "base" for p in points])
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -268,7 +303,8 @@ def apply_spec_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> tuple[Sw
                 seeds = [int(s) for s in items]
             except ValueError:
                 raise ctx.error("seeds", f"{value!r} is not a comma-separated list of integers (e.g. seeds=0,1)") from None
-            spec = replace(spec, seeds=_seeds(ctx, seeds, "seeds"))
+            # a fixed list replaces a sequential plan too: the same trials (ids) for those seeds
+            spec = replace(spec, seeds=_seeds(ctx, seeds, "seeds"), sequential=None)
         elif key.startswith("resources."):
             sub = key.split(".", 1)[1]
             ctx.keys({sub: value}, RESOURCE_KEYS, "resources")
