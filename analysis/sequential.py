@@ -79,7 +79,8 @@ class Decision:
         if self.status == DECIDED:
             return f"decided at look {self.look} (n={self.n}): p={self.p:.3g} <= {self.threshold:.2g}"
         if self.status == UNDECIDED:
-            return f"undecided at max n={self.n}: p={self.p:.3g} > {self.threshold:.2g}"
+            p = f"p={self.p:.3g}" if math.isfinite(self.p) else "p undefined (no spread in the differences)"
+            return f"undecided at max n={self.n}: {p} > {self.threshold:.2g}"
         return f"open (look {self.look} of {num_looks})"
 
 
@@ -102,6 +103,11 @@ class Outcome:
             need[d.name] = max(need.get(d.name, 0), n)
             need[d.baseline] = max(need.get(d.baseline, 0), n)
         return need
+
+    def stopped(self, name: str) -> bool:
+        """No more seeds for this configuration: its comparison stopped, or (a baseline) all of its."""
+        mine = [d for d in self.decisions.values() if name in (d.name, d.baseline)]
+        return bool(mine) and all(d.status != OPEN for d in mine)
 
     def to_json(self, configs: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
         configs = configs or {}

@@ -197,6 +197,8 @@ def _seq_summary(seq: Any) -> str:
 
 def _status(s: Any, notes: dict[str, str]) -> str:
     note = notes.get(s.trial.trial_id)
+    if note == "not needed" and not s.status:
+        return "NOT NEEDED (stopped)"
     return f"{s.status or 'PENDING'} ({note})" if note and not s.status else (s.status or "PENDING")
 
 

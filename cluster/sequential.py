@@ -126,12 +126,13 @@ def summary_lines(state: SeqState) -> list[str]:
 
 def trial_notes(state: SeqState) -> dict[str, str]:
     """trial id -> its look ("look 2"), or why it will not run ("not needed")."""
-    need = {t.trial_id for t in state.required}
+    need = state.outcome.required()
     notes = {}
-    for ts in state.configs.values():
+    for name, ts in state.configs.items():
         for i, t in enumerate(ts):
             look = next(k for k, n in enumerate(state.design.looks, start=1) if i < n)
-            notes[t.trial_id] = f"look {look}" if t.trial_id in need or not state.outcome.finished else "not needed"
+            done = i >= need.get(name, 0) and state.outcome.stopped(name)
+            notes[t.trial_id] = "not needed" if done else f"look {look}"
     return notes
 
 

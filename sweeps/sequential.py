@@ -60,10 +60,9 @@ def parse_sequential(ctx: Any, m: Mapping[str, Any], field_path: str) -> tuple[t
     if top > len(seeds):
         raise ctx.error(f"{field_path}.max", f"{top} exceeds the {len(seeds)} seeds of initial + add; add seeds "
                                              f"to `add` or lower max")
-    if top < len(initial) + per_look:
-        raise ctx.error(f"{field_path}.max", f"{top} leaves no look after the {len(initial)} initial seeds (per_look "
-                                             f"{per_look}): nothing sequential; raise max to at least "
-                                             f"{len(initial) + per_look} or write seeds as a plain list")
+    if top <= len(initial):  # the last look takes what is left, so any max above initial gives a second one
+        raise ctx.error(f"{field_path}.max", f"{top} leaves no look after the {len(initial)} initial seeds: nothing "
+                                             f"sequential; raise max above {len(initial)} or write seeds as a plain list")
     alpha, spending = _stop(ctx, ctx.mapping(m.get("stop"), f"{field_path}.stop"), f"{field_path}.stop")
     return seeds[:top], Sequential(initial=len(initial), max=top, per_look=per_look, alpha=alpha, spending=spending)
 

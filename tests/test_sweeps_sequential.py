@@ -32,6 +32,7 @@ def test_a_sequential_spec_plans_looks_and_its_seeds_up_to_max():
     odd = spec("{initial: [1, 2, 3], add: [4, 5, 6, 7, 8], max: 7, per_look: 3, stop: {p_adj: 0.1, spending: pocock}}")
     assert odd.sequential.looks == (3, 6, 7) and odd.seeds == (1, 2, 3, 4, 5, 6, 7)
     assert (odd.sequential.alpha, odd.sequential.spending) == (0.1, "pocock")
+    assert spec("{initial: [1, 2, 3, 4], add: [5, 6], max: 6}").sequential.looks == (4, 6)  # the last look: the rest
     assert spec("[0, 1]").sequential is None  # a list stays the fixed design
 
 
@@ -47,8 +48,8 @@ def test_expansion_is_seed_major_so_a_looks_trials_are_a_prefix_per_configuratio
     ("{initial: [1, 2], add: [2, 3], max: 4}", "seeds: seed(s) [2] appear twice in initial + add; every seed once"),
     ("{initial: [1, 2], add: [3, 4]}", "seeds.max: required: the most seeds a configuration may get (e.g. max: 4)"),
     ("{initial: [1, 2], add: [3, 4], max: 5}", "seeds.max: 5 exceeds the 4 seeds of initial + add; add seeds to `add`"),
-    ("{initial: [1, 2], add: [3, 4], max: 3}", "seeds.max: 3 leaves no look after the 2 initial seeds (per_look 2): "
-                                               "nothing sequential; raise max to at least 4 or write seeds as a plain"),
+    ("{initial: [1, 2], add: [3, 4], max: 2}", "seeds.max: 2 leaves no look after the 2 initial seeds: nothing "
+                                               "sequential; raise max above 2 or write seeds as a plain list"),
     ("{initial: [1, 2], add: [3], max: 3, per_look: 0}", "seeds.per_look: expected an integer >= 1, got 0"),
     ("{initial: [1, 2], add: [3, 4], max: 4, stop: {p_adj: 1.5}}", "seeds.stop.p_adj: expected a familywise level "
                                                                    "between 0 and 1 (e.g. 0.05), got 1.5"),
