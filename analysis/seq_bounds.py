@@ -80,7 +80,8 @@ def boundaries(fractions: tuple[float, ...], alpha: float, spending: str = "obf"
         if inc[k] <= 1e-15:
             c = math.inf
         else:
-            c = float(optimize.brentq(_excess, 0.0, 40.0, args=(x, mass, r, s, inc[k]), xtol=1e-10))
+            root = optimize.brentq(_excess, 0.0, 40.0, args=(x, mass, r, s, inc[k]), xtol=1e-10, full_output=False)
+            c = float(root)  # type: ignore[arg-type]  # a float without full_output
         out.append(c)
         y, w = _simpson(min(c, _Z_MAX))
         density = _next_density(x, mass, y, r, s)
