@@ -22,7 +22,7 @@ from analysis.sequential import LOG_NAME, OPEN, Design, Outcome, decide
 from cluster.state import TrialState
 from cluster.sweep import Prepared, states_for
 from cluster.trialdir import RUNS_ROOT
-from sweeps.expand import Trial
+from sweeps.expand import Trial, gpu_hours
 from sweeps.sequential import GATE_KEYS, baseline_pairs
 from trainer.config import trial_identity
 from trainer.tracking import read_json, write_json
@@ -141,6 +141,9 @@ def run_sequential(prep: Prepared, once: Callable[[Prepared], int], *, dry_run: 
     if dry_run:
         state = evaluate(prep)
         print("\n".join(f"# {line}" for line in summary_lines(state)))
+        print(f"# planned maximum: {len(prep.trials)} trials ({prep.spec.sequential.max} seeds per configuration), "  # type: ignore[union-attr]
+              f"{gpu_hours(prep.trials, prep.spec.estimate_ms_per_step):.1f} GPU-hours at "
+              f"{prep.spec.estimate_ms_per_step:g} ms/step")
         if state.outcome.finished:
             return 0
         print(f"# next: the {len(state.required)} trial(s) the design needs by look {_next_look(state)}")
@@ -155,8 +158,10 @@ def run_sequential(prep: Prepared, once: Callable[[Prepared], int], *, dry_run: 
                 return 0
             progress = (state.outcome.looks_done, tuple(t.trial_id for t in state.required))
             if progress == seen:
-                print(f"error: look {_next_look(state)} is incomplete although its trials ran: a trial without a "
-                      "final val loss; see `gatesweep status`", file=sys.stderr)
+                busy = [x for x in states_for(replace(prep, trials=state.required)) if x.status in ("RUNNING", "QUEUED")]
+                why = (f"{len(busy)} of its trials run in another process; rerun once they end" if busy else
+                       "a finished trial has no final val loss; see `gatesweep status`")
+                print(f"look {_next_look(state)} is not complete: {why}", file=sys.stderr)
                 return 1
             seen = progress
             print(f"look {_next_look(state)}: {len(state.required)} trial(s) needed by now (finished ones are skipped)")

@@ -127,3 +127,16 @@ def test_the_table_says_which_rows_stopped_when_and_why(sweep):
     n = {(r["attn_gate"], r["learning_rate"]): r["n"] for _, r in table.iterrows()}
     assert n[("const", 0.1)] == 4 and n[("const", 1e-6)] == 6
     assert math.isnan(table.set_index(["attn_gate", "learning_rate"]).loc[("const", 1e-6), "p_value"])
+
+
+def test_a_dry_run_shows_the_looks_and_the_first_look_and_writes_nothing(tmp_path: Path):
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(
+        {"name": "dry", "base": BASE, "grid": {"attn_gate": ["none", "const"], "learning_rate": [1e-6, 0.1]},
+         "seeds": SEEDS, "resources": {"nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1}}))
+    res = gatesweep(["run", "spec.yaml", "--dry-run"], tmp_path, cli_env(SQLITE))
+    assert res.returncode == 0, res.stderr
+    assert "# sequential seeds: looks at 4,6 seeds per configuration (pocock spending" in res.stdout
+    assert "# planned maximum: 24 trials (6 seeds per configuration)" in res.stdout
+    assert "# next: the 16 trial(s) the design needs by look 1" in res.stdout
+    assert res.stdout.count("# trial ") == 16 and "seed=4" not in res.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
