@@ -99,7 +99,9 @@ class Outcome:
         its baseline) the seeds of the look it waits for."""
         need: dict[str, int] = {}
         for d in self.decisions.values():
-            n = d.n if d.status != OPEN else self.design.looks[d.look - 1]
+            # a stopped comparison keeps the seeds it had when it stopped (more than d.n when an earlier
+            # look's p crossed a level raised by a later rejection)
+            n = self.design.looks[(d.stopped_at if d.status != OPEN else d.look) - 1]
             need[d.name] = max(need.get(d.name, 0), n)
             need[d.baseline] = max(need.get(d.baseline, 0), n)
         return need

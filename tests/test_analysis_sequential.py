@@ -206,3 +206,22 @@ def test_a_planted_effect_stops_early_and_the_nulls_stay_controlled():
     assert early / n > 0.7, early / n
     assert seeds / n < 8 - 1, seeds / n
     assert false / n <= mc_bound(0.05, n)
+
+
+def test_a_raised_level_applies_to_earlier_looks_too():
+    """Pocock looks at 2 and 4 seeds: `a` misses alpha/2 at look 1 and has nothing at look 2; `b` is
+    rejected at look 2, its alpha goes to `a`, whose look-1 p now crosses the alpha level."""
+    design = Design((2, 4), 0.05, "pocock")
+    half, full = design.levels(0.025)[0], design.levels(0.05)[0]
+    first, base2 = pair_with_p((half + full) / 2, SEEDS[:2])
+    mean = float(np.mean([first[s] - base2[s] for s in SEEDS[:2]]))
+    a = first | {SEEDS[2]: 3.0 - mean, SEEDS[3]: 3.0 - mean}  # the 4-seed mean difference is 0
+    b = dict(zip(SEEDS[:4], [4.0, 4.1, 4.05, 4.02]))
+    base = {s: 3.0 for s in SEEDS[:4]}
+    out = decide(design, SEEDS, {"none": base, "a": a, "b": b}, {"a": "none", "b": "none"})
+    da, db = out.decisions["a"], out.decisions["b"]
+    assert db.history[0].p > half and (db.status, db.look, db.alpha_j) == (DECIDED, 2, 0.025)
+    assert da.history[1].p > 0.9
+    assert (da.status, da.look, da.n, da.stopped_at, da.alpha_j) == (DECIDED, 1, 2, 2, 0.05)
+    assert da.text(2).startswith("decided at look 1 (n=2)")
+    assert out.required() == {"a": 4, "b": 4, "none": 4}  # it ran 4 seeds before it stopped
