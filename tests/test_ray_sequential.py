@@ -34,6 +34,8 @@ def test_the_ray_backend_runs_the_looks(short_tmp: Path, monkeypatch: pytest.Mon
             "backend": {"default": "ray", "ray": {"num_cpus": 2, "cpus_per_trial": 1}}}
     (short_tmp / "seq.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     monkeypatch.chdir(short_tmp)
+    uri = f"sqlite:///{short_tmp}/mlflow.db"  # absolute: mlflow caches its sqlite stores by URI in-process
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = cli_main(["run", "seq.yaml", "--max-parallel", "2"])
@@ -45,7 +47,6 @@ def test_the_ray_backend_runs_the_looks(short_tmp: Path, monkeypatch: pytest.Mon
     assert len(runs) == 8 and all(local_status(p.parent)[0] == "FINISHED" for p in runs)
     log = json.loads((short_tmp / "runs" / name / "sequential.json").read_text())
     assert log["finished"] and [h["n"] for h in log["comparisons"][0]["history"]] == [2, 4]
-    uri = f"sqlite:///{short_tmp}/mlflow.db"
     parents = experiment_runs(uri, f"gs-{name}", "sweep")
     assert len(parents) == 1 and parents[0].data.tags["backend"] == "ray"
     assert parents[0].data.tags["gatesweep.seq.finished"] == "true"

@@ -29,6 +29,7 @@ BASE = {"preset": "tiny", "n_embd": 32, "sequence_length": 64, "batch_size": 8, 
 def test_a_sequential_sweep_continues_across_invocations(slurm_cluster, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # mlflow caches stores by URI
     write_data(tmp_path)
     name = unique("seqslurm")
     spec = {"name": name, "stage": name, "base": BASE, "grid": {"attn_gate": ["none", "const"]},
