@@ -37,6 +37,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the table into this directory instead of stdout")
     p.add_argument("--skip-empty", action="store_true",
                    help="no runs yet (no store, experiment or trial runs): say so and exit 0 instead of 2")
+    _add_adjust(p)
     args = p.parse_args(argv)
     from analysis import render
     from analysis.fetch import fetch_runs
@@ -57,8 +58,9 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     else:
         if args.columns:
             raise SpecError("--columns applies to --compat only; drop it or add --compat")
-        numeric = stage_table(runs, stages=target.stages)
-        note, headers = render.footer(numeric), render.DISPLAY_HEADERS
+        numeric = stage_table(runs, stages=target.stages, adjust=args.adjust)
+        note = "\n\n".join(t for t in (render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
+        headers = render.DISPLAY_HEADERS
         df = numeric if args.format == "csv" else render.display_table(numeric)
     text = _render(df, args.format, title=target.label, note=note, headers=headers)
     if args.out:
@@ -75,13 +77,14 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     p = _parser("report", "Write reports/<stage>/README.md with tables and figures.")
     p.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
     p.add_argument("--no-attach", action="store_true", help="do not upload to the sweep's parent run")
+    _add_adjust(p)
     args = p.parse_args(argv)
     from analysis.fetch import fetch_runs
 
     target = _target(args)
     runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
     out_dir = args.out / _slug(target.label)
-    written = _write_report(runs, target, out_dir, args.tracking_uri)
+    written = _write_report(runs, target, out_dir, args.tracking_uri, args.adjust)
     print(out_dir / "README.md")
     if not args.no_attach:
         parent = _attach(target, written, args.tracking_uri)
@@ -115,6 +118,11 @@ def read_spec_target(path: Path) -> tuple[str, str | None, str]:
     return spec.name, spec.stage or None, spec.experiment
 
 
+def _add_adjust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adjust", choices=("holm", "bh", "none"), default="holm",
+                   help="multiplicity adjustment of p across the table's comparisons (default holm)")
+
+
 def _parser(cmd: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"gatesweep {cmd}", description=description)
     p.add_argument("spec", nargs="?", type=Path, help="sweep spec YAML (name, stage, tracking.experiment)")
@@ -145,14 +153,14 @@ def _render(df, fmt_name: str, *, title: str, note: str, headers) -> str:
     return render.to_console(df, title=title, note=note)
 
 
-def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None) -> list[Path]:
+def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None, adjust: str) -> list[Path]:
     from analysis import plots, render
     from analysis.fetch import fetch_histories
     from analysis.report import render_report
     from analysis.table import FINISHED, compat_table, stage_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    numeric = stage_table(runs, stages=target.stages)
+    numeric = stage_table(runs, stages=target.stages, adjust=adjust)
     compat = compat_table(runs, stages=target.stages)
     files = {"table.md": render.to_markdown(render.display_table(numeric), render.DISPLAY_HEADERS),
              "table.csv": render.to_csv(numeric), "compat.csv": render.to_csv(compat)}
@@ -175,7 +183,7 @@ def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None)
         figures.append((f"{metric} per layer", name))
     readme = render_report(f"Report: {target.label}", source=_source_line(runs, target), table_md=files["table.md"],
                            compat_md=render.to_markdown(compat), figures=figures, files=list(files),
-                           footer=render.footer(numeric))
+                           footer=render.footer(numeric), reading_note=render.reading_note(numeric, adjust))
     (out_dir / "README.md").write_text(readme)
     return [out_dir / n for n in ["README.md", *files, *(f for _, f in figures)]]
 
