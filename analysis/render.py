@@ -76,7 +76,7 @@ def footer(table: pd.DataFrame) -> str:
 
 def reading_note(table: pd.DataFrame, adjust: str = "holm") -> str:
     """The paragraph under every table on how to read Δ, its CI, p, p adj, † and the time columns."""
-    m = int(table["p_value"].notna().sum())
+    m = sum(1 for p in table["p_value"].tolist() if not math.isnan(p))
     how = ADJUST_NAMES.get(adjust, adjust)
     text = (
         "How to read: Δ = mean final val loss of the row minus its `attn_gate=none` baseline (negative = "

@@ -93,8 +93,8 @@ def adjust_p(p_values: Sequence[float], method: str = "holm") -> list[float]:
         return out
     from statsmodels.stats.multitest import multipletests
 
-    adjusted = multipletests([out[i] for i in idx], method=sm_method)[1]
-    for i, p in zip(idx, adjusted, strict=True):
+    adjusted = np.asarray(multipletests([out[i] for i in idx], method=sm_method)[1], dtype=float)
+    for i, p in zip(idx, adjusted.tolist(), strict=True):
         out[i] = float(p)
     return out
 
