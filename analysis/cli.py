@@ -38,6 +38,8 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-empty", action="store_true",
                    help="no runs yet (no store, experiment or trial runs): say so and exit 0 instead of 2")
     _add_adjust(p)
+    p.add_argument("--no-time", action="store_true",
+                   help="skip the time-matched columns (they read every finished run's val curve)")
     args = p.parse_args(argv)
     from analysis import render
     from analysis.fetch import fetch_runs
@@ -58,7 +60,8 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     else:
         if args.columns:
             raise SpecError("--columns applies to --compat only; drop it or add --compat")
-        numeric = stage_table(runs, stages=target.stages, adjust=args.adjust)
+        histories = None if args.no_time else _curves(runs, args.tracking_uri)
+        numeric = stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories)
         note = "\n\n".join(t for t in (render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
         headers = render.DISPLAY_HEADERS
         df = numeric if args.format == "csv" else render.display_table(numeric)
@@ -95,17 +98,26 @@ def report_main(argv: Sequence[str] | None = None) -> int:
 
 def import_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gatesweep import", description=(
-        "Import a legacy results CSV (and logs/<run_id>.txt) as MLflow runs in the trainer's schema."))
-    p.add_argument("file", type=Path, help="results CSV (the study's columns or a subset)")
-    p.add_argument("--logs", type=Path, help="directory with <run_id>.txt reference-format logs")
-    p.add_argument("--stage", help="stage of every row (else the CSV's 'stage' column)")
+        "Import a legacy results CSV (and logs/<run_id>.txt) as MLflow runs in the trainer's schema; or "
+        "attach val curves (a curve CSV: run_id, step, val_loss, train_time_ms) or a folder of "
+        "<run_id>.txt logs to runs imported before."))
+    p.add_argument("file", type=Path, help="results CSV, curve CSV, or a folder of <run_id>.txt logs")
+    p.add_argument("--logs", type=Path, help="with a results CSV: directory with <run_id>.txt logs")
+    p.add_argument("--stage", help="with a results CSV: stage of every row (else the CSV's 'stage' column)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default gatesweep-import)")
     p.add_argument("--tracking-uri", default=None)
     args = p.parse_args(argv)
-    from analysis.importer import DEFAULT_EXPERIMENT, import_results
+    from analysis.importer import DEFAULT_EXPERIMENT, import_histories, import_results, is_curves_file
 
-    result = import_results(args.file, logs_dir=args.logs, stage=args.stage,
-                            experiment=args.experiment or DEFAULT_EXPERIMENT, tracking_uri=args.tracking_uri)
+    experiment = args.experiment or DEFAULT_EXPERIMENT
+    if args.file.is_dir() or (args.file.is_file() and is_curves_file(args.file)):
+        if args.logs or args.stage:
+            raise SpecError(f"{args.file}: --logs/--stage apply to a results CSV; a curve CSV or logs "
+                            "folder attaches to runs already imported - drop them")
+        result = import_histories(args.file, experiment=experiment, tracking_uri=args.tracking_uri)
+    else:
+        result = import_results(args.file, logs_dir=args.logs, stage=args.stage, experiment=experiment,
+                                tracking_uri=args.tracking_uri)
     print(result.summary())
     return 0
 
@@ -116,6 +128,16 @@ def read_spec_target(path: Path) -> tuple[str, str | None, str]:
 
     spec = load_spec(path)
     return spec.name, spec.stage or None, spec.experiment
+
+
+def _curves(runs, tracking_uri: str | None):
+    """val_loss and train_time_ms histories of the finished runs (for the time-matched columns)."""
+    from analysis.fetch import fetch_histories
+    from analysis.table import FINISHED
+    from analysis.timematch import HISTORY_KEYS
+
+    finished = runs[runs["status"] == FINISHED]["mlflow_run_id"].dropna().tolist()
+    return fetch_histories(finished, HISTORY_KEYS, tracking_uri=tracking_uri)
 
 
 def _add_adjust(p: argparse.ArgumentParser) -> None:
@@ -155,23 +177,23 @@ def _render(df, fmt_name: str, *, title: str, note: str, headers) -> str:
 
 def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None, adjust: str) -> list[Path]:
     from analysis import plots, render
-    from analysis.fetch import fetch_histories
     from analysis.report import render_report
-    from analysis.table import FINISHED, compat_table, stage_table
+    from analysis.table import compat_table, stage_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    numeric = stage_table(runs, stages=target.stages, adjust=adjust)
+    hist = _curves(runs, tracking_uri)
+    numeric = stage_table(runs, stages=target.stages, adjust=adjust, histories=hist)
     compat = compat_table(runs, stages=target.stages)
     files = {"table.md": render.to_markdown(render.display_table(numeric), render.DISPLAY_HEADERS),
              "table.csv": render.to_csv(numeric), "compat.csv": render.to_csv(compat)}
     for name, text in files.items():
         (out_dir / name).write_text(text)
     figures: list[tuple[str, str]] = []
-    finished = runs[runs["status"] == FINISHED]["mlflow_run_id"].tolist()
-    hist = fetch_histories(finished, ("val_loss",), tracking_uri=tracking_uri)
-    if not hist.empty:
+    if (hist["key"] == "val_loss").any():
         plots.plot_val_curves(hist, runs, out_dir / "val_loss.png")
         figures.append(("Validation loss (mean over seeds, min-max band)", "val_loss.png"))
+    if plots.plot_val_vs_time(hist, runs, out_dir / "val_loss_time.png"):
+        figures.append(("Validation loss vs wall-clock train time (mean over seeds)", "val_loss_time.png"))
     plots.plot_stage_bars(numeric, out_dir / "final_loss.png")
     figures.append(("Final validation loss (95% CI)", "final_loss.png"))
     if plots.is_lr_stage(numeric):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 
 import pandas as pd
@@ -115,7 +116,8 @@ def to_csv(df: pd.DataFrame) -> str:
 
 
 def to_console(df: pd.DataFrame, *, title: str = "", note: str = "", width: int = 200) -> str:
-    """A boxed table via rich when installed, else aligned plain text."""
+    """A boxed table via rich when installed, else aligned plain text. A table wider than `width`
+    keeps its natural width (no cell is ever cut); the note below wraps at `width`."""
     headers = [DISPLAY_HEADERS.get(str(c), str(c)) for c in df.columns]
     rows = [[str(v) for v in row] for row in df.itertuples(index=False)]
     try:
@@ -123,13 +125,17 @@ def to_console(df: pd.DataFrame, *, title: str = "", note: str = "", width: int 
         from rich.table import Table
     except ImportError:
         return _plain(headers, rows, title, note)
-    table = Table(title=title or None, caption=note or None, caption_justify="left")
+    table = Table(title=title or None)
     for h in headers:
         table.add_column(h, no_wrap=True)
     for r in rows:
         table.add_row(*r)
     buf = io.StringIO()
-    Console(file=buf, width=width, force_terminal=False, color_system=None).print(table)
+    natural = Console(file=io.StringIO(), width=100_000).measure(table).maximum
+    Console(file=buf, width=max(width, natural), force_terminal=False, color_system=None).print(table)
+    if note:
+        paragraphs = [textwrap.fill(p, width) for line in note.splitlines() for p in [line]]
+        buf.write("\n".join(paragraphs) + "\n")
     return buf.getvalue()
 
 
