@@ -76,6 +76,41 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def power_main(argv: Sequence[str] | None = None) -> int:
+    p = _parser("power", "Seeds per configuration needed to detect a loss difference, from a stage's spread.")
+    p.add_argument("--effect-pct", type=float, default=0.5, help="difference to detect, %% of the baseline loss")
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise level over the stage's comparisons")
+    p.add_argument("--power", type=float, default=0.8, help="target power")
+    p.add_argument("--sd", type=float, default=None,
+                   help="spread to plan with instead of the stage's (SD of per-seed differences when paired)")
+    args = p.parse_args(argv)
+    for name, value, ok in (("--effect-pct", args.effect_pct, args.effect_pct > 0),
+                            ("--alpha", args.alpha, 0 < args.alpha < 1), ("--power", args.power, 0 < args.power < 1),
+                            ("--sd", args.sd, args.sd is None or args.sd > 0)):
+        if not ok:
+            raise SpecError(f"{name} {value}: out of range (effect-pct > 0, 0 < alpha, power < 1, sd > 0)")
+    from analysis import power
+    from analysis.fetch import fetch_runs
+    from analysis.table import stage_table
+    from trainer.errors import DataError
+
+    target = _target(args)
+    runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
+    pairs, base_mean, n_now = power.stage_inputs(stage_table(runs, stages=target.stages, per_seed=True))
+    if not pairs:
+        raise DataError(f"{target.label}: no comparison with a finished baseline (attn_gate=none); nothing to plan")
+    spread = power.pooled_spread(pairs)
+    if args.sd is not None:
+        spread = power.Spread(args.sd, 0, spread.paired)
+    if not spread.sd > 0:
+        raise DataError(f"{target.label}: the spread is undefined (fewer than 2 seeds per comparison); pass --sd")
+    plan = power.plan(spread, baseline_mean=base_mean, effect_pct=args.effect_pct, alpha=args.alpha,
+                      target=args.power, comparisons=len(pairs), n_now=n_now)
+    print(power.describe(target.label, spread, plan, effect_pct=args.effect_pct, alpha=args.alpha,
+                         target=args.power, given_sd=args.sd is not None), end="")
+    return 0
+
+
 def report_main(argv: Sequence[str] | None = None) -> int:
     p = _parser("report", "Write reports/<stage>/README.md with tables and figures.")
     p.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
@@ -189,7 +224,7 @@ def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None,
     for name, text in files.items():
         (out_dir / name).write_text(text)
     figures: list[tuple[str, str]] = []
-    if (hist["key"] == "val_loss").any():
+    if "val_loss" in set(hist["key"]):
         plots.plot_val_curves(hist, runs, out_dir / "val_loss.png")
         figures.append(("Validation loss (mean over seeds, min-max band)", "val_loss.png"))
     if plots.plot_val_vs_time(hist, runs, out_dir / "val_loss_time.png"):

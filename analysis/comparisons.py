@@ -55,7 +55,7 @@ def find_baselines(table: pd.DataFrame, keys: Sequence[str]) -> dict[Hashable, H
 
     def preference(row: pd.Series, j) -> tuple:
         other = rows[j]
-        return (other["stage"] != row["stage"], _key(other, gate_cols) != _key(row, gate_cols), j)
+        return (other.get("stage") != row.get("stage"), _key(other, gate_cols) != _key(row, gate_cols), j)
 
     return {i: min(by_key.get(_key(row, match_cols), []), key=lambda j, r=row: preference(r, j), default=None)
             for i, row in rows.items()}

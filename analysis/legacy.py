@@ -257,14 +257,13 @@ def config_mismatch(claimed: dict[str, object], params: dict[str, object]) -> st
         have = params.get(k)
         if have is None:
             continue
-        same = math.isclose(float(v), float(have)) if _both_numbers(v, have) else str(v) == str(have)
+        if isinstance(v, int | float) and isinstance(have, int | float):
+            same = math.isclose(float(v), float(have))
+        else:
+            same = str(v) == str(have)
         if not same:
             return f"{k}={v} here but {k}={have} in the imported run"
     return ""
-
-
-def _both_numbers(a: object, b: object) -> bool:
-    return all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
 
 
 def tidy_frame(runs: list[LegacyRun], stage: str | None = None) -> pd.DataFrame:

@@ -60,6 +60,7 @@ GROUP_COLUMNS = (
     "train_time_ms", "ms_per_step",
 )
 STAT_COLUMNS = GROUP_COLUMNS + COMPARISON_COLUMNS + TIME_COLUMNS
+SEED_VALUES = "seed_values"
 
 
 def varying_columns(runs: pd.DataFrame, candidates: Sequence[str] = CONFIG_COLUMNS) -> list[str]:
@@ -78,11 +79,13 @@ def stage_table(
     keys: Sequence[str] | None = None,
     adjust: str = "holm",
     histories: pd.DataFrame | None = None,
+    per_seed: bool = False,
 ) -> pd.DataFrame:
     """One row per configuration: key columns then `STAT_COLUMNS` (plus `stage` for >1 stage).
 
     `adjust`: holm | bh | none, for `p_adj` and `p_time_adj`. `histories` (fetch_histories with
-    keys val_loss and train_time_ms) turns on the time-matched columns; without it they are NaN."""
+    keys val_loss and train_time_ms) turns on the time-matched columns; without it they are NaN.
+    `per_seed` keeps a last column `seed_values` (seed -> final loss) for planning (analysis.power)."""
     _check_columns(runs)
     keys = list(keys) if keys is not None else key_columns(runs)
     blocks = _blocks(runs, stages)
@@ -90,7 +93,10 @@ def stage_table(
     table = pd.DataFrame(rows, columns=["stage", *keys, *GROUP_COLUMNS, *HELPER_COLUMNS])
     curves = None if histories is None else curves_from_histories(histories, _last_steps(runs))
     add_comparisons(table, keys, adjust=adjust, curves=curves)
-    table = table.drop(columns=list(HELPER_COLUMNS))
+    table = table.drop(columns=list(HELPER_COLUMNS[1:] if per_seed else HELPER_COLUMNS))
+    table = table.rename(columns={"_values": SEED_VALUES})
+    if per_seed:
+        table = table.reindex(columns=[c for c in table.columns if c != SEED_VALUES] + [SEED_VALUES])
     if _distinct(table["stage"]) <= 1:
         table = table.drop(columns="stage")
     return table.reset_index(drop=True)
