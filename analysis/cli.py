@@ -40,6 +40,8 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     _add_adjust(p)
     p.add_argument("--no-time", action="store_true",
                    help="skip the time-matched columns (they read every finished run's val curve)")
+    p.add_argument("--log", action="store_true",
+                   help="also log the decision table and per-configuration metrics on the stage's sweep run")
     args = p.parse_args(argv)
     from analysis import render
     from analysis.fetch import fetch_runs
@@ -65,6 +67,8 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         note = "\n\n".join(t for t in (render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
         headers = render.DISPLAY_HEADERS
         df = numeric if args.format == "csv" else render.display_table(numeric)
+        if args.log:
+            _log_decision(target, numeric, args.adjust, args.tracking_uri)
     text = _render(df, args.format, title=target.label, note=note, headers=headers)
     if args.out:
         path = args.out / f"{_slug(target.label)}_{'compat' if args.compat else 'table'}.{_EXT[args.format]}"
@@ -163,6 +167,24 @@ def read_spec_target(path: Path) -> tuple[str, str | None, str]:
 
     spec = load_spec(path)
     return spec.name, spec.stage or None, spec.experiment
+
+
+def _log_decision(target: Target, table, adjust: str, tracking_uri: str | None) -> None:
+    import sys
+
+    from analysis.decision import log_decision
+    from analysis.fetch import call, find_sweep_run, open_client
+    from trainer.errors import NoRunsError
+
+    if not target.stages or len(target.stages) != 1:
+        raise SpecError("--log needs exactly one stage (the sweep run it writes to is per stage)")
+    parent = find_sweep_run(target.experiments, spec=target.spec, stage=target.stages[0], tracking_uri=tracking_uri)
+    if parent is None:
+        raise NoRunsError(f"--log: no sweep run (tag gatesweep.kind=sweep) of stage {target.stages[0]}; "
+                          "run or import the stage first")
+    client, uri = open_client(tracking_uri)
+    metrics = call(uri, lambda: log_decision(client, parent, table, title=target.label, adjust=adjust))
+    print(f"logged the decision table and {len(metrics)} metrics on sweep run {parent}", file=sys.stderr)
 
 
 def _curves(runs, tracking_uri: str | None):
