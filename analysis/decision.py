@@ -94,7 +94,7 @@ def log_decision(client, run_id: str, table: pd.DataFrame, *, title: str, adjust
     frame = decision_frame(table)
     metrics = config_metrics(frame)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "table.json").write_text(frame.to_json(orient="split", index=False))
+        (Path(tmp) / "table.json").write_text(str(frame.to_json(orient="split", index=False)))
         (Path(tmp) / "README.md").write_text(readme(title, table, adjust))
         client.log_artifacts(run_id, tmp, "decision")
     tags = json.loads(client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
@@ -121,9 +121,9 @@ def log_sweep_decision(tracking_uri: str, parent_id: str, *, adjust: str = "holm
         spec, stage = parent.data.tags.get("spec"), parent.data.tags.get("stage") or None
         experiment = client.get_experiment(parent.info.experiment_id).name
         runs = fetch_runs([experiment], stage=stage, spec=spec, tracking_uri=uri)
-        if not (runs["status"] == FINISHED).any():
-            return False  # e.g. a Slurm submission: the trials have not run yet
         finished = runs[runs["status"] == FINISHED]["mlflow_run_id"].tolist()
+        if not finished:
+            return False  # e.g. a Slurm submission: the trials have not run yet
         table = stage_table(runs, adjust=adjust, histories=fetch_histories(finished, HISTORY_KEYS, tracking_uri=uri))
         log_decision(client, parent_id, table, title=stage or spec or parent_id, adjust=adjust)
         return True
