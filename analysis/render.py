@@ -84,9 +84,10 @@ def reading_note(table: pd.DataFrame, adjust: str = "holm") -> str:
         "the row is better); Δ 95% CI comes from the same test as p - paired t on per-seed differences "
         "when both rows ran the same seeds, Welch's t otherwise. p is the raw two-sided p-value; "
         f"p adj is {how}-adjusted across the {m} comparison(s) of this table: call a difference real only "
-        f"when p adj < 0.05, whatever p says. {LOW_N_MARK} marks n < {MIN_SEEDS} seeds: with 2 seeds a "
-        "paired test has 1 degree of freedom, its CI is wide and its p fragile - add seeds "
-        "(`gatesweep power` says how many).")
+        "when p adj < 0.05, whatever p says.")
+    if any(bool(v) for v in table["low_n"].tolist()):
+        text += (f" {LOW_N_MARK} marks n < {MIN_SEEDS} seeds: with 2 seeds a paired test has 1 degree of "
+                 "freedom, its CI is wide and its p fragile - add seeds (`gatesweep power` says how many).")
     if has_time_matched(table):
         text += (" Time-matched (≈, an approximation): the row's val loss at the baseline's final train "
                  "time, interpolated linearly on its val-loss-vs-train-time curve (a faster run holds its "

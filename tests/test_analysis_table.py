@@ -217,3 +217,8 @@ def test_low_n_flag_in_csv_and_display(runs):
     assert "Holm-adjusted across the 3 comparison(s)" in note and "† marks n < 3" in note
     md = render.to_markdown(shown, render.DISPLAY_HEADERS)
     assert "| Δ 95% CI " in md and "| p adj " in md
+
+
+def test_the_low_n_sentence_appears_only_with_a_low_n_row(runs):
+    three = stage_table(runs.query("learning_rate == 0.0036 and attn_gate != 'headwise'"))
+    assert not three["low_n"].any() and "†" not in render.reading_note(three)
