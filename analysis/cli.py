@@ -57,6 +57,8 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         print(f"({target.label}: no runs yet)")
         return 0
     if args.compat:
+        if args.log:
+            raise SpecError("--log writes the statistics table; drop --compat")
         df = compat_table(runs, stages=target.stages, columns=_split(args.columns))
         note, headers = "", None
     else:

@@ -78,6 +78,8 @@ def test_table_log_puts_the_decision_on_the_sweep_run_and_the_ui_shows_it(mlflow
     common = ["--experiment", name, "--tracking-uri", mlflow_server.uri]
     import_main([str(STUDY / "results_stage_3.csv"), "--stage", "stage3", *common])
     import_main([str(STUDY / "log_curves_stage3.csv"), *common])
+    with pytest.raises(SpecError, match="--log writes the statistics table; drop --compat"):
+        table_main(["--stage", "stage3", "--compat", "--log", *common])
     with pytest.raises(SpecError, match="--log needs exactly one stage"):
         table_main(["--stage", "stage3", "--stage", "stage3.5", "--log", *common])
     client = MlflowClient(mlflow_server.uri)
