@@ -37,6 +37,11 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the table into this directory instead of stdout")
     p.add_argument("--skip-empty", action="store_true",
                    help="no runs yet (no store, experiment or trial runs): say so and exit 0 instead of 2")
+    _add_adjust(p)
+    p.add_argument("--no-time", action="store_true",
+                   help="skip the time-matched columns (they read every finished run's val curve)")
+    p.add_argument("--log", action="store_true",
+                   help="also log the decision table and per-configuration metrics on the stage's sweep run")
     args = p.parse_args(argv)
     from analysis import render
     from analysis.fetch import fetch_runs
@@ -52,14 +57,20 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         print(f"({target.label}: no runs yet)")
         return 0
     if args.compat:
+        if args.log:
+            raise SpecError("--log writes the statistics table; drop --compat")
         df = compat_table(runs, stages=target.stages, columns=_split(args.columns))
         note, headers = "", None
     else:
         if args.columns:
             raise SpecError("--columns applies to --compat only; drop it or add --compat")
-        numeric = stage_table(runs, stages=target.stages)
-        note, headers = render.footer(numeric), render.DISPLAY_HEADERS
+        histories = None if args.no_time else _curves(runs, args.tracking_uri)
+        numeric = stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories)
+        note = "\n\n".join(t for t in (render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
+        headers = render.DISPLAY_HEADERS
         df = numeric if args.format == "csv" else render.display_table(numeric)
+        if args.log:
+            _log_decision(target, numeric, args.adjust, args.tracking_uri)
     text = _render(df, args.format, title=target.label, note=note, headers=headers)
     if args.out:
         path = args.out / f"{_slug(target.label)}_{'compat' if args.compat else 'table'}.{_EXT[args.format]}"
@@ -71,17 +82,53 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def power_main(argv: Sequence[str] | None = None) -> int:
+    p = _parser("power", "Seeds per configuration needed to detect a loss difference, from a stage's spread.")
+    p.add_argument("--effect-pct", type=float, default=0.5, help="difference to detect, %% of the baseline loss")
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise level over the stage's comparisons")
+    p.add_argument("--power", type=float, default=0.8, help="target power")
+    p.add_argument("--sd", type=float, default=None,
+                   help="spread to plan with instead of the stage's (SD of per-seed differences when paired)")
+    args = p.parse_args(argv)
+    for name, value, ok in (("--effect-pct", args.effect_pct, args.effect_pct > 0),
+                            ("--alpha", args.alpha, 0 < args.alpha < 1), ("--power", args.power, 0 < args.power < 1),
+                            ("--sd", args.sd, args.sd is None or args.sd > 0)):
+        if not ok:
+            raise SpecError(f"{name} {value}: out of range (effect-pct > 0, 0 < alpha, power < 1, sd > 0)")
+    from analysis import power
+    from analysis.fetch import fetch_runs
+    from analysis.table import stage_table
+    from trainer.errors import DataError
+
+    target = _target(args)
+    runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
+    pairs, base_mean, n_now = power.stage_inputs(stage_table(runs, stages=target.stages, per_seed=True))
+    if not pairs:
+        raise DataError(f"{target.label}: no comparison with a finished baseline (attn_gate=none); nothing to plan")
+    spread = power.pooled_spread(pairs)
+    if args.sd is not None:
+        spread = power.Spread(args.sd, 0, spread.paired)
+    if not spread.sd > 0:
+        raise DataError(f"{target.label}: the spread is undefined (fewer than 2 seeds per comparison); pass --sd")
+    plan = power.plan(spread, baseline_mean=base_mean, effect_pct=args.effect_pct, alpha=args.alpha,
+                      target=args.power, comparisons=len(pairs), n_now=n_now)
+    print(power.describe(target.label, spread, plan, effect_pct=args.effect_pct, alpha=args.alpha,
+                         target=args.power, given_sd=args.sd is not None), end="")
+    return 0
+
+
 def report_main(argv: Sequence[str] | None = None) -> int:
     p = _parser("report", "Write reports/<stage>/README.md with tables and figures.")
     p.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
     p.add_argument("--no-attach", action="store_true", help="do not upload to the sweep's parent run")
+    _add_adjust(p)
     args = p.parse_args(argv)
     from analysis.fetch import fetch_runs
 
     target = _target(args)
     runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
     out_dir = args.out / _slug(target.label)
-    written = _write_report(runs, target, out_dir, args.tracking_uri)
+    written = _write_report(runs, target, out_dir, args.tracking_uri, args.adjust)
     print(out_dir / "README.md")
     if not args.no_attach:
         parent = _attach(target, written, args.tracking_uri)
@@ -92,17 +139,26 @@ def report_main(argv: Sequence[str] | None = None) -> int:
 
 def import_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gatesweep import", description=(
-        "Import a legacy results CSV (and logs/<run_id>.txt) as MLflow runs in the trainer's schema."))
-    p.add_argument("file", type=Path, help="results CSV (the study's columns or a subset)")
-    p.add_argument("--logs", type=Path, help="directory with <run_id>.txt reference-format logs")
-    p.add_argument("--stage", help="stage of every row (else the CSV's 'stage' column)")
+        "Import a legacy results CSV (and logs/<run_id>.txt) as MLflow runs in the trainer's schema; or "
+        "attach val curves (a curve CSV: run_id, step, val_loss, train_time_ms) or a folder of "
+        "<run_id>.txt logs to runs imported before."))
+    p.add_argument("file", type=Path, help="results CSV, curve CSV, or a folder of <run_id>.txt logs")
+    p.add_argument("--logs", type=Path, help="with a results CSV: directory with <run_id>.txt logs")
+    p.add_argument("--stage", help="with a results CSV: stage of every row (else the CSV's 'stage' column)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default gatesweep-import)")
     p.add_argument("--tracking-uri", default=None)
     args = p.parse_args(argv)
-    from analysis.importer import DEFAULT_EXPERIMENT, import_results
+    from analysis.importer import DEFAULT_EXPERIMENT, import_histories, import_results, is_curves_file
 
-    result = import_results(args.file, logs_dir=args.logs, stage=args.stage,
-                            experiment=args.experiment or DEFAULT_EXPERIMENT, tracking_uri=args.tracking_uri)
+    experiment = args.experiment or DEFAULT_EXPERIMENT
+    if args.file.is_dir() or (args.file.is_file() and is_curves_file(args.file)):
+        if args.logs or args.stage:
+            raise SpecError(f"{args.file}: --logs/--stage apply to a results CSV; a curve CSV or logs "
+                            "folder attaches to runs already imported - drop them")
+        result = import_histories(args.file, experiment=experiment, tracking_uri=args.tracking_uri)
+    else:
+        result = import_results(args.file, logs_dir=args.logs, stage=args.stage, experiment=experiment,
+                                tracking_uri=args.tracking_uri)
     print(result.summary())
     return 0
 
@@ -113,6 +169,39 @@ def read_spec_target(path: Path) -> tuple[str, str | None, str]:
 
     spec = load_spec(path)
     return spec.name, spec.stage or None, spec.experiment
+
+
+def _log_decision(target: Target, table, adjust: str, tracking_uri: str | None) -> None:
+    import sys
+
+    from analysis.decision import log_decision
+    from analysis.fetch import call, find_sweep_run, open_client
+    from trainer.errors import NoRunsError
+
+    if not target.stages or len(target.stages) != 1:
+        raise SpecError("--log needs exactly one stage (the sweep run it writes to is per stage)")
+    parent = find_sweep_run(target.experiments, spec=target.spec, stage=target.stages[0], tracking_uri=tracking_uri)
+    if parent is None:
+        raise NoRunsError(f"--log: no sweep run (tag gatesweep.kind=sweep) of stage {target.stages[0]}; "
+                          "run or import the stage first")
+    client, uri = open_client(tracking_uri)
+    metrics = call(uri, lambda: log_decision(client, parent, table, title=target.label, adjust=adjust))
+    print(f"logged the decision table and {len(metrics)} metrics on sweep run {parent}", file=sys.stderr)
+
+
+def _curves(runs, tracking_uri: str | None):
+    """val_loss and train_time_ms histories of the finished runs (for the time-matched columns)."""
+    from analysis.fetch import fetch_histories
+    from analysis.table import FINISHED
+    from analysis.timematch import HISTORY_KEYS
+
+    finished = runs[runs["status"] == FINISHED]["mlflow_run_id"].dropna().tolist()
+    return fetch_histories(finished, HISTORY_KEYS, tracking_uri=tracking_uri)
+
+
+def _add_adjust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adjust", choices=("holm", "bh", "none"), default="holm",
+                   help="multiplicity adjustment of p across the table's comparisons (default holm)")
 
 
 def _parser(cmd: str, description: str) -> argparse.ArgumentParser:
@@ -145,25 +234,25 @@ def _render(df, fmt_name: str, *, title: str, note: str, headers) -> str:
     return render.to_console(df, title=title, note=note)
 
 
-def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None) -> list[Path]:
+def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None, adjust: str) -> list[Path]:
     from analysis import plots, render
-    from analysis.fetch import fetch_histories
     from analysis.report import render_report
-    from analysis.table import FINISHED, compat_table, stage_table
+    from analysis.table import compat_table, stage_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    numeric = stage_table(runs, stages=target.stages)
+    hist = _curves(runs, tracking_uri)
+    numeric = stage_table(runs, stages=target.stages, adjust=adjust, histories=hist)
     compat = compat_table(runs, stages=target.stages)
     files = {"table.md": render.to_markdown(render.display_table(numeric), render.DISPLAY_HEADERS),
              "table.csv": render.to_csv(numeric), "compat.csv": render.to_csv(compat)}
     for name, text in files.items():
         (out_dir / name).write_text(text)
     figures: list[tuple[str, str]] = []
-    finished = runs[runs["status"] == FINISHED]["mlflow_run_id"].tolist()
-    hist = fetch_histories(finished, ("val_loss",), tracking_uri=tracking_uri)
-    if not hist.empty:
+    if "val_loss" in set(hist["key"]):
         plots.plot_val_curves(hist, runs, out_dir / "val_loss.png")
         figures.append(("Validation loss (mean over seeds, min-max band)", "val_loss.png"))
+    if plots.plot_val_vs_time(hist, runs, out_dir / "val_loss_time.png"):
+        figures.append(("Validation loss vs wall-clock train time (mean over seeds)", "val_loss_time.png"))
     plots.plot_stage_bars(numeric, out_dir / "final_loss.png")
     figures.append(("Final validation loss (95% CI)", "final_loss.png"))
     if plots.is_lr_stage(numeric):
@@ -175,7 +264,7 @@ def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None)
         figures.append((f"{metric} per layer", name))
     readme = render_report(f"Report: {target.label}", source=_source_line(runs, target), table_md=files["table.md"],
                            compat_md=render.to_markdown(compat), figures=figures, files=list(files),
-                           footer=render.footer(numeric))
+                           footer=render.footer(numeric), reading_note=render.reading_note(numeric, adjust))
     (out_dir / "README.md").write_text(readme)
     return [out_dir / n for n in ["README.md", *files, *(f for _, f in figures)]]
 

@@ -7,6 +7,14 @@ trial_id is already in the experiment are skipped.
 
 A run becomes visible (gatesweep.kind=trial, trial_id) only after all its data is logged, and is
 deleted if logging fails, so an interrupted import never leaves a half-run that a re-import skips.
+
+Histories afterwards (`import_histories`): a curve CSV or a folder of <run_id>.txt logs attaches
+val_loss / train_time_ms (and a log's train_loss, step_avg_ms) as the metric histories of the runs
+imported earlier with that `import.run_id` - the same histories a logged run has, so time-matched
+tables read both alike. Points carry the run's start time as timestamp, one ms before its summary
+metrics, so a summary stays each key's latest value. Idempotent: a run whose histories already
+hold every (key, step) of the new ones is left alone; otherwise all points are logged, and those it
+had already (same key, step, value and timestamp) MLflow stores once.
 """
 
 from __future__ import annotations
@@ -16,8 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.fetch import KIND_TAG, call, open_client, search, tag_filter
-from analysis.legacy import LegacyRun, ParsedLog, check_log_matches, parse_log, parse_results_csv
-from trainer.errors import DataError
+from analysis.legacy import (
+    LegacyRun,
+    ParsedLog,
+    check_log_matches,
+    coerce,
+    config_mismatch,
+    is_curves_header,
+    parse_curves_csv,
+    parse_log,
+    parse_results_csv,
+)
+from trainer.errors import DataError, NoRunsError
 
 DEFAULT_EXPERIMENT = "gatesweep-import"
 _BATCH = 1000  # MLflow's log_batch limit on metrics per call
@@ -45,7 +63,7 @@ def load_legacy(
     """Read and check everything before anything is written: (run, stage, log, log path)."""
     path = Path(csv_path)
     if not path.is_file():
-        raise DataError(f"{path}: no such results file")
+        raise DataError(f"{path}: no such file; give a results CSV, a curve CSV or a folder of <run_id>.txt logs")
     runs = parse_results_csv(path.read_text(), str(path))
     out = []
     for run in runs:
@@ -156,3 +174,105 @@ def _trial_tags(run: LegacyRun, stage: str, spec: str, parent_id: str, log) -> d
     if log is not None and log.torch_version:
         tags["torch_version"] = log.torch_version
     return tags
+
+
+@dataclass
+class HistoryResult:
+    experiment: str
+    source: str
+    attached: list[str] = field(default_factory=list)  # legacy run ids given a history now
+    present: list[str] = field(default_factory=list)  # had it already
+    unknown: list[str] = field(default_factory=list)  # no run imported with that run_id
+
+    def summary(self) -> str:
+        line = (f"{self.experiment}: attached histories from {self.source} to {len(self.attached)} run(s), "
+                f"{len(self.present)} had them already")
+        if self.unknown:
+            line += f"; {len(self.unknown)} run id(s) not imported here (import their results CSV first)"
+        return line
+
+
+def is_curves_file(path: str | Path) -> bool:
+    """A curve CSV (step, val_loss per row) rather than a results CSV (one row per run)."""
+    with open(path, newline="") as f:
+        header = [h.strip() for h in f.readline().split(",")]
+    return is_curves_header(header)
+
+
+def history_sources(path: str | Path) -> dict[str, Path | object]:
+    """run_id -> its log file (logs folder) or its parsed CurveHistory (curve CSV)."""
+    path = Path(path)
+    if path.is_dir():
+        logs = {p.stem: p for p in sorted(path.glob("*.txt")) if p.is_file()}
+        if not logs:
+            raise DataError(f"{path}: no <run_id>.txt logs in this folder")
+        return dict(logs)
+    if not path.is_file():
+        raise DataError(f"{path}: no such curve CSV or logs folder")
+    return dict(parse_curves_csv(path.read_text(), str(path)))
+
+
+def load_history(source) -> tuple[list[tuple[str, int, float]], dict[str, object], Path | None]:
+    """(points, the config it claims, the log file to attach) of one run's history source."""
+    if isinstance(source, Path):
+        log = parse_log(source.read_text(errors="replace"), str(source))
+        return log.points, ({"num_iterations": log.num_iterations} if log.num_iterations else {}), source
+    return source.points, source.config, None
+
+
+def import_histories(
+    path: str | Path, *, experiment: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None,
+) -> HistoryResult:
+    """Attach each run's history; only the logs of imported runs are read (a study's logs folder
+    also holds aborted runs' logs that never made it into a results CSV)."""
+    sources = history_sources(path)
+    client, uri = open_client(tracking_uri)
+    exp = call(uri, client.get_experiment_by_name, experiment)
+    if exp is None:
+        raise NoRunsError(f"experiment {experiment!r} not found at {uri}; import the results CSV first "
+                          "(gatesweep import results.csv --stage S) or pass --experiment")
+    imported: dict[str, list] = {}
+    for r in search(client, uri, [exp.experiment_id], tag_filter("trial")):
+        if (rid := r.data.tags.get("import.run_id")) in sources:
+            imported.setdefault(rid, []).append(r)
+    if not imported:
+        raise DataError(f"{path}: none of its {len(sources)} run id(s) was imported into {experiment}; "
+                        "import the results CSV first (gatesweep import results.csv --stage S)")
+    items = {rid: load_history(sources[rid]) for rid in imported}
+    for rid, runs in imported.items():  # check everything before writing anything
+        for r in runs:
+            params = {k: coerce(v) for k, v in r.data.params.items()}
+            if why := config_mismatch(items[rid][1], params):
+                raise DataError(f"{path}: run {rid}: {why}; is this the right file?")
+    result = HistoryResult(experiment, Path(path).name, unknown=sorted(set(sources) - set(imported)))
+    for rid, runs in imported.items():
+        points, _, log_path = items[rid]
+        fresh = [r for r in runs if not _has_history(client, uri, r.info.run_id, points)]
+        for r in fresh:
+            _log_history(client, uri, r, points, log_path)
+        (result.attached if fresh else result.present).append(rid)
+    return result
+
+
+def _has_history(client, uri: str, run_id: str, points: list[tuple[str, int, float]]) -> bool:
+    """Every key of `points` is already logged at every one of its steps."""
+    wanted: dict[str, set[int]] = {}
+    for k, s, _ in points:
+        wanted.setdefault(k, set()).add(s)
+    for key, steps in wanted.items():
+        have = {int(m.step) for m in call(uri, client.get_metric_history, run_id, key)}
+        if not steps <= have:
+            return False
+    return True
+
+
+def _log_history(client, uri: str, run, points: list[tuple[str, int, float]], log_path: Path | None) -> None:
+    from mlflow.entities import Metric
+
+    start = run.info.start_time or 0
+    metrics = [Metric(k, v, start, s) for k, s, v in points]
+    rid = run.info.run_id
+    for i in range(0, len(metrics), _BATCH):
+        call(uri, lambda chunk=metrics[i:i + _BATCH]: client.log_batch(rid, metrics=chunk))
+    if log_path is not None:
+        call(uri, client.log_artifact, rid, str(log_path), "logs")

@@ -17,6 +17,10 @@ Logs (`logs/<run_id>.txt`): a header (code, torch/CUDA line, nvidia-smi) then li
 ``step:{s}/{N} val_loss:{v} train_time:{ms}ms step_avg:{a}ms`` and the same with ``train_loss``.
 Step lines are recognised by a full-line match anywhere, so logs whose header lost a ``====``
 separator (as some of the study's do) still parse; code lines never match (they hold ``{...}``).
+
+Curve CSVs (the study's `experiments/log_curves*.csv`): one row per evaluation - run_id, step,
+val_loss, train_time_ms, and optionally `total` (= num_iterations) and config columns (attn_gate,
+gate_pos, gate_act, learning_rate) that must agree with the run they are attached to.
 """
 
 from __future__ import annotations
@@ -71,11 +75,22 @@ class LegacyRun:
 @dataclass(frozen=True)
 class ParsedLog:
     num_iterations: int | None
-    # (key, step, value): val_loss from val lines; train_loss, train_time_ms, step_avg_ms from
-    # train lines (val lines repeat the clock with another step_avg convention).
+    # (key, step, value): val_loss from val lines; train_loss, train_time_ms, step_avg_ms from train
+    # lines, except that at a val step train_time_ms is the val line's clock, as the trainer logs it
+    # (the val line's step_avg uses another convention and is not kept).
     points: list[tuple[str, int, float]] = field(default_factory=list)
     torch_version: str = ""
     cuda_version: str = ""
+
+
+@dataclass(frozen=True)
+class CurveHistory:
+    """One run's rows of a curve CSV: (key, step, value) points and the config it claims."""
+
+    run_id: str
+    line: int  # first line of the run in the CSV, for messages
+    points: list[tuple[str, int, float]]
+    config: dict[str, object]
 
 
 def legacy_trial_id(source: str, run_id: str) -> str:
@@ -162,6 +177,7 @@ def _parse_date(text: str | None) -> int | None:
 
 def parse_log(text: str, source: str) -> ParsedLog:
     points: dict[tuple[str, int], float] = {}  # a resumed run may repeat a step: the last one wins
+    val_steps: set[int] = set()
     total = None
     torch_version = cuda_version = ""
     for line in text.splitlines():
@@ -174,10 +190,13 @@ def parse_log(text: str, source: str) -> ParsedLog:
         step, total = int(m.group(1)), int(m.group(2))
         kind, value, ms, avg = m.group(3), _float(m.group(4)), float(m.group(5)), _float(m.group(6))
         points[(kind, step)] = value
-        if kind == "train_loss":
+        if kind == "val_loss":
             points[("train_time_ms", step)] = ms
-            if math.isfinite(avg):  # step_avg is "nan" until the clock has run a few steps
-                points[("step_avg_ms", step)] = avg
+            val_steps.add(step)
+        elif step not in val_steps:  # a resumed run's train line must not overwrite a val step's clock
+            points[("train_time_ms", step)] = ms
+        if kind == "train_loss" and math.isfinite(avg):  # step_avg is "nan" until the clock has run a few steps
+            points[("step_avg_ms", step)] = avg
     if not points:
         raise DataError(f"{source}: no 'step:N/M val_loss:...' lines; is this a reference-format log?")
     ordered = sorted(((k, s, v) for (k, s), v in points.items()), key=lambda p: (p[1], p[0]))
@@ -190,6 +209,61 @@ def check_log_matches(run: LegacyRun, log: ParsedLog, log_name: str) -> None:
     if isinstance(n, int) and log.num_iterations is not None and n != log.num_iterations:
         raise DataError(f"{log_name}: log has {log.num_iterations} iterations but {run.source} row for "
                         f"{run.run_id} says num_iterations={n}; check the --logs directory")
+
+
+CURVE_COLUMNS = ("run_id", "step", "val_loss", "train_time_ms")
+CURVE_CONFIG = {"attn_gate": "attn_gate", "gate_pos": "gate_pos", "gate_act": "gate_act",
+                "learning_rate": "learning_rate", "total": "num_iterations"}
+
+
+def is_curves_header(header: list[str]) -> bool:
+    """A curve CSV (one row per evaluation), as opposed to a results CSV (one row per run)."""
+    return {"run_id", "step", "val_loss"} <= set(header) and "final_val_loss" not in header
+
+
+def parse_curves_csv(text: str, source: str) -> dict[str, CurveHistory]:
+    """Curve CSV -> run_id -> its history (val_loss and train_time_ms by step), checked row by row."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in CURVE_COLUMNS if c not in header]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {', '.join(missing)} of a curve CSV "
+                        f"({', '.join(CURVE_COLUMNS)}); header: {', '.join(header)}")
+    out: dict[str, CurveHistory] = {}
+    for i, raw in enumerate(reader, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        run_id = row.get("run_id", "")
+        step, loss, ms = (coerce(row.get(c)) for c in CURVE_COLUMNS[1:])
+        if not run_id or not isinstance(step, int) or step < 0:
+            raise DataError(f"{source}:{i}: needs a run_id and an integer step >= 0 (got {row.get('run_id')!r}, "
+                            f"{row.get('step')!r})")
+        for name, v in (("val_loss", loss), ("train_time_ms", ms)):
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise DataError(f"{source}:{i}: {name}={row.get(name)!r} is not a number")
+        config = {CURVE_CONFIG[k]: v for k in CURVE_CONFIG if (v := coerce(row.get(k))) is not None}
+        hist = out.setdefault(run_id, CurveHistory(run_id, i, [], config))
+        if config != hist.config:
+            raise DataError(f"{source}:{i}: run {run_id} changes its config within the file "
+                            f"({config} vs {hist.config} at line {hist.line})")
+        hist.points.extend([("val_loss", step, float(loss)), ("train_time_ms", step, float(ms))])  # type: ignore[arg-type]
+    if not out:
+        raise DataError(f"{source}: no data rows")
+    return out
+
+
+def config_mismatch(claimed: dict[str, object], params: dict[str, object]) -> str:
+    """The first config field where a curve/log disagrees with its run's params, as 'k=a vs b'; ''."""
+    for k, v in claimed.items():
+        have = params.get(k)
+        if have is None:
+            continue
+        if isinstance(v, int | float) and isinstance(have, int | float):
+            same = math.isclose(float(v), float(have))
+        else:
+            same = str(v) == str(have)
+        if not same:
+            return f"{k}={v} here but {k}={have} in the imported run"
+    return ""
 
 
 def tidy_frame(runs: list[LegacyRun], stage: str | None = None) -> pd.DataFrame:

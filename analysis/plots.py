@@ -22,41 +22,74 @@ def plot_val_curves(
     histories: pd.DataFrame, runs: pd.DataFrame, out: str | Path, *, key: str = "val_loss",
     band: str = "minmax",
 ) -> dict[str, Arrays]:
-    """Mean `key` curve per configuration across seeds, with a min-max (or +-std) band."""
+    """Mean `key` curve per configuration across seeds vs step, with a min-max (or +-std) band."""
     if band not in ("minmax", "std"):
         raise ValueError(f"band={band!r}; use 'minmax' or 'std'")
-    hist = rows_where(histories, histories["key"] == key)
     drawn: dict[str, Arrays] = {}
+    for label, wide in _wide_per_config(histories, runs, key):
+        drawn[label] = {"step": wide.index.to_numpy(), **_band(wide, band)}
+    _draw_curves(drawn, "step", out, xlabel="step", ylabel=key, title=f"{key}: mean over seeds ({band} band)")
+    return drawn
+
+
+def plot_val_vs_time(histories: pd.DataFrame, runs: pd.DataFrame, out: str | Path) -> dict[str, Arrays]:
+    """Mean val_loss per configuration vs wall-clock train time (minutes), min-max band; the x of a
+    step is the seeds' mean train time at that step. Writes nothing when no run has both curves."""
+    drawn: dict[str, Arrays] = {}
+    times = dict(_wide_per_config(histories, runs, "train_time_ms"))
+    for label, wide in _wide_per_config(histories, runs, "val_loss"):
+        if label not in times:
+            continue
+        t = times[label].reindex(index=wide.index, columns=wide.columns)
+        keep = t.notna().all(axis=1).to_numpy()
+        if keep.sum() < 2:
+            continue
+        minutes = t.to_numpy()[keep].mean(axis=1) / 60_000.0
+        drawn[label] = {"minutes": minutes, **{k: v[keep] for k, v in _band(wide, "minmax").items()}}
+    if drawn:
+        _draw_curves(drawn, "minutes", out, xlabel="train time (min)", ylabel="val_loss",
+                     title="val_loss vs wall-clock train time: mean over seeds (min-max band)")
+    return drawn
+
+
+def _wide_per_config(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> list[tuple[str, pd.DataFrame]]:
+    """(config label, step x run table of `key`) per configuration with any points."""
+    hist = rows_where(histories, histories["key"] == key)
+    out = []
     for config, grp in group_runs(_finished(runs)):
         wide = hist[hist["mlflow_run_id"].isin(grp["mlflow_run_id"])].pivot_table(
             index="step", columns="mlflow_run_id", values="value", aggfunc="last")
-        if wide.empty:
-            continue
-        mean = wide.mean(axis=1).to_numpy()
-        if band == "minmax":
-            lo, hi = wide.min(axis=1).to_numpy(), wide.max(axis=1).to_numpy()
-        else:
-            sd = wide.std(axis=1, ddof=1).fillna(0.0).to_numpy()
-            lo, hi = mean - sd, mean + sd
-        drawn[config_label(config)] = {"step": wide.index.to_numpy(), "mean": mean, "lo": lo, "hi": hi}
+        if not wide.empty:
+            out.append((config_label(config), wide))
+    return out
+
+
+def _band(wide: pd.DataFrame, band: str) -> Arrays:
+    mean = wide.mean(axis=1).to_numpy()
+    if band == "minmax":
+        return {"mean": mean, "lo": wide.min(axis=1).to_numpy(), "hi": wide.max(axis=1).to_numpy()}
+    sd = wide.std(axis=1, ddof=1).fillna(0.0).to_numpy()
+    return {"mean": mean, "lo": mean - sd, "hi": mean + sd}
+
+
+def _draw_curves(drawn: dict[str, Arrays], x: str, out: str | Path, *, xlabel: str, ylabel: str, title: str) -> None:
     fig, ax = _figure()
     # The first evaluations (loss ~ln(vocab)) dwarf the differences that matter; an inset zooms on
     # the last 40% of the run, where the variants separate.
-    last = max((a["step"].max() for a in drawn.values()), default=0)
+    last = max((a[x].max() for a in drawn.values()), default=0)
     inset = ax.inset_axes((0.40, 0.14, 0.57, 0.47)) if last > 0 else None
     for label, a in drawn.items():
-        (line,) = ax.plot(a["step"], a["mean"], label=label, linewidth=1.2)
-        ax.fill_between(a["step"], a["lo"], a["hi"], color=line.get_color(), alpha=0.2, linewidth=0)
+        (line,) = ax.plot(a[x], a["mean"], label=label, linewidth=1.2)
+        ax.fill_between(a[x], a["lo"], a["hi"], color=line.get_color(), alpha=0.2, linewidth=0)
         if inset is not None:
-            tail = a["step"] >= 0.6 * last
-            inset.plot(a["step"][tail], a["mean"][tail], color=line.get_color(), linewidth=1.2, marker=".")
-            inset.fill_between(a["step"][tail], a["lo"][tail], a["hi"][tail], color=line.get_color(), alpha=0.2,
+            tail = a[x] >= 0.6 * last
+            inset.plot(a[x][tail], a["mean"][tail], color=line.get_color(), linewidth=1.2, marker=".")
+            inset.fill_between(a[x][tail], a["lo"][tail], a["hi"][tail], color=line.get_color(), alpha=0.2,
                                linewidth=0)
     if inset is not None:
         inset.grid(True, alpha=0.3)
         inset.tick_params(labelsize=7)
-    _finish(fig, ax, out, xlabel="step", ylabel=key, title=f"{key}: mean over seeds ({band} band)")
-    return drawn
+    _finish(fig, ax, out, xlabel=xlabel, ylabel=ylabel, title=title)
 
 
 def plot_lr_sweep(table: pd.DataFrame, out: str | Path) -> dict[str, Arrays]:

@@ -1,7 +1,8 @@
 """Render tables as Markdown, CSV or a console table. Pure: every function returns a string.
 
 `display_table` turns the numeric stage table into strings (loss 4 dp, train time "10m 9.1s", signed
-deltas); the CSV of the full table keeps full-precision numbers instead, for machines.
+deltas, "[lo, hi]" intervals, n marked "2†" below 3 seeds); the CSV of the full table keeps
+full-precision numbers instead, for machines. `reading_note` is the paragraph on how to read them.
 """
 
 from __future__ import annotations
@@ -9,26 +10,34 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections.abc import Sequence
 
 import pandas as pd
 
 from analysis import fmt
+from analysis.stats import MIN_SEEDS
 from analysis.table import STAT_COLUMNS
 
+LOW_N_MARK = "†"
 DISPLAY_HEADERS = {
     "n": "n", "failed": "failed", "early_stopped": "early stopped",
     "final_val_loss": "final val loss", "std": "std", "ci95": "ci95",
-    "train_time": "train time", "ms_per_step": "ms/step", "delta": "Δ loss",
-    "delta_pct": "Δ %", "p_value": "p", "test": "test",
+    "train_time": "train time", "ms_per_step": "ms/step", "delta": "Δ loss", "delta_ci": "Δ 95% CI",
+    "delta_pct": "Δ %", "p_value": "p", "p_adj": "p adj", "test": "test",
+    "loss_at_base_time": "loss @ base time ≈", "delta_time": "Δ time ≈", "delta_time_ci": "Δ time 95% CI",
+    "p_time_adj": "p time adj",
 }
+ADJUST_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "no"}
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Stage table (numbers) -> strings for people; drops best_val_loss and raw train_time_ms."""
+    """Stage table (numbers) -> strings for people; drops best_val_loss and raw train_time_ms.
+    The time-matched columns appear only when some row has them."""
     keys = [c for c in table.columns if c not in STAT_COLUMNS]
     out = pd.DataFrame({k: [fmt.format_value(v) for v in table[k]] for k in keys}, dtype=object)
-    for col in ("n", "failed", "early_stopped"):
+    out["n"] = [f"{n}{LOW_N_MARK if low else ''}" for n, low in zip(table["n"].astype(int), table["low_n"], strict=True)]
+    for col in ("failed", "early_stopped"):
         out[col] = [str(v) for v in table[col].astype(int).tolist()]
     out["final_val_loss"] = [fmt.format_loss(v) for v in table["final_val_loss"]]
     out["std"] = [_blank_nan(v, ".4f") for v in table["std"]]
@@ -36,18 +45,55 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     out["train_time"] = [fmt.format_train_time(v) for v in table["train_time_ms"]]
     out["ms_per_step"] = [_blank_nan(v, ".2f") for v in table["ms_per_step"]]
     out["delta"] = [fmt.format_signed(v, 4) for v in table["delta"]]
+    out["delta_ci"] = _intervals(table, "delta_ci_low", "delta_ci_high")
     out["delta_pct"] = [fmt.format_signed(v, 2, "%") for v in table["delta_pct"]]
     out["p_value"] = [fmt.format_p(v) for v in table["p_value"]]
+    out["p_adj"] = [fmt.format_p(v) for v in table["p_adj"]]
     out["test"] = list(table["test"])
+    if has_time_matched(table):
+        out["loss_at_base_time"] = [_blank_nan(v, ".4f") for v in table["loss_at_base_time"]]
+        out["delta_time"] = [fmt.format_signed(v, 4) for v in table["delta_time"]]
+        out["delta_time_ci"] = _intervals(table, "delta_time_ci_low", "delta_time_ci_high")
+        out["p_time_adj"] = [fmt.format_p(v) for v in table["p_time_adj"]]
     return out
 
 
+def has_time_matched(table: pd.DataFrame) -> bool:
+    return bool(table["loss_at_base_time"].notna().any() or (table["time_note"] != "").any())
+
+
 def footer(table: pd.DataFrame) -> str:
-    """One line on runs left out of the statistics; empty when none were."""
+    """Lines on runs left out of the statistics and rows without a time-matched Δ; empty when none."""
+    lines = []
     failed, early = sum(table["failed"].tolist()), sum(table["early_stopped"].tolist())
-    if not failed and not early:
-        return ""
-    return f"Excluded from the statistics: {failed} failed run(s), {early} early-stopped run(s)."
+    if failed or early:
+        lines.append(f"Excluded from the statistics: {failed} failed run(s), {early} early-stopped run(s).")
+    notes = [n for n in table["time_note"] if n]
+    if notes:
+        counts = {n: notes.count(n) for n in dict.fromkeys(notes)}
+        lines.append("No time-matched Δ for " + "; ".join(f"{k} row(s): {n}" for n, k in counts.items()) + ".")
+    return "\n".join(lines)
+
+
+def reading_note(table: pd.DataFrame, adjust: str = "holm") -> str:
+    """The paragraph under every table on how to read Δ, its CI, p, p adj, † and the time columns."""
+    m = sum(1 for p in table["p_value"].tolist() if not math.isnan(p))
+    how = ADJUST_NAMES.get(adjust, adjust)
+    text = (
+        "How to read: Δ = mean final val loss of the row minus its `attn_gate=none` baseline (negative = "
+        "the row is better); Δ 95% CI comes from the same test as p - paired t on per-seed differences "
+        "when both rows ran the same seeds, Welch's t otherwise. p is the raw two-sided p-value; "
+        f"p adj is {how}-adjusted across the {m} comparison(s) of this table: call a difference real only "
+        "when p adj < 0.05, whatever p says.")
+    if any(bool(v) for v in table["low_n"].tolist()):
+        text += (f" {LOW_N_MARK} marks n < {MIN_SEEDS} seeds: with 2 seeds a paired test has 1 degree of "
+                 "freedom, its CI is wide and its p fragile - add seeds (`gatesweep power` says how many).")
+    if has_time_matched(table):
+        text += (" Time-matched (≈, an approximation): the row's val loss at the baseline's final train "
+                 "time, interpolated linearly on its val-loss-vs-train-time curve (a faster run holds its "
+                 "final loss); Δ time, its CI and p time adj are computed as above. Approximate because "
+                 "the row's LR schedule was not compressed to end at that time.")
+    return text
 
 
 def to_markdown(df: pd.DataFrame, headers: dict[str, str] | None = None) -> str:
@@ -71,7 +117,8 @@ def to_csv(df: pd.DataFrame) -> str:
 
 
 def to_console(df: pd.DataFrame, *, title: str = "", note: str = "", width: int = 200) -> str:
-    """A boxed table via rich when installed, else aligned plain text."""
+    """A boxed table via rich when installed, else aligned plain text. A table wider than `width`
+    keeps its natural width (no cell is ever cut); the note below wraps at `width`."""
     headers = [DISPLAY_HEADERS.get(str(c), str(c)) for c in df.columns]
     rows = [[str(v) for v in row] for row in df.itertuples(index=False)]
     try:
@@ -79,13 +126,17 @@ def to_console(df: pd.DataFrame, *, title: str = "", note: str = "", width: int 
         from rich.table import Table
     except ImportError:
         return _plain(headers, rows, title, note)
-    table = Table(title=title or None, caption=note or None)
+    table = Table(title=title or None)
     for h in headers:
         table.add_column(h, no_wrap=True)
     for r in rows:
         table.add_row(*r)
     buf = io.StringIO()
-    Console(file=buf, width=width, force_terminal=False, color_system=None).print(table)
+    natural = Console(file=io.StringIO(), width=100_000).measure(table).maximum
+    Console(file=buf, width=max(width, natural), force_terminal=False, color_system=None).print(table)
+    if note:
+        paragraphs = [textwrap.fill(p, width) for line in note.splitlines() for p in [line]]
+        buf.write("\n".join(paragraphs) + "\n")
     return buf.getvalue()
 
 
@@ -112,6 +163,11 @@ def _csv_cell(v: object) -> object:
     if isinstance(v, float) and math.isnan(v):
         return ""
     return v
+
+
+def _intervals(table: pd.DataFrame, low: str, high: str) -> list[str]:
+    return ["" if math.isnan(lo) or math.isnan(hi) else f"[{lo:+.4f}, {hi:+.4f}]"
+            for lo, hi in zip(table[low], table[high], strict=True)]
 
 
 def _blank_nan(v: float, spec: str) -> str:

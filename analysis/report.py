@@ -11,7 +11,8 @@ ROW_ORDER_NOTE = (
 STATS_NOTE = (
     "Statistics over FINISHED runs only: mean and sample std (ddof=1) of the final val loss, ci95 = "
     "Student-t 95% half-width; Δ vs the `attn_gate=none` row with the same learning rate / iterations; "
-    "p from a paired t-test when both rows ran the same seeds (>= 2), Welch's t-test otherwise."
+    "p and the Δ 95% CI from a paired t-test when both rows ran the same seeds (>= 2), Welch's t-test "
+    "otherwise."
 )
 
 
@@ -24,11 +25,14 @@ def render_report(
     figures: Sequence[tuple[str, str]],
     files: Sequence[str],
     footer: str = "",
+    reading_note: str = "",
 ) -> str:
     """`figures`: (caption, file name relative to the report); `files`: the table files beside it."""
     parts = [f"# {title}", "", source, "", "## Results", "", table_md.rstrip()]
     if footer:
         parts += ["", footer]
+    if reading_note:
+        parts += ["", reading_note]
     parts += ["", STATS_NOTE, "", ROW_ORDER_NOTE, "", "## Study-format table", "", compat_md.rstrip()]
     if figures:
         parts += ["", "## Figures"]

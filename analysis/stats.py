@@ -1,16 +1,19 @@
 """Per-group statistics over seeds and the test of a group against its baseline. Pure functions.
 
 `summarize` gives n, mean, sample std (ddof=1) and the 95% CI half-width with Student's t.
-`compare` gives the difference to a baseline and a two-sided p-value: a paired t-test when both
-groups ran exactly the same seeds (at least 2), because seed-matched runs share the data order and
-init noise; Welch's unequal-variance t-test otherwise. Undefined quantities are NaN, never 0.
+`compare` gives the difference to a baseline, its 95% CI and a two-sided p-value: a paired t-test
+when both groups ran exactly the same seeds (at least 2), because seed-matched runs share the data
+order and init noise; Welch's unequal-variance t-test otherwise. The CI is scipy's
+`confidence_interval()` of that same test, so CI and p always agree (the CI excludes 0 iff p < 0.05).
+`adjust_p` corrects the p-values of one table's comparisons for multiplicity (Holm by default).
+Undefined quantities are NaN, never 0.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +23,8 @@ PAIRED = "paired"
 WELCH = "welch"
 UNDEFINED = "n/a"
 NAN = float("nan")
+MIN_SEEDS = 3  # below this a paired test has 1 degree of freedom: flagged in every table
+ADJUST_METHODS = {"holm": "holm", "bh": "fdr_bh", "none": None}  # --adjust name -> statsmodels method
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class Comparison:
     delta_pct: float  # 100 * delta / mean(baseline)
     p_value: float
     test: str  # PAIRED, WELCH or UNDEFINED
+    ci_low: float = NAN  # 95% CI of delta, from the same test as p_value
+    ci_high: float = NAN
 
 
 def summarize(values: Sequence[float]) -> Summary:
@@ -64,22 +71,49 @@ def compare(group: Mapping[object, float], baseline: Mapping[object, float]) -> 
     g_mean, b_mean = float(np.mean(list(g.values()))), float(np.mean(list(b.values())))
     delta = g_mean - b_mean
     delta_pct = 100.0 * delta / b_mean if b_mean != 0 else NAN
-    p, test = _p_value(g, b)
-    return Comparison(delta, delta_pct, p, test)
+    p, test, lo, hi = _t_test(g, b)
+    return Comparison(delta, delta_pct, p, test, lo, hi)
 
 
-def _p_value(g: Mapping[object, float], b: Mapping[object, float]) -> tuple[float, str]:
+def is_paired(group_seeds: Iterable[object], baseline_seeds: Iterable[object]) -> bool:
+    """The paired test applies: both ran exactly the same (at least 2) seeds."""
+    g, b = set(group_seeds), set(baseline_seeds)
+    return g == b and len(g) >= 2
+
+
+def adjust_p(p_values: Sequence[float], method: str = "holm") -> list[float]:
+    """Multiplicity-adjusted p-values of one family of comparisons; NaN entries stay NaN and are
+    not counted in the family. `method`: holm (family-wise error), bh (false discovery rate), none."""
+    if method not in ADJUST_METHODS:
+        raise ValueError(f"adjust method {method!r}; use one of {', '.join(ADJUST_METHODS)}")
+    out = [float(p) for p in p_values]
+    idx = [i for i, p in enumerate(out) if math.isfinite(p)]
+    sm_method = ADJUST_METHODS[method]
+    if not idx or sm_method is None:
+        return out
+    from statsmodels.stats.multitest import multipletests
+
+    adjusted = np.asarray(multipletests([out[i] for i in idx], method=sm_method)[1], dtype=float)
+    for i, p in zip(idx, adjusted.tolist(), strict=True):
+        out[i] = float(p)
+    return out
+
+
+def _t_test(g: Mapping[object, float], b: Mapping[object, float]) -> tuple[float, str, float, float]:
     with warnings.catch_warnings():
         # Zero-variance inputs make scipy warn and return NaN; NaN is the answer we want.
         warnings.simplefilter("ignore", RuntimeWarning)
-        if set(g) == set(b) and len(g) >= 2:
+        if is_paired(g, b):
             seeds = sorted(g, key=repr)
-            p = sps.ttest_rel([g[s] for s in seeds], [b[s] for s in seeds]).pvalue  # type: ignore[attr-defined]
-            return float(p), PAIRED
-        if len(g) >= 2 and len(b) >= 2:
-            p = sps.ttest_ind(list(g.values()), list(b.values()), equal_var=False).pvalue  # type: ignore[attr-defined]
-            return float(p), WELCH
-    return NAN, UNDEFINED
+            res = sps.ttest_rel([g[s] for s in seeds], [b[s] for s in seeds])
+            test = PAIRED
+        elif len(g) >= 2 and len(b) >= 2:
+            res = sps.ttest_ind(list(g.values()), list(b.values()), equal_var=False)
+            test = WELCH
+        else:
+            return NAN, UNDEFINED, NAN, NAN
+        ci = res.confidence_interval(0.95)  # type: ignore[attr-defined]
+        return float(res.pvalue), test, float(ci.low), float(ci.high)  # type: ignore[attr-defined]
 
 
 def _finite(values: Sequence[float]) -> list[float]:

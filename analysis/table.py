@@ -14,9 +14,9 @@ Runs. Only status FINISHED enters the statistics. EARLY_STOPPED runs are reporte
 column (they stopped on purpose; their final loss is not comparable); every other status (FAILED,
 KILLED, RUNNING, missing) is counted as `failed`.
 
-Baseline. For each row, the group with ``attn_gate == "none"`` that agrees on the other varying
-keys except the gate columns (so learning rate and iterations must match); preferring the same
-stage, then equal gate columns, then the first in row order.
+Comparisons. Each row against its `attn_gate == "none"` baseline: Δ with its 95% CI, raw and
+multiplicity-adjusted p, and, given the runs' histories, the time-matched Δ (analysis.comparisons).
+`low_n` flags rows with fewer than 3 finished seeds (a paired test with 1 degree of freedom).
 """
 
 from __future__ import annotations
@@ -29,7 +29,16 @@ import numpy as np
 import pandas as pd
 
 from analysis import fmt
-from analysis.stats import compare, summarize
+from analysis.comparisons import (
+    COMPARISON_COLUMNS,
+    GATE_COLUMNS,
+    HELPER_COLUMNS,
+    TIME_COLUMNS,
+    add_comparisons,
+    clean,
+)
+from analysis.stats import MIN_SEEDS, summarize
+from analysis.timematch import curves_from_histories
 from trainer.config import FIELD_SECTION, NON_IDENTITY_KEYS
 from trainer.errors import DataError
 
@@ -43,15 +52,15 @@ _STUDY_ORDER: tuple[str, ...] = (
 )
 CONFIG_COLUMNS: tuple[str, ...] = _STUDY_ORDER + tuple(sorted(
     k for k in FIELD_SECTION if k not in NON_IDENTITY_KEYS and k != "seed" and k not in _STUDY_ORDER))
-GATE_COLUMNS = frozenset({"attn_gate", "gate_pos", "gate_act"})
-BASELINE_GATE = "none"
 FINISHED, EARLY_STOPPED = "FINISHED", "EARLY_STOPPED"
 COMPAT_METRICS = ("seeds", "final_loss", "train_time")
 REQUIRED = ("attn_gate", "status", "final_val_loss", "train_time_ms")
-STAT_COLUMNS = (
-    "n", "failed", "early_stopped", "final_val_loss", "std", "ci95", "best_val_loss",
-    "train_time_ms", "ms_per_step", "delta", "delta_pct", "p_value", "test",
+GROUP_COLUMNS = (
+    "n", "low_n", "failed", "early_stopped", "final_val_loss", "std", "ci95", "best_val_loss",
+    "train_time_ms", "ms_per_step",
 )
+STAT_COLUMNS = GROUP_COLUMNS + COMPARISON_COLUMNS + TIME_COLUMNS
+SEED_VALUES = "seed_values"
 
 
 def varying_columns(runs: pd.DataFrame, candidates: Sequence[str] = CONFIG_COLUMNS) -> list[str]:
@@ -68,15 +77,26 @@ def stage_table(
     *,
     stages: Sequence[str] | None = None,
     keys: Sequence[str] | None = None,
+    adjust: str = "holm",
+    histories: pd.DataFrame | None = None,
+    per_seed: bool = False,
 ) -> pd.DataFrame:
-    """One row per configuration: key columns then `STAT_COLUMNS` (plus `stage` for >1 stage)."""
+    """One row per configuration: key columns then `STAT_COLUMNS` (plus `stage` for >1 stage).
+
+    `adjust`: holm | bh | none, for `p_adj` and `p_time_adj`. `histories` (fetch_histories with
+    keys val_loss and train_time_ms) turns on the time-matched columns; without it they are NaN.
+    `per_seed` keeps a last column `seed_values` (seed -> final loss) for planning (analysis.power)."""
     _check_columns(runs)
     keys = list(keys) if keys is not None else key_columns(runs)
     blocks = _blocks(runs, stages)
     rows = [_group_row(stage, key, grp, keys) for stage, key, grp in _groups(blocks, keys)]
-    table = pd.DataFrame(rows, columns=["stage", *keys, *STAT_COLUMNS[:-4], "_values"])
-    _add_baseline_comparison(table, keys)
-    table = table.drop(columns="_values")
+    table = pd.DataFrame(rows, columns=["stage", *keys, *GROUP_COLUMNS, *HELPER_COLUMNS])
+    curves = None if histories is None else curves_from_histories(histories, _last_steps(runs))
+    add_comparisons(table, keys, adjust=adjust, curves=curves)
+    table = table.drop(columns=list(HELPER_COLUMNS[1:] if per_seed else HELPER_COLUMNS))
+    table = table.rename(columns={"_values": SEED_VALUES})
+    if per_seed:
+        table = table.reindex(columns=[c for c in table.columns if c != SEED_VALUES] + [SEED_VALUES])
     if _distinct(table["stage"]) <= 1:
         table = table.drop(columns="stage")
     return table.reset_index(drop=True)
@@ -155,66 +175,35 @@ def _group_row(stage: str, key: tuple, grp: pd.DataFrame, keys: Sequence[str]) -
     s = summarize(ok["final_val_loss"].tolist())
     return {
         "stage": stage, **dict(zip(keys, key, strict=True)),
-        "n": s.n, "failed": _count(~grp["status"].isin([FINISHED, EARLY_STOPPED])),
+        "n": s.n, "low_n": s.n < MIN_SEEDS, "failed": _count(~grp["status"].isin([FINISHED, EARLY_STOPPED])),
         "early_stopped": _count(grp["status"] == EARLY_STOPPED),
         "final_val_loss": s.mean, "std": s.std, "ci95": s.ci95,
         "best_val_loss": _mean(ok, "best_val_loss"), "train_time_ms": _mean(ok, "train_time_ms"),
-        "ms_per_step": _mean(ok, "ms_per_step"), "_values": _per_seed(ok),
+        "ms_per_step": _mean(ok, "ms_per_step"), "_values": _per_seed(ok, "final_val_loss"),
+        "_runs": _per_seed(ok, "mlflow_run_id"), "_times": _per_seed(ok, "train_time_ms"),
     }
 
 
-def _add_baseline_comparison(table: pd.DataFrame, keys: Sequence[str]) -> None:
-    match_cols = [k for k in keys if k not in GATE_COLUMNS]
-    results = []
-    for i, row in table.iterrows():
-        j = _find_baseline(table, row, match_cols, keys)
-        if j is None:
-            results.append((math.nan, math.nan, math.nan, ""))
-        elif j == i:
-            # a baseline whose runs all failed cannot anchor a comparison: say so in the row
-            has_runs = bool(table.at[i, "n"])
-            results.append((math.nan, math.nan, math.nan, "baseline" if has_runs else "baseline (no finished runs)"))
-        else:
-            c = compare(dict(row["_values"]), dict(table.at[j, "_values"]))  # type: ignore[arg-type]
-            results.append((c.delta, c.delta_pct, c.p_value, c.test))
-    table[["delta", "delta_pct", "p_value", "test"]] = pd.DataFrame(results, index=table.index)
+def _per_seed(ok: pd.DataFrame, col: str) -> dict:
+    """seed -> the runs' `col`; runs without a usable (unique) seed get keys that never pair."""
+    seeds = [_clean(s) for s in (ok["seed"].tolist() if "seed" in ok.columns else [None] * len(ok))]
+    values = ok[col].tolist() if col in ok.columns else [None] * len(ok)
+    if any(s is None for s in seeds) or len(set(seeds)) < len(seeds):
+        return {("run", i): v for i, v in enumerate(values)}
+    return dict(zip(seeds, values, strict=True))
 
 
-def _find_baseline(table: pd.DataFrame, row: pd.Series, match_cols: Sequence[str], keys: Sequence[str]):
-    cands = [
-        j for j, other in table.iterrows()
-        if bool(other["attn_gate"] == BASELINE_GATE) and all(_same(other[c], row[c]) for c in match_cols)
-    ]
-    if not cands:
-        return None
-    gate_cols = [k for k in keys if k in GATE_COLUMNS and k != "attn_gate"]
-
-    def preference(j):
-        other = table.loc[j]
-        return (other["stage"] != row["stage"], not all(_same(other[c], row[c]) for c in gate_cols), j)
-
-    return min(cands, key=preference)
-
-
-def _per_seed(ok: pd.DataFrame) -> dict:
-    """seed -> final loss; runs without a usable (unique) seed get keys that never pair."""
-    seeds = ok["seed"].tolist() if "seed" in ok.columns else [None] * len(ok)
-    losses = ok["final_val_loss"].tolist()
-    clean = [_clean(s) for s in seeds]
-    if any(s is None for s in clean) or len(set(clean)) < len(clean):
-        return {("run", i): v for i, v in enumerate(losses)}
-    return dict(zip(clean, losses, strict=True))
+def _last_steps(runs: pd.DataFrame) -> dict[str, object]:
+    if "mlflow_run_id" not in runs.columns or "num_iterations" not in runs.columns:
+        return {}
+    return {str(r): n for r, n in zip(runs["mlflow_run_id"], runs["num_iterations"], strict=True) if r}
 
 
 def _mean(df: pd.DataFrame, col: str) -> float:
     return summarize(df[col].tolist()).mean if col in df.columns else math.nan
 
 
-def _clean(v: object) -> object:
-    """Missing -> None so that keys compare equal; numpy scalars -> Python scalars."""
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return None
-    return v.item() if isinstance(v, np.generic) else v
+_clean = clean
 
 
 def rows_where(df: pd.DataFrame, mask) -> pd.DataFrame:
@@ -228,11 +217,6 @@ def _distinct(values: Any) -> int:  # a Series; pandas' own hints say "Series | 
 
 def _count(mask: Any) -> int:
     return int(np.count_nonzero(mask.to_numpy()))
-
-
-def _same(a: object, b: object) -> bool:
-    a, b = _clean(a), _clean(b)
-    return a == b
 
 
 def _sort_key(key: tuple) -> tuple:

@@ -168,6 +168,8 @@ class SweepStore:
                     where = f"`gatesweep sync {record_dir}` does it once the server is back"
                 print(f"warning: could not mark sweep run {self.parent_id} {status} in MLflow ({type(e).__name__}); "
                       f"{where}", file=sys.stderr)
+            else:
+                _log_decision(self.uri, self.parent_id)
 
     @contextmanager
     def one_parent(self, record_dir: Path | None = None) -> Iterator[None]:
@@ -273,6 +275,16 @@ def _launcher_alive(pid: int) -> bool:
         return b"gatesweep" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def _log_decision(uri: str, parent_id: str) -> None:
+    """The sweep's decision table on its parent run (analysis.decision, which never raises); a
+    launcher without the analysis extras (pandas, scipy) skips it."""
+    try:
+        from analysis.decision import log_sweep_decision
+    except ImportError:
+        return
+    log_sweep_decision(uri, parent_id)
 
 
 def sync_sweep_record(path: Path, uri: str | None) -> str:

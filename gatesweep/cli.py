@@ -11,7 +11,7 @@ import sys
 
 from trainer.errors import GatesweepError
 
-COMMANDS = ("plan", "run", "status", "sync", "warmup", "table", "report", "import", "train", "data")
+COMMANDS = ("plan", "run", "status", "sync", "warmup", "table", "report", "power", "import", "train", "data")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 DELEGATED = {
     "table": "seed-averaged stage table with statistics (gatesweep table -h)",
     "report": "Markdown report with tables and figures (gatesweep report -h)",
+    "power": "seeds per configuration needed to detect a loss difference (gatesweep power -h)",
     "import": "import a legacy results CSV and logs into MLflow (gatesweep import -h)",
     "train": "run the trainer in this process (gatesweep train key=value ...)",
     "data": "make or check token shards: fineweb, text, synth (gatesweep data -h)",
@@ -80,11 +81,11 @@ def _dispatch(argv: list[str]) -> int:
                   file=sys.stderr)
             return 2
         rest = rest + ["--tracking-uri", uri]
-    if rest and rest[0] in ("table", "report", "import"):
+    if rest and rest[0] in ("table", "report", "power", "import"):
         from analysis import cli as analysis_cli
 
         return {"table": analysis_cli.table_main, "report": analysis_cli.report_main,
-                "import": analysis_cli.import_main}[rest[0]](rest[1:])
+                "power": analysis_cli.power_main, "import": analysis_cli.import_main}[rest[0]](rest[1:])
     if rest and rest[0] == "data":
         from trainer import data_cli
 

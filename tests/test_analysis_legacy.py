@@ -8,7 +8,10 @@ import pytest
 from analysis.legacy import (
     check_log_matches,
     coerce,
+    config_mismatch,
+    is_curves_header,
     legacy_trial_id,
+    parse_curves_csv,
     parse_log,
     parse_results_csv,
     tidy_frame,
@@ -128,3 +131,50 @@ def test_tidy_frame_has_the_fetch_schema():
     assert list(df.columns[:7]) == ["mlflow_run_id", "trial_id", "spec", "stage", "seed", "status", "backend"]
     assert df["stage"].tolist() == ["s3.5", "s3.5"] and df["spec"].iloc[0] == "original_baseline"
     assert df["final_val_loss"].tolist() == [3.2938, 3.2951]
+
+
+def test_a_val_step_keeps_the_val_lines_clock_as_the_trainer_logs_it():
+    text = ("step:0/2 val_loss:11.0 train_time:152ms step_avg:nanms\n"
+            "step:1/2 train_loss:10.0 train_time:77942ms step_avg:nanms\n"
+            "step:2/2 train_loss:9.0 train_time:600ms step_avg:300.00ms\n"
+            "step:2/2 val_loss:9.5 train_time:611ms step_avg:305.50ms\n")
+    points = {(k, s): v for k, s, v in parse_log(text, "x.txt").points}
+    assert points[("train_time_ms", 0)] == 152.0 and points[("train_time_ms", 2)] == 611.0
+    assert points[("train_time_ms", 1)] == 77942.0 and points[("step_avg_ms", 2)] == 300.0
+
+
+def test_parse_the_studys_curve_csvs():
+    text = (FIX / "study/log_curves_stage3.csv").read_text()
+    curves = parse_curves_csv(text, "log_curves_stage3.csv")
+    assert len(curves) == 6
+    c = curves["cadd9fa4-5d2f-4de3-845e-60fed27b6c1e"]
+    assert c.config == {"attn_gate": "none", "learning_rate": 0.00468}
+    val = {s: v for k, s, v in c.points if k == "val_loss"}
+    ms = {s: v for k, s, v in c.points if k == "train_time_ms"}
+    assert len(val) == len(ms) == 42 and val[5100] == 3.292 and ms[5100] == 1476861.0 and ms[0] == 152.0
+    stage1 = parse_curves_csv((FIX / "study/stage_1_log_curves.csv").read_text(), "stage_1_log_curves.csv")
+    assert stage1["9c5dec76-4726-4e4b-a84a-dbbe36296948"].config == {
+        "num_iterations": 1500, "attn_gate": "headwise", "gate_act": "ns_sigmoid", "gate_pos": "sdpa"}
+    assert is_curves_header(text.splitlines()[0].split(","))
+    results_header = (FIX / "study/results_stage1.csv").read_text().splitlines()[0].split(",")
+    assert not is_curves_header(results_header)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("run_id,step,val_loss\na,0,1.0\n", r"c\.csv: missing column\(s\) train_time_ms"),
+    ("run_id,step,val_loss,train_time_ms\na,0,x,5\n", r"c\.csv:2: val_loss='x' is not a number"),
+    ("run_id,step,val_loss,train_time_ms\na,-1,1.0,5\n", r"c\.csv:2: needs a run_id and an integer step"),
+    ("run_id,step,val_loss,train_time_ms,attn_gate\na,0,1.0,5,none\na,1,1.0,5,headwise\n",
+     r"c\.csv:3: run a changes its config"),
+    ("run_id,step,val_loss,train_time_ms\n", r"c\.csv: no data rows"),
+])
+def test_curve_csv_errors_name_the_line_and_field(text, match):
+    with pytest.raises(DataError, match=match):
+        parse_curves_csv(text, "c.csv")
+
+
+def test_config_mismatch():
+    params = {"attn_gate": "elementwise", "learning_rate": 0.00468, "num_iterations": 5100}
+    assert config_mismatch({"attn_gate": "elementwise", "learning_rate": 0.00468, "gate_act": "x"}, params) == ""
+    assert config_mismatch({"num_iterations": 1500}, params) == "num_iterations=1500 here but num_iterations=5100 in the imported run"
+    assert config_mismatch({"attn_gate": "none"}, params).startswith("attn_gate=none here")

@@ -244,7 +244,7 @@ def test_cli_table_spec_and_report(server, client, tmp_path, capsys):
     capsys.readouterr()
     assert table_main([str(spec), "--format", "md", "--tracking-uri", server.uri]) == 0
     md = capsys.readouterr().out
-    assert "| elementwise | 2 " in md and "paired" in md and "baseline" in md
+    assert "| elementwise | 2† " in md and "paired" in md and "baseline" in md and "p adj is Holm-adjusted" in md
     assert table_main(["--stage", "lr", *common, "--out", str(tmp_path / "t")]) == 0
     assert (tmp_path / "t" / "lr_table.txt").read_text().count("elementwise") == 2
     # --skip-empty (make tables): a spec with nothing recorded yet is a note, a broken store still an error

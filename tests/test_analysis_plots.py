@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.plots import is_lr_stage, plot_lr_sweep, plot_per_layer, plot_stage_bars, plot_val_curves
+from analysis.plots import (
+    is_lr_stage,
+    plot_lr_sweep,
+    plot_per_layer,
+    plot_stage_bars,
+    plot_val_curves,
+    plot_val_vs_time,
+)
 from analysis.table import stage_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -78,3 +85,25 @@ def test_per_layer(tmp_path):
     assert_png(tmp_path / "layers.png")
     with pytest.raises(ValueError, match="diag/nothing/layer_NN"):
         plot_per_layer(runs_frame(), "diag/nothing", tmp_path / "x.png")
+
+
+def test_val_vs_wall_clock(tmp_path):
+    runs = runs_frame()
+    rows = []
+    for r, off, ms_per_step in [("none-0.0036-1", 0.0, 400.0), ("none-0.0036-2", 0.2, 440.0),
+                                ("elementwise-0.0036-1", 0.1, 500.0)]:
+        for s, v in [(0, 10.0), (125, 5.0), (250, 4.0)]:
+            rows += [{"mlflow_run_id": r, "key": "val_loss", "step": s, "value": v + off},
+                     {"mlflow_run_id": r, "key": "train_time_ms", "step": s, "value": s * ms_per_step}]
+    rows.append({"mlflow_run_id": "none-0.0036-1", "key": "val_loss", "step": 300, "value": 3.9})  # no time
+    out = tmp_path / "time.png"
+    drawn = plot_val_vs_time(pd.DataFrame(rows), runs, out)
+    assert set(drawn) == {"none lr=0.0036", "elementwise lr=0.0036"}
+    none = drawn["none lr=0.0036"]
+    np.testing.assert_allclose(none["minutes"], [0.0, 125 * 420 / 60_000, 250 * 420 / 60_000])  # mean time
+    np.testing.assert_allclose(none["mean"], [10.1, 5.1, 4.1])  # step 300 has no time: left out
+    np.testing.assert_allclose(drawn["elementwise lr=0.0036"]["minutes"][-1], 250 * 500 / 60_000)
+    assert_png(out)
+    only_loss = pd.DataFrame([r for r in rows if r["key"] == "val_loss"])
+    assert plot_val_vs_time(only_loss, runs, tmp_path / "none.png") == {}
+    assert not (tmp_path / "none.png").exists()

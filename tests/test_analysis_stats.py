@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from analysis.stats import PAIRED, UNDEFINED, WELCH, compare, summarize
+from analysis.stats import PAIRED, UNDEFINED, WELCH, adjust_p, compare, summarize
 
 
 def test_summarize_matches_scipy_t_interval():
@@ -63,3 +63,61 @@ def test_compare_one_shared_seed_is_not_paired():
 def test_compare_empty_group_is_undefined():
     c = compare({}, {1: 3.0, 2: 3.1})
     assert math.isnan(c.delta) and c.test == UNDEFINED
+
+
+def test_paired_ci_is_the_t_interval_of_the_per_seed_differences():
+    base = {1337: 3.5336, 1338: 3.5331, 1339: 3.5350}
+    gate = {1337: 3.5165, 1338: 3.5153, 1339: 3.5170}
+    d = np.array([gate[s] - base[s] for s in base])
+    half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    c = compare(gate, base)
+    assert (c.ci_low, c.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
+
+
+def test_welch_ci_uses_welch_satterthwaite_degrees_of_freedom():
+    g, b = [3.27, 3.28, 3.26, 3.25], [3.30, 3.33, 3.29]
+    vg, vb = np.var(g, ddof=1) / len(g), np.var(b, ddof=1) / len(b)
+    df = (vg + vb) ** 2 / (vg ** 2 / (len(g) - 1) + vb ** 2 / (len(b) - 1))
+    half = sps.t.ppf(0.975, df) * math.sqrt(vg + vb)
+    c = compare(dict(enumerate(g)), {10 + i: v for i, v in enumerate(b)})
+    delta = np.mean(g) - np.mean(b)
+    assert c.test == WELCH and (c.ci_low, c.ci_high) == pytest.approx((delta - half, delta + half))
+
+
+def test_study_stage1_elementwise_by_hand():
+    """The issue's figures: seeds 1337/1338 of results_stage1.csv, 1 df, Holm over 4 comparisons."""
+    base = {1337: 3.533581495285034, 1338: 3.533149480819702}
+    elem = {1337: 3.51651382446289, 1338: 3.5152833461761475}
+    c = compare(elem, base)
+    d = [elem[s] - base[s] for s in base]
+    half = 12.706204736174698 * abs(d[0] - d[1]) / math.sqrt(2) / math.sqrt(2)  # t_{0.975,1} * sd / sqrt(n)
+    assert c.delta == pytest.approx(-0.017467, abs=1e-6)
+    assert (c.ci_low, c.ci_high) == pytest.approx((c.delta - half, c.delta + half))
+    assert round(c.ci_low, 4) == -0.0225 and round(c.ci_high, 4) == -0.0124
+    assert round(c.p_value, 4) == 0.0145
+    others = [0.16941309700083226, 0.030076661867268418, 0.06912649319036517]  # const, headwise/ns, headwise
+    assert round(adjust_p([c.p_value, *others])[0], 4) == 0.0582  # smallest of 4: 4 * p
+
+
+def holm_by_hand(ps):
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+@pytest.mark.parametrize("ps", [[0.0145, 0.030, 0.069, 0.169], [0.01, 0.04, 0.03, 0.5, 0.001], [0.2]])
+def test_adjust_p_holm_and_bh(ps):
+    assert adjust_p(ps, "holm") == pytest.approx(holm_by_hand(ps))
+    assert adjust_p(ps, "bh") == pytest.approx(list(sps.false_discovery_control(ps, method="bh")))
+    assert adjust_p(ps, "none") == ps
+
+
+def test_adjust_p_leaves_undefined_out_of_the_family():
+    out = adjust_p([0.01, math.nan, 0.04])
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
+    assert adjust_p([]) == [] and math.isnan(adjust_p([math.nan])[0])
+    with pytest.raises(ValueError, match="holm, bh, none"):
+        adjust_p([0.1], "bonferroni")

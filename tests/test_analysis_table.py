@@ -172,3 +172,53 @@ def test_a_baseline_with_only_failed_runs_is_labelled_and_anchors_nothing():
     assert table.loc["none", "test"] == "baseline (no finished runs)"
     assert table.loc["none", "failed"] == 2 and table.loc["none", "n"] == 0
     assert math.isnan(table.loc["elementwise", "delta"])
+
+
+def test_comparison_rows_carry_ci_and_holm_adjusted_p(runs):
+    t = stage_table(runs).set_index(["attn_gate", "learning_rate"])
+    paired = t.loc[("elementwise", 0.0036)]
+    ci = sps.ttest_rel([3.27, 3.28, 3.26], [3.30, 3.31, 3.29]).confidence_interval(0.95)
+    assert (paired["delta_ci_low"], paired["delta_ci_high"]) == pytest.approx((ci.low, ci.high))
+    welch = t.loc[("elementwise", 0.00468)]
+    ci = sps.ttest_ind([3.22, 3.24], [3.25, 3.26], equal_var=False).confidence_interval(0.95)
+    assert (welch["delta_ci_low"], welch["delta_ci_high"]) == pytest.approx((ci.low, ci.high))
+    # three comparisons (elementwise x2, headwise); the two baselines have no p and stay out of the family
+    compared = t[t["p_value"].notna()]
+    assert len(compared) == 3
+    ps = compared["p_value"].tolist()
+    order = sorted(range(3), key=lambda i: ps[i])
+    holm = [0.0] * 3
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (3 - rank) * ps[i]))
+        holm[i] = running
+    assert compared["p_adj"].tolist() == pytest.approx(holm)
+    assert t[t["test"] == "baseline"]["p_adj"].isna().all()
+    none = stage_table(runs, adjust="none")
+    assert none["p_adj"].dropna().tolist() == pytest.approx(none["p_value"].dropna().tolist())
+    bh = stage_table(runs, adjust="bh")
+    assert bh["p_adj"].dropna().tolist() == pytest.approx(list(sps.false_discovery_control(
+        bh["p_value"].dropna().tolist())))
+
+
+def test_low_n_flag_in_csv_and_display(runs):
+    t = stage_table(runs)
+    assert dict(zip(zip(t["attn_gate"], t["learning_rate"]), t["low_n"])) == {
+        ("elementwise", 0.0036): False, ("elementwise", 0.00468): True, ("headwise", 0.0036): True,
+        ("none", 0.0036): False, ("none", 0.00468): True}
+    header = render.to_csv(t).splitlines()[0].split(",")
+    for col in ("delta_ci_low", "delta_ci_high", "p_adj", "low_n", "p_value", "delta"):
+        assert col in header
+    shown = render.display_table(t)
+    assert shown["n"].tolist() == ["3", "2†", "2†", "3", "2†"]
+    assert shown.iloc[0]["delta_ci"].startswith("[-0.") and shown.iloc[3]["delta_ci"] == ""
+    assert "loss_at_base_time" not in shown.columns  # no histories given: no time-matched columns
+    note = render.reading_note(t)
+    assert "Holm-adjusted across the 3 comparison(s)" in note and "† marks n < 3" in note
+    md = render.to_markdown(shown, render.DISPLAY_HEADERS)
+    assert "| Δ 95% CI " in md and "| p adj " in md
+
+
+def test_the_low_n_sentence_appears_only_with_a_low_n_row(runs):
+    three = stage_table(runs.query("learning_rate == 0.0036 and attn_gate != 'headwise'"))
+    assert not three["low_n"].any() and "†" not in render.reading_note(three)
