@@ -96,7 +96,7 @@ def test_one_sweep_run_holds_the_log_and_every_needed_trial(sweep):
     assert sorted(tags["gatesweep.trial_ids"].split(",")) == sorted(r.data.tags["trial_id"] for r in trials)
     from mlflow.tracking import MlflowClient
 
-    assert [a.path for a in MlflowClient(uri).list_artifacts(parents[0].info.run_id)] == ["sequential.json"]
+    assert "sequential.json" in {a.path for a in MlflowClient(uri).list_artifacts(parents[0].info.run_id)}
 
 
 def test_a_rerun_starts_nothing_and_plan_shows_the_looks(sweep):
