@@ -45,6 +45,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     from analysis import render
     from analysis.fetch import fetch_runs
+    from analysis.sequential import annotate_for_spec
     from analysis.table import compat_table, stage_table
     from trainer.errors import NoRunsError
 
@@ -65,7 +66,8 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         if args.columns:
             raise SpecError("--columns applies to --compat only; drop it or add --compat")
         histories = None if args.no_time else _curves(runs, args.tracking_uri)
-        numeric = stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories)
+        numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories),
+                                    target.spec, tracking_uri=args.tracking_uri)
         note = "\n\n".join(t for t in (render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
         headers = render.DISPLAY_HEADERS
         df = numeric if args.format == "csv" else render.display_table(numeric)
@@ -237,11 +239,13 @@ def _render(df, fmt_name: str, *, title: str, note: str, headers) -> str:
 def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None, adjust: str) -> list[Path]:
     from analysis import plots, render
     from analysis.report import render_report
+    from analysis.sequential import annotate_for_spec
     from analysis.table import compat_table, stage_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
     hist = _curves(runs, tracking_uri)
-    numeric = stage_table(runs, stages=target.stages, adjust=adjust, histories=hist)
+    numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=adjust, histories=hist),
+                                target.spec, tracking_uri=tracking_uri)
     compat = compat_table(runs, stages=target.stages)
     files = {"table.md": render.to_markdown(render.display_table(numeric), render.DISPLAY_HEADERS),
              "table.csv": render.to_csv(numeric), "compat.csv": render.to_csv(compat)}

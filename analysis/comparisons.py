@@ -32,9 +32,12 @@ _NAN5 = (math.nan,) * 5
 
 def add_comparisons(
     table: pd.DataFrame, keys: Sequence[str], *, adjust: str = "holm", curves: Mapping[str, Curve] | None = None,
+    budget_keys: frozenset[str] = frozenset(),
 ) -> None:
-    """Fill COMPARISON_COLUMNS and TIME_COLUMNS in place. `curves` None: time matching not asked for."""
-    baselines = find_baselines(table, keys)
+    """Fill COMPARISON_COLUMNS and TIME_COLUMNS in place. `curves` None: time matching not asked for.
+    `budget_keys`: keys a time_of budget set (a budget-matched design gives each gate its own
+    num_iterations for the baseline's wall-clock), ignored when matching a row to its baseline."""
+    baselines = find_baselines(table, [k for k in keys if k not in budget_keys])
     step = [_step_cells(table, i, baselines[i]) for i in table.index]
     table[list(COMPARISON_COLUMNS)] = pd.DataFrame(step, index=table.index, columns=list(COMPARISON_COLUMNS))
     table["p_adj"] = adjust_p(table["p_value"].tolist(), adjust)

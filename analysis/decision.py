@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import render
+from analysis.sequential import SEQ_COLUMN
 from analysis.table import STAT_COLUMNS, config_label
 from trainer.errors import NoRunsError
 
@@ -55,10 +56,20 @@ def decision_frame(table: pd.DataFrame) -> pd.DataFrame:
         "ci_low": (table["final_val_loss"] - table["ci95"]).to_numpy(),
         "ci_high": (table["final_val_loss"] + table["ci95"]).to_numpy(),
         "n": table["n"].to_numpy(),
-        "decision": [verdict(d, p, t) for d, p, t in zip(table["delta"], table["p_adj"], table["test"], strict=True)],
+        "decision": _decisions(table),
         **{c: table[c].to_numpy() for c in _COMPARISON},
     })
     return out.round(6).astype(object).where(out.notna(), "")
+
+
+def _decisions(table: pd.DataFrame) -> list[str]:
+    """The verdict per row; a sequential sweep's stopping rule overrides it for the rows it compared (a
+    Holm p over seeds gathered until a stop is not a valid test: the rule's boundaries are)."""
+    plain = [verdict(d, p, t) for d, p, t in zip(table["delta"], table["p_adj"], table["test"], strict=True)]
+    if SEQ_COLUMN not in table.columns:
+        return plain
+    return [f"sequential: {s}" if s and not s.startswith("baseline") else v
+            for v, s in zip(plain, table[SEQ_COLUMN].astype(str), strict=True)]
 
 
 def config_metrics(frame: pd.DataFrame) -> dict[str, float]:
@@ -125,6 +136,10 @@ def log_sweep_decision(tracking_uri: str, parent_id: str, *, adjust: str = "holm
         if not finished:
             return False  # e.g. a Slurm submission: the trials have not run yet
         table = stage_table(runs, adjust=adjust, histories=fetch_histories(finished, HISTORY_KEYS, tracking_uri=uri))
+        if spec:
+            from analysis.sequential import annotate_for_spec
+
+            table = annotate_for_spec(table, spec, tracking_uri=uri)
         log_decision(client, parent_id, table, title=stage or spec or parent_id, adjust=adjust)
         return True
     except NoRunsError:

@@ -28,6 +28,8 @@ TIDY_COLUMNS = ("mlflow_run_id", "trial_id", "spec", "stage", "seed", "status", 
 SUMMARY_METRICS = ("final_val_loss", "best_val_loss", "train_time_ms", "ms_per_step")
 HISTORY_COLUMNS = ("mlflow_run_id", "key", "step", "value")
 KIND_TAG = "gatesweep.kind"
+BUDGET_TAG = "gatesweep.budget_matched"  # sweeps.expand.BUDGET_TAG (analysis does not import sweeps)
+BUDGET_COLUMN = "budget_matched"
 _SAFE_VALUE = re.compile(r"^[\w.:/+\- ]+$")
 _PAGE = 1000
 
@@ -56,6 +58,8 @@ def record_from_run(run: Any) -> dict[str, object]:
         "stage": tags.get("stage"), "seed": seed, "status": tags.get("status") or run.info.status,
         "backend": tags.get("backend"), "_start_time": run.info.start_time or 0,
     }
+    if tags.get(BUDGET_TAG):  # keys a time_of budget set (sweeps.expand): baselines may differ in them
+        row[BUDGET_COLUMN] = tags[BUDGET_TAG]
     row.update({k: v for k, v in params.items() if k not in row})
     row.update({k: math.nan for k in SUMMARY_METRICS})
     row.update(run.data.metrics)

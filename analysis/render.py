@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from analysis import fmt
+from analysis.sequential import SEQ_COLUMN
 from analysis.stats import MIN_SEEDS
 from analysis.table import STAT_COLUMNS
 
@@ -26,7 +27,7 @@ DISPLAY_HEADERS = {
     "train_time": "train time", "ms_per_step": "ms/step", "delta": "Δ loss", "delta_ci": "Δ 95% CI",
     "delta_pct": "Δ %", "p_value": "p", "p_adj": "p adj", "test": "test",
     "loss_at_base_time": "loss @ base time ≈", "delta_time": "Δ time ≈", "delta_time_ci": "Δ time 95% CI",
-    "p_time_adj": "p time adj",
+    "p_time_adj": "p time adj", "seq_stop": "sequential seeds",
 }
 ADJUST_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "no"}
 
@@ -34,7 +35,7 @@ ADJUST_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "no"}
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """Stage table (numbers) -> strings for people; drops best_val_loss and raw train_time_ms.
     The time-matched columns appear only when some row has them."""
-    keys = [c for c in table.columns if c not in STAT_COLUMNS]
+    keys = [c for c in table.columns if c not in STAT_COLUMNS and c != SEQ_COLUMN]
     out = pd.DataFrame({k: [fmt.format_value(v) for v in table[k]] for k in keys}, dtype=object)
     out["n"] = [f"{n}{LOW_N_MARK if low else ''}" for n, low in zip(table["n"].astype(int), table["low_n"], strict=True)]
     for col in ("failed", "early_stopped"):
@@ -55,6 +56,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         out["delta_time"] = [fmt.format_signed(v, 4) for v in table["delta_time"]]
         out["delta_time_ci"] = _intervals(table, "delta_time_ci_low", "delta_time_ci_high")
         out["p_time_adj"] = [fmt.format_p(v) for v in table["p_time_adj"]]
+    if SEQ_COLUMN in table.columns:  # a sequential sweep's stopping rule (analysis.sequential.annotate)
+        out[SEQ_COLUMN] = [str(v) for v in table[SEQ_COLUMN]]
     return out
 
 

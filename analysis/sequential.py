@@ -269,6 +269,12 @@ def _same_value(a: Any, b: Any) -> bool:
         return str(a) == str(b)
 
 
+def annotate_for_spec(table: Any, spec: str | Path | None, *, tracking_uri: str | None = None) -> Any:
+    """The table with `seq_stop` when `spec` (file or name) ran with sequential seeds; else unchanged."""
+    log = decisions_for_spec(spec, tracking_uri=tracking_uri) if spec else None
+    return annotate(table, log) if log else table
+
+
 def decisions_for_spec(spec: str | Path, *, runs_root: str | Path = "runs",
                        tracking_uri: str | None = None) -> dict[str, Any] | None:
     """The decision log of a spec's sequential sweep, or None for a spec without one. `spec`: the spec

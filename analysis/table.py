@@ -92,7 +92,7 @@ def stage_table(
     rows = [_group_row(stage, key, grp, keys) for stage, key, grp in _groups(blocks, keys)]
     table = pd.DataFrame(rows, columns=["stage", *keys, *GROUP_COLUMNS, *HELPER_COLUMNS])
     curves = None if histories is None else curves_from_histories(histories, _last_steps(runs))
-    add_comparisons(table, keys, adjust=adjust, curves=curves)
+    add_comparisons(table, keys, adjust=adjust, curves=curves, budget_keys=_budget_keys(runs))
     table = table.drop(columns=list(HELPER_COLUMNS[1:] if per_seed else HELPER_COLUMNS))
     table = table.rename(columns={"_values": SEED_VALUES})
     if per_seed:
@@ -100,6 +100,13 @@ def stage_table(
     if _distinct(table["stage"]) <= 1:
         table = table.drop(columns="stage")
     return table.reset_index(drop=True)
+
+
+def _budget_keys(runs: pd.DataFrame) -> frozenset[str]:
+    """Keys a time_of budget set in some run (analysis.fetch.BUDGET_COLUMN, "num_iterations")."""
+    if "budget_matched" not in runs.columns:
+        return frozenset()
+    return frozenset(k for v in runs["budget_matched"].dropna() for k in str(v).split(",") if k)
 
 
 def compat_table(

@@ -21,6 +21,7 @@ from trainer.config import TrainConfig, config_hash
 from trainer.errors import ConfigError, SpecError
 
 ChainResolver = Callable[[Chain, str], Any]
+BUDGET_TAG = "gatesweep.budget_matched"
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,16 @@ class Trial:
     config: TrainConfig
     resources: Resources
     experiment: str
+    budget_keys: tuple[str, ...] = ()
+    """Keys whose value came from a time_of budget: the table compares such a trial with a baseline of
+    another value of these keys (a budget-matched design runs each gate for the baseline's time)."""
 
     def meta(self) -> dict[str, Any]:
         """The `trial` section of trial.json (tags for the tracker)."""
         return {"trial_id": self.trial_id, "spec": self.spec, "stage": self.stage, "seed": self.seed,
                 "experiment": self.experiment, "label": self.label,
-                "tags": {"gatesweep.kind": "trial", "mlflow.runName": self.run_name}}
+                "tags": {"gatesweep.kind": "trial", "mlflow.runName": self.run_name}
+                | ({BUDGET_TAG: ",".join(self.budget_keys)} if self.budget_keys else {})}
 
     @property
     def run_name(self) -> str:
@@ -138,7 +143,9 @@ def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
             design = tuple((k, values[k]) for k in varying if k in point)
             trials.append(Trial(trial_id=tid, spec=spec.name, stage=spec.stage, seed=seed, index=len(trials),
                                 label=_label(dict(design), varying), design=design, config=cfg,
-                                resources=spec.resources, experiment=spec.experiment))
+                                resources=spec.resources, experiment=spec.experiment,
+                                budget_keys=tuple(k for k, v in (spec.base_dict | point).items()
+                                                  if isinstance(v, TimeOf) and k not in overrides)))
     return trials
 
 

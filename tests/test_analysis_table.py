@@ -222,3 +222,18 @@ def test_low_n_flag_in_csv_and_display(runs):
 def test_the_low_n_sentence_appears_only_with_a_low_n_row(runs):
     three = stage_table(runs.query("learning_rate == 0.0036 and attn_gate != 'headwise'"))
     assert not three["low_n"].any() and "†" not in render.reading_note(three)
+
+
+def test_budget_matched_rows_compare_with_a_baseline_of_other_length():
+    """A time_of design gives each gate its own num_iterations (the baseline's wall-clock): such rows still
+    pair with the baseline; without the budget tag other lengths never pair (stage 2.5 vs 3 stay apart)."""
+    none = [run("none", 0.0036, s, v, num_iterations=1500) for s, v in ((1, 3.30), (2, 3.31), (3, 3.29))]
+    gated = [run("elementwise", 0.0036, s, v, num_iterations=1412) for s, v in ((1, 3.28), (2, 3.30), (3, 3.27))]
+    plain = stage_table(pd.DataFrame(none + gated))
+    assert math.isnan(plain.set_index("attn_gate").at["elementwise", "delta"])
+    budget = pd.DataFrame([r | {"budget_matched": "num_iterations"} for r in none + gated])
+    row = stage_table(budget).set_index("attn_gate").loc["elementwise"]
+    diffs = [3.28 - 3.30, 3.30 - 3.31, 3.27 - 3.29]
+    assert row["test"] == "paired" and row["num_iterations"] == 1412
+    assert row["delta"] == pytest.approx(statistics.mean(diffs))
+    assert row["p_value"] == pytest.approx(sps.ttest_1samp(diffs, 0).pvalue)

@@ -140,3 +140,24 @@ def test_a_dry_run_shows_the_looks_and_the_first_look_and_writes_nothing(tmp_pat
     assert "# next: the 16 trial(s) the design needs by look 1" in res.stdout
     assert res.stdout.count("# trial ") == 16 and "seed=4" not in res.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_table_cli_and_the_sweep_runs_decision_show_the_rule(sweep):
+    """`gatesweep table SPEC` carries the rule's column; the sweep run's decision table defers to it."""
+    cwd, name, _ = sweep
+    res = gatesweep(["table", "spec.yaml", "--format", "csv", "--no-time"], cwd, cli_env(SQLITE))
+    assert res.returncode == 0, res.stderr
+    header, *rows = res.stdout.splitlines()
+    assert "seq_stop" in header.split(",")
+    assert any("decided at look 1 (n=4)" in r for r in rows) and any("undecided at max n=6" in r for r in rows)
+    md = gatesweep(["table", "spec.yaml", "--format", "md", "--no-time"], cwd, cli_env(SQLITE))
+    assert "sequential seeds" in md.stdout and "decided at look 1" in md.stdout
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{cwd}/mlflow.db"
+    parent = experiment_runs(uri, f"gs-{name}", "sweep")[0].info.run_id
+    path = MlflowClient(uri).download_artifacts(parent, "decision/table.json", str(cwd / "dl"))
+    decisions = json.loads(Path(path).read_text())
+    column = decisions["columns"].index("decision")
+    texts = [row[column] for row in decisions["data"]]
+    assert any(t.startswith("sequential: decided at look 1") for t in texts), texts

@@ -5,6 +5,8 @@ run for real on the tiny model."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -112,3 +114,9 @@ def test_the_trainer_runs_the_resolved_lengths(tmp_path: Path):
         steps[trial["trial"]["label"]] = (trial["config"]["num_iterations"], last_logged_step(d))
     # 300 ms of timed steps: the baseline's 20 again, headwise 300 / 50 + 10 = 16; each trained that long
     assert steps == {"attn_gate=none": (20, 20), "attn_gate=headwise": (16, 16)}
+    # the runs say their length is a budget, so the stage table pairs headwise (16) with none (20)
+    table = gatesweep(["table", "spec.yaml", "--format", "csv", "--no-time"], tmp_path, cli_env(SQLITE))
+    assert table.returncode == 0, table.stderr
+    rows = {r["attn_gate"]: r for r in csv.DictReader(io.StringIO(table.stdout))}
+    assert rows["none"]["test"] == "baseline" and rows["headwise"]["num_iterations"] == "16"
+    assert rows["headwise"]["delta"] != "", rows["headwise"]
