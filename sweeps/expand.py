@@ -1,4 +1,5 @@
-"""Spec -> ordered list of trials. Pure: the only outside input is the chained-value resolver.
+"""Spec -> ordered list of trials. Pure but for the chained-value resolver and one check of the
+working directory: the paths a trial writes (out_dir, results_csv) must stay inside it (trainer.paths).
 
 Design points are the grid's full factorial (axes in declared order), minus `exclude` matches, plus
 `include` points. Trials are ordered seed-major (every design's first seed, then every design's
@@ -18,6 +19,7 @@ from typing import Any
 from sweeps.spec import Chain, Resources, SweepSpec
 from trainer.config import TrainConfig, config_hash
 from trainer.errors import ConfigError, SpecError
+from trainer.paths import confine
 
 ChainResolver = Callable[[Chain, str], Any]
 
@@ -111,8 +113,10 @@ def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
             values = {k: overrides[k] if k in overrides else resolve(k, v) for k, v in (spec.base_dict | point).items()}
             values |= overrides
             values["seed"] = seed
+            source = f"{spec.path} ({_label(point, varying) or 'base'})"
             try:
-                cfg = TrainConfig.from_flat(values, source=f"{spec.path} ({_label(point, varying) or 'base'})")
+                cfg = TrainConfig.from_flat(values, source=source)
+                confine(cfg, source=source)  # out_dir, results_csv: inside the project (the cwd)
             except ConfigError as e:
                 raise SpecError(str(e)) from None
             tid = config_hash(cfg)
