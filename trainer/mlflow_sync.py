@@ -69,9 +69,10 @@ def _resolve_run(client: MlflowClient, root: Path, state: dict) -> str:
     return run_id
 
 
-def _point(line: bytes) -> dict | None:
-    """One metric point, or None. A line that a torn write merged into (`{{"key": ...`, the fragment
-    of a point cut short by a full disk, then the next point) still holds the next point whole."""
+def _point(line: bytes) -> tuple[dict | None, bool]:
+    """(metric point or None, whether the line was damaged). A line that a torn write merged into
+    (`{"key": "lr", "va{"key": ...}`: a point cut short by a full disk or a crash, then the next one
+    appended after it) still ends with the next point whole: that point is kept, the fragment dropped."""
     for start in (0, line.rfind(b'{"key"')):
         if start < 0:
             continue
@@ -80,30 +81,29 @@ def _point(line: bytes) -> dict | None:
         except ValueError:
             continue
         if isinstance(p, dict) and {"key", "value", "step", "ts"} <= p.keys():
-            return p
-    return None
+            return p, start > 0
+    return None, True
 
 
 def _complete_lines(path: Path, offset: int) -> tuple[list[tuple[dict, int]], int, int]:
     """(metric points after `offset`, each with the byte offset just past its line; the offset past the
-    last complete line; lines skipped as unreadable). A trailing line still being written is left."""
+    last complete line; damaged lines). A trailing line still being written is left for later."""
     try:
         with open(path, "rb") as f:
             f.seek(offset)
             data = f.read()
     except FileNotFoundError:
         return [], offset, 0
-    points, skipped, pos = [], 0, offset
+    points, damaged, pos = [], 0, offset
     for line in data[: data.rfind(b"\n") + 1].splitlines(keepends=True):
         pos += len(line)
         if not line.strip():
             continue
-        p = _point(line)
-        if p is None:
-            skipped += 1
-        else:
+        p, bad = _point(line)
+        damaged += bad
+        if p is not None:
             points.append((p, pos))
-    return points, pos, skipped
+    return points, pos, damaged
 
 
 def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -> dict[str, Any]:
@@ -132,11 +132,11 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         write_json(state_path, state)
 
     offset = int(state.get("metrics_offset", 0))
-    points, new_offset, skipped = _complete_lines(root / "metrics.jsonl", offset)
-    if skipped:
-        log.warning("%s: skipped %d unreadable line(s) (a write cut short by a full disk or a crash); "
-                    "delivering the rest", root / "metrics.jsonl", skipped)
-        state["metrics_skipped"] = int(state.get("metrics_skipped", 0)) + skipped
+    points, new_offset, damaged = _complete_lines(root / "metrics.jsonl", offset)
+    if damaged:
+        log.warning("%s: %d damaged line(s) (a write cut short by a full disk or a crash): their fragments are "
+                    "dropped, every whole point is delivered", root / "metrics.jsonl", damaged)
+        state["metrics_damaged"] = int(state.get("metrics_damaged", 0)) + damaged
     for i in range(0, len(points), BATCH):
         chunk = points[i:i + BATCH]
         client.log_batch(run_id, metrics=[Metric(p["key"], p["value"], p["ts"], p["step"]) for p, _ in chunk])
