@@ -47,7 +47,7 @@ def confine(cfg: TrainConfig, *, source: str, root: str | os.PathLike[str] | Non
         value = getattr(cfg.run, key)
         if not inside(value, root):
             default = getattr(RunConfig(), key)
-            raise ConfigError(f"{source}: {key}={short(value)} is outside the project directory {root}; use a path "
+            raise ConfigError(f"{source}: {key}={short(value, 300)} is outside the project directory {root}; use a path "
                               f"inside it (e.g. {key}={default}), or set {ALLOW_ENV}=1 to write there on purpose")
 
 
@@ -63,7 +63,7 @@ def check_writable(path: str | os.PathLike[str], key: str) -> None:
     why = "is not a directory" if probe.exists() and not probe.is_dir() else "is not writable"
     if probe.exists() and probe.is_dir() and os.statvfs(probe).f_flag & os.ST_RDONLY:
         why = "is on a read-only filesystem"
-    raise StorageError(f"{key}={short(str(path))}: {probe} {why}; make it writable or point {key} elsewhere "
+    raise StorageError(f"{key}={short(str(path), 300)}: {probe} {why}; make it writable or point {key} elsewhere "
                        "inside the project, then run again")
 
 

@@ -22,13 +22,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 MAX_NODES = 100_000  # values after alias expansion; a shipped spec has a few hundred
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
-_short = reprlib.Repr()
-_short.maxstring = _short.maxother = 60
-
-
-def short(value: Any) -> str:
-    """repr(value) cut to a bounded length, without walking a huge or shared structure."""
-    return _short.repr(value)
+def short(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to about `limit` characters, without walking a huge or shared structure."""
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    return r.repr(value)
 
 
 class RefusedYAML(yaml.MarkedYAMLError):
