@@ -41,19 +41,21 @@ class StrictLoader(yaml.SafeLoader):
         self._open: set[str] = set()  # anchors whose node is still being composed
 
     # ------------------------------------------------------------ alias expansion
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             if event.anchor in self._open:
                 raise RefusedYAML(None, None, f"recursive alias *{short(event.anchor)[1:-1]}; a config is a tree: "
                                   "write the values out", event.start_mark)
             node = super().compose_node(parent, index)
+            assert node is not None
             self._count(self._size(node), event.start_mark)
             return node
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
             self._open.add(anchor)
         node = super().compose_node(parent, index)
+        assert node is not None
         self._open.discard(anchor)  # type: ignore[arg-type]
         self._count(1, node.start_mark)
         return node
@@ -97,7 +99,7 @@ class StrictLoader(yaml.SafeLoader):
                                                 f"{short(node.tag)}", node.start_mark)
 
 
-StrictLoader.add_constructor(None, StrictLoader.construct_undefined)
+StrictLoader.add_constructor(None, StrictLoader.construct_undefined)  # type: ignore[arg-type]  # None: any unknown tag
 
 
 def load(text: str) -> Any:
