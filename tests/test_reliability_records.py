@@ -39,7 +39,7 @@ from tests.sweep_helpers import (
 )
 from trainer import checkpoint
 from trainer.runlog import RESULTS_COLUMNS, append_result
-from trainer.tracking import LocalTracker
+from trainer.tracking import LocalTracker, make_tracker
 
 TINY = ["preset=tiny", "vocab_size=64", "n_embd=32", "n_head=2", "sequence_length=32", "batch_size=4",
         "device_batch_size=4", "val_tokens=256", "warmdown_iters=2", "train_files=data/train_*.bin",
@@ -173,6 +173,18 @@ def test_a_tracker_starts_on_a_corrupt_status_file(tmp_path: Path, content: str,
     tracker.finish("FINISHED")
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "FINISHED"
     assert f"{tmp_path / 'status.json'} is corrupt" in caplog.text
+
+
+def test_a_trainer_starts_on_an_empty_mlflow_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture):
+    """track/mlflow.json (the delivery state) emptied: the trainer starts; its run is found again by
+    `gatesweep sync` (see below), so nothing is lost."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow.json").write_text("")
+    tracker = make_tracker(tmp_path)
+    tracker.log_metrics({"val_loss": 3.0}, 0)
+    tracker.finish("FINISHED")
+    assert f"{tmp_path / 'mlflow.json'} is corrupt" in caplog.text
 
 
 @pytest.mark.mlflow
