@@ -7,7 +7,7 @@ bad-input corpus (tests/bad_inputs/cases.yaml), these need more than one line of
 - duplicate keys refused, `<<` merge keys still allowed, recursive aliases refused, quoted text bounded;
 - the largest seed torch takes is accepted and seeds the trainer, one more is refused;
 - a UTF-8 byte-order mark in a trainer config (JSON or YAML) and in a spec is accepted;
-- a real `torchrun` with more CPU ranks than cores stops at start with the one line, on every rank.
+- a real `torchrun` with more CPU ranks than cores stops at start with the one line.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def test_a_byte_order_mark_is_accepted(tmp_path: Path):
 
 
 def test_more_cpu_ranks_than_cores_stop_at_start(tmp_path: Path):
-    """One rank more than this process may use cores: every rank stops before the rendezvous with the
+    """One rank more than this process may use cores: the ranks stop before the rendezvous with the
     line (torchrun then reports the failed workers); before, the ranks shared the cores and trained."""
     cores = len(os.sched_getaffinity(0))
     ranks = cores + 1
@@ -132,5 +132,6 @@ def test_more_cpu_ranks_than_cores_stop_at_start(tmp_path: Path):
     line = (f"error: {ranks} CPU ranks on this machine but only {cores} CPU core(s) available: run with "
             f"--nproc_per_node={cores} or fewer")
     assert res.returncode != 0
-    assert sum(ln.startswith(line) for ln in res.stderr.splitlines()) == ranks, res.stderr[-3000:]
+    # torchrun stops the other workers once one has failed: some may not get to print the line
+    assert any(ln.startswith(line) for ln in res.stderr.splitlines()), res.stderr[-3000:]
     assert not (tmp_path / "out").exists()
