@@ -1,4 +1,5 @@
-"""Spec -> ordered list of trials. Pure: the only outside input is the chained-value resolver.
+"""Spec -> ordered list of trials. Pure but for the chained-value resolver and one check of the
+working directory: the paths a trial writes (out_dir, results_csv) must stay inside it (trainer.paths).
 
 Design points are the grid's full factorial (axes in declared order), minus `exclude` matches, plus
 `include` points. Trials are ordered seed-major (every design's first seed, then every design's
@@ -19,6 +20,7 @@ from sweeps.spec import Chain, Resources, SweepSpec
 from sweeps.time_of import TimeOf, TimeResolver, no_store_time_resolver
 from trainer.config import TrainConfig, config_hash
 from trainer.errors import ConfigError, SpecError
+from trainer.paths import confine
 
 ChainResolver = Callable[[Chain, str], Any]
 BUDGET_TAG = "gatesweep.budget_matched"
@@ -132,8 +134,10 @@ def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
             # a time budget depends on the point's own gate keys, resolved first
             values |= {k: budget(k, v, values) for k, v in values.items() if isinstance(v, TimeOf)}
             values["seed"] = seed
+            source = f"{spec.path} ({_label(point, varying) or 'base'})"
             try:
-                cfg = TrainConfig.from_flat(values, source=f"{spec.path} ({_label(point, varying) or 'base'})")
+                cfg = TrainConfig.from_flat(values, source=source)
+                confine(cfg, source=source)  # out_dir, results_csv: inside the project (the cwd)
             except ConfigError as e:
                 raise SpecError(str(e)) from None
             tid = config_hash(cfg)

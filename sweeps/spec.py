@@ -19,6 +19,7 @@ import yaml
 
 from sweeps.sequential import Sequential, parse_sequential
 from sweeps.time_of import parse_time_of
+from trainer import yamlsafe
 from trainer.config import ALL_KEYS, FIELD_SECTION, PRESETS, coerce
 from trainer.errors import ConfigError, SpecError
 
@@ -275,7 +276,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         hint = f"; did you mean {shipped}?" if shipped.is_file() else "; the shipped specs are in sweeps/"
         raise SpecError(f"{path}: spec file not found{hint}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yamlsafe.load(p.read_text(encoding="utf-8"))  # safe_load + no duplicate keys, bounded aliases
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

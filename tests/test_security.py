@@ -4,6 +4,8 @@ variables never reach the logs, params, tags or artifacts of a real sweep."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -13,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.services import free_port
 from tests.sweep_helpers import (
@@ -96,6 +99,14 @@ def test_yaml_is_only_safe_loaded():
     hits = [f"{p.relative_to(REPO)}:{i}" for p in _sources()
             for i, line in enumerate(p.read_text().splitlines(), 1) if unsafe.search(line)]
     assert hits == []
+    # every document is read through trainer.yamlsafe: safe_load's loader plus refused duplicate keys
+    # and bounded alias expansion (tests/test_reliability_edges.py)
+    direct = [f"{p.relative_to(REPO)}:{i}" for p in _sources() if p.name != "yamlsafe.py"
+              for i, line in enumerate(p.read_text().splitlines(), 1) if "yaml.safe_load(" in line]
+    assert direct == []
+    from trainer.yamlsafe import StrictLoader
+
+    assert issubclass(StrictLoader, __import__("yaml").SafeLoader)
 
 
 def test_python_tags_are_refused_and_run_nothing(tmp_path: Path):
@@ -223,3 +234,71 @@ def test_credentials_never_reach_logs_params_or_artifacts(secret_sweep, mlflow_s
     artifact = json.loads((tmp_path / run.info.run_id / "trial.json").read_text())
     assert artifact["config"]["notes"].endswith("ticket <redacted:MY_API_TOKEN>")
     assert len(values) == 4
+
+
+# ---------------------------------------------------------------- where a spec or a config may write
+def _project(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    write_data(project)
+    write_spec(project / "spec.yaml", unique("paths"), seeds=[0], grid={"attn_gate": ["none"]})
+    return project
+
+
+TRAINER_TINY = ["preset=tiny", "vocab_size=64", "n_embd=32", "n_head=2", "sequence_length=32", "batch_size=4",
+                "device_batch_size=4", "val_tokens=256", "num_iterations=3", "warmdown_iters=1", "val_every=0",
+                "train_files=data/train_*.bin", "val_files=data/val_*.bin", "device=cpu", "compile=off"]
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("results_csv=../outside/results.csv", "results_csv='../outside/results.csv' is outside the project directory"),
+    ("results_csv={outside}/.bashrc", "results_csv='{outside}/.bashrc' is outside the project directory"),
+    ("out_dir=../outside", "out_dir='../outside' is outside the project directory"),
+    ("out_dir=runs/../../outside", "out_dir='runs/../../outside' is outside the project directory"),
+    ("run_id=../../outside/x", "run_id='../../outside/x' must be a plain name"),
+    ("run_id=a/b", "run_id='a/b' must be a plain name"),
+])
+def test_a_config_cannot_write_outside_the_project(tmp_path: Path, override: str, expect: str):
+    """A trainer started by hand and a spec (file or command line) alike: refused with one line naming the
+    key, before anything is written; nothing appears outside the project."""
+    project, outside = _project(tmp_path), tmp_path / "outside"
+    override, expect = override.format(outside=outside), expect.format(outside=outside)
+    runs = [subprocess.run([PYTHON, "-m", "trainer", *TRAINER_TINY, override], cwd=project, env=cli_env(),
+                           capture_output=True, text=True, timeout=120),
+            gatesweep(["plan", "spec.yaml", override], project, cli_env())]
+    if not override.startswith("run_id"):  # a spec's run_id is the trial id: not a spec key
+        key, _, value = override.partition("=")
+        spec = yaml.safe_load((project / "spec.yaml").read_text())
+        spec["base"][key] = value
+        (project / "bad.yaml").write_text(yaml.safe_dump(spec))
+        runs.append(gatesweep(["run", "bad.yaml"], project, cli_env()))
+    for res in runs:
+        lines = res.stderr.splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and expect in lines[0], res.stderr[-2000:]
+    assert not outside.exists() and not (project / "runs").exists() and not (project / "experiments").exists()
+
+
+def test_writing_outside_the_project_on_purpose(tmp_path: Path):
+    """GATESWEEP_ALLOW_OUTSIDE_PATHS=1: a cluster layout that keeps results elsewhere."""
+    project, outside = _project(tmp_path), tmp_path / "outside"
+    env = cli_env(GATESWEEP_ALLOW_OUTSIDE_PATHS="1", GATESWEEP_TRACKING="local")
+    res = subprocess.run([PYTHON, "-m", "trainer", *TRAINER_TINY, "run_id=far", f"results_csv={outside}/r.csv"],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (outside / "r.csv").read_text().splitlines()[1].startswith('"far",')
+
+
+def test_notes_reach_results_csv_as_one_quoted_field(tmp_path: Path):
+    """The sink of `notes` outside JSON is results.csv: there it was written bare (a `$(...)` landed as
+    shell text in the row) and a newline split the row. Now every text field is quoted and a row is one line."""
+    project = _project(tmp_path)
+    notes = f'{HOSTILE}, "quoted"\nsecond line'
+    res = subprocess.run([PYTHON, "-m", "trainer", *TRAINER_TINY, "run_id=notes", f"notes={notes}"], cwd=project,
+                         env=cli_env(GATESWEEP_TRACKING="local"), capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    header, row = (project / "experiments" / "results.csv").read_text().splitlines()
+    flat = notes.replace("\n", " ")
+    assert row.endswith(',"' + flat.replace('"', '""') + '"')
+    assert row.startswith('"notes","') and ',"none","sdpa","sigmoid",' in row  # text quoted, numbers bare
+    (parsed,) = csv.DictReader(io.StringIO(header + "\n" + row + "\n"))
+    assert parsed["notes"] == flat and parsed["seed"] == "0"
+    assert not any((project / m).exists() for m in MARKERS)

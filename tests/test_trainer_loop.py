@@ -30,6 +30,12 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.fixture(autouse=True)
+def _in_the_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() runs where its outputs go: it keeps out_dir and results_csv inside the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_nonfinite_loss_fails_the_run_with_exit_1_and_no_result(tmp_path: Path):
     cfg = data_cfg(tmp_path, num_iterations=10, warmdown_iters=2, val_every=5)
     rc = main(cli_args(cfg) + [f"learning_rate={DIVERGING_LR}"])
@@ -65,7 +71,7 @@ def test_finished_run_exits_0_and_writes_one_result(tmp_path: Path):
     cfg = data_cfg(tmp_path, num_iterations=3, warmdown_iters=1, notes="smoke, 1")
     assert main(cli_args(cfg)) == 0
     lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
-    assert len(lines) == 2 and lines[1].startswith("run,") and lines[1].endswith(',cpu,1,"smoke, 1"')
+    assert len(lines) == 2 and lines[1].startswith('"run",') and lines[1].endswith(',"cpu",1,"smoke, 1"')
 
 
 def test_on_val_callback_stops_early(tmp_path: Path):

@@ -141,7 +141,8 @@ for i in range(1, 10_000):
 
 def test_killed_writer_never_leaves_a_partial_latest(tmp_path: Path):
     """SIGKILL a process that rewrites a 16 MB checkpoint in a loop until a kill lands mid-write
-    (a temp file is left); latest.pt is then still a complete earlier checkpoint."""
+    (a temp file is left); latest.pt is then still a complete earlier checkpoint, and the next load
+    removes the dead writer's temp file."""
     for attempt in range(6):
         d = tmp_path / f"try{attempt}"
         proc = subprocess.Popen([PYTHON, "-c", WRITER, str(d)], cwd=REPO, env=trainer_env())
@@ -151,11 +152,13 @@ def test_killed_writer_never_leaves_a_partial_latest(tmp_path: Path):
         time.sleep(0.3 + 0.07 * attempt)
         proc.kill()
         proc.wait()
+        orphan = any(p.name.startswith(".latest.pt.tmp") for p in d.iterdir())
         state = checkpoint.load_latest(d)
         assert state is not None
         assert torch.equal(state["x"], torch.full((4_000_000,), float(state["step"])))
-        if any(p.name.startswith(".latest.pt.tmp") for p in d.iterdir()):
-            return  # the kill interrupted a write, and latest.pt survived it
+        if orphan:  # the kill interrupted a write, latest.pt survived it, and loading removed the orphan
+            assert not any(p.name.startswith(".latest.pt.tmp") for p in d.iterdir())
+            return
     raise AssertionError("no kill landed during a write in 6 attempts")
 
 

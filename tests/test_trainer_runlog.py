@@ -65,7 +65,7 @@ def test_append_waits_for_the_lock_of_another_writer(tmp_path: Path):
         fcntl.flock(held, fcntl.LOCK_UN)
     proc.join(10)
     assert proc.exitcode == 0
-    assert path.read_text().splitlines()[1].startswith("late,")
+    assert path.read_text().splitlines()[1].startswith('"late",')
 
 
 # ---------------------------------------------------------------- the log file

@@ -138,10 +138,13 @@ def run_ranks(fn: Callable[..., Any], *args: Any, tmp: Path, world_size: int = 2
 # ---------------------------------------------------------------- trainer subprocesses
 def trainer_env(**extra: str) -> dict[str, str]:
     """The test process's environment minus anything that points at a rendezvous or tracking
-    server, plus one intra-op thread per process."""
+    server, plus one intra-op thread per process. These trainers run in the repository with their
+    outputs in pytest's tmp dir: outside the project, so they opt out of trainer.paths' confinement
+    (tests of the confinement itself run the trainer in a tmp project directory instead)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MLFLOW_TRACKING_URI")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), GATESWEEP_TRACKING="local")
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), GATESWEEP_TRACKING="local",
+               GATESWEEP_ALLOW_OUTSIDE_PATHS="1")
     env.update(extra)
     return env
 

@@ -7,6 +7,7 @@ of micro-batches the loader has drawn, and every RNG state, so a resumed run con
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from pathlib import Path
@@ -17,6 +18,8 @@ import torch
 
 from trainer.config import FIELD_SECTION, TrainConfig, trial_identity
 from trainer.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 LATEST = "latest.pt"
 SIDECAR = "latest.json"
@@ -93,7 +96,43 @@ def check_same_trial(cfg: TrainConfig, saved: dict[str, Any], ckpt_dir: str | os
 
 
 def load_latest(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    path = Path(ckpt_dir) / LATEST
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The newest readable checkpoint: latest.pt, else (cut short by a full disk or an interrupted
+    copy) the newest `state_step*.pt` of the history, if one was kept. None if there is none."""
+    d = Path(ckpt_dir)
+    remove_orphans(d)
+    candidates = [d / LATEST, *sorted(d.glob("state_step*.pt"), reverse=True)]
+    problems = []
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError...
+            problems.append(f"{path.name}: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}")
+            continue
+        if problems:
+            log.warning("%s is unreadable (%s); resuming from %s (step %s)", d / LATEST, problems[0], path.name,
+                        state.get("step"))
+        return state
+    if problems:
+        raise ConfigError(f"{d / LATEST}: unreadable checkpoint ({problems[0]}; cut short by a full disk or an "
+                          f"interrupted copy?); restore it, or delete {d} to start run_id {d.name} over")
+    return None
+
+
+def remove_orphans(ckpt_dir: Path) -> None:
+    """Temp files of saves whose process was killed (SIGKILL skips the cleanup in `save`)."""
+    for tmp in [*ckpt_dir.glob(f".{LATEST}.tmp.*"), *ckpt_dir.glob(f".{SIDECAR}.tmp.*")]:
+        pid = tmp.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -13,6 +13,8 @@ import difflib
 import hashlib
 import json
 import math
+import re
+import reprlib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
@@ -157,6 +159,21 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 ALL_KEYS = tuple(FIELD_SECTION) + ("preset",)
 
+# Upper bounds of integer keys: a typo such as num_iterations=1e30 fails here with the bound, not
+# later as an overflow or an allocation. Seeds must fit torch/numpy generators (int64).
+SEED_MAX = 2**63 - 1
+INT_MAX = 10**9
+INT_LIMITS: dict[str, int] = {
+    "seed": SEED_MAX, "num_iterations": 10**7, "warmup_iters": 10**7, "warmdown_iters": 10**7,
+    "val_every": 10**7, "checkpoint_every": 10**7, "diag_every": 10**7, "log_every": 10**7,
+    "val_tokens": 10**12, "vocab_size": 2**20, "n_layer": 1024, "n_head": 1024, "n_embd": 2**16,
+    "sequence_length": 2**20, "batch_size": 2**20, "device_batch_size": 2**20, "ns_steps": 100,
+    "ce_chunks": 2**16, "diag_batch": 2**16,
+}
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+
 # Keys that change where or how fast a run executes but not what it computes: excluded from the
 # trial identity so that e.g. turning on compile or moving out_dir does not make a "new" trial.
 NON_IDENTITY_KEYS = frozenset({
@@ -193,7 +210,7 @@ _FALSE = {"false", "0", "no", "off"}
 def coerce(section: str, key: str, value: Any, *, source: str) -> Any:
     """Convert a YAML/CLI/env value to the field's type, or raise naming the key and the fix."""
     typ = _TYPES[section][key]
-    where = f"{source}: {key}={value!r}"
+    where = f"{source}: {key}={_short.repr(value)}"  # bounded: a YAML value may be huge
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -205,15 +222,18 @@ def coerce(section: str, key: str, value: Any, *, source: str) -> Any:
     if typ is int:
         if isinstance(value, bool):
             raise ConfigError(f"{where} must be an integer, not a boolean")
-        if isinstance(value, int):
-            return value
-        try:
-            as_float = float(str(value).replace("_", ""))
-        except ValueError:
-            raise ConfigError(f"{where} is not an integer; use e.g. {key}=100") from None
-        if not as_float.is_integer():
-            raise ConfigError(f"{where} must be a whole number")
-        return int(as_float)
+        if not isinstance(value, int):
+            try:
+                as_float = float(str(value).replace("_", ""))
+            except ValueError:
+                raise ConfigError(f"{where} is not an integer; use e.g. {key}=100") from None
+            if not as_float.is_integer():
+                raise ConfigError(f"{where} must be a whole number")
+            value = int(as_float)
+        limit = INT_LIMITS.get(key, INT_MAX)
+        if value > limit:
+            raise ConfigError(f"{where} is out of range; use a value <= {limit:_}")
+        return value
     if typ is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where} must be a number, not a boolean")
@@ -222,7 +242,7 @@ def coerce(section: str, key: str, value: Any, *, source: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{where} is not a number; use e.g. {key}=0.0036") from None
         if not math.isfinite(number):  # nan passes every `<= 0` check and reaches the optimizer
-            raise ConfigError(f"{where} must be a finite number, not {value!r}")
+            raise ConfigError(f"{where} must be a finite number, not {_short.repr(value)}")
         return number
     if typ is str:
         if isinstance(value, (dict, list)):
@@ -253,6 +273,11 @@ def validate(cfg: TrainConfig, *, source: str = "config") -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{source}: {key}={value} must be > 0")
+    if not 0 <= r.seed <= SEED_MAX:
+        raise ConfigError(f"{source}: seed={r.seed} must be in [0, 2**63 - 1] (what torch's generator takes)")
+    if r.run_id and not RUN_ID_RE.match(r.run_id):
+        raise ConfigError(f"{source}: run_id={_short.repr(r.run_id)} must be a plain name (letters, digits, "
+                          "'_', '.', '-'; at most 128): it names files under out_dir")
     if o.learning_rate <= 0:
         raise ConfigError(f"{source}: learning_rate={o.learning_rate} must be > 0 (the study uses 0.0036)")
     for key in ("warmup_iters", "warmdown_iters", "val_every", "checkpoint_every", "diag_every"):

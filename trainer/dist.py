@@ -70,10 +70,21 @@ def _env_int(key: str, default: int) -> int:
     return value
 
 
+def check_cpu_ranks(local_ranks: int, cores: int | None = None) -> None:
+    """CPU ranks beyond the cores this process may use are refused: the ranks would time-share cores
+    and every collective would wait for a descheduled rank."""
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    if local_ranks > cores:
+        raise ConfigError(f"{local_ranks} CPU ranks on this machine but only {cores} CPU core(s) available: run "
+                          f"with --nproc_per_node={cores} or fewer (resources.gpus_per_node for a spec), or on GPUs")
+
+
 def setup(requested_device: str = "auto") -> DistEnv:
     """Read RANK/LOCAL_RANK/WORLD_SIZE (torchrun or the Slurm launcher sets them) and init NCCL/gloo."""
     rank, local_rank, world_size = (_env_int(k, d) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     device = pick_device(requested_device, local_rank)
+    if device.type == "cpu":
+        check_cpu_ranks(_env_int("LOCAL_WORLD_SIZE", world_size))
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Tiny CPU models gain nothing from intra-op threads, and on a loaded 2-core machine
         # oversubscribed threads made each step ~10x slower (measured: 0.22 s vs 1.5-3 s).

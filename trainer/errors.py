@@ -33,3 +33,7 @@ class TrackingError(GatesweepError):
 
 class NoRunsError(TrackingError):
     """The store is reachable but holds nothing to analyse yet (no database, experiment or runs)."""
+
+
+class StorageError(GatesweepError):
+    """A file the run writes cannot be written: disk full, read-only filesystem, no permission."""

@@ -32,6 +32,7 @@ from trainer.build import (
 from trainer.clock import TrainClock
 from trainer.config import TrainConfig
 from trainer.diagnostics import diagnose
+from trainer.errors import StorageError
 from trainer.loader import ShardLoader
 from trainer.runlog import RunLog, append_result, git_info, header, train_line, val_line
 from trainer.schedule import lr_factor
@@ -257,15 +258,13 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                 log.line(train_line(step + 1, N, local_loss, approx, timed))
             tracker.log_metrics({"train_loss": local_loss, "step_avg_ms": approx / timed if timed == timed else
                                  math.nan, "lr": adam.param_groups[0]["lr"]}, step + 1)
-    # a run restarted after it had already finished (save_final) has its results.csv row already
-    finished_before = state is not None and start_step == N
     return _finish(cfg, env, tracker, log, run_id, status, reason, step, history, best, time_ms, gpu, sha,
-                   dirty, device, record_result=not finished_before)
+                   dirty, device)
 
 
 def _finish(cfg: TrainConfig, env: dist.DistEnv, tracker: Tracker, log: RunLog | None, run_id: str, status: str,
             reason: str, step: int, history: list, best: float, time_ms: float, gpu: str, sha: str, dirty: bool,
-            device: torch.device, record_result: bool = True) -> RunSummary:
+            device: torch.device) -> RunSummary:
     N = cfg.run.num_iterations
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
     final = history[-1][1] if history and history[-1][0] == N else math.nan
@@ -287,17 +286,26 @@ def _finish(cfg: TrainConfig, env: dist.DistEnv, tracker: Tracker, log: RunLog |
         tracker.log_summary({"final_val_loss": final, "best_val_loss": summary.best_val_loss,
                              "train_time_ms": time_ms, "ms_per_step": ms_per_step, "peak_mem_mib": peak,
                              "final_step": step})
-        if status == "FINISHED" and record_result:
-            m, o, d = cfg.model, cfg.optim, cfg.data
-            append_result(cfg.run.results_csv, {
+        if status == "FINISHED":  # before the status: a kill in between re-delivers the row on restart
+            _record_result(cfg.run.results_csv, {
                 "run_id": run_id, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
                 "git_commit": sha[:12] + ("-dirty" if dirty else ""), "seed": cfg.run.seed,
-                "attn_gate": m.attn_gate, "gate_pos": m.gate_pos, "gate_act": m.gate_act,
-                "learning_rate": o.learning_rate, "batch_size": d.batch_size,
-                "device_batch_size": d.device_batch_size, "sequence_length": d.sequence_length,
-                "num_iterations": N, "warmdown_iters": o.warmdown_iters, "final_val_loss": round(final, 6),
+                "attn_gate": cfg.model.attn_gate, "gate_pos": cfg.model.gate_pos, "gate_act": cfg.model.gate_act,
+                "learning_rate": cfg.optim.learning_rate, "batch_size": cfg.data.batch_size,
+                "device_batch_size": cfg.data.device_batch_size, "sequence_length": cfg.data.sequence_length,
+                "num_iterations": N, "warmdown_iters": cfg.optim.warmdown_iters, "final_val_loss": round(final, 6),
                 "best_val_loss": round(summary.best_val_loss, 6), "train_time_ms": round(time_ms),
                 "ms_per_step": round(ms_per_step, 2), "gpu_name": gpu, "n_gpus": env.world_size,
                 "notes": cfg.run.notes})
         tracker.finish(status, reason)
     return summary
+
+
+def _record_result(path: str, row: dict) -> None:
+    """The results.csv row, once per run_id (a restarted run that finished before adds none)."""
+    try:
+        append_result(path, row)
+    except OSError as e:
+        raise StorageError(f"results_csv={path}: cannot append this run's row ({e.strerror}); make it writable "
+                           "and run again with the same run_id: it resumes from its last checkpoint and writes "
+                           "the row once") from e

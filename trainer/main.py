@@ -8,6 +8,7 @@ from pathlib import Path
 
 from trainer.errors import GatesweepError
 from trainer.overrides import resolve
+from trainer.paths import STORAGE_ERRNOS, check_writable, confine, storage_error
 from trainer.tracking import NullTracker, make_tracker
 
 EXIT_CODES = {"FINISHED": 0, "EARLY_STOPPED": 0, "FAILED": 1, "KILLED": 75}  # 75 = EX_TEMPFAIL: resumable
@@ -35,6 +36,10 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg, meta = resolve(argv)  # a bad config fails here, before torch is imported (~3 s)
+        source = next((a for a in argv if "=" not in a), "command line")
+        confine(cfg, source=source)  # out_dir and results_csv stay inside the project directory
+        check_writable(cfg.run.out_dir, "out_dir")
+        check_writable(cfg.run.results_csv, "results_csv")
         from trainer import dist
         from trainer.build import preflight
         from trainer.loop import train
@@ -64,6 +69,12 @@ def main(argv: list[str]) -> int:
     except GatesweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk or a read-only directory: one line, and the run can resume later
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        err = storage_error(e, cfg.run.out_dir)
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     finally:
         dist.teardown()
     if env.is_main:

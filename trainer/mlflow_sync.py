@@ -20,7 +20,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainer.tracking import TERMINAL, read_json, write_json
+from trainer.tracking import TERMINAL, complete_size, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,41 @@ def _resolve_run(client: MlflowClient, root: Path, state: dict) -> str:
     return run_id
 
 
-def _complete_lines(path: Path, offset: int) -> tuple[list[dict], int]:
-    """Metric points after `offset`, ignoring a trailing line still being written."""
+def _point(line: bytes) -> tuple[dict | None, bool]:
+    """(metric point or None, whether the line was damaged). A line that a torn write merged into
+    (`{"key": "lr", "va{"key": ...}`: a point cut short by a full disk or a crash, then the next one
+    appended after it) still ends with the next point whole: that point is kept, the fragment dropped."""
+    for start in (0, line.rfind(b'{"key"')):
+        if start < 0:
+            continue
+        try:
+            p = json.loads(line[start:])
+        except ValueError:
+            continue
+        if isinstance(p, dict) and {"key", "value", "step", "ts"} <= p.keys():
+            return p, start > 0
+    return None, True
+
+
+def _complete_lines(path: Path, offset: int) -> tuple[list[tuple[dict, int]], int, int]:
+    """(metric points after `offset`, each with the byte offset just past its line; the offset past the
+    last complete line; damaged lines). A trailing line still being written is left for later."""
     try:
         with open(path, "rb") as f:
             f.seek(offset)
             data = f.read()
     except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n") + 1
-    points = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
-    return points, offset + end
+        return [], offset, 0
+    points, damaged, pos = [], 0, offset
+    for line in data[: data.rfind(b"\n") + 1].splitlines(keepends=True):
+        pos += len(line)
+        if not line.strip():
+            continue
+        p, bad = _point(line)
+        damaged += bad
+        if p is not None:
+            points.append((p, pos))
+    return points, pos, damaged
 
 
 def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -> dict[str, Any]:
@@ -108,17 +132,20 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         write_json(state_path, state)
 
     offset = int(state.get("metrics_offset", 0))
-    points, new_offset = _complete_lines(root / "metrics.jsonl", offset)
+    points, new_offset, damaged = _complete_lines(root / "metrics.jsonl", offset)
+    if damaged:
+        log.warning("%s: %d damaged line(s) (a write cut short by a full disk or a crash): their fragments are "
+                    "dropped, every whole point is delivered", root / "metrics.jsonl", damaged)
+        state["metrics_damaged"] = int(state.get("metrics_damaged", 0)) + damaged
     for i in range(0, len(points), BATCH):
         chunk = points[i:i + BATCH]
-        client.log_batch(run_id, metrics=[Metric(p["key"], p["value"], p["ts"], p["step"]) for p in chunk])
+        client.log_batch(run_id, metrics=[Metric(p["key"], p["value"], p["ts"], p["step"]) for p, _ in chunk])
         delivered += len(chunk)
-        # Advance the offset only past what was delivered (byte offset of the chunk's end).
-        if i + BATCH >= len(points):
-            state["metrics_offset"] = new_offset
-        else:
-            state["metrics_offset"] = offset + _byte_len(root / "metrics.jsonl", offset, i + BATCH)
+        state["metrics_offset"] = chunk[-1][1]  # only past what was delivered
         state["metrics_sent"] = int(state.get("metrics_sent", 0)) + len(chunk)
+        write_json(state_path, state)
+    if new_offset != int(state.get("metrics_offset", 0)):  # trailing unreadable lines
+        state["metrics_offset"] = new_offset
         write_json(state_path, state)
 
     summary = read_json(root / "summary.json") or {}
@@ -161,20 +188,11 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
     return {"run_id": run_id, "metrics_delivered": delivered, "status": st}
 
 
-def _byte_len(path: Path, offset: int, n_lines: int) -> int:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        total = 0
-        for _ in range(n_lines):
-            total += len(f.readline())
-    return total
-
-
 def pending(root: str | os.PathLike[str]) -> bool:
     """True if the record holds anything MLflow has not received."""
     root = Path(root)
     state = read_json(root / "mlflow.json") or {}
-    size = (root / "metrics.jsonl").stat().st_size if (root / "metrics.jsonl").exists() else 0
+    size = complete_size(root / "metrics.jsonl")  # a torn last line is never delivered: not pending
     st = (read_json(root / "status.json") or {}).get("status", "")
     return (not state.get("run_id") or int(state.get("metrics_offset", 0)) < size
             or (st in TERMINAL and state.get("status_sent") != st))

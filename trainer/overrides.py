@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from trainer import yamlsafe
 from trainer.config import FIELD_SECTION, SECTIONS, TrainConfig, coerce, locate
 from trainer.errors import ConfigError
 
@@ -31,7 +32,7 @@ def parse_kv(items: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' is not key=value; write e.g. learning_rate=0.0036")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yamlsafe.load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         # Flow-style YAML is not a scalar (the config check decides), and text stays as typed: YAML
@@ -60,16 +61,19 @@ def read_config_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found; pass a YAML file or key=value overrides")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not content
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); is it the config file?") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: "
-                          f"{str(e).splitlines()[0]}") from None
+        data = json.loads(text) if p.suffix == ".json" else yamlsafe.load(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {yamlsafe.problem(e)}") from None
     if data is None:
         data = {}
     if not isinstance(data, Mapping):

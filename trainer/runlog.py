@@ -11,7 +11,6 @@ import csv
 import fcntl
 import io
 import json
-import math
 import os
 import re
 import subprocess
@@ -104,27 +103,52 @@ class RunLog:
         self._f.close()
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else repr(value)
-    return str(value)
+def _cell(value: Any) -> Any:
+    """Numbers stay numbers (unquoted); text is one line (a row is a line: the exactly-once check and
+    line-based tools rely on it) and, written with QUOTE_NONNUMERIC, always quoted."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return " ".join(str(value).splitlines())
 
 
-def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
-    """Append one row under an exclusive lock; concurrent runs never interleave or lose rows."""
+def row_text(row: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").writerow(
+        [_cell(row.get(k, "")) for k in RESULTS_COLUMNS])
+    return redact(buf.getvalue())  # notes are user text
+
+
+def has_row(text: str, run_id: str) -> bool:
+    """True if the CSV text holds a row of `run_id` (its run_id column, wherever the header puts it)."""
+    rows = csv.reader(io.StringIO(text))
+    header = next(rows, [])
+    col = header.index("run_id") if "run_id" in header else 0
+    try:
+        return any(len(r) > col and r[col] == run_id for r in rows)
+    except csv.Error:  # a damaged file: appending is the safer error
+        return False
+
+
+def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> bool:
+    """Append the run's row exactly once: under an exclusive lock (concurrent runs never interleave),
+    and only if no row of its run_id is there yet, so a run restarted after a kill between the append
+    and its FINISHED status adds no second row, while one killed before the append writes it on
+    restart. A last line without its newline (a hand edit, a full disk) is ended first, so the row
+    never merges into it. Returns False if the row was already there."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULTS_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writerow({k: _fmt(row.get(k, "")) for k in RESULTS_COLUMNS})
-    with open(p, "a+", newline="") as f:
+    line = row_text(row)
+    with open(p, "a+", newline="", encoding="utf-8", errors="replace") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
-                f.write(",".join(RESULTS_COLUMNS) + "\n")
-            f.write(redact(buf.getvalue()))  # notes are user text
+            f.seek(0)
+            text = f.read()
+            if has_row(text, str(row["run_id"])):
+                return False
+            head = ",".join(RESULTS_COLUMNS) + "\n" if not text else ("" if text.endswith("\n") else "\n")
+            f.write(head + line)
             f.flush()
             os.fsync(f.fileno())
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+    return True

@@ -9,6 +9,7 @@ not deliver, `gatesweep sync` delivers later from the same files (GPU nodes with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -63,15 +64,60 @@ class NullTracker:
 
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file behind
+        raise
 
 
 def read_json(path: Path, default: Any = None) -> Any:
+    """A record file (always a JSON object). Missing -> default. Corrupt (empty, cut short, not an
+    object) -> default with a one-line warning: the record's files are rewritten by the next run of
+    the trial, so one damaged file must not stop a launcher or a sync of every other trial."""
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_bytes())
     except FileNotFoundError:
         return default
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        log.warning("%s is corrupt (%s); ignoring it: the next run of this trial rewrites it", path,
+                    str(e).splitlines()[0][:80] if str(e) else "empty")
+        return default
+    if not isinstance(obj, dict):
+        log.warning("%s is corrupt (a JSON %s, not an object); ignoring it: the next run of this trial rewrites it",
+                    path, type(obj).__name__)
+        return default
+    return obj
+
+
+def complete_size(path: Path) -> int:
+    """Bytes of `path` up to its last newline: a last line without one is torn (a write cut short by a
+    full disk or a crash) or still being written."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    with open(path, "rb") as f:
+        pos = size
+        while pos > 0:
+            start = max(0, pos - 65536)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                return start + cut + 1
+            pos = start
+    return 0
+
+
+def repair_tail(path: Path) -> None:
+    """Cut a torn last line, so that the next line appended does not merge into it (`{{"key": ...`)."""
+    end = complete_size(path)
+    if path.exists() and end < path.stat().st_size:
+        dropped = path.stat().st_size - end
+        os.truncate(path, end)
+        log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted write", path, dropped)
 
 
 class LocalTracker:
@@ -80,7 +126,9 @@ class LocalTracker:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
         (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
-        self._metrics = open(self.root / "metrics.jsonl", "a", buffering=1)
+        self._metrics_path = self.root / "metrics.jsonl"
+        repair_tail(self._metrics_path)
+        self._metrics: int | None = os.open(self._metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if read_json(self.root / "status.json") is None or self.status() in TERMINAL:
             self._set_status("RUNNING", "")
 
@@ -88,7 +136,18 @@ class LocalTracker:
         return (read_json(self.root / "status.json") or {}).get("status", "")
 
     def _set_status(self, status: str, reason: str) -> None:
-        write_json(self.root / "status.json", {"status": status, "reason": redact(reason), "time": time.time()})
+        path = self.root / "status.json"
+        obj = {"status": status, "reason": redact(reason), "time": time.time()}
+        try:
+            write_json(path, obj)
+        except OSError:
+            if not path.exists():
+                raise
+            # A full disk has no block for the temp file of an atomic write, but the old status.json's
+            # block can be rewritten in place: the trial must not stay RUNNING because the disk is full.
+            with open(path, "r+b") as f:
+                f.write(json.dumps(obj, sort_keys=True, default=str).encode())
+                f.truncate()
 
     def log_params(self, params: dict[str, Any]) -> None:
         # Config values are user text (notes, paths): a credential pasted into one must not be recorded.
@@ -102,10 +161,18 @@ class LocalTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
-        lines = "".join(json.dumps({"key": k, "value": float(v), "step": int(step), "ts": ts}) + "\n"
-                        for k, v in metrics.items())
-        self._metrics.write(lines)  # one write per call: a reader never sees half a batch of lines
-        self._metrics.flush()
+        data = "".join(json.dumps({"key": k, "value": float(v), "step": int(step), "ts": ts}) + "\n"
+                       for k, v in metrics.items()).encode()
+        assert self._metrics is not None, "log_metrics after finish"
+        size = os.fstat(self._metrics).st_size
+        try:
+            view = memoryview(data)
+            while view:  # a full disk may take part of a write before it fails
+                view = view[os.write(self._metrics, view):]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._metrics, size)  # no torn line: readers and the next run see whole points
+            raise OSError(e.errno, e.strerror, str(self._metrics_path)) from None
 
     def log_artifact(self, path: str | os.PathLike[str]) -> None:
         src = Path(path)
@@ -114,20 +181,28 @@ class LocalTracker:
             tmp = dst.with_name(dst.name + ".tmp")
             data = src.read_bytes()
             try:
-                text = data.decode()
-            except UnicodeDecodeError:  # binary: as is
-                shutil.copyfile(src, tmp)
-            else:  # a config file (trial.json, YAML) may carry a pasted credential, like params do
-                tmp.write_text(redact(text), encoding="utf-8")
-            os.replace(tmp, dst)
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:  # binary: as is
+                    shutil.copyfile(src, tmp)
+                else:  # a config file (trial.json, YAML) may carry a pasted credential, like params do
+                    tmp.write_text(redact(text), encoding="utf-8")
+                os.replace(tmp, dst)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # no half-written copy on a full disk
+                raise
 
     def log_summary(self, summary: dict[str, float]) -> None:
         merged = {**(read_json(self.root / "summary.json") or {}), **summary}
         write_json(self.root / "summary.json", merged)
 
     def finish(self, status: str, reason: str = "") -> None:
-        self._set_status(status, reason)
-        self._metrics.close()
+        try:
+            self._set_status(status, reason)
+        finally:
+            if self._metrics is not None:
+                os.close(self._metrics)
+                self._metrics = None
 
 
 class ForwardingTracker(LocalTracker):
@@ -139,8 +214,10 @@ class ForwardingTracker(LocalTracker):
         forwarder.start()
 
     def finish(self, status: str, reason: str = "") -> None:
-        super().finish(status, reason)
-        self.forwarder.stop()  # final delivery attempt, bounded in time; never raises
+        try:
+            super().finish(status, reason)
+        finally:
+            self.forwarder.stop()  # final delivery attempt, bounded in time; never raises
 
 
 def make_tracker(root: str | os.PathLike[str], *, is_main: bool = True) -> Tracker:

@@ -1,0 +1,74 @@
+"""Where a run may write: inside the project directory it runs in.
+
+A trainer config, and so a sweep spec, names files the trainer writes: `out_dir` (logs, checkpoints,
+the record) and `results_csv` (appended to). Unchecked, a spec from someone else could append a
+results row to ~/.bashrc (`results_csv: /root/.bashrc`) or put logs anywhere with `../../`. Both are
+resolved against the working directory - the project root, for the CLI and for every launcher (Slurm
+jobs and Ray workers run in the launcher's directory) - and refused with the key and the fix when
+they leave it. (`run_id`, a file name under out_dir, is checked in trainer.config: a plain name.)
+
+GATESWEEP_ALLOW_OUTSIDE_PATHS=1 turns the check off, for layouts that keep outputs elsewhere on
+purpose (e.g. an absolute path on a scratch filesystem). A symlink inside the project counts as
+inside: it was placed by the project's owner, not by a spec.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from trainer.config import RunConfig, TrainConfig
+from trainer.errors import ConfigError, StorageError
+from trainer.yamlsafe import short
+
+ALLOW_ENV = "GATESWEEP_ALLOW_OUTSIDE_PATHS"
+# OSErrors that mean "this storage cannot take the write": the user can fix them, the run can resume.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+WRITTEN_KEYS = ("out_dir", "results_csv")
+
+
+def inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """`path` (relative to `root` unless absolute) names a place under `root`, `..` resolved."""
+    full = Path(root, path)  # an absolute `path` replaces root
+    if Path(os.path.abspath(full)).is_relative_to(os.path.abspath(root)):
+        return True
+    return Path(os.path.realpath(full)).is_relative_to(os.path.realpath(root))  # root reached via a symlink
+
+
+def confine(cfg: TrainConfig, *, source: str, root: str | os.PathLike[str] | None = None,
+            environ: Mapping[str, str] | None = None) -> None:
+    """Raise ConfigError if out_dir or results_csv leaves `root` (default: the working directory)."""
+    if (os.environ if environ is None else environ).get(ALLOW_ENV, "") == "1":
+        return
+    root = Path.cwd() if root is None else Path(root)
+    for key in WRITTEN_KEYS:
+        value = getattr(cfg.run, key)
+        if not inside(value, root):
+            default = getattr(RunConfig(), key)
+            raise ConfigError(f"{source}: {key}={short(value, 300)} is outside the project directory {root}; use a path "
+                              f"inside it (e.g. {key}={default}), or set {ALLOW_ENV}=1 to write there on purpose")
+
+
+def check_writable(path: str | os.PathLike[str], key: str) -> None:
+    """Refuse before training when `path` (a file or directory the run writes, which may not exist
+    yet) cannot be written: a read-only experiments/ would otherwise fail only after the last step."""
+    p = Path(path)
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and (probe == p or probe.is_dir()) and os.access(probe, os.W_OK):
+        return
+    why = "is not a directory" if probe.exists() and not probe.is_dir() else "is not writable"
+    if probe.exists() and probe.is_dir() and os.statvfs(probe).f_flag & os.ST_RDONLY:
+        why = "is on a read-only filesystem"
+    raise StorageError(f"{key}={short(str(path), 300)}: {probe} {why}; make it writable or point {key} elsewhere "
+                       "inside the project, then run again")
+
+
+def storage_error(e: OSError, where: str | os.PathLike[str]) -> StorageError:
+    """A one-line StorageError for an OSError in STORAGE_ERRNOS raised while writing under `where`."""
+    target = e.filename if e.filename is not None else f"a file under {where}"
+    return StorageError(f"{target}: {e.strerror or os.strerror(e.errno or 0)}; free space or make it writable, "
+                        "then run again: the run resumes from its last checkpoint")
