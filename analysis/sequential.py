@@ -285,9 +285,9 @@ def decisions_for_spec(spec: str | Path, *, runs_root: str | Path = "runs",
     path = Path(spec)
     name = str(spec)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        import yaml
+        from trainer import yamlsafe
 
-        name = str((yaml.safe_load(path.read_text()) or {}).get("name", path.stem))
+        name = str((yamlsafe.load(path.read_text(encoding="utf-8")) or {}).get("name", path.stem))
     local = Path(runs_root) / name / LOG_NAME
     if local.is_file():
         return json.loads(local.read_text())
