@@ -62,7 +62,7 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
 
 
 def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: bool, max_parallel: int | None,
-        uri: str | None, wait: bool, slurm_opts: dict[str, Any]) -> int:
+        uri: str | None, wait: bool, slurm_opts: dict[str, Any], max_looks: int | None = None) -> int:
     prep = prepare(spec_path, overrides, uri)
     spec = prep.spec
     backend = backend or spec.default_backend
@@ -86,7 +86,7 @@ def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: b
     if spec.sequential is not None:
         from cluster.sequential import run_sequential
 
-        return run_sequential(prep, once, dry_run=dry_run, loop=backend != "slurm" or wait)
+        return run_sequential(prep, once, dry_run=dry_run, loop=backend != "slurm" or wait, max_looks=max_looks)
     return once(prep)
 
 

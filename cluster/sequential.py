@@ -136,8 +136,11 @@ def trial_notes(state: SeqState) -> dict[str, str]:
     return notes
 
 
-def run_sequential(prep: Prepared, once: Callable[[Prepared], int], *, dry_run: bool, loop: bool) -> int:
-    """`once(prep)` runs (or submits) a trial list on the chosen backend; `loop`: go on look after look."""
+def run_sequential(prep: Prepared, once: Callable[[Prepared], int], *, dry_run: bool, loop: bool,
+                   max_looks: int | None = None) -> int:
+    """`once(prep)` runs (or submits) a trial list on the chosen backend; `loop`: go on look after look;
+    `max_looks`: run at most this many looks in this invocation (a GPU lease of fixed length), then stop
+    cleanly between looks; the next `gatesweep run` decides on them and goes on."""
     if dry_run:
         state = evaluate(prep)
         print("\n".join(f"# {line}" for line in summary_lines(state)))
@@ -150,6 +153,7 @@ def run_sequential(prep: Prepared, once: Callable[[Prepared], int], *, dry_run: 
         return once(replace(prep, trials=state.required))
     with prep.store.one_parent(RUNS_ROOT / prep.spec.name):
         seen: tuple[Any, ...] = ()
+        looks_run = 0
         while True:
             state = evaluate(prep)
             record(prep, state)
@@ -166,6 +170,15 @@ def run_sequential(prep: Prepared, once: Callable[[Prepared], int], *, dry_run: 
             seen = progress
             print(f"look {_next_look(state)}: {len(state.required)} trial(s) needed by now (finished ones are skipped)")
             code = once(replace(prep, trials=state.required))
+            looks_run += 1
+            if code == 0 and loop and max_looks is not None and looks_run >= max_looks:
+                state = evaluate(prep)
+                record(prep, state)
+                print("\n".join(summary_lines(state)))
+                if not state.outcome.finished:
+                    print(f"stopped after {looks_run} look(s) (--looks {max_looks}): run the same command again to "
+                          "decide on them and go on")
+                return 0
             if code != 0 or not loop:
                 record(prep, evaluate(prep))
                 if code == 0:

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout-min", type=int, default=None)
     s.add_argument("--max-requeues", type=int, default=None)
     s.add_argument("--array-parallelism", type=int, default=None)
+    s.add_argument("--looks", type=int, default=None, metavar="N",
+                   help="sequential seeds: run at most N looks now, then stop between looks (rerun to go on)")
 
     s = sub.add_parser("status", help="per-trial state from the tracking store (and squeue)")
     s.add_argument("spec")
@@ -111,7 +113,7 @@ def _dispatch(argv: list[str]) -> int:
                                                    "max_requeues", "array_parallelism") if getattr(args, k) is not None}
         return commands.run(args.spec, args.overrides, backend=args.backend, dry_run=args.dry_run,
                             max_parallel=args.max_parallel, uri=args.tracking_uri, wait=args.wait,
-                            slurm_opts=slurm_opts)
+                            slurm_opts=slurm_opts, max_looks=args.looks)
     if args.command == "status":
         return commands.status(args.spec, args.overrides, uri=args.tracking_uri)
     if args.command == "sync":

@@ -161,3 +161,19 @@ def test_table_cli_and_the_sweep_runs_decision_show_the_rule(sweep):
     column = decisions["columns"].index("decision")
     texts = [row[column] for row in decisions["data"]]
     assert any(t.startswith("sequential: decided at look 1") for t in texts), texts
+
+
+def test_looks_stops_between_looks_and_the_next_run_goes_on(tmp_path: Path):
+    """`--looks 1` (a GPU lease of fixed length): the first look only, a clean stop; the next run decides
+    on it and adds seeds where still undecided."""
+    name = unique("seqlooks")
+    write_workdir(tmp_path, name)
+    first = gatesweep(["run", "spec.yaml", "--looks", "1"], tmp_path, cli_env(SQLITE), timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "stopped after 1 look(s) (--looks 1)" in first.stdout
+    assert seeds_run(tmp_path, name) == {label: [0, 1, 2, 3] for label in seeds_run(tmp_path, name)}
+    assert len(seeds_run(tmp_path, name)) == 4
+    second = gatesweep(["run", "spec.yaml"], tmp_path, cli_env(SQLITE), timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    seeds = seeds_run(tmp_path, name)
+    assert seeds[FLAT] == [0, 1, 2, 3, 4, 5] and seeds[STEEP] == [0, 1, 2, 3]
