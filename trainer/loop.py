@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from trainer import checkpoint, dist
+from trainer import checkpoint, dist, megacache
 from trainer.build import (
     Geometry,
     build_loaders,
@@ -112,6 +113,7 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, *, on_val: ValCallba
 def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, stop: StopRequest,
            on_val: ValCallback | None) -> RunSummary:
     r, N, device = cfg.run, cfg.run.num_iterations, env.device
+    t_start = time.perf_counter()
     geo = Geometry.of(cfg, env.world_size)
     train_loader, val_loader = build_loaders(cfg, env, geo)
     out = Path(r.out_dir)
@@ -133,6 +135,7 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
         start_step, drawn, time_ms = state["step"], state["loader_drawn"], state["train_time_ms"]
         best, history = state["best_val_loss"], [tuple(h) for h in state["val_history"]]
     select_sdpa_backend(r.sdpa_backend)
+    cache_note = megacache.load(r.compile_cache) if compiled else ""  # before anything compiles
     net = compile_model(cfg, model) if compiled else model
     ddp = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -149,6 +152,9 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                       "n_gpus": str(env.world_size), "gatesweep.run_uid": run_id})
     if state is not None and log:
         log.line(f"resumed from step {start_step} ({ckpt_dir / checkpoint.LATEST})")
+    if cache_note and log:
+        log.line(cache_note)
+    t_setup = time.perf_counter() - t_start
 
     def evaluate() -> float:
         val_loader.reset()
@@ -251,12 +257,17 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
             if log:
                 log.line(f"step:{step + 1}/{N} train_loss:{local_loss:.4f} {reason}")
             break
+        if log and step == start_step:  # where start-up time goes (bench/README.md)
+            log.line(f"first step done {time.perf_counter() - t_start:.1f}s after train() began "
+                     f"({t_setup:.1f}s data, model, optimizers)" + (f"; {megacache.hit_counts()}" if compiled else ""))
         if env.is_main and ((step + 1) % r.log_every == 0 or step + 1 == N):
             approx = clock.total_ms(step + 1)
             if log:
                 log.line(train_line(step + 1, N, local_loss, approx, timed))
             tracker.log_metrics({"train_loss": local_loss, "step_avg_ms": approx / timed if timed == timed else
                                  math.nan, "lr": adam.param_groups[0]["lr"]}, step + 1)
+    if compiled and r.save_compile_cache and log:
+        log.line(megacache.save(r.save_compile_cache))
     # a run restarted after it had already finished (save_final) has its results.csv row already
     finished_before = state is not None and start_step == N
     return _finish(cfg, env, tracker, log, run_id, status, reason, step, history, best, time_ms, gpu, sha,
