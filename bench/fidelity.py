@@ -1,10 +1,11 @@
 """How far each same-math speed path drifts from the plain eager path (the reference's numerics).
 
 Every variant trains from the same initial weights on the same tokens; after N steps its weights and
-val loss are compared with the plain run (fast=false, eager). A seed-1 plain run puts the numbers in
-proportion: what a different seed does to the val loss. CPU by default (tiny preset on the synthetic
-source), e.g.
-    python3 bench/fidelity.py --out bench/results/<date>-fidelity-cpu --steps 300
+val loss are compared with the plain run (fast=false, eager). After one step the difference is the
+paths' rounding; over hundreds of steps any rounding change grows into a different trajectory (the
+weights drift apart as training amplifies it), so the val loss is the figure to judge, beside a
+seed-1 plain run: what a different seed does. CPU by default (tiny preset on the synthetic source):
+    python3 bench/fidelity.py --out bench/results/<date>-fidelity-cpu --steps 1,10,300
 `--ns-check` (a GPU session) also checks the batched Newton-Schulz of the real model's shapes against
 the per-matrix one, bitwise, eager and compiled.
 """
@@ -51,6 +52,7 @@ def compare(a: dict, b: dict, init: dict) -> dict[str, float]:
 
 
 def run_variants(steps: int, data: Path, work: Path, device: str, names: list[str]) -> list[dict]:
+    """One run per variant of `steps` steps; rows compared with the plain run (the first name)."""
     import torch
 
     from trainer.build import build_model
@@ -65,15 +67,18 @@ def run_variants(steps: int, data: Path, work: Path, device: str, names: list[st
     out: dict[str, dict] = {}
     rows = []
     for name in names:
-        cfg = TrainConfig.from_flat(BASE | files | {"num_iterations": steps, "device": device,
-                                                    "out_dir": str(work / name), "run_id": "f",
+        # the warmdown keeps its share of the run (90 of 300), so short runs take full-size steps
+        cfg = TrainConfig.from_flat(BASE | files | {"num_iterations": steps, "warmdown_iters": 90 * steps // 300,
+                                                    "device": device,
+                                                    "out_dir": str(work / f"{name}-{steps}"), "run_id": "f",
                                                     "results_csv": str(work / "results.csv")} | VARIANTS[name])
         s = train(cfg, NullTracker(), env=env)
-        state = torch.load(work / name / "checkpoints" / "f" / "latest.pt", map_location="cpu", weights_only=False)
+        state = torch.load(work / f"{name}-{steps}" / "checkpoints" / "f" / "latest.pt", map_location="cpu",
+                           weights_only=False)
         out[name] = {"model": state["model"], "val": s.final_val_loss}
         if name == "plain":
             out["init"] = {"model": build_model(cfg, torch.device("cpu")).state_dict()}
-        row = {"variant": name, "final_val_loss": round(s.final_val_loss, 5),
+        row = {"variant": name, "steps": steps, "final_val_loss": round(s.final_val_loss, 5),
                "val_diff": round(s.final_val_loss - out["plain"]["val"], 5)}
         if "seed" not in VARIANTS[name]:
             row |= compare(out[name]["model"], out["plain"]["model"], out["init"]["model"])
@@ -108,7 +113,7 @@ def ns_check() -> dict[str, bool]:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", default="1,10,300", help="comma-separated run lengths")
     p.add_argument("--device", default="cpu")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; plain is always run first")
     p.add_argument("--ns-check", action="store_true", help="only the Newton-Schulz batching check")
@@ -128,10 +133,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         write_synth_dataset(data, train_tokens=2_000_000, val_tokens=65_536)
-        rows = run_variants(args.steps, data, Path(tmp) / "runs", args.device, names)
+        rows = [row for n in map(int, args.steps.split(","))
+                for row in run_variants(n, data, Path(tmp) / "runs", args.device, names)]
     meta = {"device": args.device, "torch": torch.__version__, "steps": args.steps, "base": BASE}
     (out / "fidelity.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    cols = ["variant", "bitwise", "max_abs", "max_rel", "max_update", "final_val_loss", "val_diff"]
+    cols = ["variant", "steps", "bitwise", "max_abs", "max_rel", "max_update", "final_val_loss", "val_diff"]
     (out / "fidelity.md").write_text(f"{json.dumps(meta)}\n\n{markdown_table(rows, cols)}")
     print(markdown_table(rows, cols))
     return 0

@@ -51,7 +51,7 @@ class Result:
     overrides: dict
     cache: str
     log: str = ""
-    note: str = ""  # our trainer's "first step done ..." line: where start-up time went
+    note: str = ""  # our trainer's "first step done ..." console line: where start-up time went
     baseline: str = ""
     batch: int = 64
 
@@ -111,8 +111,9 @@ def run_job(job: Job, gpu_ids: list[int], train: str, val: str, peak_tflops: flo
     tokens = job.batch * 1024
     tps = tokens / (stats.step_ms_median / 1000) if stats.step_ms_median == stats.step_ms_median else float("nan")
     mfu = tps * flops_per_token(gate=job.gate) / (peak_tflops * 1e12 * job.gpus)
-    tail = (run_dir / "stdout.txt").read_text(errors="replace")[-1500:]
-    note = next((ln for ln in text.splitlines() if ln.startswith("first step done")), "")
+    out_text = (run_dir / "stdout.txt").read_text(errors="replace")
+    tail = out_text[-1500:]
+    note = next((ln.split(": ", 1)[1] for ln in out_text.splitlines() if "first step done" in ln), "")
     res = Result(job.label, job.kind, job.gate, job.gpus, round(first or float("nan"), 1), round(stats.step_ms_median, 2),
                  round(stats.step_ms_spread, 3), round(tps), round(mfu, 4), stats.peak_mib, stats.final_val_loss,
                  proc.returncode, job.overrides, job.cache, tail if proc.returncode else "", note, job.baseline,

@@ -9,6 +9,7 @@ step 10 and stopped around validation and checkpoints, and the reference's step 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -38,6 +39,8 @@ from trainer.runlog import RunLog, append_result, git_info, header, train_line, 
 from trainer.schedule import lr_factor
 from trainer.signals import StopRequest
 from trainer.tracking import NullTracker, Tracker, make_tracker
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,8 +155,8 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                       "n_gpus": str(env.world_size), "gatesweep.run_uid": run_id})
     if state is not None and log:
         log.line(f"resumed from step {start_step} ({ckpt_dir / checkpoint.LATEST})")
-    if cache_note and log:
-        log.line(cache_note)
+    if cache_note and env.is_main:  # console lines, as the reference prints its own; the log keeps its format
+        logger.info(cache_note)
     t_setup = time.perf_counter() - t_start
 
     def evaluate() -> float:
@@ -257,17 +260,17 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
             if log:
                 log.line(f"step:{step + 1}/{N} train_loss:{local_loss:.4f} {reason}")
             break
-        if log and step == start_step:  # where start-up time goes (bench/README.md)
-            log.line(f"first step done {time.perf_counter() - t_start:.1f}s after train() began "
-                     f"({t_setup:.1f}s data, model, optimizers)" + (f"; {megacache.hit_counts()}" if compiled else ""))
+        if env.is_main and step == start_step:  # where start-up time goes (bench/README.md)
+            logger.info(f"first step done {time.perf_counter() - t_start:.1f}s after train() began "
+                        f"({t_setup:.1f}s data, model, optimizers)" + (f"; {megacache.hit_counts()}" if compiled else ""))
         if env.is_main and ((step + 1) % r.log_every == 0 or step + 1 == N):
             approx = clock.total_ms(step + 1)
             if log:
                 log.line(train_line(step + 1, N, local_loss, approx, timed))
             tracker.log_metrics({"train_loss": local_loss, "step_avg_ms": approx / timed if timed == timed else
                                  math.nan, "lr": adam.param_groups[0]["lr"]}, step + 1)
-    if compiled and r.save_compile_cache and log:
-        log.line(megacache.save(r.save_compile_cache))
+    if compiled and r.save_compile_cache and env.is_main:
+        logger.info(megacache.save(r.save_compile_cache))
     # a run restarted after it had already finished (save_final) has its results.csv row already
     finished_before = state is not None and start_step == N
     return _finish(cfg, env, tracker, log, run_id, status, reason, step, history, best, time_ms, gpu, sha,
