@@ -35,7 +35,7 @@ from trainer.clock import TrainClock
 from trainer.config import TrainConfig
 from trainer.diagnostics import diagnose
 from trainer.loader import ShardLoader
-from trainer.runlog import RunLog, append_result, git_info, header, train_line, val_line
+from trainer.runlog import RunLog, append_result, git_info, header, start_nvidia_smi, train_line, val_line
 from trainer.schedule import lr_factor
 from trainer.signals import StopRequest
 from trainer.tracking import NullTracker, Tracker, make_tracker
@@ -117,6 +117,7 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
            on_val: ValCallback | None) -> RunSummary:
     r, N, device = cfg.run, cfg.run.num_iterations, env.device
     t_start = time.perf_counter()
+    smi = start_nvidia_smi() if env.is_main and device.type == "cuda" else None  # runs while we set up
     geo = Geometry.of(cfg, env.world_size)
     train_loader, val_loader = build_loaders(cfg, env, geo)
     out = Path(r.out_dir)
@@ -147,7 +148,7 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
     # ---------------------------------------------------------------- run record
     sha, dirty = git_info()
     flat = cfg.flat() | {"run_id": run_id}
-    log = RunLog(out / "logs" / f"{run_id}.txt", header(flat, sha, dirty) if env.is_main else None) \
+    log = RunLog(out / "logs" / f"{run_id}.txt", header(flat, sha, dirty, smi() if smi else None)) \
         if env.is_main else None
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     tracker.log_params(flat)
