@@ -235,7 +235,7 @@ def test_summary_cli_files_the_calls_and_keeps_what_they_did_not_measure(tmp_pat
     assert s["ns_batching_bitwise"] == CALL2["ns_check"]
 
 
-@pytest.mark.parametrize("part,first", [("1", "[ref-cold]"), ("2", "[ours-none-cold]")])
+@pytest.mark.parametrize("part,first", [("1", "[ref-cold]"), ("2", "[ours-none]")])
 def test_next_session_script_plans_within_the_call(tmp_path: Path, part: str, first: str):
     """bench/next_session.sh with BENCH_DRY_RUN=1: the shell around the plan works, the plan runs on GPU
     0 alone within the call's budget, and its outputs go to $OUT."""
