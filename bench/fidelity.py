@@ -31,7 +31,7 @@ VARIANTS: dict[str, dict] = {
     "compile": {"compile": "on"},
     "fast (all three)": {"fast": True},
     "fast + compile": {"fast": True, "compile": "on"},
-    "plain, seed 1": {"seed": 1},
+    "plain seed=1": {"seed": 1},
 }
 # the demo spec's model on the synthetic source, with a headwise gate so the gate GEMM is exercised
 BASE = {"preset": "tiny", "n_embd": 64, "sequence_length": 128, "batch_size": 16, "device_batch_size": 16,
