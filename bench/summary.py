@@ -70,11 +70,11 @@ def summarize(calls: list[dict], previous: dict, sources: dict[str, str]) -> dic
                                                if k not in ("save_compile_cache", "compile_cache")}}
                          for label, (i, r) in sorted(found.items()) if r.get("baseline") and _ok(r)}
     same = [r for r in calls[ref_call]["results"] if _ok(r) and r["gate"] == "none" and r["kind"] == "ours"
-            and r["batch"] == 64 and r["overrides"].get("fast", True)] if ref else []
+            and r.get("batch", 64) == 64 and r["overrides"].get("fast", True)] if ref else []
     best = min(same, key=lambda r: r["step_ms"], default=None)
     out["best_step_ratio"] = {"label": best["label"], "ratio": _ratio(best, ref)} if best else None
     heads = [(label, vs_base(label, 1.0)) for label, (_, r) in found.items()
-             if _ok(r) and r["gate"] == "headwise" and r["batch"] == 64 and "gate_act" not in r["overrides"]]
+             if _ok(r) and r["gate"] == "headwise" and r.get("batch", 64) == 64 and "gate_act" not in r["overrides"]]
     heads = [h for h in heads if h[1] is not None]
     bh = min(heads, key=lambda h: h[1], default=None)
     out["best_headwise_overhead"] = {"label": bh[0], "overhead": bh[1]} if bh else None

@@ -266,3 +266,15 @@ def test_next_session_script_plans_within_the_call(tmp_path: Path, part: str, fi
     assert planned <= budget <= 505
     assert next(ln for ln in log.splitlines() if ln.startswith("  [")).startswith(f"  {first}")
     assert f"part {part} exit 0" in log
+
+
+def test_summary_reproduces_the_published_figures_of_the_2026_11_27_call():
+    """Summarizing the committed 2026-11-27 call gives back the figures published from it then (README,
+    summary.json of that date): the summary's arithmetic on a real results file."""
+    from bench.summary import load_call, summarize
+
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    s = summarize([load_call(results / "2026-11-27-smoke-h200")], {}, {})
+    assert (s["ref_step_ms"], s["ours_step_ms"], s["step_ratio"]) == (143, 138, 0.965)
+    assert (s["headwise_overhead"], s["elementwise_overhead"]) == (0.0652, 0.0362)
+    assert (s["cold_start_s"], s["warm_start_s"], s["ref_cold_start_s"]) == (52.3, 20.8, 188.0)
