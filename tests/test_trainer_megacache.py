@@ -67,6 +67,8 @@ def test_every_trial_names_its_sweeps_portable_cache(tmp_path: Path):
 def test_a_missing_cache_file_is_a_note_not_an_error(tmp_path: Path):
     assert megacache.load("") == ""
     assert megacache.load(str(tmp_path / "none.bin")).endswith("not found; compiling")
+    (tmp_path / "bad.bin").write_bytes(b"not a cache")
+    assert megacache.load(str(tmp_path / "bad.bin")).endswith("; compiling")
     # nothing compiled in this process: nothing is written
     assert "not written" in megacache.save(str(tmp_path / "out.bin"))
     assert not (tmp_path / "out.bin").exists()

@@ -103,7 +103,8 @@ class RunConfig:
     """A portable compile cache (torch.compiler.save_cache_artifacts) loaded at start when the file
     exists; `gatesweep warmup` writes one into the sweep's compile cache. Empty: none."""
     save_compile_cache: str = ""
-    """Write the portable compile cache to this file after the first optimizer step (warm-up runs)."""
+    """Write the portable compile cache (what this run compiled) to this file at the end of the run;
+    `gatesweep warmup` sets it. Nothing is written when every graph came from a warm cache."""
     cd_tuning: bool = False
     """Inductor coordinate-descent tuning of kernel configs (the reference turns it on). Costs compile
     time once; the sweep's shared compile cache keeps the tuned configs for later trials."""

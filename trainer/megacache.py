@@ -16,7 +16,8 @@ import torch
 
 
 def load(path: str) -> str:
-    """Load the cache at `path` if it exists; returns a line for the run log."""
+    """Load the cache at `path` if it exists; returns a line for the console. A file this torch cannot
+    read (another version, damaged) only costs the compilation it would have saved."""
     if not path:
         return ""
     p = Path(path)
@@ -25,7 +26,12 @@ def load(path: str) -> str:
         return f"compile cache {p}: this torch ({torch.__version__}) cannot load it; compiling"
     if not p.is_file():
         return f"compile cache {p}: not found; compiling"
-    info = fn(p.read_bytes())
+    try:
+        info = fn(p.read_bytes())
+    except Exception as e:  # noqa: BLE001 - an optimization: never fail a run over it
+        return f"compile cache {p}: not loaded ({type(e).__name__}: {str(e)[:120]}); compiling"
+    if info is None:  # torch logs why (e.g. a checksum mismatch)
+        return f"compile cache {p}: torch could not read it; compiling"
     return f"compile cache {p}: loaded {_count(info)} artifacts ({p.stat().st_size / 2**20:.1f} MiB)"
 
 
