@@ -64,7 +64,8 @@ def test_every_trial_names_its_sweeps_portable_cache(tmp_path: Path):
                                                   "megacache.bin").resolve()
 
 
-def test_a_missing_cache_file_is_a_note_not_an_error(tmp_path: Path):
+def test_a_missing_cache_file_is_a_note_not_an_error(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # empty: the file would load
     assert megacache.load("") == ""
     assert megacache.load(str(tmp_path / "none.bin")).endswith("not found; compiling")
     (tmp_path / "bad.bin").write_bytes(b"not a cache")
@@ -72,3 +73,11 @@ def test_a_missing_cache_file_is_a_note_not_an_error(tmp_path: Path):
     # nothing compiled in this process: nothing is written
     assert "not written" in megacache.save(str(tmp_path / "out.bin"))
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_a_warm_local_cache_is_not_rewritten_from_the_file(tmp_path: Path, monkeypatch):
+    (tmp_path / "inductor" / "fxgraph" / "ab").mkdir(parents=True)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    (tmp_path / "mega.bin").write_bytes(b"x")
+    assert megacache.local_cache_is_warm()
+    assert megacache.load(str(tmp_path / "mega.bin")).endswith("the local compile cache is warm; not loaded")

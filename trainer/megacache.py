@@ -1,8 +1,9 @@
 """The portable compile cache: torch.compiler.save_cache_artifacts / load_cache_artifacts.
 
 A process that compiled (a cold warm-up trial) serializes what inductor, AOTAutograd and the
-autotuner wrote into one file; a later trial loads it into its own (possibly empty, e.g. on another
-node) local caches before it compiles, so its graphs are cache hits. Only artifacts this process
+autotuner wrote into one file; a later trial whose local caches are empty (another node, a node-local
+cache directory) loads it before it compiles, so its graphs are cache hits. A trial whose local
+FX-graph cache already holds graphs (the sweep's shared cache) skips the file. Only artifacts this process
 created are recorded: a run that hit a warm cache has nothing to save, and then writes nothing.
 Versions of torch without the API skip both sides with a note.
 """
@@ -26,6 +27,8 @@ def load(path: str) -> str:
         return f"compile cache {p}: this torch ({torch.__version__}) cannot load it; compiling"
     if not p.is_file():
         return f"compile cache {p}: not found; compiling"
+    if local_cache_is_warm():  # the second trial of a sweep on this node: loading would only rewrite it
+        return f"compile cache {p}: the local compile cache is warm; not loaded"
     try:
         info = fn(p.read_bytes())
     except Exception as e:  # noqa: BLE001 - an optimization: never fail a run over it
@@ -33,6 +36,16 @@ def load(path: str) -> str:
     if info is None:  # torch logs why (e.g. a checksum mismatch)
         return f"compile cache {p}: torch could not read it; compiling"
     return f"compile cache {p}: loaded {_count(info)} artifacts ({p.stat().st_size / 2**20:.1f} MiB)"
+
+
+def local_cache_is_warm() -> bool:
+    """True when inductor's FX-graph cache (TORCHINDUCTOR_CACHE_DIR/fxgraph) already holds graphs."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:
+        return False
+    fx = Path(cache_dir()) / "fxgraph"
+    return fx.is_dir() and any(fx.iterdir())
 
 
 def save(path: str) -> str:
