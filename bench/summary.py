@@ -57,8 +57,8 @@ def summarize(calls: list[dict], previous: dict, sources: dict[str, str]) -> dic
     ref_call = found["ref-cold"][0] if ref else len(calls) - 1
     base = base_of(ref_call)
     out: dict[str, Any] = {"card": meta["card"], "torch": meta["torch"], "date": meta["date"],
-                           "ref_step_ms": ref["step_ms"] if _ok(ref) else None,
-                           "ours_step_ms": base["step_ms"] if _ok(base) else None,
+                           "ref_step_ms": ref["step_ms"] if ref and _ok(ref) else None,
+                           "ours_step_ms": base["step_ms"] if base and _ok(base) else None,
                            "step_ratio": _ratio(base, ref)}
     out |= {key: vs_base(label, 1.0) for key, label in OVERHEADS.items()}
     start = lambda label: found[label][1]["startup_s"] if _ok(get(label)) else None  # noqa: E731
