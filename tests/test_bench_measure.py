@@ -262,7 +262,9 @@ def test_next_session_script_plans_within_the_call(tmp_path: Path, part: str, fi
     assert res.returncode == 0, res.stdout + res.stderr
     log = (tmp_path / "out" / "session.log").read_text()
     lane = next(ln for ln in log.splitlines() if ln.startswith("lane 0:"))
-    planned, budget = (float(x) for x in re.search(r"estimated (\d+)s of (\d+)s", lane).groups())
+    m = re.search(r"estimated (\d+)s of (\d+)s", lane)
+    assert m, lane
+    planned, budget = float(m[1]), float(m[2])
     assert planned <= budget <= 505
     assert next(ln for ln in log.splitlines() if ln.startswith("  [")).startswith(f"  {first}")
     assert f"part {part} exit 0" in log

@@ -138,6 +138,7 @@ def reference_train(cfg: TrainConfig, rank: int = 0, world: int = 1) -> dict[str
             else:
                 loss.backward()
         for p in model.parameters():
+            assert p.grad is not None
             p.grad /= accum
         for opt, sched in zip(optimizers, schedulers):
             opt.step()
