@@ -16,34 +16,22 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import flops_per_token, markdown_table, parse_log, patch_reference  # noqa: E402
+from bench.measure import flops_per_token, markdown_table, parse_log  # noqa: E402
+from bench.plans import Job, command, fits, plan_jobs  # noqa: E402,F401 - plan_jobs: tests import it here
 
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/gatesweep-bench"))
-
-
-@dataclass
-class Job:
-    label: str
-    kind: str  # ours | ref
-    overrides: dict = field(default_factory=dict)
-    cache: str = "default"
-    gpus: int = 1
-    steps: int = 60
-    batch: int = 64
-    gate: str = "none"
-    patch: dict = field(default_factory=dict)  # reference: extra Hyperparameters patches (parity runs)
-    data: tuple[str, str] | None = None  # (train, val) patterns instead of the random-token shards
 
 
 @dataclass
@@ -63,6 +51,9 @@ class Result:
     overrides: dict
     cache: str
     log: str = ""
+    note: str = ""  # our trainer's "first step done ..." console line: where start-up time went
+    baseline: str = ""
+    batch: int = 64
 
 
 def make_data(vocab: int = 50257) -> tuple[str, str]:
@@ -88,39 +79,29 @@ def _env(job: Job, gpu_ids: list[int]) -> dict[str, str]:
     return env
 
 
-def _command(job: Job, train: str, val: str, run_dir: Path) -> list[str]:
-    nproc = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={job.gpus}"]
-    val_tokens = 64 * 1024 * job.gpus * 2
-    if job.kind == "ref":
-        src = Path(ARGS.ref).read_text()
-        script = run_dir / "train_gpt2.py"
-        values = dict(input_bin=train, input_val_bin=val, batch_size=job.batch, num_iterations=job.steps,
-                      val_loss_every=0, val_tokens=val_tokens) | job.patch
-        script.write_text(patch_reference(src, **values))
-        return [sys.executable, *nproc, str(script)]
-    cfg = {"train_files": train, "val_files": val, "batch_size": job.batch, "device_batch_size": 64,
-           "num_iterations": job.steps, "warmdown_iters": 0, "val_every": 0, "val_tokens": val_tokens,
-           "out_dir": str(run_dir), "run_id": "bench", "results_csv": str(run_dir / "results.csv"),
-           "attn_gate": job.gate} | job.overrides
-    return [sys.executable, *nproc, "-m", "trainer", *[f"{k}={v}" for k, v in cfg.items()]]
-
-
-def run_job(job: Job, gpu_ids: list[int], train: str, val: str, peak_tflops: float) -> Result:
+def run_job(job: Job, gpu_ids: list[int], train: str, val: str, peak_tflops: float,
+            timeout_s: float | None = None) -> Result:
     run_dir = WORK / "runs" / job.label
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     if job.data:
-        train, val = (str(Path(p).resolve()) for p in job.data)
-    cmd = _command(job, train, val, run_dir)
+        job.data = tuple(str(Path(p).resolve()) for p in job.data)  # type: ignore[assignment]
+    ref_source = Path(ARGS.ref).read_text() if job.kind == "ref" else None
+    cmd, script = command(job, train, val, run_dir, sys.executable, ref_source)
+    if script is not None:
+        (run_dir / "train_gpt2.py").write_text(script)
     t0 = time.time()
     with open(run_dir / "stdout.txt", "w") as out:
-        proc = subprocess.Popen(cmd, cwd=run_dir, env=_env(job, gpu_ids), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=run_dir, env=_env(job, gpu_ids), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         first = None
         while proc.poll() is None:
             if first is None:
                 for log in (run_dir / "logs").glob("*.txt") if (run_dir / "logs").is_dir() else []:
                     if "\nstep:1/" in log.read_text(errors="replace"):
                         first = time.time() - t0
+            if timeout_s is not None and time.time() - t0 > timeout_s:
+                os.killpg(proc.pid, signal.SIGKILL)  # the budget of the call: keep what was measured
             time.sleep(0.2)
     logs = sorted((run_dir / "logs").glob("*.txt")) if (run_dir / "logs").is_dir() else []
     text = logs[0].read_text(errors="replace") if logs else ""
@@ -130,12 +111,15 @@ def run_job(job: Job, gpu_ids: list[int], train: str, val: str, peak_tflops: flo
     tokens = job.batch * 1024
     tps = tokens / (stats.step_ms_median / 1000) if stats.step_ms_median == stats.step_ms_median else float("nan")
     mfu = tps * flops_per_token(gate=job.gate) / (peak_tflops * 1e12 * job.gpus)
-    tail = (run_dir / "stdout.txt").read_text(errors="replace")[-1500:]
+    out_text = (run_dir / "stdout.txt").read_text(errors="replace")
+    tail = out_text[-1500:]
+    note = next((ln.split(": ", 1)[1] for ln in out_text.splitlines() if "first step done" in ln), "")
     res = Result(job.label, job.kind, job.gate, job.gpus, round(first or float("nan"), 1), round(stats.step_ms_median, 2),
                  round(stats.step_ms_spread, 3), round(tps), round(mfu, 4), stats.peak_mib, stats.final_val_loss,
-                 proc.returncode, job.overrides, job.cache, tail if proc.returncode else "")
+                 proc.returncode, job.overrides, job.cache, tail if proc.returncode else "", note, job.baseline,
+                 job.batch)
     print(f"[{job.label}] exit={proc.returncode} startup={res.startup_s}s step={res.step_ms}ms "
-          f"peak={res.peak_mib}MiB val={res.final_val_loss}", flush=True)
+          f"peak={res.peak_mib}MiB val={res.final_val_loss} {note}", flush=True)
     if proc.returncode:
         print(tail, flush=True)
     return res
@@ -158,39 +142,6 @@ def matmul_tflops() -> float:
     return 2 * 8192**3 * 20 / (start.elapsed_time(end) / 1000) / 1e12
 
 
-def plan_jobs(plan: str, steps: int, ours: dict, n_gpus: int = 2) -> list[list[Job]]:
-    """Lanes of jobs (one GPU per lane); `n_gpus`: the GPUs given with --lanes."""
-    v = lambda label, gate, cache="ours", **kw: Job(label, "ours", ours | kw, cache, steps=steps, gate=gate)  # noqa: E731
-    variants = [v("ours-none-cold", "none", "ours"), v("ours-none-warm", "none", "ours", seed=1),
-                v("ours-headwise", "headwise"), v("ours-elementwise", "elementwise"), v("ours-const", "const"),
-                v("ours-headwise-ns", "headwise", gate_act="ns_sigmoid"),
-                v("ours-elementwise-value", "elementwise", gate_pos="value")]
-    ref = [Job("ref-cold", "ref", cache="ref", steps=steps), Job("ref-warm", "ref", cache="ref", steps=steps)]
-    if plan == "smoke":
-        ablate = [Job("abl-plain", "ours", {}, "abl-plain", steps=steps),
-                  Job("abl-model-compile", "ours", ours | {"compile_mode": "model"}, "abl-model", steps=steps)]
-        return [variants[:4], ref[:1] + ablate]
-    if plan == "full":
-        return [variants, ref]
-    if plan == "variants":  # the rest of the gate variants, each lane with its own baseline
-        return [[variants[0], variants[4], variants[5]],
-                [v("ours-none-b", "none", "ours-b"), variants[6],
-                 v("ours-headwise-unfused", "headwise", "ours-b", fused_proj=False)]]
-    if plan == "parity":  # the reference on the offline corpus, as sweeps/offline_stage1.yaml trains
-        data = (str(ROOT / ".gpu/data/offline_train_*.bin"), str(ROOT / ".gpu/data/offline_val_*.bin"))
-        return [[Job("ref-parity", "ref", cache="ref", steps=300, batch=32, data=data,
-                     patch=dict(device_batch_size=32, warmdown_iters=90, val_loss_every=50, val_tokens=524288))]]
-    if plan == "ablations":  # same-math speed options, each lane against its own baseline
-        opts = [{"cd_tuning": True}, {"compile_mode": "model"}, {"sdpa_backend": "cudnn"},
-                {"fused_proj": False}]
-        return [[v(f"abl-base-{i}", "none", f"abl-{i}"), v(f"abl-{next(iter(o))}={next(iter(o.values()))}", "none",
-                                                        f"abl-{i}-x", **o)] for i, o in enumerate(opts)]
-    if plan == "scaling":  # global batch fixed at 512 x 1024 tokens; every GPU count the machine has
-        return [[Job(f"ddp-{n}gpu", "ours", ours, "ours", gpus=n, batch=512, steps=steps)]
-                for n in (1, 2, 4, 8) if n <= n_gpus]
-    raise SystemExit(f"unknown plan {plan}")
-
-
 def main() -> int:
     global ARGS
     p = argparse.ArgumentParser()
@@ -200,7 +151,15 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--ours", default="{}", help="JSON overrides for our trainer in every 'ours' job")
     p.add_argument("--lanes", default="0,1", help="GPU ids, one lane each")
+    p.add_argument("--budget", type=float, default=510, help="single-card plans: seconds for all jobs")
+    p.add_argument("--dry-run", action="store_true", help="print the planned jobs and commands, run nothing")
     ARGS = p.parse_args()
+    gpu_ids = [int(x) for x in ARGS.lanes.split(",")]
+    lanes = plan_jobs(ARGS.plan, ARGS.steps, json.loads(ARGS.ours), n_gpus=len(gpu_ids), work=WORK)
+    single = ARGS.plan.startswith("single")
+    if ARGS.dry_run:
+        print(dry_run(lanes, ARGS.budget if single else None))
+        return 0
     import torch
 
     out = Path(ARGS.out)
@@ -208,9 +167,8 @@ def main() -> int:
     train, val = make_data()
     peak = matmul_tflops()
     card = torch.cuda.get_device_name(0)
-    gpu_ids = [int(x) for x in ARGS.lanes.split(",")]
-    lanes = plan_jobs(ARGS.plan, ARGS.steps, json.loads(ARGS.ours), n_gpus=len(gpu_ids))
     results: list[Result] = []
+    skipped: list[str] = []
     lock = threading.Lock()
 
     def lane(jobs: list[Job], gid: int) -> None:
@@ -220,7 +178,16 @@ def main() -> int:
             with lock:
                 results.append(r)
 
-    if ARGS.plan == "scaling":  # whole machine per job: one after another
+    if single:  # one process at a time, within the budget
+        t_end = time.time() + ARGS.budget
+        for job in lanes[0]:
+            left = t_end - time.time()
+            if job.est_s > left:
+                skipped.append(job.label)
+                print(f"[{job.label}] skipped: estimated {job.est_s:.0f}s, {left:.0f}s of the budget left", flush=True)
+                continue
+            results.append(run_job(job, gpu_ids[:1], train, val, peak, timeout_s=left))
+    elif ARGS.plan == "scaling":  # whole machine per job: one after another
         for jobs in lanes:
             lane(jobs, gpu_ids[0])
     else:
@@ -233,7 +200,8 @@ def main() -> int:
     meta = {"card": card, "torch": torch.__version__, "cuda": torch.version.cuda,
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "matmul_tflops": round(peak, 1),
             "plan": ARGS.plan, "steps": ARGS.steps, "ours_overrides": json.loads(ARGS.ours),
-            "n_gpus": torch.cuda.device_count()}
+            "n_gpus": torch.cuda.device_count(), "skipped": skipped,
+            "concurrent": not single and ARGS.plan != "scaling" and len(lanes) > 1}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1))
     cols = ["label", "gate", "gpus", "startup_s", "step_ms", "spread", "mfu", "peak_mib", "final_val_loss", "exit_code"]
     table = markdown_table([asdict(r) for r in sorted(results, key=lambda r: r.label)], cols)
@@ -241,6 +209,21 @@ def main() -> int:
     print(json.dumps(meta))
     print(table)
     return 0
+
+
+def dry_run(lanes: list[list[Job]], budget: float | None) -> str:
+    """The jobs a call would run, lane by lane, with their commands; with a budget (single-card
+    plans) also which jobs the estimates leave out."""
+    lines = []
+    for i, jobs in enumerate(lanes):
+        run, skip = fits(jobs, budget) if budget is not None else (jobs, [])
+        total = sum(j.est_s for j in run)
+        lines.append(f"lane {i}: {len(run)} jobs, estimated {total:.0f}s" + (f" of {budget:.0f}s" if budget else ""))
+        for job in run:
+            cmd, _ = command(job, "TRAIN", "VAL", WORK / "runs" / job.label, "python3")
+            lines.append(f"  [{job.label}] ~{job.est_s:.0f}s cache={job.cache}: {' '.join(cmd[5:])}")
+        lines += [f"  [{job.label}] would be skipped (estimate {job.est_s:.0f}s)" for job in skip]
+    return "\n".join(lines)
 
 
 ARGS: argparse.Namespace

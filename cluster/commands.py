@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cluster.compile_cache import cache_env
+from cluster.compile_cache import cache_env, megacache_path
 from cluster.local import check_local, run_trials, trainer_command, visible_gpus
 from cluster.state import DONE, counts, split
 from cluster.store import SWEEP_RECORDS, clean_env, sync_sweep_record
@@ -247,13 +247,15 @@ def sync(paths: list[str], uri: str | None) -> int:
 
 
 def warmup_trial(trial: Trial, sweep_dir: Path) -> int:
-    """Fill the sweep's compile cache: the first trial's graphs, 2 steps, one val batch."""
+    """Fill the sweep's compile cache: the first trial's graphs, 2 steps, one val batch; and save
+    what it compiled as the sweep's portable cache (megacache.bin) for nodes with empty caches."""
     d = trial.config.data
     nproc = max(trial.resources.gpus_per_node, 1) * trial.resources.nodes
     out = sweep_dir / ".warmup"
     cfg = trial.config.flat() | {"num_iterations": 2, "warmup_iters": 0, "warmdown_iters": 0, "val_every": 0,
                                  "val_tokens": d.device_batch_size * d.sequence_length * nproc,
-                                 "out_dir": str(out), "run_id": "warmup", "results_csv": str(out / "results.csv")}
+                                 "out_dir": str(out), "run_id": "warmup", "results_csv": str(out / "results.csv"),
+                                 "compile_cache": "", "save_compile_cache": str(megacache_path(sweep_dir))}
     out.mkdir(parents=True, exist_ok=True)
     (out / "trial.json").write_text(json.dumps({"config": cfg, "trial": {}}))
     env = clean_env() | cache_env(sweep_dir) | {"GATESWEEP_TRACKING": "local"}
@@ -266,8 +268,11 @@ def warmup_trial(trial: Trial, sweep_dir: Path) -> int:
 def warmup(spec_path: str, overrides: list[str], uri: str | None) -> int:
     prep = prepare(spec_path, overrides, uri, use_store=False)
     code = warmup_trial(prep.trials[0], RUNS_ROOT / prep.spec.name)
+    sweep_dir = RUNS_ROOT / prep.spec.name
+    mega = megacache_path(sweep_dir)
     print(f"warmup {'done' if code == 0 else f'failed (exit {code})'}: cache in "
-          f"{cache_env(RUNS_ROOT / prep.spec.name)['TORCHINDUCTOR_CACHE_DIR']}")
+          f"{cache_env(sweep_dir)['TORCHINDUCTOR_CACHE_DIR']}"
+          + (f", portable cache {mega}" if mega.is_file() else ""))
     return code
 
 

@@ -3,7 +3,9 @@
 Inductor's FX-graph cache and AOTAutograd cache are keyed by the graph, torch/triton versions and
 the GPU, so trials that differ only in seed or LR (Python floats, not graph constants) hit the cache
 the first trial filled. The launchers point every trial at one directory per sweep (on Slurm it is
-on the shared filesystem); `gatesweep warmup SPEC` fills it before a sweep starts.
+on the shared filesystem); `gatesweep warmup SPEC` fills it before a sweep starts and also writes
+`megacache.bin` there: torch's portable cache of what it compiled, which every trial loads before
+compiling (trial.json's compile_cache), so a node whose local caches are empty starts warm too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from pathlib import Path
 
 def cache_dir(sweep_dir: Path) -> Path:
     return Path(os.environ.get("GATESWEEP_COMPILE_CACHE", str(sweep_dir / ".compile-cache"))).resolve()
+
+
+def megacache_path(sweep_dir: Path) -> Path:
+    return cache_dir(sweep_dir) / "megacache.bin"
 
 
 def cache_env(sweep_dir: Path) -> dict[str, str]:

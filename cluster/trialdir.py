@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cluster.compile_cache import megacache_path
 from sweeps.expand import Trial
 from trainer.tracking import read_json, write_json
 
@@ -28,9 +29,11 @@ def trial_dir(trial: Trial, root: Path = RUNS_ROOT) -> Path:
 
 
 def run_config(trial: Trial, run_dir: Path) -> dict[str, Any]:
-    """The flat trainer config a trial runs with: its own out_dir, and run_id = trial_id so that a
-    restarted trial resumes from its checkpoint (both keys are outside the trial identity)."""
-    return trial.config.flat() | {"out_dir": str(run_dir), "run_id": trial.trial_id}
+    """The flat trainer config a trial runs with: its own out_dir, run_id = trial_id so that a
+    restarted trial resumes from its checkpoint, and the sweep's portable compile cache (loaded if
+    `gatesweep warmup` wrote it). All three keys are outside the trial identity."""
+    return trial.config.flat() | {"out_dir": str(run_dir), "run_id": trial.trial_id,
+                                  "compile_cache": str(megacache_path(run_dir.parent))}
 
 
 def write_trial_json(trial: Trial, run_dir: Path, *, backend: str, overrides: dict[str, Any] | None = None,

@@ -4,6 +4,9 @@ count behind MFU, and the result table."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from bench.measure import flops_per_token, markdown_table, parse_log, patch_reference
@@ -79,3 +82,201 @@ def test_bench_plans_cover_every_variant_and_gpu_count():
     for lane in plan_jobs("ablations", 60, ours):  # each option against a baseline run on the same GPU
         base, option = lane
         assert base.overrides == ours and option.overrides != ours and base.cache != option.cache
+
+
+# ---------------------------------------------------------------- single-card plans and the summary
+def _all(plan: str) -> list:
+    from bench.plans import plan_jobs
+
+    (lane,) = plan_jobs(plan, 40, {})
+    return lane
+
+
+def test_single_card_plans_run_everything_the_issue_asks_on_one_gpu():
+    one, two = _all("single1"), _all("single2")
+    jobs = {j.label: j for j in one + two}
+    assert all(j.gpus == 1 for j in jobs.values())
+    assert [j.label for j in one[:3]] == ["ref-cold", "ours-none-cold", "ours-none-warm"]
+    gates = {(j.gate, j.overrides.get("gate_act", "sigmoid"), j.overrides.get("gate_pos", "sdpa"))
+             for j in jobs.values() if j.label.startswith("ours-") and j.batch == 64}
+    assert gates == {("none", "sigmoid", "sdpa"), ("headwise", "sigmoid", "sdpa"), ("elementwise", "sigmoid", "sdpa"),
+                     ("const", "sigmoid", "sdpa"), ("headwise", "ns_sigmoid", "sdpa"),
+                     ("elementwise", "sigmoid", "value")}
+    # warm = the second trial of a sweep: same local cache, the portable cache the cold run saved
+    cold, warm, mega = jobs["ours-none-cold"], jobs["ours-none-warm"], jobs["ours-none-mega"]
+    assert jobs["ours-none"].overrides["save_compile_cache"] == cold.overrides["save_compile_cache"]
+    assert cold.overrides["save_compile_cache"] == warm.overrides["compile_cache"] == mega.overrides["compile_cache"]
+    assert warm.cache == cold.cache != mega.cache and warm.overrides["seed"] != cold.overrides.get("seed", 0)
+    study = [j for j in two if j.label.startswith("study-")]
+    assert {j.label for j in study} == {"study-none", "study-headwise", "study-elementwise", "study-const",
+                                        "study-headwise-ns"}
+    assert all(j.batch == 32 and j.overrides["device_batch_size"] == 32 and j.data and "offline_train" in j.data[0]
+               for j in study)
+    for part in (one, two):  # a candidate's baseline runs in the same call, before it
+        labels = [j.label for j in part]
+        for i, j in enumerate(part):
+            assert not j.baseline or j.baseline in labels[:i], j.label
+    assert {next(iter(set(j.overrides) - {"seed"}), None) for j in jobs.values() if j.label.startswith("cand-")} >= {
+        "gate_gemm", "cd_tuning", "compile_mode", "inductor_mode", "sdpa_backend", "fast"}
+
+
+def test_every_planned_trainer_command_is_a_valid_config():
+    """A typo in a plan's override would cost a GPU call: every job's key=value list resolves."""
+    from bench.plans import command, plan_jobs
+    from trainer.overrides import resolve
+
+    for plan in ("single1", "single2", "smoke", "full", "variants", "ablations", "scaling"):
+        for lane in plan_jobs(plan, 40, {}, n_gpus=8):
+            for job in lane:
+                argv, _ = command(job, "T", "V", Path("/tmp/x"), "python3")
+                if job.kind == "ours":
+                    cfg, _ = resolve(argv[argv.index("trainer") + 1:], {})
+                    assert cfg.model.attn_gate == job.gate and cfg.run.num_iterations == 40
+
+
+def test_budget_keeps_the_order_and_skips_what_does_not_fit():
+    from bench.plans import Job, fits
+
+    jobs = [Job("a", "ours", est_s=100), Job("b", "ours", est_s=300), Job("c", "ours", est_s=50)]
+    run, skip = fits(jobs, 200)
+    assert [j.label for j in run] == ["a", "c"] and [j.label for j in skip] == ["b"]
+
+
+def test_dry_run_prints_the_plan_without_a_gpu():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "bench/run.py", "--plan", "single1", "--steps", "40", "--dry-run",
+                          "--budget", "400"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("lane 0:") and "of 400s" in lines[0]
+    assert any(ln.startswith("  [ref-cold]") for ln in lines)
+    assert any("would be skipped" in ln for ln in lines)  # 400 s cannot hold all of single1
+    assert any("gate_gemm=fused_pad64" in ln for ln in lines)
+
+
+def _result(label: str, step_ms: float, gate: str = "none", startup: float = 30.0, baseline: str = "",
+            overrides: dict | None = None, exit_code: int = 0, batch: int = 64) -> dict:
+    return {"label": label, "kind": "ref" if label.startswith("ref") else "ours", "gate": gate, "gpus": 1,
+            "startup_s": startup, "step_ms": step_ms, "spread": 0.01, "tokens_per_s": 1, "mfu": 0.5,
+            "peak_mib": 1, "final_val_loss": 7.0, "exit_code": exit_code, "overrides": overrides or {},
+            "cache": "ours", "log": "", "note": "", "baseline": baseline, "batch": batch}
+
+
+CALL1 = {"meta": {"card": "NVIDIA H200", "torch": "2.11.0+cu130", "date": "2026-12-04 10:00 UTC", "plan": "single1",
+                  "skipped": ["cand-none-model"]},
+         "results": [_result("ref-cold", 143.0, startup=160.0), _result("ours-none-cold", 121.0, startup=34.0),
+                     _result("ours-none-warm", 121.5, startup=12.5), _result("ours-headwise", 124.0, "headwise"),
+                     _result("ours-elementwise", 126.0, "elementwise"),
+                     _result("cand-headwise-fused_pad64", 122.0, "headwise", baseline="ours-headwise",
+                             overrides={"gate_gemm": "fused_pad64"}),
+                     _result("cand-none-cd_tuning", 117.0, baseline="ours-none-cold", overrides={"cd_tuning": True})]}
+CALL2 = {"meta": {"card": "NVIDIA H200", "torch": "2.11.0+cu130", "date": "2026-12-04 10:20 UTC", "plan": "single2",
+                  "skipped": []},
+         "results": [_result("ours-none", 122.0, startup=15.0), _result("ours-const", 123.0, "const"),
+                     _result("study-none", 64.0, batch=32), _result("study-headwise", 60.0, "headwise", batch=32),
+                     _result("cand-none-plain", 140.0, baseline="ours-none", overrides={"fast": False}),
+                     _result("ours-none-mega", 122.0, startup=14.0, overrides={"compile_cache": "/m.bin"}),
+                     _result("cand-none-cudnn", float("nan"), baseline="ours-none", exit_code=1)],
+         "ns_check": {"cuda compiled: transposed twins bitwise": False}}
+
+
+def test_summary_from_synthetic_calls():
+    from bench.summary import summarize
+
+    previous = {"scaling_efficiency": {"1": 1.0, "2": 0.9051}, "sources": {"scaling": "old", "step_and_start": "x"}}
+    s = summarize([CALL1, CALL2], previous, {"step_and_start": "new"})
+    assert (s["card"], s["torch"], s["date"]) == ("NVIDIA H200", "2.11.0+cu130", "2026-12-04 10:00 UTC")
+    # every figure compares jobs of one call: each call's own ours-none(-cold) is its baseline; part 2's
+    # baseline (maybe warm: the machine may still hold part 1's caches) is no cold start
+    assert s["ref_step_ms"] == 143.0 and s["ours_step_ms"] == 121.0 and s["step_ratio"] == round(121 / 143, 4)
+    assert s["headwise_overhead"] == round(124 / 121 - 1, 4) and s["const_overhead"] == round(123 / 122 - 1, 4)
+    assert s["headwise_ns_overhead"] is None  # not measured: None, not a made-up value
+    assert (s["cold_start_s"], s["warm_start_s"], s["portable_cache_start_s"]) == (34.0, 12.5, 14.0)
+    assert s["best_step_ratio"] == {"label": "cand-none-cd_tuning", "ratio": round(117 / 143, 4)}
+    # the study config's headwise run (32 x 1024 tokens) is no candidate for the 64 x 1024 overhead
+    assert s["best_headwise_overhead"] == {"label": "cand-headwise-fused_pad64", "overhead": round(122 / 121 - 1, 4)}
+    assert set(s["candidates"]) == {"cand-headwise-fused_pad64", "cand-none-cd_tuning", "cand-none-plain"}
+    assert s["candidates"]["cand-none-plain"]["vs_baseline"] == round(140 / 122, 4)
+    assert s["study_step_ms"] == {"none": 64.0, "headwise": 60.0}
+    assert s["failed"] == ["cand-none-cudnn"] and s["skipped"] == ["cand-none-model"]
+    assert s["scaling_efficiency"] == {"1": 1.0, "2": 0.9051}
+    assert s["sources"] == {"scaling": "old", "step_and_start": "new"}
+    assert s["ns_batching_bitwise"] == {"cuda compiled: transposed twins bitwise": False}
+    assert s["targets_met"] == {"step_ratio<=0.85": True, "headwise<=0.01": False, "elementwise<=0.06": True,
+                                "cold<=60s": True, "warm<=15s": True, "scaling>=0.9": True}
+
+
+def test_summary_cli_files_the_calls_and_keeps_what_they_did_not_measure(tmp_path: Path):
+    import json
+
+    from bench.summary import main
+
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    (results / "summary.json").write_text(json.dumps({"scaling_efficiency": {"2": 0.9},
+                                                      "sources": {"scaling": "bench/results/old"}}))
+    dirs = []
+    for i, call in enumerate((CALL1, CALL2)):
+        d = tmp_path / f"out{i}"
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({k: v for k, v in call.items() if k != "ns_check"}))
+        (d / "table.md").write_text("| t |")
+        dirs.append(str(d))
+    (tmp_path / "out1" / "ns_check.json").write_text(json.dumps(CALL2["ns_check"]))
+    assert main([*dirs, "--name", "h200-single", "--results", str(results)]) == 0
+    dest = results / "2026-12-04-h200-single"
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "call1/results.json", "call1/table.md", "call2/ns_check.json", "call2/results.json", "call2/table.md"]
+    s = json.loads((results / "summary.json").read_text())
+    assert s["scaling_efficiency"] == {"2": 0.9} and s["sources"]["scaling"] == "bench/results/old"
+    assert s["sources"]["step_and_start"].startswith("bench/results/2026-12-04-h200-single (single1+single2")
+    assert s["ns_batching_bitwise"] == CALL2["ns_check"]
+
+
+@pytest.mark.parametrize("part,first", [("1", "[ref-cold]"), ("2", "[ours-none]")])
+def test_next_session_script_plans_within_the_call(tmp_path: Path, part: str, first: str):
+    """bench/next_session.sh with BENCH_DRY_RUN=1: the shell around the plan works, the plan runs on GPU
+    0 alone within the call's budget, and its outputs go to $OUT."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").symlink_to(sys.executable)
+    env = dict(os.environ, OUT=str(tmp_path / "out"), BENCH_DRY_RUN="1",
+               PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    if part == "1":  # the reference script must be there (carried as .ref); a stand-in will do for planning
+        (repo / ".ref").mkdir(exist_ok=True)
+        created = not (repo / ".ref" / "train_gpt2.py").exists()
+        if created:
+            (repo / ".ref" / "train_gpt2.py").write_text("# stand-in\n")
+    try:
+        res = subprocess.run(["bash", "bench/next_session.sh", part], cwd=repo, env=env, capture_output=True, text=True,
+                             timeout=120)
+    finally:
+        if part == "1" and created:
+            (repo / ".ref" / "train_gpt2.py").unlink()
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = (tmp_path / "out" / "session.log").read_text()
+    lane = next(ln for ln in log.splitlines() if ln.startswith("lane 0:"))
+    m = re.search(r"estimated (\d+)s of (\d+)s", lane)
+    assert m, lane
+    planned, budget = float(m[1]), float(m[2])
+    assert planned <= budget <= 505
+    assert next(ln for ln in log.splitlines() if ln.startswith("  [")).startswith(f"  {first}")
+    assert f"part {part} exit 0" in log
+
+
+def test_summary_reproduces_the_published_figures_of_the_2026_11_27_call():
+    """Summarizing the committed 2026-11-27 call gives back the figures published from it then (README,
+    summary.json of that date): the summary's arithmetic on a real results file."""
+    from bench.summary import load_call, summarize
+
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    s = summarize([load_call(results / "2026-11-27-smoke-h200")], {}, {})
+    assert (s["ref_step_ms"], s["ours_step_ms"], s["step_ratio"]) == (143, 138, 0.965)
+    assert (s["headwise_overhead"], s["elementwise_overhead"]) == (0.0652, 0.0362)
+    assert (s["cold_start_s"], s["warm_start_s"], s["ref_cold_start_s"]) == (52.3, 20.8, 188.0)

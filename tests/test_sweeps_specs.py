@@ -4,6 +4,7 @@ name the file, the field and the valid options."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,19 @@ def test_stage1_golden_ids_and_seed_major_order():
     trials = expand(load_spec(SWEEPS / "stage1.yaml"))
     assert [(t.trial_id, t.label, t.seed) for t in trials] == STAGE1_GOLDEN
     assert all(t.config.optim.learning_rate == 0.0036 and t.config.run.num_iterations == 1500 for t in trials)
+
+
+def test_every_shipped_spec_keeps_its_trial_ids():
+    """tests/golden/spec_trial_ids.json was written before the fast paths became the trainer's
+    defaults and the specs' own fused_proj/ce_chunks/muon_batched lines were dropped: those keys are
+    outside the identity, so every trial keeps its id (and its finished runs)."""
+    golden = json.loads((Path(__file__).parent / "golden" / "spec_trial_ids.json").read_text())
+    assert sorted(golden) == SHIPPED
+    for name in SHIPPED:
+        trials = expand(load_spec(SWEEPS / f"{name}.yaml"))
+        assert [[t.trial_id, t.label, t.seed] for t in trials] == golden[name], name
+        assert {(t.config.model.fused_proj, t.config.model.ce_chunks, t.config.optim.muon_batched)
+                for t in trials} == {(True, 8, True)}, name
 
 
 def test_stage_specs_match_the_study_design():
@@ -131,7 +145,10 @@ def test_id_changes_with_the_seed_which_only_seeds_sets(demo_spec):
 @pytest.mark.parametrize("key,value", [("out_dir", "elsewhere"), ("compile", "on"), ("compile_mode", "model"),
                                        ("run_id", "abc"), ("results_csv", "x.csv"), ("notes", "n"),
                                        ("checkpoint_every", 7), ("log_every", 3), ("device", "cpu"),
-                                       ("fused_proj", True), ("ce_chunks", 4), ("muon_batched", True)])
+                                       ("fused_proj", False), ("ce_chunks", 4), ("muon_batched", False),
+                                       ("fast", False), ("gate_gemm", "fused_pad64"),
+                                       ("inductor_mode", "max-autotune-no-cudagraphs"),
+                                       ("compile_cache", "/x/megacache.bin"), ("save_compile_cache", "/y.bin")])
 def test_id_ignores_run_infrastructure_keys(demo_spec, key: str, value: object):
     assert key in NON_IDENTITY_KEYS and FIELD_SECTION[key]
     spec, cfg = apply_spec_overrides(demo_spec, {key: value})

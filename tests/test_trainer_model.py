@@ -16,7 +16,7 @@ from torch import Tensor
 
 from tests.trainer_helpers import tiny_cfg
 from trainer.config import GATE_POSITIONS, GATES
-from trainer.model import GPT, AttnGate, gate_activation, lm_loss
+from trainer.model import GPT, AttnGate, gate_activation, lm_loss, padded_rows
 
 torch.set_num_threads(1)
 
@@ -272,6 +272,29 @@ def test_fused_projection_matches_the_plain_path(kind: str, pos: str):
     assert g_plain.keys() == g_fused.keys()
     for n in g_plain:
         torch.testing.assert_close(g_fused[n], g_plain[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("mode", ["separate", "separate_pad8", "fused", "fused_pad8", "fused_pad64"])
+@pytest.mark.parametrize("kind", ["headwise", "elementwise"])
+def test_every_gate_gemm_placement_matches_the_plain_path(kind: str, mode: str):
+    """gate_gemm only moves the gate's projection between GEMMs (zero rows pad them): same loss and
+    gradients as three plain GEMMs plus the gate's own, to rounding; the padding gets no parameter."""
+    plain = make_model(attn_gate=kind, fused_proj=False)
+    placed = make_model(attn_gate=kind, fused_proj=True, gate_gemm=mode)
+    assert [n for n, _ in plain.named_parameters()] == [n for n, _ in placed.named_parameters()]
+    idx, targets = batch()
+    l_plain, g_plain = loss_and_grads(plain, idx, targets)
+    l_placed, g_placed = loss_and_grads(placed, idx, targets)
+    torch.testing.assert_close(l_placed, l_plain, rtol=1e-6, atol=0)
+    for n in g_plain:
+        torch.testing.assert_close(g_placed[n], g_plain[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_padded_rows_aligns_the_gemm_and_keeps_the_real_columns():
+    ws = [torch.randn(32, 16), torch.randn(2, 16)]
+    w = padded_rows(ws, 8)
+    assert w.shape == (40, 16) and torch.equal(w[:34], torch.cat(ws)) and not w[34:].any()
+    assert padded_rows(ws, 1).shape == (34, 16) and padded_rows([ws[0]], 8) is ws[0]
 
 
 @pytest.mark.parametrize("chunks", [2, 3, 7])

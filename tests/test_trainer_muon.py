@@ -1,8 +1,10 @@
 """Muon: Newton-Schulz orthogonalization, the update rule, parameter routing, and the distributed
 version (owner rank i % W computes, one bf16 all-reduce shares) against one process.
 
-`ref_ns5` / `ref_muon_step` are written from the description in reference-trainer.md §1(d) with the
-DistributedMuon record's scaling (scale multiplied into the bf16 update before it is applied).
+`ref_ns5` / `ref_muon_step` are written from the description in reference-trainer.md §1(d): the
+ModernArch record applies the bf16 update with the scale in the fp32 alpha (`alpha=-lr * scale`), never
+multiplied into the bf16 update. Whole training steps against the reference rule:
+test_trainer_muon_reference.py.
 """
 
 from __future__ import annotations
@@ -44,8 +46,7 @@ def ref_muon_step(params: list[Tensor], grads: list[Tensor | None], bufs: list[T
             bufs[i] = torch.zeros_like(g)
         bufs[i].mul_(momentum).add_(g)
         nesterov = g.add(bufs[i], alpha=momentum)
-        update = ref_ns5(nesterov) * max(g.shape) ** 0.5  # bf16
-        p.add_(update.float(), alpha=-lr)
+        p.add_(ref_ns5(nesterov), alpha=-lr * max(g.shape) ** 0.5)
 
 
 # ---------------------------------------------------------------- Newton-Schulz

@@ -128,3 +128,20 @@ def test_step_lines_have_the_reference_formats(log_lines: list[str]):
     for kind, step, _, avg in parsed:
         early = step <= 12 if kind == "train" else step <= 11
         assert (avg == "nan") == early, (kind, step, avg)
+
+
+def test_nvidia_smi_runs_in_the_background_and_its_output_reaches_the_header(tmp_path, monkeypatch):
+    from trainer.runlog import header, start_nvidia_smi
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nsleep 0.3\necho 'GPU 0: Fake H200'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    import time
+
+    t0 = time.perf_counter()
+    smi = start_nvidia_smi()
+    assert time.perf_counter() - t0 < 0.2  # started, not waited for
+    assert "nvidia-smi:\nGPU 0: Fake H200\n" in header({"a": 1}, "abc", False, smi())
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert start_nvidia_smi()() == "(nvidia-smi not available)\n"

@@ -30,11 +30,12 @@ PYTHON = sys.executable
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 # The smallest model/batch that still exercises every code path: 2 layers, 2 heads of 16 dims,
-# 4 x 32-token micro-batches, one val micro-batch per rank on up to 2 ranks.
+# 4 x 32-token micro-batches, one val micro-batch per rank on up to 2 ranks. fast=false: the tests
+# that compare against independent references (or against a fast option) start from the plain path.
 TINY = {
     "vocab_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 32, "sequence_length": 32,
     "batch_size": 8, "device_batch_size": 4, "val_tokens": 256, "num_iterations": 6,
-    "warmdown_iters": 2, "val_every": 0, "device": "cpu", "compile": "off",
+    "warmdown_iters": 2, "val_every": 0, "device": "cpu", "compile": "off", "fast": False,
 }
 
 

@@ -115,9 +115,10 @@ def compile_model(cfg: TrainConfig, model: GPT) -> nn.Module:
     import torch._inductor.config as inductor_config
 
     inductor_config.coordinate_descent_tuning = cfg.run.cd_tuning
+    mode = None if cfg.run.inductor_mode == "default" else cfg.run.inductor_mode
     if cfg.run.compile_mode == "model":
-        return torch.compile(model)  # type: ignore[return-value]
+        return torch.compile(model, mode=mode)  # type: ignore[return-value]
     for block in model.blocks:
-        block.compile()
-    model.loss_fn = torch.compile(lm_loss)
+        block.compile(mode=mode)
+    model.loss_fn = torch.compile(lm_loss, mode=mode)
     return model

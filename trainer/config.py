@@ -39,10 +39,17 @@ class ModelConfig:
     """sdpa: gate the SDPA output before the output projection (paper G1); value: gate V (G2)."""
     gate_act: str = "sigmoid"
     """sigmoid | ns_sigmoid (0.5 + 0.5*sigmoid: keeps the non-linearity, removes sparsity)."""
-    fused_proj: bool = False
-    """Compute q, k, v (and the gate) with one GEMM on concatenated weights; parameters stay separate."""
-    ce_chunks: int = 1
-    """Split the lm_head + fp32 cross-entropy into this many chunks of tokens (1 = the reference path)."""
+    fused_proj: bool = True
+    """Compute q, k, v (and the gate) with one GEMM on concatenated weights; parameters stay separate.
+    Same math, other rounding; false (or fast=false) = the reference's three GEMMs."""
+    ce_chunks: int = 8
+    """Split the lm_head + fp32 cross-entropy into this many chunks of tokens (1 = the reference path;
+    a token count that does not divide evenly gets a shorter last chunk)."""
+    gate_gemm: str = "auto"
+    """With fused_proj, where the gate's projection runs: auto (in the fused q/k/v GEMM when its row count
+    is a multiple of 64, else separate) | separate (a GEMM of its own) | separate_pad8 (its own GEMM, rows
+    zero-padded to a multiple of 8) | fused | fused_pad8 | fused_pad64 (in the fused GEMM, its output
+    columns zero-padded to a multiple of 8 / 64). Same math; a speed choice."""
 
     @property
     def head_dim(self) -> int:
@@ -56,7 +63,7 @@ class OptimConfig:
     muon_lr_ratio: float = 0.1
     muon_momentum: float = 0.95
     ns_steps: int = 5
-    muon_batched: bool = False
+    muon_batched: bool = True
     """Run Newton-Schulz on same-shape matrices as one batch (same math, fewer kernel launches)."""
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -91,6 +98,15 @@ class RunConfig:
     compile_mode: str = "blocks"
     """model: torch.compile the whole model (the reference); blocks: compile one block (reused by all
     layers) and the loss head separately, which compiles far faster."""
+    inductor_mode: str = "default"
+    """torch.compile mode: default | max-autotune-no-cudagraphs (autotuned GEMMs, longer compile) |
+    max-autotune | reduce-overhead (both with CUDA graphs)."""
+    compile_cache: str = ""
+    """A portable compile cache (torch.compiler.save_cache_artifacts) loaded at start when the file
+    exists; `gatesweep warmup` writes one into the sweep's compile cache. Empty: none."""
+    save_compile_cache: str = ""
+    """Write the portable compile cache (what this run compiled) to this file at the end of the run;
+    `gatesweep warmup` sets it. Nothing is written when every graph came from a warm cache."""
     cd_tuning: bool = False
     """Inductor coordinate-descent tuning of kernel configs (the reference turns it on). Costs compile
     time once; the sweep's shared compile cache keeps the tuned configs for later trials."""
@@ -111,6 +127,10 @@ class RunConfig:
     """Sequences in the fixed val batch the diagnostics read."""
     log_every: int = 1
     """Write a train step line to the log and tracker every N steps."""
+    fast: bool = True
+    """The same-math fast paths: fused_proj, ce_chunks=8, muon_batched. false = the plain reference
+    path (3 q/k/v GEMMs, one cross-entropy, one Newton-Schulz per matrix). Setting `fast` sets those
+    three keys, except any given beside it in the same config layer, which win."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +153,10 @@ class TrainConfig:
         for raw_key, raw_value in values.items():
             section, key = locate(raw_key, source=source)
             changes[section][key] = coerce(section, key, raw_value, source=source)
+        if "fast" in changes["run"]:
+            fast = changes["run"]["fast"]
+            for key, (on, off) in FAST_PATHS.items():
+                changes[FIELD_SECTION[key]].setdefault(key, on if fast else off)
         cfg = replace(self, **{s: replace(getattr(self, s), **c) for s, c in changes.items() if c})
         validate(cfg, source=source)
         return cfg
@@ -154,6 +178,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "gate_act": GATE_ACTIVATIONS,
     "compile": COMPILE_MODES,
     "compile_mode": ("model", "blocks"),
+    "inductor_mode": ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"),
+    "gate_gemm": ("auto", "separate", "separate_pad8", "fused", "fused_pad8", "fused_pad64"),
     "device": DEVICES,
     "sdpa_backend": ("auto", "flash", "cudnn", "efficient"),
 }
@@ -179,8 +205,12 @@ _short.maxstring = _short.maxother = 60
 NON_IDENTITY_KEYS = frozenset({
     "device", "compile", "compile_mode", "checkpoint_every", "save_final", "out_dir", "run_id",
     "results_csv", "notes", "log_every", "diag_every", "diag_batch", "fused_proj", "ce_chunks",
-    "muon_batched", "cd_tuning", "sdpa_backend",
+    "muon_batched", "cd_tuning", "sdpa_backend", "fast", "gate_gemm", "inductor_mode", "compile_cache",
+    "save_compile_cache",
 })
+# What `fast` sets: key -> (value when true, value when false = the reference's path).
+FAST_PATHS: dict[str, tuple[Any, Any]] = {"fused_proj": (True, False), "ce_chunks": (8, 1),
+                                          "muon_batched": (True, False)}
 
 
 def locate(raw_key: str, *, source: str) -> tuple[str, str]:

@@ -9,7 +9,9 @@ step 10 and stopped around validation and checkpoints, and the reference's step 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from trainer import checkpoint, dist
+from trainer import checkpoint, dist, megacache
 from trainer.build import (
     Geometry,
     build_loaders,
@@ -34,10 +36,12 @@ from trainer.config import TrainConfig
 from trainer.diagnostics import diagnose
 from trainer.errors import StorageError
 from trainer.loader import ShardLoader
-from trainer.runlog import RunLog, append_result, git_info, header, train_line, val_line
+from trainer.runlog import RunLog, append_result, git_info, header, start_nvidia_smi, train_line, val_line
 from trainer.schedule import lr_factor
 from trainer.signals import StopRequest
 from trainer.tracking import NullTracker, Tracker, make_tracker
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,6 +117,8 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, *, on_val: ValCallba
 def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, stop: StopRequest,
            on_val: ValCallback | None) -> RunSummary:
     r, N, device = cfg.run, cfg.run.num_iterations, env.device
+    t_start = time.perf_counter()
+    smi = start_nvidia_smi() if env.is_main and device.type == "cuda" else None  # runs while we set up
     geo = Geometry.of(cfg, env.world_size)
     train_loader, val_loader = build_loaders(cfg, env, geo)
     out = Path(r.out_dir)
@@ -134,6 +140,7 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
         start_step, drawn, time_ms = state["step"], state["loader_drawn"], state["train_time_ms"]
         best, history = state["best_val_loss"], [tuple(h) for h in state["val_history"]]
     select_sdpa_backend(r.sdpa_backend)
+    cache_note = megacache.load(r.compile_cache) if compiled else ""  # before anything compiles
     net = compile_model(cfg, model) if compiled else model
     ddp = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -142,7 +149,7 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
     # ---------------------------------------------------------------- run record
     sha, dirty = git_info()
     flat = cfg.flat() | {"run_id": run_id}
-    log = RunLog(out / "logs" / f"{run_id}.txt", header(flat, sha, dirty) if env.is_main else None) \
+    log = RunLog(out / "logs" / f"{run_id}.txt", header(flat, sha, dirty, smi() if smi else None)) \
         if env.is_main else None
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     tracker.log_params(flat)
@@ -150,6 +157,9 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                       "n_gpus": str(env.world_size), "gatesweep.run_uid": run_id})
     if state is not None and log:
         log.line(f"resumed from step {start_step} ({ckpt_dir / checkpoint.LATEST})")
+    if cache_note and env.is_main:  # console lines, as the reference prints its own; the log keeps its format
+        logger.info(cache_note)
+    t_setup = time.perf_counter() - t_start
 
     def evaluate() -> float:
         val_loader.reset()
@@ -252,12 +262,17 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
             if log:
                 log.line(f"step:{step + 1}/{N} train_loss:{local_loss:.4f} {reason}")
             break
+        if env.is_main and step == start_step:  # where start-up time goes (bench/README.md)
+            logger.info(f"first step done {time.perf_counter() - t_start:.1f}s after train() began "
+                        f"({t_setup:.1f}s data, model, optimizers)" + (f"; {megacache.hit_counts()}" if compiled else ""))
         if env.is_main and ((step + 1) % r.log_every == 0 or step + 1 == N):
             approx = clock.total_ms(step + 1)
             if log:
                 log.line(train_line(step + 1, N, local_loss, approx, timed))
             tracker.log_metrics({"train_loss": local_loss, "step_avg_ms": approx / timed if timed == timed else
                                  math.nan, "lr": adam.param_groups[0]["lr"]}, step + 1)
+    if compiled and r.save_compile_cache and env.is_main:
+        logger.info(megacache.save(r.save_compile_cache))
     return _finish(cfg, env, tracker, log, run_id, status, reason, step, history, best, time_ms, gpu, sha,
                    dirty, device)
 

@@ -62,6 +62,18 @@ def gate_init_seed(model_seed: int, layer: int) -> int:
     return (model_seed * 1_000_003 + 7_919 * (layer + 1)) % (2**63 - 1)
 
 
+# gate_gemm modes that pad the gate's GEMM with zero rows to a multiple of this many output columns
+GATE_PAD = {"separate_pad8": 8, "fused_pad8": 8, "fused_pad64": 64}
+
+
+def padded_rows(weights: list[Tensor], multiple: int) -> Tensor:
+    """The weights stacked by rows, plus zero rows up to a multiple of `multiple` (zero output
+    columns: the GEMM's shape is aligned, the real columns are the same math)."""
+    w = torch.cat(weights) if len(weights) > 1 else weights[0]
+    pad = -w.size(0) % multiple
+    return torch.cat([w, w.new_zeros(pad, w.size(1))]) if pad else w
+
+
 class AttnGate(nn.Module):
     """Gate scores of shape (B, T, n_head, head_dim) or broadcastable to it."""
 
@@ -103,7 +115,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        self.gate_pos, self.fused_proj = cfg.gate_pos, cfg.fused_proj
+        self.gate_pos, self.fused_proj, self.gate_gemm = cfg.gate_pos, cfg.fused_proj, cfg.gate_gemm
         self.c_q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.c_k = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.c_v = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
@@ -117,22 +129,28 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         gate_w = self.gate.weight if self.gate is not None else None
         # fused_proj: one GEMM over the concatenated weights; the parameters stay separate for Muon.
-        # A gate whose row count is not a multiple of 64 (headwise: n_head rows) keeps a GEMM of its
-        # own: 3*768+6 output columns measured +6.5% step time on H200 (elementwise: +3.6%).
-        fuse_gate = self.fused_proj and gate_w is not None and gate_w.size(0) % 64 == 0
+        # gate_gemm=auto keeps a gate whose row count is not a multiple of 64 (headwise: n_head rows)
+        # in a GEMM of its own: 3*768+6 output columns measured +6.5% step time on H200.
+        mode = self.gate_gemm
+        fuse_gate = self.fused_proj and gate_w is not None and (
+            gate_w.size(0) % 64 == 0 if mode == "auto" else mode.startswith("fused"))
+        pad = GATE_PAD.get(mode, 1)
         g: Tensor | None = None
         if self.fused_proj:
             ws = [self.c_q.weight, self.c_k.weight, self.c_v.weight]
             if fuse_gate and gate_w is not None:
                 ws.append(gate_w)
-            out = F.linear(x, torch.cat(ws))
+            out = F.linear(x, padded_rows(ws, pad if fuse_gate else 1))
             q, k, v = out[..., :C], out[..., C:2 * C], out[..., 2 * C:3 * C]
-            if fuse_gate and self.gate is not None:
-                g = self.gate.scores_from_logits(out[..., 3 * C:])
+            if fuse_gate and self.gate is not None and gate_w is not None:
+                g = self.gate.scores_from_logits(out[..., 3 * C:3 * C + gate_w.size(0)])
         else:
             q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
         if g is None and self.gate is not None:
-            g = self.gate(x)
+            if gate_w is not None and mode == "separate_pad8":  # own GEMM, 16-byte aligned output rows
+                g = self.gate.scores_from_logits(F.linear(x, padded_rows([gate_w], pad))[..., :gate_w.size(0)])
+            else:
+                g = self.gate(x)
         shape = (B, T, self.n_head, self.head_dim)
         return q.reshape(shape), k.reshape(shape), v.reshape(shape), g
 

@@ -1,8 +1,11 @@
 """Muon (MomentUm Orthogonalized by Newton-Schulz), distributed as in the DistributedMuon record.
 
 Per parameter i (owner rank i % world_size): buf = m*buf + g; g <- g + m*buf (Nesterov);
-O = NS5(g) in bf16; update = O * sqrt(max(rows, cols)). Owners write their updates into one flat
-bf16 buffer (zeros elsewhere), one all-reduce(SUM) shares them, and every rank applies all of them.
+O = NS5(g) in bf16; p -= lr * sqrt(max(rows, cols)) * O with the scale in the fp32 `alpha` of the add,
+as the ModernArch record applies it (`p.data.add_(g, alpha=-lr * scale)`): multiplying the scale into
+the bf16 O first (the DistributedMuon record's way) rounds every update once more and drifts from it.
+Owners write their unscaled O into one flat bf16 buffer (zeros elsewhere), one all-reduce(SUM) shares
+them (a sum with zeros is exact), and every rank applies all of them.
 Momentum buffers live only on the owner rank; `gather_state` / `scatter_state` move them for
 checkpoints so a checkpoint does not depend on the world size.
 
@@ -35,6 +38,12 @@ def newton_schulz5(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
         B = A @ X
         X = a * X + b * B + c * A @ B
     return X.mT if tall else X
+
+
+def apply_update(p: Tensor, update: Tensor, lr: float) -> None:
+    """p -= lr * sqrt(max(rows, cols)) * update: the bf16 update is added to the fp32 weight with the
+    scale in the add's alpha, never multiplied into the bf16 update (which would round it again)."""
+    p.add_(update, alpha=-lr * max(p.shape) ** 0.5)
 
 
 AllReduce = Callable[[Tensor], None]
@@ -78,13 +87,13 @@ class Muon(torch.optim.Optimizer):
         return list(torch._foreach_add(grads, bufs, alpha=momentum)) if nesterov else grads
 
     def _updates(self, group: dict, owned: list[tuple[int, Tensor]]) -> dict[int, Tensor]:
-        """Scaled orthogonalized updates (bf16) for the params this rank owns, keyed by index."""
+        """Orthogonalized updates (bf16, unscaled) for the params this rank owns, keyed by index."""
         nest = self._momentum_updates([p for _, p in owned], group["momentum"], group["nesterov"])
         gs = {i: g for (i, _), g in zip(owned, nest)}
         out: dict[int, Tensor] = {}
         if not self.batched:
             for i, g in gs.items():
-                out[i] = self._orth(g, steps=group["ns_steps"]) * (max(g.shape) ** 0.5)
+                out[i] = self._orth(g, steps=group["ns_steps"])
             return out
         # Same math, one batched NS per shape: a transposed shape joins its twin (NS is
         # transpose-equivariant), which puts c_fc and c_proj of the MLPs into one batch.
@@ -95,8 +104,7 @@ class Muon(torch.optim.Optimizer):
             mats = [gs[i] if gs[i].size(0) <= gs[i].size(1) else gs[i].mT for i in idx]
             orth = self._orth(torch.stack(mats), steps=group["ns_steps"])
             for j, i in enumerate(idx):
-                o = orth[j] if gs[i].size(0) <= gs[i].size(1) else orth[j].mT
-                out[i] = o * (max(o.shape) ** 0.5)
+                out[i] = orth[j] if gs[i].size(0) <= gs[i].size(1) else orth[j].mT
         return out
 
     @torch.no_grad()
@@ -118,13 +126,12 @@ class Muon(torch.optim.Optimizer):
                 self._all_reduce(flat)
                 offset = 0
                 for p in params:
-                    updates_p = flat[offset:offset + p.numel()].view_as(p)
-                    p.add_(updates_p.type_as(p), alpha=-group["lr"])
+                    apply_update(p, flat[offset:offset + p.numel()].view_as(p), group["lr"])
                     offset += p.numel()
             else:
                 for i, p in enumerate(params):
                     if i in updates:
-                        p.add_(updates[i].type_as(p), alpha=-group["lr"])
+                        apply_update(p, updates[i], group["lr"])
 
     # ------------------------------------------------------------ checkpoint support
     def gather_state(self, broadcast: Callable[[Tensor, int], None] | None = None) -> dict:

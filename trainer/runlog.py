@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,26 @@ def nvidia_smi() -> str:
         return "(nvidia-smi not available)\n"
 
 
-def header(config: dict[str, Any], sha: str, dirty: bool) -> str:
+def start_nvidia_smi() -> Callable[[], str]:
+    """Start nvidia-smi now (about a second on a GPU node) and return a call that waits for its output:
+    the run's set-up overlaps it instead of waiting for it before the first step."""
+    try:
+        proc = subprocess.Popen(["nvidia-smi"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+        return lambda: "(nvidia-smi not available)\n"
+
+    def output() -> str:
+        try:
+            return proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return "(nvidia-smi timed out)\n"
+
+    return output
+
+
+def header(config: dict[str, Any], sha: str, dirty: bool, smi: str | None = None) -> str:
     out = io.StringIO()
     out.write(SEP + "\n")
     out.write(trainer_code())
@@ -68,7 +88,7 @@ def header(config: dict[str, Any], sha: str, dirty: bool) -> str:
     out.write(f"git: {sha}{' (dirty)' if dirty else ''}\n")
     out.write("config: " + json.dumps(config, sort_keys=True) + "\n")
     out.write(f"Running pytorch {torch.version.__version__} compiled for CUDA {torch.version.cuda}\nnvidia-smi:\n")
-    out.write(nvidia_smi() + "\n")
+    out.write((nvidia_smi() if smi is None else smi) + "\n")
     out.write(SEP + "\n")
     return redact(out.getvalue())
 

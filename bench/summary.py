@@ -1,0 +1,140 @@
+"""Turn a bench call's results into bench/results/<date>-<name>/ and the headline summary.json.
+
+    python3 bench/summary.py RESULTS_DIR [RESULTS_DIR ...] --name h200-single
+
+Each RESULTS_DIR holds a call's results.json (and table.md, ns_check.json if present); the files are
+copied into bench/results/<date>-<name>/ (one subfolder per call when there are several) and
+bench/results/summary.json is rewritten from them. Figures a call did not measure (DDP scaling)
+keep their previous values and sources. `summarize` is pure and tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TARGETS = {"step_ratio": 0.85, "headwise_overhead": 0.01, "elementwise_overhead": 0.06, "cold_start_s": 60,
+           "warm_start_s": 15, "scaling_2": 0.90}
+# figures: "ours-none-cold" (part 1) is the only cold start; "ours-none" (part 2) is a baseline only
+OVERHEADS = {"headwise_overhead": "ours-headwise", "elementwise_overhead": "ours-elementwise",
+             "const_overhead": "ours-const", "headwise_ns_overhead": "ours-headwise-ns",
+             "elementwise_value_overhead": "ours-elementwise-value"}
+
+
+def _ok(r: dict | None) -> bool:
+    return bool(r) and r.get("exit_code") == 0 and r.get("step_ms") == r.get("step_ms")  # NaN != NaN
+
+
+def _ratio(a: dict | None, b: dict | None, minus: float = 0.0) -> float | None:
+    return round(a["step_ms"] / b["step_ms"] - minus, 4) if a and b and _ok(a) and _ok(b) else None
+
+
+def summarize(calls: list[dict], previous: dict, sources: dict[str, str]) -> dict[str, Any]:
+    """Headline figures from one or more calls' results.json. Every ratio compares jobs of one call
+    (a later call may run on another machine): overheads and candidates against that call's
+    ours-none-cold, the step ratio in the call that ran the reference."""
+    found = {r["label"]: (i, r) for i, call in enumerate(calls) for r in call["results"]}  # later calls win
+
+    def get(label: str, call: int | None = None) -> dict | None:
+        if call is not None:
+            return next((r for r in calls[call]["results"] if r["label"] == label), None)
+        return found[label][1] if label in found else None
+
+    def base_of(call: int) -> dict | None:  # each call's baseline: our defaults, no gate
+        return get("ours-none-cold", call) or get("ours-none", call)
+
+    def vs_base(label: str, minus: float = 0.0) -> float | None:
+        return _ratio(found[label][1], base_of(found[label][0]), minus) if label in found else None
+
+    meta = calls[0]["meta"]
+    ref = get("ref-cold")
+    ref_call = found["ref-cold"][0] if ref else len(calls) - 1
+    base = base_of(ref_call)
+    out: dict[str, Any] = {"card": meta["card"], "torch": meta["torch"], "date": meta["date"],
+                           "ref_step_ms": ref["step_ms"] if ref and _ok(ref) else None,
+                           "ours_step_ms": base["step_ms"] if base and _ok(base) else None,
+                           "step_ratio": _ratio(base, ref)}
+    out |= {key: vs_base(label, 1.0) for key, label in OVERHEADS.items()}
+    start = lambda label: found[label][1]["startup_s"] if _ok(get(label)) else None  # noqa: E731
+    out |= {"cold_start_s": start("ours-none-cold"), "warm_start_s": start("ours-none-warm"),
+            "portable_cache_start_s": start("ours-none-mega"), "ref_cold_start_s": start("ref-cold")}
+    out["candidates"] = {label: {"step_ms": r["step_ms"], "baseline": r["baseline"],
+                                 "vs_baseline": _ratio(r, get(r["baseline"], i)), "startup_s": r["startup_s"],
+                                 "overrides": {k: v for k, v in r["overrides"].items()
+                                               if k not in ("save_compile_cache", "compile_cache")}}
+                         for label, (i, r) in sorted(found.items()) if r.get("baseline") and _ok(r)}
+    same = [r for r in calls[ref_call]["results"] if _ok(r) and r["gate"] == "none" and r["kind"] == "ours"
+            and r.get("batch", 64) == 64 and r["overrides"].get("fast", True)] if ref else []
+    best = min(same, key=lambda r: r["step_ms"], default=None)
+    out["best_step_ratio"] = {"label": best["label"], "ratio": _ratio(best, ref)} if best else None
+    heads = [(label, vs_base(label, 1.0)) for label, (_, r) in found.items()
+             if _ok(r) and r["gate"] == "headwise" and r.get("batch", 64) == 64 and "gate_act" not in r["overrides"]]
+    heads = [h for h in heads if h[1] is not None]
+    bh = min(heads, key=lambda h: h[1], default=None)
+    out["best_headwise_overhead"] = {"label": bh[0], "overhead": bh[1]} if bh else None
+    out["study_step_ms"] = {label.removeprefix("study-"): r["step_ms"] for label, (_, r) in sorted(found.items())
+                            if label.startswith("study-") and _ok(r)} or previous.get("study_step_ms", {})
+    out["scaling_efficiency"] = previous.get("scaling_efficiency", {})
+    ns = [c["ns_check"] for c in calls if c.get("ns_check")]
+    out["ns_batching_bitwise"] = ns[-1] if ns else previous.get("ns_batching_bitwise")
+    out["skipped"] = sorted({label for c in calls for label in c["meta"].get("skipped", [])} - set(found))
+    out["failed"] = sorted(label for label, (_, r) in found.items() if r.get("exit_code") != 0)
+    out["sources"] = {**{k: v for k, v in previous.get("sources", {}).items() if k == "scaling"}, **sources}
+    out["targets_met"] = _targets(out)
+    return out
+
+
+def _targets(s: dict) -> dict[str, bool | None]:
+    def le(v: float | None, limit: float) -> bool | None:
+        return None if v is None else v <= limit
+
+    eff = s["scaling_efficiency"].get("2")
+    return {f"step_ratio<={TARGETS['step_ratio']}": le(s["step_ratio"], TARGETS["step_ratio"]),
+            f"headwise<={TARGETS['headwise_overhead']}": le(s["headwise_overhead"], TARGETS["headwise_overhead"]),
+            f"elementwise<={TARGETS['elementwise_overhead']}": le(s["elementwise_overhead"],
+                                                                   TARGETS["elementwise_overhead"]),
+            f"cold<={TARGETS['cold_start_s']}s": le(s["cold_start_s"], TARGETS["cold_start_s"]),
+            f"warm<={TARGETS['warm_start_s']}s": le(s["warm_start_s"], TARGETS["warm_start_s"]),
+            f"scaling>={TARGETS['scaling_2']}": None if eff is None else eff >= TARGETS["scaling_2"]}
+
+
+def load_call(d: Path) -> dict:
+    call = json.loads((d / "results.json").read_text())
+    if (d / "ns_check.json").is_file():
+        call["ns_check"] = json.loads((d / "ns_check.json").read_text())
+    return call
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("dirs", nargs="+", type=Path)
+    p.add_argument("--name", required=True, help="e.g. h200-single: the folder is bench/results/<date>-<name>")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    calls = [load_call(d) for d in a.dirs]
+    dest = a.results / f"{calls[0]['meta']['date'][:10]}-{a.name}"
+    for i, d in enumerate(a.dirs):
+        sub = dest / f"call{i + 1}" if len(a.dirs) > 1 else dest
+        sub.mkdir(parents=True, exist_ok=True)
+        for f in ("results.json", "table.md", "ns_check.json"):
+            if (d / f).is_file():
+                shutil.copy(d / f, sub / f)
+    summary_path = a.results / "summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    where = str(dest.relative_to(a.results.parent.parent)) if dest.is_relative_to(a.results.parent.parent) else str(dest)
+    plans = "+".join(c["meta"]["plan"] for c in calls)
+    sources = {"step_and_start": f"{where} ({plans}: one process at a time on one {calls[0]['meta']['card']})"}
+    summary = summarize(calls, previous, sources)
+    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
