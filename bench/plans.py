@@ -38,6 +38,8 @@ def plan_jobs(plan: str, steps: int, ours: dict, n_gpus: int = 2, work: Path = P
     """Lanes of jobs (one GPU per lane); `n_gpus`: the GPUs given with --lanes."""
     if plan in ("single1", "single2"):
         return [single_card(plan, steps, ours, work)]
+    if plan == "study":  # unshared step times of the study's variants (time-matching a packed study)
+        return [study_jobs(steps, ours)]
     v = lambda label, gate, cache="ours", **kw: Job(label, "ours", ours | kw, cache, steps=steps, gate=gate)  # noqa: E731
     variants = [v("ours-none-cold", "none", "ours"), v("ours-none-warm", "none", "ours", seed=1),
                 v("ours-headwise", "headwise"), v("ours-elementwise", "elementwise"), v("ours-const", "const"),
@@ -99,8 +101,7 @@ def single_card(plan: str, steps: int, ours: dict, work: Path) -> list[Job]:
                 mk("cand-none-cd_tuning", est=90, base="ours-none-cold", cd_tuning=True),
                 mk("cand-headwise-separate_pad8", "headwise", base="ours-headwise", gate_gemm="separate_pad8"),
                 mk("cand-none-model", est=80, base="ours-none-cold", compile_mode="model")]
-    study = [Job(f"study-{name}", "ours", ours | GATES[name][1] | {"device_batch_size": 32}, "study",
-                 steps=steps, batch=32, gate=GATES[name][0], data=OFFLINE, est_s=40) for name in STUDY_GATES]
+    study = study_jobs(steps, ours)
     # part 2's baseline is cold only on a fresh machine (a machine still held after part 1 keeps its caches)
     return [mk("ours-none", est=55, save_compile_cache=mega), mk("ours-const", "const"),
             mk("ours-headwise-ns", "headwise-ns"), mk("ours-elementwise-value", "elementwise-value"), *study,
@@ -109,6 +110,12 @@ def single_card(plan: str, steps: int, ours: dict, work: Path) -> list[Job]:
             mk("ours-none-mega", cache="mega-only", est=30, seed=2, compile_cache=mega),
             mk("cand-none-max-autotune", est=150, base="ours-none", inductor_mode="max-autotune-no-cudagraphs"),
             mk("cand-none-model-cd", est=120, base="ours-none", compile_mode="model", cd_tuning=True)]
+
+
+def study_jobs(steps: int, ours: dict) -> list[Job]:
+    """The study config (32 x 1024 tokens on the offline corpus) per gate variant, one at a time."""
+    return [Job(f"study-{name}", "ours", ours | GATES[name][1] | {"device_batch_size": 32}, "study",
+                steps=steps, batch=32, gate=GATES[name][0], data=OFFLINE, est_s=40) for name in STUDY_GATES]
 
 
 def fits(jobs: list[Job], budget_s: float) -> tuple[list[Job], list[Job]]:
