@@ -40,6 +40,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     _add_adjust(p)
     p.add_argument("--no-time", action="store_true",
                    help="skip the time-matched columns (they read every finished run's val curve)")
+    _add_step_times(p)
     p.add_argument("--log", action="store_true",
                    help="also log the decision table and per-configuration metrics on the stage's sweep run")
     args = p.parse_args(argv)
@@ -66,6 +67,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         if args.columns:
             raise SpecError("--columns applies to --compat only; drop it or add --compat")
         histories = None if args.no_time else _curves(runs, args.tracking_uri)
+        runs, histories = _retime(runs, histories, args.step_times)
         numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories),
                                     target.spec, tracking_uri=args.tracking_uri)
         note = "\n\n".join(t for t in (render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
@@ -124,13 +126,14 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
     p.add_argument("--no-attach", action="store_true", help="do not upload to the sweep's parent run")
     _add_adjust(p)
+    _add_step_times(p)
     args = p.parse_args(argv)
     from analysis.fetch import fetch_runs
 
     target = _target(args)
     runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
     out_dir = args.out / _slug(target.label)
-    written = _write_report(runs, target, out_dir, args.tracking_uri, args.adjust)
+    written = _write_report(runs, target, out_dir, args.tracking_uri, args.adjust, args.step_times)
     print(out_dir / "README.md")
     if not args.no_attach:
         parent = _attach(target, written, args.tracking_uri)
@@ -201,6 +204,27 @@ def _curves(runs, tracking_uri: str | None):
     return fetch_histories(finished, HISTORY_KEYS, tracking_uri=tracking_uri)
 
 
+def _add_step_times(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--step-times", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="put runs on step times measured one process at a time (bench/run.py results.json): "
+                        "train time, ms/step and the time-matched columns of trials that shared a GPU")
+
+
+def _retime(runs, histories, step_times: Path | None):
+    """runs and histories on measured step times (analysis.steptimes), when --step-times is given."""
+    if step_times is None:
+        return runs, histories
+    import sys
+
+    from analysis import steptimes
+
+    runs, histories, missing = steptimes.retime(runs, histories, steptimes.load(step_times))
+    if missing:
+        print(f"note: no step time in {step_times} for {', '.join(missing)}; those runs keep their own times",
+              file=sys.stderr)
+    return runs, histories
+
+
 def _add_adjust(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adjust", choices=("holm", "bh", "none"), default="holm",
                    help="multiplicity adjustment of p across the table's comparisons (default holm)")
@@ -236,14 +260,15 @@ def _render(df, fmt_name: str, *, title: str, note: str, headers) -> str:
     return render.to_console(df, title=title, note=note)
 
 
-def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None, adjust: str) -> list[Path]:
+def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None, adjust: str,
+                  step_times: Path | None = None) -> list[Path]:
     from analysis import plots, render
     from analysis.report import render_report
     from analysis.sequential import annotate_for_spec
     from analysis.table import compat_table, stage_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    hist = _curves(runs, tracking_uri)
+    runs, hist = _retime(runs, _curves(runs, tracking_uri), step_times)
     numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=adjust, histories=hist),
                                 target.spec, tracking_uri=tracking_uri)
     compat = compat_table(runs, stages=target.stages)

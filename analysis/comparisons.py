@@ -28,6 +28,7 @@ TIME_COLUMNS = ("loss_at_base_time", "delta_time", "delta_time_ci_low", "delta_t
 # per-row helper columns stage_table keeps while comparing: seed -> final loss / run id / train time
 HELPER_COLUMNS = ("_values", "_runs", "_times")
 _NAN5 = (math.nan,) * 5
+SHARED_GPU = "runs shared a GPU (their train times are not speed figures; give --step-times)"
 
 
 def add_comparisons(
@@ -78,6 +79,8 @@ def _step_cells(table: pd.DataFrame, i, j) -> tuple:
 def _time_cells(table: pd.DataFrame, i, j, curves: Mapping[str, Curve] | None) -> tuple:
     if curves is None or j is None:
         return (*_NAN5, math.nan, "")
+    if j != i and (table.at[i, "gpu_shared"] or table.at[j, "gpu_shared"]):
+        return (*_NAN5, math.nan, SHARED_GPU)
     base = _baseline_points(table, j, curves)
     if j == i:
         return (_mean(base.values(), 1), *_NAN5[:4], math.nan, "")

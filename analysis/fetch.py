@@ -21,6 +21,7 @@ from typing import Any, cast
 import pandas as pd
 
 from analysis.legacy import coerce
+from analysis.steptimes import SHARED_COLUMN
 from trainer.errors import NoRunsError, TrackingError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -30,6 +31,7 @@ HISTORY_COLUMNS = ("mlflow_run_id", "key", "step", "value")
 KIND_TAG = "gatesweep.kind"
 BUDGET_TAG = "gatesweep.budget_matched"  # sweeps.expand.BUDGET_TAG (analysis does not import sweeps)
 BUDGET_COLUMN = "budget_matched"
+SHARED_TAG = "gatesweep.gpu_shared"
 _SAFE_VALUE = re.compile(r"^[\w.:/+\- ]+$")
 _PAGE = 1000
 
@@ -58,6 +60,8 @@ def record_from_run(run: Any) -> dict[str, object]:
         "stage": tags.get("stage"), "seed": seed, "status": tags.get("status") or run.info.status,
         "backend": tags.get("backend"), "_start_time": run.info.start_time or 0,
     }
+    if tags.get(SHARED_TAG):  # trials packed several to a GPU (cluster.local): times are not speed figures
+        row[SHARED_COLUMN] = int(tags[SHARED_TAG]) if tags[SHARED_TAG].isdigit() else 2
     if tags.get(BUDGET_TAG):  # keys a time_of budget set (sweeps.expand): baselines may differ in them
         row[BUDGET_COLUMN] = tags[BUDGET_TAG]
     row.update({k: v for k, v in params.items() if k not in row})

@@ -21,6 +21,7 @@ from analysis.stats import MIN_SEEDS
 from analysis.table import STAT_COLUMNS
 
 LOW_N_MARK = "†"
+SHARED_MARK = "‡"  # the row's runs shared a GPU with other trials: not speed figures
 DISPLAY_HEADERS = {
     "n": "n", "failed": "failed", "early_stopped": "early stopped",
     "final_val_loss": "final val loss", "std": "std", "ci95": "ci95",
@@ -43,8 +44,10 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     out["final_val_loss"] = [fmt.format_loss(v) for v in table["final_val_loss"]]
     out["std"] = [_blank_nan(v, ".4f") for v in table["std"]]
     out["ci95"] = [_blank_nan(v, ".4f") for v in table["ci95"]]
-    out["train_time"] = [fmt.format_train_time(v) for v in table["train_time_ms"]]
-    out["ms_per_step"] = [_blank_nan(v, ".2f") for v in table["ms_per_step"]]
+    shared = [SHARED_MARK if bool(x) else "" for x in table["gpu_shared"]]
+    out["train_time"] = [fmt.format_train_time(v) + m for v, m in zip(table["train_time_ms"], shared, strict=True)]
+    out["ms_per_step"] = [_blank_nan(v, ".2f") + (m if v == v else "")
+                          for v, m in zip(table["ms_per_step"], shared, strict=True)]
     out["delta"] = [fmt.format_signed(v, 4) for v in table["delta"]]
     out["delta_ci"] = _intervals(table, "delta_ci_low", "delta_ci_high")
     out["delta_pct"] = [fmt.format_signed(v, 2, "%") for v in table["delta_pct"]]
@@ -71,6 +74,10 @@ def footer(table: pd.DataFrame) -> str:
     failed, early = sum(table["failed"].tolist()), sum(table["early_stopped"].tolist())
     if failed or early:
         lines.append(f"Excluded from the statistics: {failed} failed run(s), {early} early-stopped run(s).")
+    if table["gpu_shared"].astype(bool).any():
+        lines.append(f"{SHARED_MARK} These runs shared a GPU with other trials (backend.local.trials_per_gpu > 1): "
+                     "their train time and ms/step are not speed figures; `--step-times` puts them on step times "
+                     "measured one process at a time (bench/run.py --plan study).")
     notes = [n for n in table["time_note"] if n]
     if notes:
         counts = {n: notes.count(n) for n in dict.fromkeys(notes)}

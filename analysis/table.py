@@ -38,6 +38,7 @@ from analysis.comparisons import (
     clean,
 )
 from analysis.stats import MIN_SEEDS, summarize
+from analysis.steptimes import SHARED_COLUMN
 from analysis.timematch import curves_from_histories
 from trainer.config import FIELD_SECTION, NON_IDENTITY_KEYS
 from trainer.errors import DataError
@@ -57,7 +58,7 @@ COMPAT_METRICS = ("seeds", "final_loss", "train_time")
 REQUIRED = ("attn_gate", "status", "final_val_loss", "train_time_ms")
 GROUP_COLUMNS = (
     "n", "low_n", "failed", "early_stopped", "final_val_loss", "std", "ci95", "best_val_loss",
-    "train_time_ms", "ms_per_step",
+    "train_time_ms", "ms_per_step", "gpu_shared",
 )
 STAT_COLUMNS = GROUP_COLUMNS + COMPARISON_COLUMNS + TIME_COLUMNS
 SEED_VALUES = "seed_values"
@@ -186,9 +187,18 @@ def _group_row(stage: str, key: tuple, grp: pd.DataFrame, keys: Sequence[str]) -
         "early_stopped": _count(grp["status"] == EARLY_STOPPED),
         "final_val_loss": s.mean, "std": s.std, "ci95": s.ci95,
         "best_val_loss": _mean(ok, "best_val_loss"), "train_time_ms": _mean(ok, "train_time_ms"),
-        "ms_per_step": _mean(ok, "ms_per_step"), "_values": _per_seed(ok, "final_val_loss"),
+        "ms_per_step": _mean(ok, "ms_per_step"), "gpu_shared": _shared(ok),
+        "_values": _per_seed(ok, "final_val_loss"),
         "_runs": _per_seed(ok, "mlflow_run_id"), "_times": _per_seed(ok, "train_time_ms"),
     }
+
+
+def _shared(ok: pd.DataFrame) -> bool:
+    """Some run shared its GPU with other trials (and was not put on measured step times): its train
+    time and ms/step are not speed figures (analysis.steptimes)."""
+    if SHARED_COLUMN not in ok.columns:
+        return False
+    return bool((pd.to_numeric(ok[SHARED_COLUMN], errors="coerce").fillna(0) > 1).any())
 
 
 def _per_seed(ok: pd.DataFrame, col: str) -> dict:

@@ -87,14 +87,26 @@ class _Running:
     log: object
 
 
+def launch_tags(parent_id: str | None, gpus: list[int], trials_per_gpu: int) -> dict[str, str] | None:
+    """Tags the launcher adds to a trial's run: its sweep run, and `gatesweep.gpu_shared` when trials are
+    packed several to a GPU (then its train time and ms/step are not speed figures)."""
+    tags = {"mlflow.parentRunId": parent_id} if parent_id else {}
+    if gpus and trials_per_gpu > 1:
+        tags[SHARED_TAG] = str(trials_per_gpu)
+    return tags or None
+
+
+SHARED_TAG = "gatesweep.gpu_shared"  # read back by analysis.fetch (analysis.steptimes)
+
+
 def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, device: str | None,
-           existing: dict) -> _Running | None:
+           existing: dict, trials_per_gpu: int = 1) -> _Running | None:
     lock = TrialLock(s.run_dir)
     if not lock.acquire():
         return None  # another launcher runs it right now
     trial_json = write_trial_json(s.trial, s.run_dir, backend="local",
                                   overrides={"device": device} if device else None,
-                                  tags={"mlflow.parentRunId": store.parent_id} if store.parent_id else None)
+                                  tags=launch_tags(store.parent_id, gpus, trials_per_gpu))
     if store.enabled:
         try:
             store.ensure_child(s.trial, s.run_dir, backend="local", existing=existing)
@@ -199,7 +211,8 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                     if taken is None:
                         break
                     s = queue.pop(0)
-                    r = _start(s, store, taken, nproc=nproc, device=device, existing=existing)
+                    r = _start(s, store, taken, nproc=nproc, device=device, existing=existing,
+                               trials_per_gpu=trials_per_gpu)
                     if r is None:  # another launcher holds the trial
                         pool.give(taken)
                         results[s.trial.trial_id] = "RUNNING"

@@ -42,3 +42,11 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
 def test_launch_options_the_machine_cannot_honour(kw, msg):
     with pytest.raises(BackendError, match=msg):
         check_local(**kw)
+
+
+def test_packed_trials_are_tagged_as_sharing_their_gpu():
+    from cluster.local import SHARED_TAG, launch_tags
+
+    assert launch_tags("p1", [0], 3) == {"mlflow.parentRunId": "p1", SHARED_TAG: "3"}
+    assert launch_tags("p1", [0], 1) == {"mlflow.parentRunId": "p1"}
+    assert launch_tags(None, [], 4) is None  # CPU trials share no GPU
