@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.errors import SpecError
+from sweeps.errors import SpecError
 
 FORMATS = ("md", "csv", "console")
 _EXT = {"md": "md", "csv": "csv", "console": "txt"}
@@ -48,7 +48,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     from analysis.fetch import fetch_runs
     from analysis.sequential import annotate_for_spec
     from analysis.table import compat_table, stage_table
-    from trainer.errors import NoRunsError
+    from sweeps.errors import NoRunsError
 
     target = _target(args)
     try:
@@ -181,7 +181,7 @@ def _log_decision(target: Target, table, adjust: str, tracking_uri: str | None) 
 
     from analysis.decision import log_decision
     from analysis.fetch import call, find_sweep_run, open_client
-    from trainer.errors import NoRunsError
+    from sweeps.errors import NoRunsError
 
     if not target.stages or len(target.stages) != 1:
         raise SpecError("--log needs exactly one stage (the sweep run it writes to is per stage)")

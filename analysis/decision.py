@@ -24,7 +24,7 @@ import pandas as pd
 from analysis import render
 from analysis.sequential import SEQ_COLUMN
 from analysis.table import STAT_COLUMNS, config_label
-from trainer.errors import NoRunsError
+from sweeps.errors import NoRunsError
 
 TABLE_ARTIFACT = "decision/table.json"
 README_ARTIFACT = "decision/README.md"

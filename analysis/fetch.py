@@ -10,7 +10,6 @@ Histories: `mlflow_run_id, key, step, value`, one point per (run, key, step).
 from __future__ import annotations
 
 import math
-import os
 import re
 import urllib.error
 import urllib.request
@@ -22,9 +21,9 @@ import pandas as pd
 
 from analysis.legacy import coerce
 from analysis.steptimes import SHARED_COLUMN
-from trainer.errors import NoRunsError, TrackingError
+from sweeps.errors import NoRunsError, TrackingError
+from sweeps.mlflow_runs import is_server, resolve_uri, search_all
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TIDY_COLUMNS = ("mlflow_run_id", "trial_id", "spec", "stage", "seed", "status", "backend")
 SUMMARY_METRICS = ("final_val_loss", "best_val_loss", "train_time_ms", "ms_per_step")
 HISTORY_COLUMNS = ("mlflow_run_id", "key", "step", "value")
@@ -34,11 +33,6 @@ BUDGET_COLUMN = "budget_matched"
 SHARED_TAG = "gatesweep.gpu_shared"
 _SAFE_VALUE = re.compile(r"^[\w.:/+\- ]+$")
 _PAGE = 1000
-
-
-def resolve_tracking_uri(explicit: str | None = None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current directory."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def tag_filter(kind: str, *, stage: str | None = None, spec: str | None = None) -> str:
@@ -60,7 +54,7 @@ def record_from_run(run: Any) -> dict[str, object]:
         "stage": tags.get("stage"), "seed": seed, "status": tags.get("status") or run.info.status,
         "backend": tags.get("backend"), "_start_time": run.info.start_time or 0,
     }
-    if tags.get(SHARED_TAG):  # trials packed several to a GPU (cluster.local): times are not speed figures
+    if tags.get(SHARED_TAG):  # trials packed several to a GPU (cluster.local.runner): times are not speed figures
         row[SHARED_COLUMN] = int(tags[SHARED_TAG]) if tags[SHARED_TAG].isdigit() else 2
     if tags.get(BUDGET_TAG):  # keys a time_of budget set (sweeps.expand): baselines may differ in them
         row[BUDGET_COLUMN] = tags[BUDGET_TAG]
@@ -151,14 +145,14 @@ def open_client(tracking_uri: str | None = None, *, must_exist: bool = True):
     be created only when `must_exist` is False (imports)."""
     from mlflow import MlflowClient
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = resolve_uri(tracking_uri)
     check_reachable(uri, must_exist=must_exist)
     return MlflowClient(tracking_uri=uri), uri
 
 
 def check_reachable(uri: str, *, must_exist: bool = True) -> None:
     """Fail in seconds with a clear message instead of MLflow's minutes of HTTP retries."""
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
                 pass
@@ -188,16 +182,7 @@ def _experiment_ids(client, uri: str, names: Sequence[str] | None) -> list[str]:
 
 
 def search(client, uri: str, exp_ids: list[str], filter_string: str):
-    if not exp_ids:
-        return
-    token = None
-    while True:
-        page = call(uri, lambda t=token: client.search_runs(
-            exp_ids, filter_string, max_results=_PAGE, order_by=["attributes.start_time ASC"], page_token=t))
-        yield from page
-        token = page.token
-        if not token:
-            return
+    return call(uri, lambda: list(search_all(client, exp_ids, filter_string)))
 
 
 def call(uri: str, fn, *args):

@@ -35,7 +35,8 @@ from analysis.legacy import (
     parse_log,
     parse_results_csv,
 )
-from trainer.errors import DataError, NoRunsError
+from sweeps.errors import NoRunsError
+from trainer.errors import DataError
 
 DEFAULT_EXPERIMENT = "gatesweep-import"
 _BATCH = 1000  # MLflow's log_batch limit on metrics per call

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from cluster.compile_cache import cache_env, megacache_path
-from cluster.local import check_local, run_trials, trainer_command, visible_gpus
-from cluster.state import DONE, counts, split
-from cluster.store import SWEEP_RECORDS, clean_env, sync_sweep_record
-from cluster.sweep import check_backend, preflight_trials, prepare, retire_stale, states_for, with_search
-from cluster.trialdir import RUNS_ROOT, trial_dir
+from cluster.backend import RunOptions, launcher
+from cluster.common.compile_cache import cache_env, megacache_path
+from cluster.common.prepare import (
+    prepare,
+    states_for,
+    with_search,
+)
+from cluster.common.state import counts
+from cluster.common.store import SWEEP_RECORDS, clean_env, sync_sweep_record
+from cluster.common.trialdir import RUNS_ROOT
+from cluster.local.runner import trainer_command
 from sweeps.expand import Trial, gpu_hours
 
 
@@ -62,100 +65,32 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
 
 
 def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: bool, max_parallel: int | None,
-        uri: str | None, wait: bool, slurm_opts: dict[str, Any], max_looks: int | None = None) -> int:
+        uri: str | None, wait: bool, slurm_opts: dict[str, Any], max_looks: int | None = None,
+        check: bool = False) -> int:
     prep = prepare(spec_path, overrides, uri)
     spec = prep.spec
-    backend = backend or spec.default_backend
-    if not (dry_run and backend == "slurm"):  # a Slurm dry run prints its sbatch scripts on any machine
-        check_backend(backend)
+    opts = RunOptions(dry_run=dry_run or check, check=check, wait=wait, max_parallel=max_parallel,
+                      slurm=slurm_opts, overrides=tuple(overrides))
+    chosen = launcher(backend or spec.default_backend)
+    chosen.available(opts)
     if dry_run:
         for note in prep.notes:
             print(f"# resolved: {note}")
-
-    def once(p: Any) -> int:
-        if backend == "slurm":
-            from cluster.slurm_launch import run_slurm
-
-            return run_slurm(p, dry_run=dry_run, wait=wait, opts=slurm_opts)
-        if backend == "ray":
-            from cluster.ray_launch import run_ray
-
-            return run_ray(p, dry_run=dry_run, max_parallel=max_parallel, overrides=overrides, slurm_opts=slurm_opts)
-        return run_local(p, dry_run=dry_run, max_parallel=max_parallel)
-
     if spec.sequential is not None:
-        from cluster.sequential import run_sequential
+        from cluster.common.sequential import run_sequential
 
-        return run_sequential(prep, once, dry_run=dry_run, loop=backend != "slurm" or wait, max_looks=max_looks)
-    return once(prep)
-
-
-def run_local(prep: Any, *, dry_run: bool, max_parallel: int | None) -> int:
-    spec = prep.spec
-    local = spec.backend_options("local")
-    parallel = int(local.get("max_parallel", 1)) if max_parallel is None else max_parallel
-    nproc = max(spec.resources.gpus_per_node, 1) * spec.resources.nodes
-    per_gpu = int(local.get("trials_per_gpu", 1))
-    check_local(nproc, max_parallel=parallel, trials_per_gpu=per_gpu, gpus=visible_gpus())
-    if dry_run:
-        for t in prep.trials:
-            d = trial_dir(t)
-            print(f"# trial {t.index} {t.trial_id} {t.label} seed={t.seed}")
-            print(shlex.join(trainer_command(d / "trial.json", nproc)))  # safe to paste into a shell
-        print(f"{len(prep.trials)} trials, up to {parallel} at a time; "
-              f"{gpu_hours(prep.trials, spec.estimate_ms_per_step):.1f} GPU-hours estimated")
-        return 0
-    states = states_for(prep)
-    todo, done, busy = split(states)
-    if done:
-        print(f"skipping {len(done)} finished trial(s)")
-    if busy:
-        print(f"{len(busy)} trial(s) are running in another process; leaving them alone")
-    if not todo:
-        print(f"nothing to run: {len(done)}/{len(states)} trials finished")
-        return 0
-    preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
-    stale = retire_stale(states, prep.store)
-    if stale:
-        print(f"{stale} trial(s) left RUNNING by a dead process: marked KILLED, running again")
-    store = prep.store
-    if store.enabled and store.retire_stale_parents(spec.name):
-        print("a sweep run left RUNNING by a dead launcher was marked KILLED")
-    existing = store.trial_runs() if store.enabled else {}
-    store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path,
-                       trial_ids=[t.trial_id for t in prep.trials])
-    status = "FINISHED"
-    # `kill PID` (SIGTERM) stops a sweep like Ctrl-C: trials checkpoint, records and the sweep run say KILLED
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        results = run_trials(todo, store, max_parallel=parallel, nproc=nproc, title=spec.name, existing=existing,
-                             trials_per_gpu=per_gpu)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        print("interrupted: running trials were stopped and marked KILLED; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        store.finish_parent(status, RUNS_ROOT / spec.name)
-    bad = {k: v for k, v in results.items() if v not in DONE}
-    print(f"sweep {spec.name}: {len(results) - len(bad)} finished, {len(bad)} not "
-          f"({', '.join(sorted(set(bad.values()))) or '-'}); records in {RUNS_ROOT / spec.name}")
-    return 0 if not bad else 1
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean stop short
-    raise KeyboardInterrupt
+        return run_sequential(prep, lambda p: chosen.run(p, opts), dry_run=opts.dry_run,
+                              loop=chosen.name != "slurm" or wait, max_looks=max_looks)
+    return chosen.run(prep, opts)
 
 
 def status(spec_path: str, overrides: list[str], *, uri: str | None) -> int:
     prep = with_search(prepare(spec_path, overrides, uri))
-    from cluster.slurm_state import SlurmView
+    from cluster.slurm.state import SlurmView
 
     slurm = SlurmView(prep.trials, with_sacct=True)  # one squeue (+ one sacct) call for all trials
     states = states_for(prep, alive=slurm.alive)
-    from cluster.progress import last_step
+    from cluster.common.progress import last_step
 
     seq = _sequential(prep, states)
     notes = _trial_notes(seq)
@@ -176,7 +111,7 @@ def _sequential(prep: Any, states: list[Any]) -> Any:
     """The rule's state from these records (None for a fixed-seed spec)."""
     if prep.spec.sequential is None:
         return None
-    from cluster.sequential import evaluate
+    from cluster.common.sequential import evaluate
 
     return evaluate(prep, states)
 
@@ -184,13 +119,13 @@ def _sequential(prep: Any, states: list[Any]) -> Any:
 def _trial_notes(seq: Any) -> dict[str, str]:
     if seq is None:
         return {}
-    from cluster.sequential import trial_notes
+    from cluster.common.sequential import trial_notes
 
     return trial_notes(seq)
 
 
 def _seq_summary(seq: Any) -> str:
-    from cluster.sequential import summary_lines
+    from cluster.common.sequential import summary_lines
 
     return "\n".join(summary_lines(seq))
 

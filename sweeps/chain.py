@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # sweeps.spec imports sweeps.time_of, which reads stages through this module
     from sweeps.spec import Chain
-from trainer.errors import SpecError, TrackingError
+from sweeps.errors import SpecError, TrackingError
+from sweeps.mlflow_runs import search_all
 
 INCOMPLETE = ("RUNNING", "QUEUED", "KILLED", "SCHEDULED")
 ENDED = ("FINISHED", "FAILED", "EARLY_STOPPED")  # a FAILED trial (e.g. a diverging LR) is a result too
-TRIAL_IDS_TAG = "gatesweep.trial_ids"  # on a sweep run (cluster.store): the trial ids of its spec's expansion
+TRIAL_IDS_TAG = "gatesweep.trial_ids"  # on a sweep run (cluster.common.store): the trial ids of its spec's expansion
 
 
 def matches(params: dict[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
@@ -111,16 +112,9 @@ def stage_runs(client: Any, stage: str) -> tuple[list[dict[str, Any]], set[str] 
     """The stage's trial runs, and the trial ids its newest sweep run expected (None if unknown:
     imported runs, or a sweep too large for the tag)."""
     exps = [e.experiment_id for e in client.search_experiments()]
-    runs: list[dict[str, Any]] = []
-    token = None
-    while exps:
-        page = client.search_runs(exps, f"tags.`gatesweep.kind` = 'trial' and tags.stage = '{stage}'",
-                                  max_results=1000, page_token=token)
-        runs += [{"params": r.data.params, "metrics": r.data.metrics, "trial_id": r.data.tags.get("trial_id"),
-                  "status": r.data.tags.get("status") or r.info.status} for r in page]
-        token = page.token
-        if not token:
-            break
+    runs = [{"params": r.data.params, "metrics": r.data.metrics, "trial_id": r.data.tags.get("trial_id"),
+             "status": r.data.tags.get("status") or r.info.status}
+            for r in search_all(client, exps, f"tags.`gatesweep.kind` = 'trial' and tags.stage = '{stage}'")]
     sweeps = client.search_runs(exps, f"tags.`gatesweep.kind` = 'sweep' and tags.stage = '{stage}'",
                                 max_results=1, order_by=["attributes.start_time DESC"]) if exps else []
     ids = sweeps[0].data.tags.get(TRIAL_IDS_TAG) if sweeps else None

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sweeps.errors import SpecError
 from sweeps.spec import Chain, Resources, SweepSpec
 from sweeps.time_of import TimeOf, TimeResolver, no_store_time_resolver
 from trainer.config import TrainConfig, config_hash
-from trainer.errors import ConfigError, SpecError
+from trainer.errors import ConfigError
 from trainer.paths import confine
 
 ChainResolver = Callable[[Chain, str], Any]

@@ -110,7 +110,7 @@ def baseline_pairs(points: Sequence[Mapping[str, Any]], base: Mapping[str, Any])
 def check_baselines(path: str, points: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
                     labels: Sequence[str]) -> None:
     """A sequential spec compares every gated point with a baseline: refuse one that cannot."""
-    from trainer.errors import SpecError
+    from sweeps.errors import SpecError
 
     pairs = baseline_pairs(points, base)
     if not pairs:

@@ -17,11 +17,12 @@ from typing import Any
 
 import yaml
 
+from sweeps.errors import SpecError
 from sweeps.sequential import Sequential, parse_sequential
 from sweeps.time_of import parse_time_of
 from trainer import yamlsafe
 from trainer.config import ALL_KEYS, FIELD_SECTION, PRESETS, coerce
-from trainer.errors import ConfigError, SpecError
+from trainer.errors import ConfigError
 
 TOP_KEYS = ("name", "stage", "description", "base", "grid", "include", "exclude", "seeds", "resources",
             "tracking", "backend", "estimate", "search")

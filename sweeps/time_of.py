@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweeps.chain import check_complete, matches, stage_runs
+from sweeps.errors import SpecError, TrackingError
 from trainer.clock import WARMUP
-from trainer.errors import SpecError, TrackingError
 
 TIME_OF_KEYS = ("stage", "where", "fallback", "fallback_ms")
 GATE_KEYS = ("attn_gate", "gate_pos", "gate_act")

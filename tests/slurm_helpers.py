@@ -16,12 +16,12 @@ from typing import Any
 
 import yaml
 
-from cluster.slurm_job import TrialJob
-from cluster.slurm_launch import job_env
-from cluster.slurm_sbatch import SlurmOptions, executor_params, setup_lines
-from cluster.trialdir import local_status
+from cluster.slurm.job import TrialJob
+from cluster.slurm.launch import job_env
+from cluster.slurm.sbatch import SlurmOptions, executor_params, setup_lines
+from cluster.common.trialdir import local_status
 from sweeps.spec import Resources
-from trainer.tracking import read_json
+from trainer.record import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "sweeps" / "demo.yaml"
@@ -126,11 +126,11 @@ def job_log(run_dir: Path) -> str:
 PROBE = """
 import json, os, sys
 from pathlib import Path
-import cluster.slurm_job, trainer
+import cluster.slurm.job, trainer
 keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
         "CUDA_VISIBLE_DEVICES", "GATESWEEP_GIT_SHA", "TORCHINDUCTOR_CACHE_DIR", "MLFLOW_RUN_ID")
 seen = {k: os.environ.get(k) for k in keys}
-seen |= {"cluster": cluster.slurm_job.__file__, "trainer": trainer.__file__, "mark": MARK}
+seen |= {"cluster": cluster.slurm.job.__file__, "trainer": trainer.__file__, "mark": MARK}
 Path(sys.argv[1], "rank%s.json" % os.environ["RANK"]).write_text(json.dumps(seen))
 """
 

@@ -20,7 +20,7 @@ from analysis.table import stage_table
 from tests.services import CHROMIUM, CHROMIUM_FLAGS, kill_process_group
 from tests.test_analysis_mlflow import log_trial
 from tests.test_analysis_study import tidy
-from trainer.errors import NoRunsError, SpecError
+from sweeps.errors import NoRunsError, SpecError
 
 STUDY = Path(__file__).parent / "fixtures" / "legacy" / "study"
 
@@ -122,7 +122,7 @@ def test_table_log_puts_the_decision_on_the_sweep_run_and_the_ui_shows_it(mlflow
 def test_a_sweep_run_gets_its_decision_when_it_ends(mlflow_server, monkeypatch, capsys):
     from mlflow import MlflowClient
 
-    from cluster.store import SweepStore
+    from cluster.common.store import SweepStore
 
     name = f"test-sweep-decision-{uuid.uuid4().hex[:8]}"
     store = SweepStore(mlflow_server.uri, name)

@@ -15,7 +15,8 @@ from analysis.fetch import fetch_histories, fetch_runs
 from analysis.legacy import legacy_trial_id
 from analysis.table import stage_table
 from tests.test_analysis_study import histories, tidy
-from trainer.errors import DataError, SpecError
+from sweeps.errors import SpecError
+from trainer.errors import DataError
 
 pytestmark = pytest.mark.mlflow
 FIX = Path(__file__).parent / "fixtures" / "legacy"

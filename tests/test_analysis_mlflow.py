@@ -19,7 +19,7 @@ from analysis.fetch import TIDY_COLUMNS, fetch_histories, fetch_runs
 from analysis.importer import import_results
 from analysis.table import stage_table
 from tests.test_analysis_compat import CASES, published_csv
-from trainer.errors import NoRunsError, SpecError, TrackingError
+from sweeps.errors import NoRunsError, SpecError, TrackingError
 
 pytestmark = pytest.mark.mlflow
 FIX = Path(__file__).parent / "fixtures" / "legacy"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.progress import Progress, eta_seconds, fmt_duration, last_step
+from cluster.common.progress import Progress, eta_seconds, fmt_duration, last_step
 
 
 def test_eta_is_mean_duration_times_waves_plus_what_running_trials_have_left():

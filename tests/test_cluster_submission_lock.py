@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from cluster.trialdir import submission_lock
+from cluster.common.trialdir import submission_lock
 
 
 def test_a_second_submitter_waits_for_the_first(tmp_path: Path, capsys):

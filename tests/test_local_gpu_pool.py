@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.local import GpuPool, check_local, visible_gpus
-from trainer.errors import BackendError
+from cluster.local.runner import GpuPool, check_local, visible_gpus
+from cluster.errors import BackendError
 
 
 def test_trials_get_disjoint_gpu_sets_and_wait_when_none_are_free():
@@ -45,7 +45,7 @@ def test_launch_options_the_machine_cannot_honour(kw, msg):
 
 
 def test_packed_trials_are_tagged_as_sharing_their_gpu():
-    from cluster.local import SHARED_TAG, launch_tags
+    from cluster.local.runner import SHARED_TAG, launch_tags
 
     assert launch_tags("p1", [0], 3) == {"mlflow.parentRunId": "p1", SHARED_TAG: "3"}
     assert launch_tags("p1", [0], 1) == {"mlflow.parentRunId": "p1"}

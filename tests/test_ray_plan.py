@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from cluster.ray_plan import check_fits, trial_resources
-from cluster.ray_slurm import RaySlurmJob, sbatch_text, size_allocation
-from cluster.ray_space import Asha, parse_search, sample_points, search_trials
-from cluster.ray_summary import TrialOutcome, best_rows, parent_params_metrics
+from cluster.ray.plan import check_fits, trial_resources
+from cluster.ray.on_slurm import RaySlurmJob, sbatch_text, size_allocation
+from cluster.ray.space import Asha, parse_search, sample_points, search_trials
+from cluster.ray.summary import TrialOutcome, best_rows, parent_params_metrics
 from gatesweep.cli import main as cli_main
 from sweeps.expand import expand
 from sweeps.spec import load_spec, parse_spec
 from trainer.config import config_hash
-from trainer.errors import BackendError, SpecError
+from cluster.errors import BackendError
+from sweeps.errors import SpecError
 
 REPO = Path(__file__).resolve().parents[1]
 LR_SEARCH = REPO / "sweeps" / "lr_search.yaml"

@@ -13,9 +13,9 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cluster.trialdir import TrialLock, local_status
+from cluster.common.trialdir import TrialLock, local_status
 from tests.test_ray_search import DONE, make_workdir, ray_address, run_cli, sampled, trial_runs, write_spec
-from trainer.tracking import read_json
+from trainer.record import read_json
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
 __all__ = ["ray_address"]  # the module-scoped fixture: one Ray for this module

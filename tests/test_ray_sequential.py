@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.trialdir import local_status
+from cluster.common.trialdir import local_status
 from gatesweep.cli import main as cli_main
 from tests.sweep_helpers import experiment_runs, unique
 from trainer.synth import write_synth_dataset

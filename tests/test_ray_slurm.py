@@ -15,7 +15,7 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cluster.trialdir import local_status
+from cluster.common.trialdir import local_status
 from tests.test_ray_search import make_workdir, run_cli, sampled, write_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ray, pytest.mark.slow]

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-import cluster.slurm_wait
-from cluster.trialdir import RUNS_ROOT
+import cluster.slurm.wait
+from cluster.common.trialdir import RUNS_ROOT
 from sweeps.expand import expand
 from sweeps.spec import load_spec
 from tests.slurm_helpers import gatesweep, job_id, job_log, sacct, status, unique, write_data, write_spec
-from trainer.tracking import read_json
+from trainer.record import read_json
 
 pytestmark = pytest.mark.slurm
 
 
 def test_chunked_arrays_respect_the_parallelism_cap(slurm_cluster, tmp_path, monkeypatch):
-    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
+    monkeypatch.setattr(cluster.slurm.wait, "POLL_S", 1.0)
     monkeypatch.chdir(tmp_path)
     write_data(tmp_path)
     name = unique("arrays")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.snapshot import content_hash, git_sha, source_root
+from cluster.slurm.snapshot import content_hash, git_sha, source_root
 from tests.slurm_helpers import REPO, gatesweep
 from tests.test_slurm_sbatch import check_golden
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import cluster.slurm_wait
-from cluster.trialdir import RUNS_ROOT
+import cluster.slurm.wait
+from cluster.common.trialdir import RUNS_ROOT
 from sweeps.expand import expand
 from sweeps.spec import load_spec
 from tests.slurm_helpers import (
@@ -27,7 +27,7 @@ from tests.slurm_helpers import (
     write_data,
     write_spec,
 )
-from trainer.tracking import read_json
+from trainer.record import read_json
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mlflow]
 HOSTILE_DIR = "we ird $(touch PWNED) 'q"
@@ -42,7 +42,7 @@ def _runs(uri: str, experiment: str) -> list:
 
 
 def test_demo_spec_two_ranks_per_trial(slurm_cluster, mlflow_env, tmp_path, monkeypatch):
-    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
+    monkeypatch.setattr(cluster.slurm.wait, "POLL_S", 1.0)
     cwd = tmp_path / HOSTILE_DIR
     cwd.mkdir()
     monkeypatch.chdir(cwd)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.snapshot import take_snapshot
+from cluster.slurm.snapshot import take_snapshot
 from sweeps.spec import Resources
 from tests.slurm_helpers import PROBE, probe_results, submit_probe
 

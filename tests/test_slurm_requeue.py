@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-import cluster.slurm_wait
-from cluster.trialdir import RUNS_ROOT
+import cluster.slurm.wait
+from cluster.common.trialdir import RUNS_ROOT
 from sweeps.expand import expand
 from sweeps.spec import load_spec
 from tests.slurm_helpers import (
@@ -30,14 +30,14 @@ from tests.slurm_helpers import (
     write_spec,
 )
 from tests.test_reliability_resume import assert_equal_nested
-from trainer.tracking import read_json
+from trainer.record import read_json
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mlflow]
 N = 240
 
 
 def test_requeued_trial_resumes_and_matches_an_uninterrupted_one(slurm_cluster, mlflow_env, tmp_path, monkeypatch):
-    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
+    monkeypatch.setattr(cluster.slurm.wait, "POLL_S", 1.0)
     monkeypatch.chdir(tmp_path)
     write_data(tmp_path)
     base = {"num_iterations": N, "val_every": 60, "warmdown_iters": 60, "save_final": True}
@@ -101,7 +101,7 @@ def test_requeued_trial_resumes_and_matches_an_uninterrupted_one(slurm_cluster, 
 def test_cancelled_trial_is_resubmitted_into_its_mlflow_run(slurm_cluster, mlflow_env, tmp_path, monkeypatch):
     """A trial whose job was cancelled (pending or running) is submitted again by the next run; it keeps
     its one MLflow run."""
-    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
+    monkeypatch.setattr(cluster.slurm.wait, "POLL_S", 1.0)
     monkeypatch.chdir(tmp_path)
     write_data(tmp_path)
     name = unique("cancel")
@@ -130,7 +130,7 @@ def test_cancelled_trial_is_resubmitted_into_its_mlflow_run(slurm_cluster, mlflo
 
 def _submit_one(tmp_path, monkeypatch, prefix: str, **spec) -> tuple:
     """One `none` trial of N steps submitted to Slurm and trained 20 steps: (name, trial, run_dir, job)."""
-    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
+    monkeypatch.setattr(cluster.slurm.wait, "POLL_S", 1.0)
     monkeypatch.chdir(tmp_path)
     write_data(tmp_path)
     name = unique(prefix)

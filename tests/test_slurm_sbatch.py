@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.slurm_launch import DEPENDENCY_PLACEHOLDER, estimate_line, plan_arrays
-from cluster.slurm_sbatch import (
+from cluster.slurm.launch import DEPENDENCY_PLACEHOLDER, estimate_line, plan_arrays
+from cluster.slurm.sbatch import (
     chunks,
     executor_params,
     parse_max_array_size,
@@ -22,7 +22,7 @@ from cluster.slurm_sbatch import (
 )
 from sweeps.expand import expand
 from sweeps.spec import load_spec, parse_spec
-from trainer.errors import BackendError
+from cluster.errors import BackendError
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import cluster.slurm_wait
-from cluster.trialdir import RUNS_ROOT
+import cluster.slurm.wait
+from cluster.common.trialdir import RUNS_ROOT
 from sweeps.expand import expand
 from sweeps.spec import load_spec
 from tests.slurm_helpers import gatesweep, job_id, status, unique, wait_until, write_data
@@ -27,7 +27,7 @@ BASE = {"preset": "tiny", "n_embd": 32, "sequence_length": 64, "batch_size": 8, 
 
 
 def test_a_sequential_sweep_continues_across_invocations(slurm_cluster, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(cluster.slurm_wait, "POLL_S", 1.0)
+    monkeypatch.setattr(cluster.slurm.wait, "POLL_S", 1.0)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # mlflow caches stores by URI
     write_data(tmp_path)

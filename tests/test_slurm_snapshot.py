@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.snapshot import MARKER, PACKAGES, content_hash, source_root, take_snapshot
+from cluster.slurm.snapshot import MARKER, PACKAGES, content_hash, source_root, take_snapshot
 from sweeps.spec import Resources
 from tests.slurm_helpers import PROBE, probe_results, squeue, submit_probe, wait_until
 

@@ -12,7 +12,7 @@ import pytest
 from sweeps.chain import select_value
 from sweeps.spec import Chain
 from tests.sweep_helpers import cli_env, client, gatesweep, unique
-from trainer.errors import SpecError
+from sweeps.errors import SpecError
 
 
 def _run(lr: float, loss: float, gate: str = "elementwise", status: str = "FINISHED") -> dict[str, Any]:

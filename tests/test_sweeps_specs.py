@@ -13,7 +13,8 @@ import yaml
 from sweeps.expand import expand
 from sweeps.spec import apply_spec_overrides, load_spec
 from trainer.config import CHOICES, FIELD_SECTION, NON_IDENTITY_KEYS, TrainConfig, trial_identity
-from trainer.errors import ConfigError, SpecError
+from sweeps.errors import SpecError
+from trainer.errors import ConfigError
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 STUDY_COUNTS = {"stage1": 10, "stage2": 16, "stage2_5": 4, "stage3": 7, "demo": 10, "offline_stage1": 15}

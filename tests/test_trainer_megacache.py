@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cluster.compile_cache import megacache_path
-from cluster.trialdir import run_config
+from cluster.common.compile_cache import megacache_path
+from cluster.common.trialdir import run_config
 from sweeps.expand import expand
 from sweeps.spec import load_spec
 from tests.sweep_helpers import REPO, cli_env, gatesweep, trainer_cli, unique, write_data, write_spec

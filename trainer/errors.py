@@ -1,14 +1,39 @@
-"""User-facing errors. The CLI prints the message on one line and exits with code 2.
+"""User-facing errors and the process exit codes they map to. The CLI prints the message on one line
+and exits with the error's `exit_code`.
 
 Every message names where the problem is (file and/or field) and how to fix it; asserts are kept
-for programmer invariants only.
+for programmer invariants only. The errors of the layers above the trainer subclass these where they
+are raised: `sweeps.errors` (SpecError, TrackingError, NoRunsError), `cluster.errors` (BackendError).
 """
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What a `gatesweep` / `python -m trainer` exit code means (documented in the README)."""
+
+    OK = 0
+    TRIALS_FAILED = 1  # the command worked; some trials failed (status: some are FAILED)
+    BAD_INPUT = 2  # usage, spec, config, data: fix the input and run again
+    NO_INPUT = 66  # EX_NOINPUT: nothing to analyse yet (no store, experiment or runs)
+    UNAVAILABLE = 69  # EX_UNAVAILABLE: the tracking store or the cluster cannot be reached
+    RESUMABLE = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; the same command resumes
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM of the launcher
 
 
 class GatesweepError(Exception):
-    """Base class of errors caused by user input (config, spec, data, environment)."""
+    """Base class of errors caused by user input or the environment; `exit_code` says which kind."""
 
-    exit_code = 2
+    exit_code: int = ExitCode.BAD_INPUT
+
+
+class Unavailable(GatesweepError):
+    """Mixin base of errors for a service that cannot be reached right now (exit 69): retrying later,
+    or starting it, fixes them; the input is fine."""
+
+    exit_code = ExitCode.UNAVAILABLE
 
 
 class ConfigError(GatesweepError):
@@ -17,22 +42,6 @@ class ConfigError(GatesweepError):
 
 class DataError(GatesweepError):
     """A data file is missing, malformed or too small for the configured batch."""
-
-
-class SpecError(GatesweepError):
-    """A sweep spec (YAML) is invalid."""
-
-
-class BackendError(GatesweepError):
-    """A launcher backend is unavailable or misconfigured."""
-
-
-class TrackingError(GatesweepError):
-    """The tracking store cannot be reached or holds inconsistent records."""
-
-
-class NoRunsError(TrackingError):
-    """The store is reachable but holds nothing to analyse yet (no database, experiment or runs)."""
 
 
 class StorageError(GatesweepError):

@@ -20,7 +20,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainer.tracking import TERMINAL, complete_size, read_json, write_json
+from trainer.record import TERMINAL, complete_size, read_json, write_json
 
 log = logging.getLogger(__name__)
 

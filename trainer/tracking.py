@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-log = logging.getLogger(__name__)
+from trainer.record import TERMINAL, read_json, repair_tail, write_json
 
-TERMINAL = ("FINISHED", "FAILED", "KILLED", "EARLY_STOPPED")
+log = logging.getLogger(__name__)
 
 # Environment variables that look like credentials never reach params, tags or artifacts.
 _SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "APIKEY", "CREDENTIAL", "PRIVATE_KEY",
@@ -60,64 +60,6 @@ class NullTracker:
     def log_artifact(self, path: str | os.PathLike[str]) -> None: pass
     def log_summary(self, summary: dict[str, float]) -> None: pass
     def finish(self, status: str, reason: str = "") -> None: pass
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file behind
-        raise
-
-
-def read_json(path: Path, default: Any = None) -> Any:
-    """A record file (always a JSON object). Missing -> default. Corrupt (empty, cut short, not an
-    object) -> default with a one-line warning: the record's files are rewritten by the next run of
-    the trial, so one damaged file must not stop a launcher or a sync of every other trial."""
-    try:
-        obj = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return default
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        log.warning("%s is corrupt (%s); ignoring it: the next run of this trial rewrites it", path,
-                    str(e).splitlines()[0][:80] if str(e) else "empty")
-        return default
-    if not isinstance(obj, dict):
-        log.warning("%s is corrupt (a JSON %s, not an object); ignoring it: the next run of this trial rewrites it",
-                    path, type(obj).__name__)
-        return default
-    return obj
-
-
-def complete_size(path: Path) -> int:
-    """Bytes of `path` up to its last newline: a last line without one is torn (a write cut short by a
-    full disk or a crash) or still being written."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return 0
-    with open(path, "rb") as f:
-        pos = size
-        while pos > 0:
-            start = max(0, pos - 65536)
-            f.seek(start)
-            chunk = f.read(pos - start)
-            cut = chunk.rfind(b"\n")
-            if cut >= 0:
-                return start + cut + 1
-            pos = start
-    return 0
-
-
-def repair_tail(path: Path) -> None:
-    """Cut a torn last line, so that the next line appended does not merge into it (`{{"key": ...`)."""
-    end = complete_size(path)
-    if path.exists() and end < path.stat().st_size:
-        dropped = path.stat().st_size - end
-        os.truncate(path, end)
-        log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted write", path, dropped)
 
 
 class LocalTracker:

@@ -21,7 +21,6 @@ The requeued job runs the same pickled TrialJob (requeues + 1): the trainer resu
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -34,11 +33,13 @@ from typing import Any
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from cluster.slurm_sbatch import UNSET_ENV
-from cluster.trialdir import local_status, set_local_status
+from cluster.common.process import die_with_parent
+from cluster.common.trialdir import local_status, set_local_status
+from cluster.slurm.sbatch import UNSET_ENV
+from trainer.errors import ExitCode
+from trainer.record import DONE
 
-DONE = ("FINISHED", "EARLY_STOPPED")
-EXIT_STOPPED = 75  # trainer.main: stopped by a signal after saving a checkpoint (resumable)
+EXIT_STOPPED = ExitCode.RESUMABLE  # trainer.main: stopped by a signal after saving a checkpoint
 
 
 def torch_env() -> dict[str, str]:
@@ -60,10 +61,7 @@ def torch_env() -> dict[str, str]:
 
 def _child_setup() -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # until the trainer installs its handler
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    die_with_parent()
 
 
 @dataclass

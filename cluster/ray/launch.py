@@ -26,7 +26,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cluster.ray_plan import (
+from cluster.common.delivery import deliver, undelivered
+from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
+from cluster.common.state import DONE, TrialState, split
+from cluster.common.store import LEAKY_ENV, SweepStore
+from cluster.common.trialdir import RUNS_ROOT, TrialLock, local_status, trial_dir, write_trial_json
+from cluster.errors import BackendError
+from cluster.ray.on_slurm import sbatch_text, slurm_job
+from cluster.ray.plan import (
     RayOptions,
     check_fits,
     check_trials,
@@ -35,15 +42,11 @@ from cluster.ray_plan import (
     ray_options,
     trial_resources,
 )
-from cluster.ray_slurm import sbatch_text, slurm_job
-from cluster.ray_space import METRIC, MODE, SearchPlan, parse_search, search_trials
-from cluster.ray_summary import log_search, report
-from cluster.state import DONE, TrialState, split
-from cluster.store import LEAKY_ENV, SweepStore, is_server
-from cluster.sweep import Prepared, preflight_trials, retire_stale, states_for
-from cluster.trialdir import RUNS_ROOT, TrialLock, local_status, trial_dir, write_trial_json
-from trainer.errors import BackendError, SpecError
-from trainer.tracking import read_json
+from cluster.ray.space import METRIC, MODE, SearchPlan, parse_search, search_trials
+from cluster.ray.summary import log_search, report
+from sweeps.errors import SpecError
+from sweeps.mlflow_runs import is_server
+from trainer.record import read_json
 
 NODE_WAIT_S = 300.0
 
@@ -138,8 +141,8 @@ def _fit(name: str, plan: SearchPlan, states: list[TrialState], store: SweepStor
     if not any(isinstance(f, _NoTunerRestoreHint) for f in tune_log.filters):
         tune_log.addFilter(_NoTunerRestoreHint())
 
-    from cluster.ray_callbacks import EarlyStopASHA, SearchCallback
-    from cluster.ray_trainable import TrialTrainable, trial_payload
+    from cluster.ray.callbacks import EarlyStopASHA, SearchCallback
+    from cluster.ray.trainable import TrialTrainable, trial_payload
 
     forward = store.enabled and is_server(store.uri)
     replayed = {s.trial.trial_id for s in states if s.status in DONE}
@@ -150,7 +153,7 @@ def _fit(name: str, plan: SearchPlan, states: list[TrialState], store: SweepStor
                               {s.trial.trial_id: f"{s.trial.label or 'base'} s{s.trial.seed} {s.trial.trial_id}"
                                for s in states},
                               start=lambda tid: _create_run(by_id[tid], store, existing),
-                              deliver=lambda d: _deliver(d, store), driver_writes=store.enabled and not forward,
+                              deliver=lambda d: deliver(d, store), driver_writes=store.enabled and not forward,
                               replayed=replayed)
     a = plan.scheduler
     scheduler = EarlyStopASHA(time_attr="step", max_t=a.max_t, grace_period=a.grace_period,
@@ -256,27 +259,14 @@ def _wait_for_nodes(ray: Any, n: int) -> None:
 
 
 # ---------------------------------------------------------------- records
-def _deliver(run_dir: Path, store: SweepStore) -> None:
-    if not store.enabled:
-        return
-    from trainer.mlflow_sync import sync_record
-
-    try:
-        sync_record(run_dir / "track", store.uri)
-    except Exception as e:  # noqa: BLE001 - `gatesweep sync` delivers it later
-        print(f"warning: MLflow delivery of {run_dir} failed ({e}); run `gatesweep sync`", file=sys.stderr)
-
-
 def _deliver_all(states: list[TrialState], store: SweepStore) -> None:
     """Whatever a record still holds undelivered, once no trial process writes it any more."""
     waiting = [s for s in states if _undelivered(s.run_dir / "track")]
     if not store.enabled or not waiting:
         return
-    from trainer.mlflow_sync import pending  # imports mlflow: only when a record waits
-
-    for s in waiting:
-        if pending(s.run_dir / "track") and not TrialLock(s.run_dir).held_elsewhere():
-            _deliver(s.run_dir, store)
+    for s in waiting:  # `undelivered` imports mlflow: only when a record waits
+        if undelivered(s.run_dir) and not TrialLock(s.run_dir).held_elsewhere():
+            deliver(s.run_dir, store)
 
 
 def _undelivered(track: Path) -> bool:

@@ -19,24 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.chain import TRIAL_IDS_TAG
+from sweeps.errors import TrackingError
 from sweeps.expand import Trial
-from trainer.errors import TrackingError
-from trainer.tracking import read_json, write_json
+from sweeps.mlflow_runs import resolve_uri, search_all
+from trainer.record import read_json, write_json
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_TAG_CHARS = 5000  # MLflow's tag value limit on older servers
 SWEEP_RECORDS = ".sweeps"  # <runs>/<spec>/.sweeps/<parent run id>.json: a sweep run's undelivered end
 # Env vars that a parent process (or mlflow.set_experiment) may have set and that would send child
 # processes' runs to the wrong experiment/run: never pass them on.
 LEAKY_ENV = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID")
-
-
-def tracking_uri(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-
-
-def is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
 
 
 def clean_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -59,7 +51,7 @@ class RunState:
 
 class SweepStore:
     def __init__(self, uri: str | None, experiment: str):
-        self.uri = tracking_uri(uri)
+        self.uri = resolve_uri(uri)
         self.experiment = experiment
         self.enabled = importlib.util.find_spec("mlflow") is not None
         self._client: Any = None
@@ -117,17 +109,11 @@ class SweepStore:
         if exp_id is None:
             return {}
         out: dict[str, RunState] = {}
-        token = None
-        while True:
-            page = self.client.search_runs([exp_id], "tags.`gatesweep.kind` = 'trial'",
-                                           max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
-            for r in page:
-                tid = r.data.tags.get("trial_id")
-                if tid:
-                    out[tid] = RunState(r.info.run_id, r.data.tags.get("status") or r.info.status)
-            token = page.token
-            if not token:
-                return out
+        for r in search_all(self.client, [exp_id], "tags.`gatesweep.kind` = 'trial'"):
+            tid = r.data.tags.get("trial_id")
+            if tid:
+                out[tid] = RunState(r.info.run_id, r.data.tags.get("status") or r.info.status)
+        return out
 
     # ------------------------------------------------------------ parent run
     def start_parent(self, *, spec: str, stage: str, backend: str, n_trials: int, spec_path: str,

@@ -19,13 +19,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from analysis.sequential import LOG_NAME, OPEN, Design, Outcome, decide
-from cluster.state import TrialState
-from cluster.sweep import Prepared, states_for
-from cluster.trialdir import RUNS_ROOT
+from cluster.common.prepare import Prepared, states_for
+from cluster.common.state import TrialState
+from cluster.common.trialdir import RUNS_ROOT
 from sweeps.expand import Trial, gpu_hours
 from sweeps.sequential import GATE_KEYS, baseline_pairs
 from trainer.config import trial_identity
-from trainer.tracking import read_json, write_json
+from trainer.record import read_json, write_json
 
 
 @dataclass

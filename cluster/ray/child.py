@@ -15,7 +15,6 @@ rewrites the status to EARLY_STOPPED.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -24,19 +23,13 @@ import time
 from collections import deque
 from pathlib import Path
 
-from cluster.local import trainer_command
-from cluster.store import clean_env
-from cluster.trialdir import local_status, set_local_status
+from cluster.common.process import die_with_parent
+from cluster.common.store import clean_env
+from cluster.common.trialdir import local_status, set_local_status
+from cluster.local.runner import trainer_command
 
 POLL_S = 0.2
 STOP_GRACE_S = 120.0  # SIGTERM -> the trainer checkpoints at its next step boundary and exits
-
-
-def _die_with_parent() -> None:
-    try:  # the child gets SIGTERM if the actor dies (no orphan writing into the trial)
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class TorchrunRun:
@@ -51,7 +44,7 @@ class TorchrunRun:
         env.setdefault("OMP_NUM_THREADS", "1")
         self.log = open(run_dir / "stdout.log", "ab")
         self.proc = subprocess.Popen(trainer_command(trial_json, nproc), stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True, preexec_fn=_die_with_parent)
+                                     env=env, start_new_session=True, preexec_fn=die_with_parent)
 
     def _read_new(self) -> None:
         try:

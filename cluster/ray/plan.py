@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.ray_space import METRIC, MODE, SearchPlan
-from cluster.trialdir import RUNS_ROOT
+from cluster.common.trialdir import RUNS_ROOT
+from cluster.errors import BackendError
+from cluster.ray.space import METRIC, MODE, SearchPlan
+from sweeps.errors import SpecError
 from sweeps.expand import Trial, gpu_hours
 from sweeps.spec import SweepSpec
-from trainer.errors import BackendError, SpecError
 
 
 @dataclass(frozen=True, kw_only=True)

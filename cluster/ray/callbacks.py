@@ -17,9 +17,9 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from cluster.ray_trainable import write_early_stop_note
-from cluster.trialdir import TrialLock, local_status
-from trainer.tracking import read_json
+from cluster.common.trialdir import TrialLock, local_status
+from cluster.ray.trainable import write_early_stop_note
+from trainer.record import read_json
 
 DELIVERY_INTERVAL_S = 5.0
 

@@ -3,10 +3,10 @@
 Non-blocking by default: check the inputs, snapshot the code, create the MLflow runs, write each
 trial's trial.json, submit the trials as job arrays (one per chunk of at most MaxArraySize tasks,
 chained with afterany so that `%K` caps the whole sweep), record each trial's job id in
-`<run_dir>/slurm.json`, print the ids and return. `--wait` then follows the jobs (cluster.slurm_wait).
+`<run_dir>/slurm.json`, print the ids and return. `--wait` then follows the jobs (cluster.slurm.wait).
 A rerun skips finished, queued and running trials and resubmits failed, killed and stale ones.
-The pure parts (options, executor parameters, sbatch text) are in cluster.slurm_sbatch; what runs
-inside the job is cluster.slurm_job.
+The pure parts (options, executor parameters, sbatch text) are in cluster.slurm.sbatch; what runs
+inside the job is cluster.slurm.job.
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.compile_cache import cache_env
-from cluster.slurm_sbatch import (
+from cluster.common.compile_cache import cache_env
+from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
+from cluster.common.state import TrialState, split
+from cluster.common.trialdir import RUNS_ROOT, set_local_status, submission_lock, trial_dir, write_trial_json
+from cluster.errors import BackendError
+from cluster.slurm.sbatch import (
     DEFAULT_MAX_ARRAY_SIZE,
     SlurmOptions,
     chunks,
@@ -34,14 +38,10 @@ from cluster.slurm_sbatch import (
     sbatch_text,
     setup_lines,
 )
-from cluster.snapshot import content_hash, git_sha, snapshot_dir, source_root, take_snapshot
-from cluster.state import TrialState, split
-from cluster.store import is_server
-from cluster.sweep import Prepared, preflight_trials, retire_stale, states_for
-from cluster.trialdir import RUNS_ROOT, set_local_status, submission_lock, trial_dir, write_trial_json
+from cluster.slurm.snapshot import content_hash, git_sha, snapshot_dir, source_root, take_snapshot
 from sweeps.expand import Trial
-from trainer.errors import BackendError
-from trainer.tracking import read_json, write_json
+from sweeps.mlflow_runs import is_server
+from trainer.record import read_json, write_json
 
 DEPENDENCY_PLACEHOLDER = "afterany:<job id of the previous array>"
 
@@ -88,7 +88,7 @@ def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]
         follow = shlex.join(["gatesweep", "status", spec.path, *prep.overrides])
         print(f"follow with: {follow}   (or rerun with --wait)")
         return 0
-    from cluster.slurm_wait import wait_for
+    from cluster.slurm.wait import wait_for
 
     followed = submitted + [(s, str((read_json(s.run_dir / "slurm.json") or {}).get("job_id", ""))) for s in busy]
     try:
@@ -105,7 +105,7 @@ def _split(prep: Prepared) -> tuple[list[TrialState], list[TrialState], list[Tri
     """(states, to submit, finished, queued/running). A trial whose job Slurm still lists as live is
     never submitted again, whatever its record says (e.g. KILLED for the seconds between the trainer's
     stop and the requeue)."""
-    from cluster.slurm_state import SlurmView
+    from cluster.slurm.state import SlurmView
 
     view = SlurmView(prep.trials)
     states = states_for(prep, alive=view.alive)
@@ -198,7 +198,7 @@ def dry_run_report(prep: Prepared, trials: list[Trial], n_skipped: int, options:
 # ---------------------------------------------------------------- submission
 def submit(prep: Prepared, todo: list[TrialState], options: SlurmOptions, sweep_dir: Path, tracking: str
            ) -> list[tuple[TrialState, str]]:
-    from cluster.slurm_job import TrialJob
+    from cluster.slurm.job import TrialJob
 
     spec, store = prep.spec, prep.store
     root = source_root()

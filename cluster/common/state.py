@@ -11,11 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.store import RunState, SweepStore
-from cluster.trialdir import RUNS_ROOT, TrialLock, local_status, trial_dir
+from cluster.common.store import RunState, SweepStore
+from cluster.common.trialdir import RUNS_ROOT, TrialLock, local_status, trial_dir
 from sweeps.expand import Trial
-
-DONE = ("FINISHED", "EARLY_STOPPED")
+from trainer.record import DONE
 
 
 @dataclass
@@ -61,7 +60,7 @@ def _default_alive(trials: list[Trial], local: dict[str, tuple[str, str]], root:
     queued = [t for t in trials if local[t.trial_id][0] in ("RUNNING", "QUEUED")
               and (trial_dir(t, root) / "slurm.json").exists()]
     if queued:
-        from cluster.slurm_state import slurm_alive
+        from cluster.slurm.state import slurm_alive
 
         return slurm_alive(queued, root)
     return lambda d: TrialLock(d).held_elsewhere()

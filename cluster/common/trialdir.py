@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cluster.compile_cache import megacache_path
+from cluster.common.compile_cache import megacache_path
 from sweeps.expand import Trial
-from trainer.tracking import read_json, write_json
+from trainer.record import read_json, write_json
 
 RUNS_ROOT = Path("runs")
 

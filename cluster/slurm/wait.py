@@ -12,13 +12,15 @@ from __future__ import annotations
 import sys
 import time
 
-from cluster.progress import Progress
-from cluster.slurm_state import LIVE_STATES, sacct_states, squeue_states
-from cluster.state import DONE, TrialState
-from cluster.store import SweepStore, is_server
-from cluster.trialdir import local_status, set_local_status
-from trainer.errors import BackendError
-from trainer.tracking import TERMINAL, read_json
+from cluster.common.delivery import deliver
+from cluster.common.progress import Progress
+from cluster.common.state import DONE, TrialState
+from cluster.common.store import SweepStore
+from cluster.common.trialdir import local_status, set_local_status
+from cluster.errors import BackendError
+from cluster.slurm.state import LIVE_STATES, sacct_states, squeue_states
+from sweeps.mlflow_runs import is_server
+from trainer.record import TERMINAL, read_json
 
 POLL_S = 5.0
 DELIVER_EVERY_S = 15.0
@@ -27,13 +29,9 @@ MAX_SQUEUE_FAILURES = 10
 
 
 def _deliver(s: TrialState, store: SweepStore) -> None:
-    if store.enabled and not is_server(store.uri):
-        from trainer.mlflow_sync import sync_record
-
-        try:
-            sync_record(s.run_dir / "track", store.uri)
-        except Exception as e:  # noqa: BLE001 - delivery is retried by `gatesweep sync`
-            print(f"warning: MLflow delivery of {s.run_dir} failed ({e}); run `gatesweep sync`", file=sys.stderr)
+    """The jobs track locally with a file store: this launcher, the single writer, delivers."""
+    if not is_server(store.uri):
+        deliver(s.run_dir, store)
 
 
 def _settle(s: TrialState, job_id: str, store: SweepStore, ended_at: float) -> str | None:

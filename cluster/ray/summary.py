@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.ray_space import SearchPlan, group_label
-from cluster.state import DONE
-from cluster.trialdir import local_status, trial_dir
-from trainer.tracking import read_json
+from cluster.common.state import DONE
+from cluster.common.trialdir import local_status, trial_dir
+from cluster.ray.space import SearchPlan, group_label
+from trainer.record import read_json
 
 
 @dataclass(frozen=True)

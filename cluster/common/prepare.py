@@ -3,20 +3,17 @@ anything is written, the stale-run cleanup, and the backend availability check."
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.state import TrialState, collect, split
-from cluster.store import SweepStore
-from cluster.trialdir import RUNS_ROOT, set_local_status
+from cluster.common.state import TrialState, collect, split
+from cluster.common.store import SweepStore
+from cluster.common.trialdir import RUNS_ROOT, set_local_status
 from sweeps.chain import empty_store_resolver, mlflow_resolver
 from sweeps.expand import Trial, expand
 from sweeps.spec import Chain, SweepSpec, apply_spec_overrides, load_spec
 from sweeps.time_of import TimeOf, mlflow_time_resolver
-from trainer.errors import BackendError
 from trainer.overrides import parse_kv
 
 
@@ -50,7 +47,7 @@ def with_search(prep: Prepared) -> Prepared:
     trials that `plan` and `status` must show."""
     if not prep.spec.search:
         return prep
-    from cluster.ray_space import parse_search, search_trials
+    from cluster.ray.space import parse_search, search_trials
 
     return Prepared(prep.spec, search_trials(parse_search(prep.spec), prep.trials), prep.store, prep.overrides,
                     prep.notes)
@@ -60,25 +57,6 @@ def has_chain(spec: SweepSpec) -> bool:
     values = list(spec.base_dict.values()) + [v for _, vs in spec.grid for v in vs]
     values += [v for p in spec.include for _, v in p.values]
     return any(isinstance(v, (Chain, TimeOf)) for v in values)
-
-
-def check_backend(backend: str) -> None:
-    """A clear error before anything is submitted if the chosen backend cannot run here."""
-    if backend == "local":
-        return
-    if backend == "slurm":
-        if importlib.util.find_spec("submitit") is None:
-            raise BackendError("backend 'slurm' needs submitit: pip install 'gatesweep[slurm]' (or make setup)")
-        if shutil.which("sbatch") is None:
-            raise BackendError("backend 'slurm' is not available here: `sbatch` not found on PATH; on a cluster "
-                               "login node load Slurm, for a local dev cluster run `make slurm-up`, or use "
-                               "--backend local")
-        return
-    if backend == "ray":
-        if importlib.util.find_spec("ray") is None:
-            raise BackendError("backend 'ray' needs Ray Tune: pip install 'gatesweep[ray]' (or make setup)")
-        return
-    raise BackendError(f"unknown backend '{backend}'; choose local, slurm or ray")
 
 
 def preflight_trials(trials: list[Trial], spec_path: str | None = None) -> None:
@@ -124,4 +102,4 @@ def retire_stale(states: list[TrialState], store: SweepStore) -> int:
     return n
 
 
-__all__ = ["Prepared", "prepare", "with_search", "check_backend", "preflight_trials", "states_for", "retire_stale", "split"]
+__all__ = ["Prepared", "prepare", "with_search", "preflight_trials", "states_for", "retire_stale", "split"]

@@ -29,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from sweeps.errors import SpecError
 from sweeps.expand import Trial
 from sweeps.spec import SweepSpec
 from trainer.config import ALL_KEYS, FIELD_SECTION, coerce, config_hash
-from trainer.errors import ConfigError, SpecError
+from trainer.errors import ConfigError
 
 SEARCH_KEYS = ("space", "num_samples", "seed", "max_concurrent_trials", "scheduler")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_t")

@@ -9,7 +9,6 @@ orphan writing into a trial. Ctrl-C stops the children cleanly and marks their t
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import shutil
@@ -20,12 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.compile_cache import cache_env, cache_is_cold
-from cluster.progress import Progress, last_step
-from cluster.state import TrialState
-from cluster.store import SweepStore, clean_env, is_server
-from cluster.trialdir import TrialLock, local_status, set_local_status, write_trial_json
-from trainer.errors import BackendError
+from cluster.common.compile_cache import cache_env, cache_is_cold
+from cluster.common.delivery import deliver, undelivered
+from cluster.common.process import die_with_parent
+from cluster.common.progress import Progress, last_step
+from cluster.common.state import TrialState
+from cluster.common.store import SweepStore, clean_env
+from cluster.common.trialdir import TrialLock, local_status, set_local_status, write_trial_json
+from cluster.errors import BackendError
+from sweeps.mlflow_runs import is_server
 from trainer.main import EXIT_CODES
 
 STATUS_OF_EXIT = {v: k for k, v in EXIT_CODES.items() if k != "EARLY_STOPPED"}
@@ -66,15 +68,6 @@ def visible_gpus() -> list[int]:
         return []
     out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
     return list(range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))
-
-
-def _die_with_parent(parent: int | None = None) -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if parent is not None and os.getppid() != parent:  # the launcher died before the prctl: no signal comes
-        os._exit(75)
 
 
 @dataclass
@@ -124,7 +117,7 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
     assert lock._fd is not None
     proc = subprocess.Popen(trainer_command(trial_json, nproc), stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True, pass_fds=(lock._fd,),
-                            preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
     return _Running(s, proc, gpus, lock, time.monotonic(), log)
 
 
@@ -145,19 +138,9 @@ def _deliver(s: TrialState, store: SweepStore, *, ended: bool, quiet: bool = Fal
     ended with part of it undelivered (the server was down when its trainer gave up). False: failed."""
     if not store.enabled or (is_server(store.uri) and not ended):
         return True
-    from trainer.mlflow_sync import pending, sync_record
-
-    track = s.run_dir / "track"
-    if is_server(store.uri) and not pending(track):
+    if is_server(store.uri) and not undelivered(s.run_dir):
         return True
-    try:
-        sync_record(track, store.uri)
-        return True
-    except Exception as e:  # noqa: BLE001 - retried while the sweep runs, then by `gatesweep sync`
-        if not quiet:
-            print(f"warning: MLflow delivery of {s.run_dir} failed ({type(e).__name__}); retrying while the "
-                  "sweep runs, else `gatesweep sync`", file=sys.stderr)
-        return False
+    return deliver(s.run_dir, store, quiet=quiet)
 
 
 def _redeliver(undelivered: list[TrialState], store: SweepStore) -> list[TrialState]:

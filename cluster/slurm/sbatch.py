@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.store import LEAKY_ENV
+from cluster.common.store import LEAKY_ENV
+from cluster.errors import BackendError
 from sweeps.spec import Resources, SweepSpec
-from trainer.errors import BackendError
 from trainer.overrides import ENV_KEYS
 
 DEFAULT_SIGNAL_DELAY_S = 90

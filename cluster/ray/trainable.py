@@ -14,7 +14,7 @@ Engines (one per way a trial runs):
 - InProcessRun: 1-GPU or CPU trials, `trainer.loop.train(cfg, tracker, on_val=...)` in a thread.
 - ReplayRun: a trial whose record is already FINISHED/EARLY_STOPPED is not trained again; its
   recorded val losses are reported so that ASHA's rungs hold the same values as before.
-- cluster.ray_child.TorchrunRun: multi-GPU trials (torchrun child process, tailed record).
+- cluster.ray.child.TorchrunRun: multi-GPU trials (torchrun child process, tailed record).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from typing import Any, Protocol
 
 from ray import tune
 
-from cluster.state import DONE
-from cluster.store import LEAKY_ENV
-from cluster.trialdir import TrialLock, local_status
-from trainer.errors import BackendError
-from trainer.tracking import read_json, write_json
+from cluster.common.state import DONE
+from cluster.common.store import LEAKY_ENV
+from cluster.common.trialdir import TrialLock, local_status
+from cluster.errors import BackendError
+from trainer.record import read_json, write_json
 
 EARLY_STOP_NOTE = ".early_stop.json"
 LOCK_WAIT_S = 30.0  # the driver takes a trial's lock for an instant when it checks liveness
@@ -199,7 +199,7 @@ class TrialTrainable(tune.Trainable):
         self.replay = local_status(self.run_dir)[0] in DONE
 
     def _start(self) -> Engine:
-        from cluster.compile_cache import cache_env
+        from cluster.common.compile_cache import cache_env
 
         self.lock = TrialLock(self.run_dir)
         deadline = time.monotonic() + LOCK_WAIT_S
@@ -212,7 +212,7 @@ class TrialTrainable(tune.Trainable):
         os.environ.update(cache_env(self.run_dir.parent))
         trial_json = self.run_dir / "trial.json"
         if int(self.payload["nproc"]) > 1:
-            from cluster.ray_child import TorchrunRun
+            from cluster.ray.child import TorchrunRun
 
             return TorchrunRun(trial_json, self.run_dir, int(self.payload["nproc"]), self.num_iterations,
                                forward=bool(self.payload["forward"]))

@@ -12,10 +12,10 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from cluster.trialdir import RUNS_ROOT, TrialLock, trial_dir
+from cluster.common.trialdir import RUNS_ROOT, TrialLock, trial_dir
+from cluster.errors import BackendError
 from sweeps.expand import Trial
-from trainer.errors import BackendError
-from trainer.tracking import read_json
+from trainer.record import read_json
 
 LIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
                "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT")

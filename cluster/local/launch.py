@@ -1,0 +1,75 @@
+"""`gatesweep run SPEC --backend local`: skip finished trials, check the inputs, then run the rest here
+(cluster.local.runner) under one MLflow sweep run. Ctrl-C or SIGTERM stops it cleanly (exit 130)."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+from typing import Any
+
+from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
+from cluster.common.state import DONE, split
+from cluster.common.trialdir import RUNS_ROOT, trial_dir
+from cluster.local.runner import check_local, run_trials, trainer_command, visible_gpus
+from sweeps.expand import gpu_hours
+from trainer.errors import ExitCode
+
+
+def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int:
+    spec = prep.spec
+    local = spec.backend_options("local")
+    parallel = int(local.get("max_parallel", 1)) if max_parallel is None else max_parallel
+    nproc = max(spec.resources.gpus_per_node, 1) * spec.resources.nodes
+    per_gpu = int(local.get("trials_per_gpu", 1))
+    check_local(nproc, max_parallel=parallel, trials_per_gpu=per_gpu, gpus=visible_gpus())
+    if dry_run:
+        for t in prep.trials:
+            d = trial_dir(t)
+            print(f"# trial {t.index} {t.trial_id} {t.label} seed={t.seed}")
+            print(shlex.join(trainer_command(d / "trial.json", nproc)))  # safe to paste into a shell
+        print(f"{len(prep.trials)} trials, up to {parallel} at a time; "
+              f"{gpu_hours(prep.trials, spec.estimate_ms_per_step):.1f} GPU-hours estimated")
+        return ExitCode.OK
+    states = states_for(prep)
+    todo, done, busy = split(states)
+    if done:
+        print(f"skipping {len(done)} finished trial(s)")
+    if busy:
+        print(f"{len(busy)} trial(s) are running in another process; leaving them alone")
+    if not todo:
+        print(f"nothing to run: {len(done)}/{len(states)} trials finished")
+        return ExitCode.OK
+    preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
+    stale = retire_stale(states, prep.store)
+    if stale:
+        print(f"{stale} trial(s) left RUNNING by a dead process: marked KILLED, running again")
+    store = prep.store
+    if store.enabled and store.retire_stale_parents(spec.name):
+        print("a sweep run left RUNNING by a dead launcher was marked KILLED")
+    existing = store.trial_runs() if store.enabled else {}
+    store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path,
+                       trial_ids=[t.trial_id for t in prep.trials])
+    status = "FINISHED"
+    # `kill PID` (SIGTERM) stops a sweep like Ctrl-C: trials checkpoint, records and the sweep run say KILLED
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        results = run_trials(todo, store, max_parallel=parallel, nproc=nproc, title=spec.name, existing=existing,
+                             trials_per_gpu=per_gpu)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        print("interrupted: running trials were stopped and marked KILLED; rerun the same command to resume",
+              file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        store.finish_parent(status, RUNS_ROOT / spec.name)
+    bad = {k: v for k, v in results.items() if v not in DONE}
+    print(f"sweep {spec.name}: {len(results) - len(bad)} finished, {len(bad)} not "
+          f"({', '.join(sorted(set(bad.values()))) or '-'}); records in {RUNS_ROOT / spec.name}")
+    return ExitCode.OK if not bad else ExitCode.TRIALS_FAILED
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean stop short
+    raise KeyboardInterrupt

@@ -1,0 +1,38 @@
+"""Slurm backend: a spec's trials as submitit job arrays.
+
+Owns the pure sbatch builder (sbatch.py: options -> executor parameters -> script text), the
+executor (launch.py: check, snapshot, records, submit), what runs inside a job (job.py), the
+scheduler's view of the trials (state.py: squeue/sacct), `--wait` (wait.py) and the code snapshot
+queued jobs run (snapshot.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from typing import Any
+
+from cluster.backend import RunOptions
+from cluster.errors import BackendUnavailable
+
+
+class SlurmLauncher:
+    name = "slurm"
+
+    def available(self, opts: RunOptions) -> None:
+        if importlib.util.find_spec("submitit") is None:
+            raise BackendUnavailable("backend 'slurm' needs submitit: pip install 'gatesweep[slurm]' (or make setup)")
+        if opts.dry_run:  # a dry run prints its sbatch scripts on any machine
+            return
+        if shutil.which("sbatch") is None:
+            raise BackendUnavailable("backend 'slurm' is not available here: `sbatch` not found on PATH; on a "
+                                     "cluster login node load Slurm, for a local dev cluster run `make slurm-up`, "
+                                     "or use --backend local")
+
+    def run(self, prep: Any, opts: RunOptions) -> int:
+        from cluster.slurm.launch import run_slurm
+
+        return run_slurm(prep, dry_run=opts.dry_run, wait=opts.wait, opts=opts.slurm, check=opts.check)
+
+
+LAUNCHER = SlurmLauncher()
