@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
+from cluster.common.trialdir import local_status
 from cluster.slurm.job import TrialJob
 from cluster.slurm.launch import job_env
 from cluster.slurm.sbatch import SlurmOptions, executor_params, setup_lines
-from cluster.common.trialdir import local_status
 from sweeps.spec import Resources
 from trainer.record import read_json
 

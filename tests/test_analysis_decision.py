@@ -17,10 +17,10 @@ from analysis.cli import import_main, table_main
 from analysis.decision import TABLE_ARTIFACT, config_metrics, decision_frame, metric_key, verdict
 from analysis.fetch import find_sweep_run
 from analysis.table import stage_table
+from sweeps.errors import NoRunsError, SpecError
 from tests.services import CHROMIUM, CHROMIUM_FLAGS, kill_process_group
 from tests.test_analysis_mlflow import log_trial
 from tests.test_analysis_study import tidy
-from sweeps.errors import NoRunsError, SpecError
 
 STUDY = Path(__file__).parent / "fixtures" / "legacy" / "study"
 

@@ -14,8 +14,8 @@ from analysis.cli import import_main, report_main, table_main
 from analysis.fetch import fetch_histories, fetch_runs
 from analysis.legacy import legacy_trial_id
 from analysis.table import stage_table
-from tests.test_analysis_study import histories, tidy
 from sweeps.errors import SpecError
+from tests.test_analysis_study import histories, tidy
 from trainer.errors import DataError
 
 pytestmark = pytest.mark.mlflow

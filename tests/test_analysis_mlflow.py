@@ -18,8 +18,8 @@ from analysis.cli import import_main, report_main, table_main
 from analysis.fetch import TIDY_COLUMNS, fetch_histories, fetch_runs
 from analysis.importer import import_results
 from analysis.table import stage_table
-from tests.test_analysis_compat import CASES, published_csv
 from sweeps.errors import NoRunsError, SpecError, TrackingError
+from tests.test_analysis_compat import CASES, published_csv
 
 pytestmark = pytest.mark.mlflow
 FIX = Path(__file__).parent / "fixtures" / "legacy"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.local.runner import GpuPool, check_local, visible_gpus
 from cluster.errors import BackendError
+from cluster.local.runner import GpuPool, check_local, visible_gpus
 
 
 def test_trials_get_disjoint_gpu_sets_and_wait_when_none_are_free():

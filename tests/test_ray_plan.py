@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from cluster.ray.plan import check_fits, trial_resources
+from cluster.errors import BackendError
 from cluster.ray.on_slurm import RaySlurmJob, sbatch_text, size_allocation
+from cluster.ray.plan import check_fits, trial_resources
 from cluster.ray.space import Asha, parse_search, sample_points, search_trials
 from cluster.ray.summary import TrialOutcome, best_rows, parent_params_metrics
 from gatesweep.cli import main as cli_main
+from sweeps.errors import SpecError
 from sweeps.expand import expand
 from sweeps.spec import load_spec, parse_spec
 from trainer.config import config_hash
-from cluster.errors import BackendError
-from sweeps.errors import SpecError
 
 REPO = Path(__file__).resolve().parents[1]
 LR_SEARCH = REPO / "sweeps" / "lr_search.yaml"

@@ -26,14 +26,14 @@ from mlflow.tracking import MlflowClient
 
 from analysis.fetch import fetch_runs
 from analysis.table import stage_table
-from cluster.ray.space import parse_search, search_trials
 from cluster.common.trialdir import local_status
+from cluster.ray.space import parse_search, search_trials
 from gatesweep.cli import main as cli_main
 from sweeps.expand import expand
 from sweeps.spec import load_spec
 from trainer.config import TrainConfig, config_hash
-from trainer.synth import write_synth_dataset
 from trainer.record import read_json
+from trainer.synth import write_synth_dataset
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
 DONE = ("FINISHED", "EARLY_STOPPED")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.errors import BackendError
 from cluster.slurm.launch import DEPENDENCY_PLACEHOLDER, estimate_line, plan_arrays
 from cluster.slurm.sbatch import (
     chunks,
@@ -22,7 +23,6 @@ from cluster.slurm.sbatch import (
 )
 from sweeps.expand import expand
 from sweeps.spec import load_spec, parse_spec
-from cluster.errors import BackendError
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from sweeps.chain import select_value
+from sweeps.errors import SpecError
 from sweeps.spec import Chain
 from tests.sweep_helpers import cli_env, client, gatesweep, unique
-from sweeps.errors import SpecError
 
 
 def _run(lr: float, loss: float, gate: str = "elementwise", status: str = "FINISHED") -> dict[str, Any]:

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import yaml
 
+from sweeps.errors import SpecError
 from sweeps.expand import expand
 from sweeps.sequential import Sequential, baseline_pairs
 from sweeps.spec import apply_spec_overrides, parse_spec
 from sweeps.time_of import TimeOf, budget_value
 from trainer.clock import WARMUP
-from sweeps.errors import SpecError
 
 SEQ = "{initial: [1337, 1338], add: [2337, 3337, 4337, 5337, 6337, 7337], max: 8, stop: {p_adj: 0.05}}"
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sweeps.errors import SpecError
 from sweeps.expand import expand
 from sweeps.spec import apply_spec_overrides, load_spec
 from trainer.config import CHOICES, FIELD_SECTION, NON_IDENTITY_KEYS, TrainConfig, trial_identity
-from sweeps.errors import SpecError
 from trainer.errors import ConfigError
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
