@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis.stats import adjust_p, compare
 from analysis.timematch import Curve, baseline_point, time_matched
+from sweeps.select import clean
 
 GATE_COLUMNS = frozenset({"attn_gate", "gate_pos", "gate_act"})
 BASELINE_GATE = "none"
@@ -105,8 +106,3 @@ def _key(row: pd.Series, cols: Sequence[str]) -> tuple:
     return tuple(clean(row[c]) for c in cols)
 
 
-def clean(v: object) -> object:
-    """Missing -> None so that keys compare equal; numpy scalars -> Python scalars."""
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return None
-    return v.item() if isinstance(v, np.generic) else v

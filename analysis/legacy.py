@@ -36,6 +36,7 @@ from pathlib import PurePath
 
 import pandas as pd
 
+from sweeps.select import typed
 from trainer.errors import DataError
 
 REQUIRED_COLUMNS = ("run_id", "final_val_loss")
@@ -45,8 +46,6 @@ TAG_COLUMNS = {"git_commit": "git_sha", "gpu_name": "gpu_name", "n_gpus": "n_gpu
 ALWAYS_SAFE_DEFAULTS = {"batch_size": 512, "device_batch_size": 64, "sequence_length": 1024}
 INERT_GATE_DEFAULTS = {"gate_pos": "sdpa", "gate_act": "sigmoid"}
 _SPECIAL = {"run_id", "seed", "stage", *SUMMARY_METRICS, *TAG_COLUMNS}
-_INT_RE = re.compile(r"^[+-]?\d+$")
-_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(nan|inf)$", re.IGNORECASE)
 _STEP_RE = re.compile(
     r"^step:(\d+)/(\d+) (val_loss|train_loss):(\S+) train_time:(\d+)ms step_avg:(\S+)ms\s*$"
 )
@@ -98,16 +97,7 @@ def legacy_trial_id(source: str, run_id: str) -> str:
     return hashlib.sha1(f"{PurePath(source).name}:{run_id}".encode()).hexdigest()[:12]
 
 
-def coerce(text: str | None) -> object:
-    """CSV/MLflow text -> int, float or str; empty -> None."""
-    if text is None or text.strip() == "":
-        return None
-    s = text.strip()
-    if _INT_RE.match(s):
-        return int(s)
-    if _FLOAT_RE.match(s):
-        return float(s)
-    return s
+coerce = typed  # sweeps.select.typed: CSV/MLflow text -> int, float or str
 
 
 def parse_results_csv(text: str, source: str) -> list[LegacyRun]:

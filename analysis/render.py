@@ -19,6 +19,7 @@ from analysis import fmt
 from analysis.sequential import SEQ_COLUMN
 from analysis.stats import MIN_SEEDS
 from analysis.table import STAT_COLUMNS
+from sweeps.text_table import text_table
 
 LOW_N_MARK = "†"
 SHARED_MARK = "‡"  # the row's runs shared a GPU with other trials: not speed figures
@@ -151,14 +152,7 @@ def to_console(df: pd.DataFrame, *, title: str = "", note: str = "", width: int 
 
 
 def _plain(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str, note: str) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = [title] if title else []
-    lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    if note:
-        lines.append(note)
-    return "\n".join(lines) + "\n"
+    return text_table(headers, rows, title=title) + (f"\n{note}" if note else "") + "\n"
 
 
 def _md_line(cells: Sequence[str], widths: Sequence[int]) -> str:

@@ -35,24 +35,14 @@ from analysis.comparisons import (
     HELPER_COLUMNS,
     TIME_COLUMNS,
     add_comparisons,
-    clean,
 )
 from analysis.stats import MIN_SEEDS, summarize
 from analysis.steptimes import SHARED_COLUMN
 from analysis.timematch import curves_from_histories
-from trainer.config import FIELD_SECTION, NON_IDENTITY_KEYS
+from sweeps.select import CONFIG_KEYS, clean, group, varying_keys
 from trainer.errors import DataError
 
-# Every key that defines a trial's math (trainer.config.trial_identity, seed aside) can separate two
-# configurations; the study's columns come first, so tables read like its own.
-_STUDY_ORDER: tuple[str, ...] = (
-    "attn_gate", "gate_pos", "gate_act", "learning_rate", "num_iterations", "warmdown_iters",
-    "warmup_iters", "batch_size", "device_batch_size", "sequence_length", "weight_decay",
-    "muon_lr_ratio", "muon_momentum", "ns_steps", "n_layer", "n_head", "n_embd", "vocab_size",
-    "val_tokens", "val_every", "replay_first_batch",
-)
-CONFIG_COLUMNS: tuple[str, ...] = _STUDY_ORDER + tuple(sorted(
-    k for k in FIELD_SECTION if k not in NON_IDENTITY_KEYS and k != "seed" and k not in _STUDY_ORDER))
+CONFIG_COLUMNS = CONFIG_KEYS  # sweeps.select: the keys that define a trial's math, seed aside
 FINISHED, EARLY_STOPPED = "FINISHED", "EARLY_STOPPED"
 COMPAT_METRICS = ("seeds", "final_loss", "train_time")
 REQUIRED = ("attn_gate", "status", "final_val_loss", "train_time_ms")
@@ -66,11 +56,17 @@ SEED_VALUES = "seed_values"
 
 def varying_columns(runs: pd.DataFrame, candidates: Sequence[str] = CONFIG_COLUMNS) -> list[str]:
     """Candidate config columns with more than one distinct non-missing value, in candidate order."""
-    return [c for c in candidates if c in runs.columns and _distinct(runs[c]) > 1]
+    return [c for c in key_columns(runs, candidates) if c in runs.columns and _distinct(runs[c]) > 1]
 
 
 def key_columns(runs: pd.DataFrame, candidates: Sequence[str] = CONFIG_COLUMNS) -> list[str]:
-    return ["attn_gate"] + [c for c in varying_columns(runs, candidates) if c != "attn_gate"]
+    """The configuration keys: `attn_gate` and every varying config column (sweeps.select.varying_keys)."""
+    return varying_keys(_records(runs, candidates), candidates)
+
+
+def _records(runs: pd.DataFrame, columns: Sequence[str]) -> list[dict]:
+    cols = [c for c in columns if c in runs.columns]
+    return cast(list[dict], runs[cols].to_dict("records"))
 
 
 def stage_table(
@@ -169,13 +165,8 @@ def _blocks(runs: pd.DataFrame, stages: Sequence[str] | None) -> list[tuple[str,
 def _groups(
     blocks: Iterable[tuple[str, pd.DataFrame]], keys: Sequence[str]
 ) -> list[tuple[str, tuple, pd.DataFrame]]:
-    out = []
-    for stage, block in blocks:
-        tuples = [tuple(_clean(row.get(k)) for k in keys) for _, row in block.iterrows()]
-        for key in sorted(dict.fromkeys(tuples), key=_sort_key):
-            mask = [t == key for t in tuples]
-            out.append((stage, key, rows_where(block, mask)))
-    return out
+    return [(stage, key, cast(pd.DataFrame, block.iloc[idx]))
+            for stage, block in blocks for key, idx in group(_records(block, keys), keys)]
 
 
 def _group_row(stage: str, key: tuple, grp: pd.DataFrame, keys: Sequence[str]) -> dict:
@@ -203,7 +194,7 @@ def _shared(ok: pd.DataFrame) -> bool:
 
 def _per_seed(ok: pd.DataFrame, col: str) -> dict:
     """seed -> the runs' `col`; runs without a usable (unique) seed get keys that never pair."""
-    seeds = [_clean(s) for s in (ok["seed"].tolist() if "seed" in ok.columns else [None] * len(ok))]
+    seeds = [clean(s) for s in (ok["seed"].tolist() if "seed" in ok.columns else [None] * len(ok))]
     values = ok[col].tolist() if col in ok.columns else [None] * len(ok)
     if any(s is None for s in seeds) or len(set(seeds)) < len(seeds):
         return {("run", i): v for i, v in enumerate(values)}
@@ -220,9 +211,6 @@ def _mean(df: pd.DataFrame, col: str) -> float:
     return summarize(df[col].tolist()).mean if col in df.columns else math.nan
 
 
-_clean = clean
-
-
 def rows_where(df: pd.DataFrame, mask) -> pd.DataFrame:
     """df[mask], typed: boolean row selection always gives a DataFrame."""
     return cast(pd.DataFrame, df[mask])
@@ -234,10 +222,6 @@ def _distinct(values: Any) -> int:  # a Series; pandas' own hints say "Series | 
 
 def _count(mask: Any) -> int:
     return int(np.count_nonzero(mask.to_numpy()))
-
-
-def _sort_key(key: tuple) -> tuple:
-    return tuple((v is None, isinstance(v, str), v if v is not None else 0) for v in key)
 
 
 def group_runs(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> list[tuple[dict, pd.DataFrame]]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +20,11 @@ from cluster.common.state import counts
 from cluster.common.store import SWEEP_RECORDS, clean_env, sync_sweep_record
 from cluster.common.trialdir import RUNS_ROOT
 from cluster.local.runner import trainer_command
+from sweeps.errors import SpecError
 from sweeps.expand import Trial, gpu_hours
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+from sweeps.text_table import text_table
+from trainer.errors import DataError, ExitCode
+from trainer.record import read_json
 
 
 def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None) -> int:
@@ -48,7 +46,7 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
              f"{t.config.optim.learning_rate:g}", _status(s, notes)] for s, t in ((s, s.trial) for s in states)]
     print(f"spec {spec.name} (stage {spec.stage}, {spec.path}): {len(prep.trials)} trials, "
           f"{spec.resources.nodes} node(s) x {spec.resources.gpus_per_node} GPU(s) each, experiment {spec.experiment}")
-    print(_table(rows, ["#", "trial_id", "design", "seed", "iters", "lr", "status"]))
+    print(text_table(["#", "trial_id", "design", "seed", "iters", "lr", "status"], rows))
     hours = gpu_hours(prep.trials, spec.estimate_ms_per_step)
     todo = [s.trial for s in states if not s.done]
     print(f"estimate: {hours:.1f} GPU-hours for all trials ({gpu_hours(todo, spec.estimate_ms_per_step):.1f} "
@@ -66,12 +64,36 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
 
 def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: bool, max_parallel: int | None,
         uri: str | None, wait: bool, slurm_opts: dict[str, Any], max_looks: int | None = None,
-        check: bool = False) -> int:
+        check: bool = False, as_json: bool = False) -> int:
+    if not as_json:
+        return _run(spec_path, overrides, backend=backend, dry_run=dry_run, max_parallel=max_parallel, uri=uri,
+                    wait=wait, slurm_opts=slurm_opts, max_looks=max_looks, check=check)
+    # --json: the launcher's lines go to stderr; stdout is one JSON object, trial id -> status and job id
+    with contextlib.redirect_stdout(sys.stderr):
+        code = _run(spec_path, overrides, backend=backend, dry_run=dry_run, max_parallel=max_parallel, uri=uri,
+                    wait=wait, slurm_opts=slurm_opts, max_looks=max_looks, check=check)
+        prep = with_search(prepare(spec_path, overrides, uri))
+        states = states_for(prep)
+    print(json.dumps({s.trial.trial_id: _trial_json(s) for s in states}, indent=1, sort_keys=True))
+    return code
+
+
+def _trial_json(s: Any) -> dict[str, Any]:
+    job = (read_json(s.run_dir / "slurm.json") or {}).get("job_id")
+    return {"status": s.status or "PENDING", "job_id": job, "label": s.trial.label, "seed": s.trial.seed,
+            "run_dir": str(s.run_dir), "mlflow_run_id": s.mlflow_run_id}
+
+
+def _run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: bool, max_parallel: int | None,
+         uri: str | None, wait: bool, slurm_opts: dict[str, Any], max_looks: int | None, check: bool) -> int:
     prep = prepare(spec_path, overrides, uri)
     spec = prep.spec
     opts = RunOptions(dry_run=dry_run or check, check=check, wait=wait, max_parallel=max_parallel,
                       slurm=slurm_opts, overrides=tuple(overrides))
     chosen = launcher(backend or spec.default_backend)
+    if check and chosen.name != "slurm":
+        raise SpecError(f"--check asks sbatch whether the jobs would be accepted: it applies to --backend slurm, "
+                        f"not {chosen.name}; drop it or use --dry-run")
     chosen.available(opts)
     if dry_run:
         for note in prep.notes:
@@ -84,7 +106,8 @@ def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: b
     return chosen.run(prep, opts)
 
 
-def status(spec_path: str, overrides: list[str], *, uri: str | None) -> int:
+def status(spec_path: str, overrides: list[str], *, uri: str | None, as_json: bool = False) -> int:
+    """Exit 1 when some trial FAILED (scripts poll this), else 0."""
     prep = with_search(prepare(spec_path, overrides, uri))
     from cluster.slurm.state import SlurmView
 
@@ -94,17 +117,25 @@ def status(spec_path: str, overrides: list[str], *, uri: str | None) -> int:
 
     seq = _sequential(prep, states)
     notes = _trial_notes(seq)
+    code = ExitCode.TRIALS_FAILED if any(s.status == "FAILED" for s in states) else ExitCode.OK
+    if as_json:
+        out = {s.trial.trial_id: _trial_json(s) | {"step": last_step(s.run_dir),
+                                                    "num_iterations": s.trial.config.run.num_iterations,
+                                                    "note": _status(s, notes), "reason": s.reason,
+                                                    "slurm": slurm.note(s.run_dir)} for s in states}
+        print(json.dumps(out, indent=1, sort_keys=True))
+        return code
     rows = []
     for s in states:
         step = last_step(s.run_dir)
         rows.append([s.trial.trial_id, s.trial.label or "-", str(s.trial.seed), _status(s, notes),
                      f"{step if step is not None else '-'}/{s.trial.config.run.num_iterations}",
                      " ".join(x for x in (slurm.note(s.run_dir), s.reason) if x)[:90]])
-    print(_table(rows, ["trial_id", "design", "seed", "status", "step", "note"]))
+    print(text_table(["trial_id", "design", "seed", "status", "step", "note"], rows))
     print("  ".join(f"{k}: {v}" for k, v in sorted(counts(states).items())))
     if seq:
         print(_seq_summary(seq))
-    return 0
+    return code
 
 
 def _sequential(prep: Any, states: list[Any]) -> Any:
@@ -137,15 +168,11 @@ def _status(s: Any, notes: dict[str, str]) -> str:
     return f"{s.status or 'PENDING'} ({note})" if note and not s.status else (s.status or "PENDING")
 
 
-def sync(paths: list[str], uri: str | None) -> int:
-    """Deliver local records (e.g. from GPU nodes without network) to MLflow."""
-    from trainer.mlflow_sync import pending, sync_record
-
+def sync(paths: list[str], uri: str | None, *, as_json: bool = False) -> int:
+    """Deliver local records (e.g. from GPU nodes without network) to MLflow; exit 1 if one failed."""
     roots = [Path(p) for p in paths] or [RUNS_ROOT]
     missing = [str(p) for p in roots if paths and not p.exists()]
     if missing:
-        from trainer.errors import DataError
-
         raise DataError(f"{', '.join(missing)}: no such run record; pass run directories (runs/<spec>/<trial_id>), "
                         "their track/ directories or a root such as runs/")
     tracks, sweeps = [], []
@@ -159,26 +186,42 @@ def sync(paths: list[str], uri: str | None) -> int:
             tracks += sorted(p.parent for p in root.glob("**/track/status.json")
                              if not any(part.startswith(".") for part in p.relative_to(root).parts))
             sweeps += sorted(root.glob(f"**/{SWEEP_RECORDS}/*.json"))
+    if as_json:  # the lines below go to stderr, the outcome to stdout as JSON
+        with contextlib.redirect_stdout(sys.stderr):
+            report = _sync(tracks, sweeps, uri)
+        print(json.dumps(report, indent=1, sort_keys=True))
+    else:
+        report = _sync(tracks, sweeps, uri)
+    return ExitCode.OK if not report["failed"] else ExitCode.TRIALS_FAILED
+
+
+def _sync(tracks: list[Path], sweeps: list[Path], uri: str | None) -> dict[str, Any]:
+    from trainer.mlflow_sync import pending, sync_record
+
+    report: dict[str, Any] = {"delivered": {}, "failed": {}, "up_to_date": [], "sweeps": {}}
     n_ok = n_fail = 0
     for t in tracks:
         if not pending(t):
+            report["up_to_date"].append(str(t))
             continue
         try:
             res = sync_record(t, uri)
+            report["delivered"][str(t)] = res
             n_ok += 1
             print(f"synced {t}: run {res['run_id']}, {res['metrics_delivered']} metric points, status {res['status']}")
         except Exception as e:  # noqa: BLE001 - report and continue with the others
             n_fail += 1
-            print(f"failed {t}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
-    n_sweep_fail = 0
+            report["failed"][str(t)] = f"{type(e).__name__}: {str(e)[:200]}"
+            print(f"failed {t}: {report['failed'][str(t)]}", file=sys.stderr)
     for f in sweeps:  # after the trials: a sweep run ends once its trials' records are in
         try:
-            print(sync_sweep_record(f, uri))
+            report["sweeps"][str(f)] = sync_sweep_record(f, uri)
+            print(report["sweeps"][str(f)])
         except Exception as e:  # noqa: BLE001 - report and continue with the others
-            n_sweep_fail += 1
-            print(f"failed {f}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+            report["failed"][str(f)] = f"{type(e).__name__}: {str(e)[:200]}"
+            print(f"failed {f}: {report['failed'][str(f)]}", file=sys.stderr)
     print(f"sync: {n_ok} record(s) delivered, {n_fail} failed, {len(tracks) - n_ok - n_fail} already up to date")
-    return 0 if n_fail + n_sweep_fail == 0 else 1
+    return report
 
 
 def warmup_trial(trial: Trial, sweep_dir: Path) -> int:
@@ -211,4 +254,4 @@ def warmup(spec_path: str, overrides: list[str], uri: str | None) -> int:
     return code
 
 
-__all__ = ["plan", "run", "status", "sync", "warmup", "os"]
+__all__ = ["plan", "run", "status", "sync", "warmup"]

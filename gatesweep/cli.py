@@ -1,6 +1,9 @@
 """`gatesweep`: one entry point. argv is parsed here; the work happens in the packages.
 
-Every user error (GatesweepError) prints one line and exits 2; nothing is half-written.
+Global options (`--tracking-uri`, `--version`) are accepted before or after any subcommand. Every
+user error (GatesweepError) prints one line and exits with its kind's code (trainer.errors.ExitCode:
+2 bad input, 66 nothing to analyse yet, 69 store or cluster unreachable); 1 means some trials failed,
+75 a resumable stop, 130 an interrupt. A closed stdout (`| head`) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -8,133 +11,237 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
-from trainer.errors import GatesweepError
+from sweeps.mlflow_runs import DEFAULT_URI
+from trainer.errors import ExitCode, GatesweepError
 
-COMMANDS = ("plan", "run", "status", "sync", "warmup", "table", "report", "power", "import", "train", "data")
+DELEGATED = {  # parsed by their own packages (see _dispatch); listed here so that --help shows them
+    "table": "seed-averaged stage table with statistics (gatesweep table -h)",
+    "report": "Markdown report with tables and figures (gatesweep report -h)",
+    "power": "seeds per configuration needed to detect a loss difference (gatesweep power -h)",
+    "import": "import a legacy results CSV and logs into MLflow (gatesweep import -h)",
+    "train": "run the trainer in this process (gatesweep train --help-config lists the keys)",
+    "data": "make or check token shards: fineweb, text, synth (gatesweep data -h)",
+}
+URI_HELP = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})"
+OVERRIDES_HELP = ("key=value: a trainer key for every trial (learning_rate=0.01), or a spec field: seeds=0,1, "
+                  "grid.KEY=a,b (replace an axis), resources.*, backend.*, tracking.experiment, estimate.*")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("gatesweep")
+    except PackageNotFoundError:
+        return "unknown (not installed; run make setup)"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gatesweep", description="Attention-gating sweeps on the ModernArch GPT.")
-    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    sub = p.add_subparsers(dest="command", required=True)
+    # one shared parent: the global options parse the same before or after the subcommand
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--tracking-uri", metavar="URI", default=argparse.SUPPRESS, help=URI_HELP)
+    p = argparse.ArgumentParser(prog="gatesweep", parents=[shared],
+                                description="Attention-gating sweeps on the ModernArch GPT.",
+                                epilog="exit codes: 0 ok, 1 some trials failed, 2 bad input, 66 no runs yet, "
+                                       "69 tracking store or cluster unreachable, 75 resumable stop, 130 interrupted")
+    p.add_argument("-V", "--version", action="version", version=f"gatesweep {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("plan", help="the trial table, GPU-hour estimate and what is finished")
-    s.add_argument("spec")
-    s.add_argument("overrides", nargs="*", help="key=value (trainer keys, seeds=, resources.*, backend.*)")
-    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("plan", parents=[shared], help="the trial table, GPU-hour estimate and what is finished")
+    _spec_args(s)
+    s.add_argument("--json", action="store_true", help="print the trials as JSON (id, config, status)")
 
-    s = sub.add_parser("run", help="run a spec's trials on a backend")
-    s.add_argument("spec")
-    s.add_argument("overrides", nargs="*")
-    s.add_argument("--backend", choices=("local", "slurm", "ray"), default=None)
-    s.add_argument("--dry-run", action="store_true", help="print what would run/submit and exit")
-    s.add_argument("--max-parallel", type=int, default=None)
-    s.add_argument("--wait", action="store_true", help="slurm: block with a progress display")
-    for opt in ("partition", "account", "qos", "constraint"):
-        s.add_argument(f"--{opt}", default=None)
-    s.add_argument("--timeout-min", type=int, default=None)
-    s.add_argument("--max-requeues", type=int, default=None)
-    s.add_argument("--array-parallelism", type=int, default=None)
+    s = sub.add_parser("run", parents=[shared], help="run a spec's trials on a backend")
+    _spec_args(s)
+    s.add_argument("--backend", choices=("local", "slurm", "ray"), default=None,
+                   help="where the trials run (default: the spec's backend.default, else local)")
+    s.add_argument("--dry-run", action="store_true", help="print what would run or be submitted; write nothing")
+    s.add_argument("--check", action="store_true",
+                   help="slurm: only ask sbatch --test-only whether every job array would be accepted")
+    s.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="local/ray: trials at a time (default: backend.local.max_parallel, else 1)")
+    s.add_argument("--wait", action="store_true", help="slurm: block with a progress display until the jobs end")
+    for opt, what in (("partition", "partition"), ("account", "account to charge"), ("qos", "quality of service"),
+                      ("constraint", "node features (e.g. h100)")):
+        s.add_argument(f"--{opt}", default=None, help=f"slurm: {what} (overrides backend.slurm.{opt})")
+    s.add_argument("--timeout-min", type=int, default=None, metavar="MIN",
+                   help="slurm: time limit per job in minutes (overrides backend.slurm.timeout_min)")
+    s.add_argument("--max-requeues", type=int, default=None, metavar="N",
+                   help="slurm: requeues after a stop signal (overrides backend.slurm.max_requeues)")
+    s.add_argument("--array-parallelism", type=int, default=None, metavar="N",
+                   help="slurm: array tasks running at once (overrides backend.slurm.array_parallelism)")
     s.add_argument("--looks", type=int, default=None, metavar="N",
                    help="sequential seeds: run at most N looks now, then stop between looks (rerun to go on)")
+    s.add_argument("--json", action="store_true",
+                   help="print {trial_id: {status, job_id}} as JSON when done; progress goes to stderr")
 
-    s = sub.add_parser("status", help="per-trial state from the tracking store (and squeue)")
-    s.add_argument("spec")
-    s.add_argument("overrides", nargs="*")
+    s = sub.add_parser("status", parents=[shared], help="per-trial state from the tracking store (and squeue)")
+    _spec_args(s)
+    s.add_argument("--json", action="store_true", help="print the trials' states as JSON")
 
-    s = sub.add_parser("sync", help="deliver local run records to MLflow (e.g. from GPU nodes)")
+    s = sub.add_parser("sync", parents=[shared], help="deliver local run records to MLflow (e.g. from GPU nodes)")
     s.add_argument("paths", nargs="*", help="run dirs, track dirs or roots (default: runs/)")
+    s.add_argument("--json", action="store_true", help="print what was delivered as JSON")
 
-    s = sub.add_parser("warmup", help="fill a sweep's compile cache with its first trial's graphs")
-    s.add_argument("spec")
-    s.add_argument("overrides", nargs="*")
-    # parsed by their own packages (see _dispatch); listed here so that --help shows them
+    s = sub.add_parser("warmup", parents=[shared], help="fill a sweep's compile cache with its first trial's graphs")
+    _spec_args(s)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of a sweep spec (for editors: yaml-language-server)")
+
+    s = sub.add_parser("completion", help="print the shell completion script (eval it in ~/.bashrc)")
+    s.add_argument("shell", nargs="?", default="bash", choices=("bash", "zsh", "fish", "tcsh"),
+                   help="the shell (default bash)")
     for name, text in DELEGATED.items():
         sub.add_parser(name, help=text, add_help=False)
     return p
 
 
-DELEGATED = {
-    "table": "seed-averaged stage table with statistics (gatesweep table -h)",
-    "report": "Markdown report with tables and figures (gatesweep report -h)",
-    "power": "seeds per configuration needed to detect a loss difference (gatesweep power -h)",
-    "import": "import a legacy results CSV and logs into MLflow (gatesweep import -h)",
-    "train": "run the trainer in this process (gatesweep train key=value ...)",
-    "data": "make or check token shards: fineweb, text, synth (gatesweep data -h)",
-}
+def _spec_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("spec", help="sweep spec YAML (e.g. sweeps/stage1.yaml)")
+    arg = s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    arg.completer = _complete_keys  # type: ignore[attr-defined]
 
 
-def _global_uri(argv: list[str]) -> tuple[str | None, list[str]]:
-    """`gatesweep --tracking-uri URI table ...`: the global option in front of a delegated command."""
-    if argv and argv[0].startswith("--tracking-uri="):
-        return argv[0].split("=", 1)[1], argv[1:]
-    if len(argv) > 2 and argv[0] == "--tracking-uri" and argv[2] in DELEGATED:
-        return argv[1], argv[2:]
-    return None, argv
+def _complete_keys(prefix: str, **_: Any) -> list[str]:
+    """Shell completion of KEY=VALUE: every trainer key and spec field, as `key=`."""
+    from sweeps.schema import override_keys
+
+    return [k + "=" for k in override_keys() if k.startswith(prefix)]
+
+
+def _split_global(argv: list[str]) -> tuple[list[str], str | None]:
+    """Lift `--tracking-uri URI` out of argv wherever it stands (for the delegated commands)."""
+    rest, uri, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--tracking-uri" and i + 1 < len(argv):
+            uri, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--tracking-uri="):
+            uri = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return rest, uri
+
+
+def _command_index(argv: list[str]) -> int | None:
+    """Position of the subcommand: the first word that is not a global option or its value."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--tracking-uri":
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
 
 
 def _dispatch(argv: list[str]) -> int:
-    # Subcommands owned by other packages parse their own arguments.
-    uri, rest = _global_uri(argv)
-    if rest and rest[0] in DELEGATED and uri is not None:
-        if rest[0] in ("data", "train"):
-            print(f"error: --tracking-uri does not apply to `{rest[0]}`; set MLFLOW_TRACKING_URI instead",
-                  file=sys.stderr)
-            return 2
-        rest = rest + ["--tracking-uri", uri]
-    if rest and rest[0] in ("table", "report", "power", "import"):
+    at = _command_index(argv)
+    command = argv[at] if at is not None else None
+    if command in DELEGATED:
+        rest, uri = _split_global(argv[at + 1:])  # type: ignore[operator]
+        _, before = _split_global(argv[:at])
+        uri = uri or before
+        if command in ("data", "train"):
+            if uri is not None:
+                print(f"error: --tracking-uri does not apply to `{command}`; set MLFLOW_TRACKING_URI instead",
+                      file=sys.stderr)
+                return ExitCode.BAD_INPUT
+            if command == "data":
+                from trainer import data_cli
+
+                return data_cli.main(rest)
+            from trainer.main import main as train_main
+
+            return train_main(rest, prog="gatesweep train")
         from analysis import cli as analysis_cli
 
+        rest += ["--tracking-uri", uri] if uri is not None else []
         return {"table": analysis_cli.table_main, "report": analysis_cli.report_main,
-                "power": analysis_cli.power_main, "import": analysis_cli.import_main}[rest[0]](rest[1:])
-    if rest and rest[0] == "data":
-        from trainer import data_cli
-
-        return data_cli.main(rest[1:])
-    if rest and rest[0] == "train":
-        from trainer.main import main as train_main
-
-        return train_main(rest[1:])
+                "power": analysis_cli.power_main, "import": analysis_cli.import_main}[command](rest)
     parser = _parser()
-    # key=value overrides may come after options too (`run SPEC --backend local lr=...`).
+    _autocomplete(parser)
+    # key=value overrides may come after options too (`run SPEC --backend local lr=...`)
     args, extra = parser.parse_known_args(argv)
     stray = [e for e in extra if e.startswith("-") or "=" not in e]
     if stray or (extra and not hasattr(args, "overrides")):
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    uri = getattr(args, "tracking_uri", None)
+    if args.command == "schema":
+        from sweeps.schema import json_schema
+
+        print(json_schema())
+        return ExitCode.OK
+    if args.command == "completion":
+        return _print_completion(args.shell)
     from cluster import commands
 
     if args.command == "plan":
-        return commands.plan(args.spec, args.overrides, as_json=args.json, uri=args.tracking_uri)
+        return commands.plan(args.spec, args.overrides, as_json=args.json, uri=uri)
     if args.command == "run":
         slurm_opts = {k: getattr(args, k) for k in ("partition", "account", "qos", "constraint", "timeout_min",
                                                    "max_requeues", "array_parallelism") if getattr(args, k) is not None}
         return commands.run(args.spec, args.overrides, backend=args.backend, dry_run=args.dry_run,
-                            max_parallel=args.max_parallel, uri=args.tracking_uri, wait=args.wait,
-                            slurm_opts=slurm_opts, max_looks=args.looks)
+                            max_parallel=args.max_parallel, uri=uri, wait=args.wait, slurm_opts=slurm_opts,
+                            max_looks=args.looks, check=args.check, as_json=args.json)
     if args.command == "status":
-        return commands.status(args.spec, args.overrides, uri=args.tracking_uri)
+        return commands.status(args.spec, args.overrides, uri=uri, as_json=args.json)
     if args.command == "sync":
-        return commands.sync(args.paths, args.tracking_uri)
+        return commands.sync(args.paths, uri, as_json=args.json)
     if args.command == "warmup":
-        return commands.warmup(args.spec, args.overrides, args.tracking_uri)
+        return commands.warmup(args.spec, args.overrides, uri)
     raise AssertionError(args.command)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _autocomplete(parser: argparse.ArgumentParser) -> None:
+    """Answer a shell's completion request (argcomplete sets _ARGCOMPLETE) and exit; else nothing."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
+
+
+def _print_completion(shell: str) -> int:
+    try:
+        import argcomplete
+    except ImportError:
+        raise GatesweepError("shell completion needs argcomplete: pip install 'gatesweep[cli]' (or make setup)") from None
+    print(argcomplete.shellcode(["gatesweep"], shell=shell), end="")
+    return ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     # mlflow sets its loggers to INFO when imported ("Creating initial MLflow database tables..."); it
     # reads this variable at import, so it must be set before anything imports mlflow.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
-        return _dispatch(argv)
+        code = _dispatch(argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
     except GatesweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # `gatesweep status SPEC | head -1`: the reader left. No traceback, and nothing more to write:
+        # stdout goes to /dev/null so that the interpreter's own flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # as a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

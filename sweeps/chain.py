@@ -10,7 +10,6 @@ running or killed is incomplete and fails, so a later stage never builds on a pa
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,21 +17,11 @@ if TYPE_CHECKING:  # sweeps.spec imports sweeps.time_of, which reads stages thro
     from sweeps.spec import Chain
 from sweeps.errors import SpecError, TrackingError
 from sweeps.mlflow_runs import search_all
+from sweeps.select import matches, pick, seed_means, typed, varying_keys
 
 INCOMPLETE = ("RUNNING", "QUEUED", "KILLED", "SCHEDULED")
 ENDED = ("FINISHED", "FAILED", "EARLY_STOPPED")  # a FAILED trial (e.g. a diverging LR) is a result too
 TRIAL_IDS_TAG = "gatesweep.trial_ids"  # on a sweep run (cluster.common.store): the trial ids of its spec's expansion
-
-
-def matches(params: dict[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
-    return all(_same(params.get(k), v) for k, v in where)
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return math.isclose(float(a), float(b), rel_tol=1e-12)
-    except (TypeError, ValueError):
-        return str(a) == str(b)
 
 
 def check_complete(runs: list[dict[str, Any]], source: str, key: str, expected: set[str] | None) -> None:
@@ -55,42 +44,35 @@ def select_value(runs: list[dict[str, Any]], chain: Chain, key: str, expected: s
     """runs: [{"params": {...}, "status": str, "metrics": {...}, "trial_id": str}] of the source stage.
     expected: the trial ids of the source stage's last sweep (its spec's expansion), when known: every
     one of them must have ended, so a stage run only in part (a sweep stopped between trials, trials
-    never submitted) is refused rather than chained from."""
+    never submitted) is refused rather than chained from.
+
+    The pick is the source stage's table's: runs are grouped into configurations by every config key
+    that varies among them (sweeps.select), `where` keeps some configurations, and the seed-mean best
+    (or worst) of `metric` gives the value. Configurations left that differ in a key other than `key`
+    are refused: which of them to follow is the spec's decision (`where`), never a pooled mean."""
     if not runs:
         if chain.fallback is not None:
             return chain.fallback
         raise SpecError(f"{key}: chained from stage '{chain.source}', which has no runs in the tracking store; "
                         f"run it first (gatesweep run sweeps/{chain.source}.yaml) or add a fallback / override {key}=...")
     check_complete(runs, chain.source, key, expected)
-    groups: dict[str, list[float]] = {}
-    values: dict[str, Any] = {}
-    for r in runs:
-        if r["status"] != "FINISHED" or not matches(r["params"], chain.where):
-            continue
-        if key not in r["params"] or chain.metric not in r["metrics"]:
-            continue
-        m = float(r["metrics"][chain.metric])
-        if not math.isfinite(m):
-            continue
-        k = str(r["params"][key])
-        groups.setdefault(k, []).append(m)
-        values[k] = r["params"][key]
-    if not groups:
+    rows = [{k: typed(str(v)) for k, v in r["params"].items()} | {"status": r["status"]}
+            | {chain.metric: r["metrics"].get(chain.metric)} for r in runs]
+    keys = varying_keys(rows)
+    means = [m for m in seed_means(rows, chain.metric, keys) if matches(rows[m.rows[0]], chain.where)]
+    if not means or key not in rows[means[0].rows[0]]:
         where = ", ".join(f"{k}={v}" for k, v in chain.where) or "any config"
         raise SpecError(f"{key}: stage '{chain.source}' has no finished runs with {where} and metric "
                         f"'{chain.metric}'; check the `where` filter or override {key}=...")
-    means = {k: sum(v) / len(v) for k, v in groups.items()}
-    pick = min if chain.select == "best" else max
-    best = pick(means, key=lambda k: means[k])
-    return _number(values[best])
-
-
-def _number(v: Any) -> Any:
-    try:
-        f = float(v)
-        return int(f) if f.is_integer() and "." not in str(v) else f
-    except (TypeError, ValueError):
-        return v
+    others = {k: sorted({str(m.config[k]) for m in means}) for k in keys if k != key}
+    others = {k: v for k, v in others.items() if len(v) > 1}
+    if others:
+        differ = "; ".join(f"{k} ({', '.join(v)})" for k, v in others.items())
+        k, v = next(iter(others.items()))
+        raise SpecError(f"{key}: stage '{chain.source}' has {len(means)} configurations that also differ in "
+                        f"{differ}; say which one to take {key} from with `where` (e.g. where: {{{k}: {v[0]}}}) "
+                        f"or override {key}=...")
+    return rows[pick(means, chain.select).rows[0]][key]
 
 
 def mlflow_resolver(client: Any) -> Callable[[Chain, str], Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,36 +121,45 @@ def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
                 notes.append(note)
         return chain_cache[(value, key, gates)]
 
-    max_seeds = max(len(s) for _, s in points)
+    def candidates() -> Iterator[tuple[TrainConfig, dict[str, Any]]]:
+        for seed_i in range(max(len(s) for _, s in points)):
+            for point, seeds in points:
+                if seed_i < len(seeds):
+                    yield candidate(point, seeds[seed_i])
+
+    def candidate(point: dict[str, Any], seed: int) -> tuple[TrainConfig, dict[str, Any]]:
+        # an overridden key is never resolved: `key=...` is the way out of a chain that cannot resolve
+        values = {k: overrides[k] if k in overrides else resolve(k, v) for k, v in (spec.base_dict | point).items()}
+        values |= overrides
+        # a time budget depends on the point's own gate keys, resolved first
+        values |= {k: budget(k, v, values) for k, v in values.items() if isinstance(v, TimeOf)}
+        values["seed"] = seed
+        source = f"{spec.path} ({_label(point, varying) or 'base'})"
+        try:
+            cfg = TrainConfig.from_flat(values, source=source)
+            confine(cfg, source=source)  # out_dir, results_csv: inside the project (the cwd)
+        except ConfigError as e:
+            raise SpecError(str(e)) from None
+        design = tuple((k, values[k]) for k in varying if k in point)
+        return cfg, dict(spec=spec.name, stage=spec.stage, seed=seed, label=_label(dict(design), varying),
+                         design=design, resources=spec.resources, experiment=spec.experiment,
+                         budget_keys=tuple(k for k, v in (spec.base_dict | point).items()
+                                           if isinstance(v, TimeOf) and k not in overrides))
+
+    return unique_trials(candidates())
+
+
+def unique_trials(candidates: Iterable[tuple[TrainConfig, dict[str, Any]]]) -> list[Trial]:
+    """(resolved config, the trial's other fields) -> Trials: id = config_hash(config), so the same trial
+    has the same id on every machine; a config met again is the same trial (kept once, first place);
+    index = position. Every way of making trials (a spec's expansion, a search's samples) ends here."""
     trials: list[Trial] = []
     seen: set[str] = set()
-    for seed_i in range(max_seeds):
-        for point, seeds in points:
-            if seed_i >= len(seeds):
-                continue
-            seed = seeds[seed_i]
-            # an overridden key is never resolved: `key=...` is the way out of a chain that cannot resolve
-            values = {k: overrides[k] if k in overrides else resolve(k, v) for k, v in (spec.base_dict | point).items()}
-            values |= overrides
-            # a time budget depends on the point's own gate keys, resolved first
-            values |= {k: budget(k, v, values) for k, v in values.items() if isinstance(v, TimeOf)}
-            values["seed"] = seed
-            source = f"{spec.path} ({_label(point, varying) or 'base'})"
-            try:
-                cfg = TrainConfig.from_flat(values, source=source)
-                confine(cfg, source=source)  # out_dir, results_csv: inside the project (the cwd)
-            except ConfigError as e:
-                raise SpecError(str(e)) from None
-            tid = config_hash(cfg)
-            if tid in seen:
-                continue
+    for cfg, fields in candidates:
+        tid = config_hash(cfg)
+        if tid not in seen:
             seen.add(tid)
-            design = tuple((k, values[k]) for k in varying if k in point)
-            trials.append(Trial(trial_id=tid, spec=spec.name, stage=spec.stage, seed=seed, index=len(trials),
-                                label=_label(dict(design), varying), design=design, config=cfg,
-                                resources=spec.resources, experiment=spec.experiment,
-                                budget_keys=tuple(k for k, v in (spec.base_dict | point).items()
-                                                  if isinstance(v, TimeOf) and k not in overrides)))
+            trials.append(Trial(trial_id=tid, index=len(trials), config=cfg, **fields))
     return trials
 
 

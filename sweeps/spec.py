@@ -8,7 +8,6 @@ field path and the valid options.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -21,7 +20,7 @@ from sweeps.errors import SpecError
 from sweeps.sequential import Sequential, parse_sequential
 from sweeps.time_of import parse_time_of
 from trainer import yamlsafe
-from trainer.config import ALL_KEYS, FIELD_SECTION, PRESETS, coerce
+from trainer.config import ALL_KEYS, FIELD_SECTION, PRESETS, close_matches, coerce
 from trainer.errors import ConfigError
 
 TOP_KEYS = ("name", "stage", "description", "base", "grid", "include", "exclude", "seeds", "resources",
@@ -104,7 +103,7 @@ class SweepSpec:
 
 
 def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=2, cutoff=0.6)
+    close = close_matches(word, options, n=2)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 

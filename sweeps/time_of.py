@@ -19,8 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sweeps.chain import check_complete, matches, stage_runs
+from sweeps.chain import check_complete, stage_runs
 from sweeps.errors import SpecError, TrackingError
+from sweeps.select import matches
 from trainer.clock import WARMUP
 
 TIME_OF_KEYS = ("stage", "where", "fallback", "fallback_ms")

@@ -36,9 +36,54 @@ def test_best_is_the_lowest_seed_mean_within_the_where_filter():
     assert select_value(STAGE2, Chain(source="stage2", where=ELEMENTWISE), "learning_rate") == 0.00432
     assert select_value(STAGE2, Chain(source="stage2", select="worst", where=ELEMENTWISE),
                         "learning_rate") == 0.00468
-    # no filter: the mean pools every run of an LR, both gates: 0.00468 -> 3.235 beats 0.00432 -> 3.26
-    assert select_value(STAGE2, Chain(source="stage2"), "learning_rate") == 0.00468
     assert select_value(STAGE2, Chain(source="stage2", where=(("attn_gate", "none"),)), "learning_rate") == 0.00468
+    # no filter: two gates remain, so which one's LR is meant is refused, not pooled (pooling the runs of
+    # an LR over both gates would give 0.00468 at 3.235, a mean of no configuration)
+    with pytest.raises(SpecError, match=r"learning_rate: stage 'stage2' has 5 configurations that also differ in "
+                                        r"attn_gate \(elementwise, none\); say which one .* with `where` "
+                                        r"\(e.g. where: \{attn_gate: elementwise\}\)"):
+        select_value(STAGE2, Chain(source="stage2"), "learning_rate")
+
+
+def _run_wd(lr: float, wd: int, losses: list[float]) -> list[dict[str, Any]]:
+    return [{"params": {"learning_rate": str(lr), "attn_gate": "elementwise", "warmdown_iters": str(wd),
+                        "seed": str(s)}, "metrics": {"final_val_loss": x}, "status": "FINISHED"}
+            for s, x in enumerate(losses)]
+
+
+# A second key varies (warmdown_iters) and the configurations have unequal numbers of finished seeds:
+# per configuration LR 0.004 is the best at both warmdowns, but the runs of an LR pooled over
+# warmdowns put 0.005 first (0.004: (3.10 + 3 x 3.50) / 4 = 3.40; 0.005: (3 x 3.12 + 3.52) / 4 = 3.22).
+TWO_KEYS = (_run_wd(0.004, 100, [3.10]) + _run_wd(0.005, 100, [3.12, 3.12, 3.12])
+            + _run_wd(0.004, 500, [3.50, 3.50, 3.50]) + _run_wd(0.005, 500, [3.52]))
+
+
+def test_a_second_varying_key_is_grouped_like_the_table_not_pooled():
+    pooled: dict[str, list[float]] = {}
+    for r in TWO_KEYS:
+        pooled.setdefault(r["params"]["learning_rate"], []).append(r["metrics"]["final_val_loss"])
+    assert min(pooled, key=lambda k: sum(pooled[k]) / len(pooled[k])) == "0.005"  # what pooling would pick
+    with pytest.raises(SpecError, match=r"4 configurations that also differ in warmdown_iters \(100, 500\)"):
+        select_value(TWO_KEYS, Chain(source="s", where=ELEMENTWISE), "learning_rate")
+    for wd in (100, 500):
+        chain = Chain(source="s", where=ELEMENTWISE + (("warmdown_iters", wd),))
+        assert select_value(TWO_KEYS, chain, "learning_rate") == 0.004
+        assert select_value(TWO_KEYS, chain, "learning_rate") == _table_best(TWO_KEYS, wd)
+
+
+def _table_best(runs: list[dict[str, Any]], wd: int) -> float:
+    """The LR of the stage table's (analysis.table) lowest-loss row at this warmdown."""
+    import pandas as pd
+
+    from analysis.table import stage_table
+
+    df = pd.DataFrame([{"attn_gate": r["params"]["attn_gate"], "learning_rate": float(r["params"]["learning_rate"]),
+                        "warmdown_iters": int(r["params"]["warmdown_iters"]), "seed": int(r["params"]["seed"]),
+                        "status": r["status"], "final_val_loss": r["metrics"]["final_val_loss"],
+                        "train_time_ms": 1.0} for r in runs])
+    table = stage_table(df)
+    rows = table[table["warmdown_iters"] == wd]
+    return float(rows.loc[rows["final_val_loss"].idxmin(), "learning_rate"])
 
 
 def test_failed_and_non_finite_runs_do_not_count():

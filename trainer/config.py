@@ -15,6 +15,7 @@ import json
 import math
 import re
 import reprlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
@@ -30,9 +31,13 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     vocab_size: int = 50304
+    """Token ids are below this (GPT-2's 50257 padded to a multiple of 128)."""
     n_layer: int = 12
+    """Transformer blocks."""
     n_head: int = 6
+    """Attention heads; n_embd must be a multiple of it (head_dim = n_embd / n_head, even for rotary)."""
     n_embd: int = 768
+    """Model width."""
     attn_gate: str = "none"
     """none | headwise (Linear(d, n_head)) | elementwise (Linear(d, d)) | const (zero-init (n_head, head_dim))."""
     gate_pos: str = "sdpa"
@@ -61,26 +66,39 @@ class OptimConfig:
     learning_rate: float = 0.0036
     """AdamW LR of lm_head; Muon gets muon_lr_ratio * learning_rate."""
     muon_lr_ratio: float = 0.1
+    """Muon's learning rate = muon_lr_ratio x learning_rate."""
     muon_momentum: float = 0.95
+    """Muon's Nesterov momentum, in [0, 1)."""
     ns_steps: int = 5
+    """Newton-Schulz iterations that orthogonalize each Muon update."""
     muon_batched: bool = True
     """Run Newton-Schulz on same-shape matrices as one batch (same math, fewer kernel launches)."""
     adam_beta1: float = 0.9
+    """AdamW beta1 (lm_head)."""
     adam_beta2: float = 0.95
+    """AdamW beta2 (lm_head)."""
     weight_decay: float = 0.0
+    """AdamW weight decay (lm_head)."""
     warmup_iters: int = 0
+    """Steps of linear LR warmup from 0."""
     warmdown_iters: int = 1450
+    """Steps of linear LR decay to 0 at the end (more than num_iterations: the decay starts below 1)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
     train_files: str = "data/fineweb10B/fineweb_train_*.bin"
+    """Glob of the training shards (relative to the project directory)."""
     val_files: str = "data/fineweb10B/fineweb_val_*.bin"
+    """Glob of the validation shards."""
     batch_size: int = 512
     """Global batch in sequences, across all ranks and accumulation steps."""
     device_batch_size: int = 64
+    """Sequences per rank per micro-step; batch_size / (device_batch_size x ranks) micro-steps per step."""
     sequence_length: int = 1024
+    """Tokens per sequence."""
     val_tokens: int = 10_485_760
+    """Tokens of the validation set read at each evaluation."""
     replay_first_batch: bool = True
     """Reproduce the reference's token order: it draws batch 0 before model build, then resets the
     loader, so batch 0 is trained twice. False gives the plain order."""
@@ -89,10 +107,13 @@ class DataConfig:
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     num_iterations: int = 5100
+    """Training steps."""
     val_every: int = 125
     """Evaluate every N steps (and at step 0 and the last step); 0 = only at the end."""
     seed: int = 0
+    """Seeds the model's initial weights and the data order (a spec sets it per trial from `seeds`)."""
     device: str = "auto"
+    """auto (CUDA if available, else CPU) | cpu | cuda."""
     compile: str = "auto"
     """auto = on for CUDA, off for CPU."""
     compile_mode: str = "blocks"
@@ -115,12 +136,15 @@ class RunConfig:
     checkpoint_every: int = 0
     """Save a checkpoint every N steps (0 = only on SIGTERM/SIGUSR2 and, if save_final, at the end)."""
     save_final: bool = False
+    """Also save a checkpoint when the run ends."""
     out_dir: str = "."
     """Run logs go to out_dir/logs/<run_id>.txt, checkpoints to out_dir/checkpoints/."""
     run_id: str = ""
     """Empty: a fresh uuid4. A run started again with the same run_id resumes from its checkpoint."""
     results_csv: str = "experiments/results.csv"
+    """One row per finished run is appended here (the study's columns)."""
     notes: str = ""
+    """Free text recorded with the run (params, results.csv)."""
     diag_every: int = 0
     """Gate/attention-sink/activation diagnostics every N steps at validation time (0 = off)."""
     diag_batch: int = 2
@@ -226,8 +250,13 @@ def locate(raw_key: str, *, source: str) -> tuple[str, str]:
     return FIELD_SECTION[key], key
 
 
+def close_matches(word: str, options: Sequence[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The options a typo most likely meant (for "did you mean ...?" hints everywhere)."""
+    return difflib.get_close_matches(word, list(options), n=n, cutoff=cutoff)
+
+
 def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, ALL_KEYS, n=3, cutoff=0.6)
+    close = close_matches(key, ALL_KEYS)
     if close:
         return f"; did you mean {' or '.join(repr(c) for c in close)}?"
     return "; run `gatesweep train --help-config` for the list of keys"
@@ -288,7 +317,7 @@ def coerce(section: str, key: str, value: Any, *, source: str) -> Any:
 
 
 def _suggest_choice(value: str, choices: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+    close = close_matches(value, choices, n=1, cutoff=0.5)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 

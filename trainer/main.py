@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
-from trainer.errors import GatesweepError
+from trainer.config import SECTIONS
+from trainer.errors import ExitCode, GatesweepError
 from trainer.overrides import resolve
 from trainer.paths import STORAGE_ERRNOS, check_writable, confine, storage_error
 from trainer.tracking import NullTracker, make_tracker
 
-EXIT_CODES = {"FINISHED": 0, "EARLY_STOPPED": 0, "FAILED": 1, "KILLED": 75}  # 75 = EX_TEMPFAIL: resumable
+EXIT_CODES = {"FINISHED": ExitCode.OK, "EARLY_STOPPED": ExitCode.OK, "FAILED": ExitCode.TRIALS_FAILED,
+              "KILLED": ExitCode.RESUMABLE}
 
-USAGE = """usage: python -m trainer [CONFIG.yaml|trial.json] [key=value ...]
+USAGE = """usage: {prog} [CONFIG.yaml|trial.json] [key=value ...]
+       {prog} --help-config          every key with its type, default and meaning
+       {prog} --print-config [CONFIG] [key=value ...]   the resolved config, then exit
   e.g. torchrun --standalone --nproc_per_node=2 -m trainer preset=tiny num_iterations=200
   env: ATTNGATE GATEPOS GATEACT LR SEED NUM_ITERATIONS WARMUP_ITERS WARMDOWN_ITERS VAL_EVERY
+  exit: 0 finished, 1 failed, 2 bad input, 75 stopped by a signal after a checkpoint (rerun to resume)
 """
 
 
@@ -29,10 +35,17 @@ def trial_tags(meta: dict) -> dict[str, str]:
     return tags
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], prog: str = "python -m trainer") -> int:
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
-        return 0
+        print(USAGE.format(prog=prog))
+        return ExitCode.OK
+    if "--help-config" in argv:
+        from trainer.config_help import help_text
+
+        print(help_text())
+        return ExitCode.OK
+    if "--print-config" in argv:
+        return _print_config([a for a in argv if a != "--print-config"])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg, meta = resolve(argv)  # a bad config fails here, before torch is imported (~3 s)
@@ -82,3 +95,17 @@ def main(argv: list[str]) -> int:
               f"train_time={summary.train_time_ms:.0f}ms log={summary.log_path}"
               + (f" ({summary.reason})" if summary.reason else ""))
     return EXIT_CODES[summary.status]
+
+
+def _print_config(argv: list[str]) -> int:
+    """The config the run would use (preset < file < env < key=value), as YAML; nothing is started."""
+    import yaml
+
+    try:
+        cfg, meta = resolve(argv)
+    except GatesweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    body = {section: dataclasses.asdict(getattr(cfg, section)) for section in SECTIONS}
+    print(yaml.safe_dump(body | ({"trial": meta} if meta else {}), sort_keys=False), end="")
+    return ExitCode.OK

@@ -23,16 +23,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sweeps.errors import SpecError
-from sweeps.expand import Trial
+from sweeps.expand import Trial, unique_trials
 from sweeps.spec import SweepSpec
-from trainer.config import ALL_KEYS, FIELD_SECTION, coerce, config_hash
+from trainer.config import ALL_KEYS, FIELD_SECTION, TrainConfig, coerce
 from trainer.errors import ConfigError
 
 SEARCH_KEYS = ("space", "num_samples", "seed", "max_concurrent_trials", "scheduler")
@@ -209,23 +209,19 @@ def _fmt(value: Any) -> str:
 def search_trials(plan: SearchPlan, base_trials: list[Trial]) -> list[Trial]:
     """Each expanded trial of the spec (a design point and seed) x each search point, as Trials whose
     id is the hash of the resolved config, the same rule as `sweeps.expand`. Seed-major order kept."""
-    out: list[Trial] = []
-    seen: set[str] = set()
-    for base in base_trials:
-        for point in sample_points(plan):
-            try:
-                cfg = base.config.override(point, source=f"search point {point}")
-            except ConfigError as e:
-                raise SpecError(str(e)) from None
-            tid = config_hash(cfg)
-            if tid in seen:
-                continue
-            seen.add(tid)
-            extra = " ".join(f"{k}={_fmt(v)}" for k, v in point.items())
-            out.append(dataclasses.replace(
-                base, trial_id=tid, index=len(out), config=cfg, label=f"{base.label} {extra}".strip(),
-                design=base.design + tuple(point.items())))
-    return out
+    def candidates() -> Iterator[tuple[TrainConfig, dict[str, Any]]]:
+        for base in base_trials:
+            fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)
+                      if f.name not in ("trial_id", "index", "config")}
+            for point in sample_points(plan):
+                try:
+                    cfg = base.config.override(point, source=f"search point {point}")
+                except ConfigError as e:
+                    raise SpecError(str(e)) from None
+                extra = " ".join(f"{k}={_fmt(v)}" for k, v in point.items())
+                yield cfg, fields | {"label": f"{base.label} {extra}".strip(), "design": base.design + tuple(point.items())}
+
+    return unique_trials(candidates())
 
 
 def group_label(trial: Trial, plan: SearchPlan) -> str:

@@ -18,6 +18,8 @@ from typing import Any
 from cluster.common.state import DONE
 from cluster.common.trialdir import local_status, trial_dir
 from cluster.ray.space import SearchPlan, group_label
+from sweeps.select import pick, seed_means
+from sweeps.text_table import text_table
 from trainer.record import read_json
 
 
@@ -55,14 +57,13 @@ def best_rows(outcomes: Sequence[TrialOutcome]) -> list[BestRow]:
         groups.setdefault(o.group, []).append(o)
     rows = []
     for group, items in groups.items():
-        by_values: dict[tuple, list[TrialOutcome]] = {}
-        for o in items:
-            if o.status == "FINISHED" and math.isfinite(o.final_val_loss):
-                by_values.setdefault(o.values, []).append(o)
-        means = {v: sum(o.final_val_loss for o in os_) / len(os_) for v, os_ in by_values.items()}
-        best = min(means, key=lambda v: means[v]) if means else ()
-        rows.append(BestRow(group, best, means.get(best, math.nan) if best else math.nan,
-                            tuple(o.trial_id for o in by_values.get(best, [])),
+        # the searched keys are the configuration keys within a design point (sweeps.select: seed means)
+        keys = [k for k, _ in items[0].values]
+        means = seed_means([dict(o.values) | {"status": o.status, "final_val_loss": o.final_val_loss}
+                            for o in items], "final_val_loss", keys)
+        best = pick(means) if means else None
+        rows.append(BestRow(group, tuple(best.config.items()) if best else (), best.mean if best else math.nan,
+                            tuple(items[i].trial_id for i in best.rows) if best else (),
                             finished=sum(o.status == "FINISHED" for o in items),
                             early_stopped=sum(o.status == "EARLY_STOPPED" for o in items),
                             failed=sum(o.status == "FAILED" for o in items),
@@ -80,11 +81,6 @@ def summary_table(rows: Sequence[BestRow], *, sep: str = "  ") -> list[list[str]
              ",".join(r.trial_ids) or "-", str(r.finished), str(r.early_stopped), str(r.failed), str(r.not_run)]
             for r in rows]
     return [header, *body]
-
-
-def render_text(table: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
 
 
 def render_markdown(table: list[list[str]]) -> str:
@@ -153,7 +149,8 @@ def report(plan: SearchPlan, trials: Sequence[Any], store: Any, out_dir: Path) -
         rows = best_rows(outcomes)
         print(f"best {', '.join(plan.keys)} per design point (FINISHED trials only; early-stopped ones did not "
               "reach the end):")
-        print(render_text(summary_table(rows)))
+        table = summary_table(rows)
+        print(text_table(table[0], table[1:]))
         log_best(store, rows, out_dir)
     else:  # the spec's own trials: nothing was searched, so no "best"; the stage table compares them
         done = sum(o.status in DONE for o in outcomes)

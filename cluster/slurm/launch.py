@@ -39,7 +39,7 @@ from cluster.slurm.sbatch import (
     setup_lines,
 )
 from cluster.slurm.snapshot import content_hash, git_sha, snapshot_dir, source_root, take_snapshot
-from sweeps.expand import Trial
+from sweeps.expand import Trial, gpu_hours
 from sweeps.mlflow_runs import is_server
 from trainer.record import read_json, write_json
 
@@ -160,8 +160,7 @@ def _plans(prep: Prepared, trials: list[Trial], options: SlurmOptions, sweep_dir
 
 def estimate_line(trials: list[Trial], ms_per_step: float) -> str:
     """GPU-hours = sum over trials of nodes x GPUs per node x num_iterations x ms/step (estimate.ms_per_step)."""
-    gpu_h = sum(t.resources.nodes * max(t.resources.gpus_per_node, 1) * t.config.run.num_iterations * ms_per_step
-                for t in trials) / 3.6e6
+    gpu_h = gpu_hours(trials, ms_per_step)
     shapes = {(t.resources.nodes, max(t.resources.gpus_per_node, 1), t.config.run.num_iterations) for t in trials}
     if len(shapes) == 1:
         nodes, gpus, iters = shapes.pop()
