@@ -16,21 +16,18 @@ from typing import Any
 
 import yaml
 
+from sweeps import schema
 from sweeps.errors import SpecError
 from sweeps.sequential import Sequential, parse_sequential
 from sweeps.time_of import parse_time_of
 from trainer import yamlsafe
 from trainer.config import ALL_KEYS, FIELD_SECTION, PRESETS, close_matches, coerce
 from trainer.errors import ConfigError
+from trainer.overrides import parse_kv
 
 TOP_KEYS = ("name", "stage", "description", "base", "grid", "include", "exclude", "seeds", "resources",
             "tracking", "backend", "estimate", "search")
 RESOURCE_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
-BACKENDS = ("local", "slurm", "ray")
-SLURM_KEYS = ("partition", "account", "qos", "constraint", "timeout_min", "array_parallelism", "max_requeues",
-              "max_array_size", "signal_delay_s", "extra", "setup")
-LOCAL_KEYS = ("max_parallel", "trials_per_gpu")
-RAY_KEYS = ("address", "num_cpus", "num_gpus", "cpus_per_trial", "storage_path", "nodes", "timeout_min")
 CHAIN_KEYS = ("from", "select", "metric", "where", "fallback")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -188,7 +185,12 @@ def _seeds(ctx: _Ctx, value: Any, field_path: str) -> tuple[int, ...]:
 
 
 def parse_spec(data: Any, path: str) -> SweepSpec:
+    """The schema (sweeps.schema) and the trainer keys first, every problem at once; then the checks
+    that need a valid spec (chained values, sequential seeds, baselines)."""
     ctx = _Ctx(path)
+    problems = schema.structure_problems(data) + _trainer_problems(ctx, data)
+    if problems:
+        raise SpecError(schema.join_errors(path, problems))
     top = ctx.mapping(data, "(top level)")
     ctx.keys(top, TOP_KEYS, "")
     name = top.get("name")
@@ -222,11 +224,7 @@ def parse_spec(data: Any, path: str) -> SweepSpec:
     if not isinstance(tracking.get("experiment", ""), str):
         raise ctx.error("tracking.experiment", f"expected an MLflow experiment name (a string), "
                                                f"got {tracking['experiment']!r}")
-    backend = dict(ctx.mapping(top.get("backend"), "backend"))
-    ctx.keys(backend, ("default",) + BACKENDS, "backend")
-    if backend.get("default", "local") not in BACKENDS:
-        raise ctx.error("backend.default", f"{backend['default']!r} is not one of {', '.join(BACKENDS)}")
-    _backend_sections(ctx, backend)
+    backend = dict(ctx.mapping(top.get("backend"), "backend"))  # checked by the schema
     estimate = ctx.mapping(top.get("estimate"), "estimate")
     ctx.keys(estimate, ("ms_per_step",), "estimate")
     ms = estimate.get("ms_per_step", 160.0)
@@ -242,6 +240,32 @@ def parse_spec(data: Any, path: str) -> SweepSpec:
     if sequential is not None:
         _check_comparisons(spec)
     return spec
+
+
+def _trainer_problems(ctx: _Ctx, data: Any) -> list[str]:
+    """Every unknown trainer key or bad value in base, grid, include and exclude (sweeps.schema checked
+    that they are mappings and lists)."""
+    if not isinstance(data, Mapping):
+        return []
+    blocks: list[tuple[str, Any]] = [("base", data.get("base"))]
+    grid = data.get("grid")
+    if isinstance(grid, Mapping):
+        blocks += [(f"grid.{k}[{i}]", {k: v}) for k, vs in grid.items() if isinstance(vs, list) for i, v in enumerate(vs)]
+    for section in ("include", "exclude"):
+        entries = data.get(section)
+        if isinstance(entries, list):
+            blocks += [(f"{section}[{i}]", {k: v for k, v in e.items() if k != "seeds"})
+                       for i, e in enumerate(entries) if isinstance(e, Mapping)]
+    out: dict[tuple[str, str], str] = {}  # (key, problem) -> the first place: an axis' values share a key's problem
+    for where, block in blocks:
+        for k, v in (block.items() if isinstance(block, Mapping) else ()):
+            field_path = where if where.startswith("grid.") else f"{where}.{k}"
+            try:
+                _config_value(ctx, str(k), v, field_path)
+            except SpecError as e:
+                text = str(e).removeprefix(f"{ctx.path}: ")
+                out.setdefault((str(k), text.removeprefix(f"{field_path}: ")), text)
+    return list(out.values())
 
 
 def _seed_plan(ctx: _Ctx, value: Any, include: list[DesignPoint], top: Mapping[str, Any]
@@ -324,6 +348,8 @@ def apply_spec_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> tuple[Sw
                 node = child
             node[parts[-1]] = value
             spec = parse_spec_backend(spec, backend)
+        elif key.startswith("grid."):
+            spec = _replace_axis(spec, key.split(".", 1)[1], value, ctx)
         elif key.startswith("estimate."):
             ctx.keys({key.split(".", 1)[1]: value}, ("ms_per_step",), "estimate")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -331,21 +357,38 @@ def apply_spec_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> tuple[Sw
             spec = replace(spec, estimate_ms_per_step=float(value))
         else:
             config[key] = _config_value(ctx, key, value, key)
+            _refuse_design_key(spec, key)
     return spec, config
 
 
+def _replace_axis(spec: SweepSpec, key: str, value: Any, ctx: _Ctx) -> SweepSpec:
+    """`grid.KEY=a,b` (Hydra's sweep syntax): the axis KEY takes these values, a new axis if it was none."""
+    raw = [v.strip() for v in str(value).split(",")] if not isinstance(value, list) else value
+    values = tuple(_config_value(ctx, key, parse_kv([f"{key}={v}"])[key] if isinstance(v, str) else v,
+                                 f"grid.{key}[{i}]") for i, v in enumerate(raw) if v != "")
+    if not values:
+        raise ctx.error(f"grid.{key}", "give at least one value, e.g. grid.attn_gate=none,headwise")
+    grid = dict(spec.grid)
+    grid[key] = values
+    return replace(spec, grid=tuple(grid.items()))
+
+
+def _refuse_design_key(spec: SweepSpec, key: str) -> None:
+    """A plain `KEY=value` sets KEY for every trial: on a grid axis (or a key an include point sets) that
+    would silently shrink the design to points the spec never asked for."""
+    axes = dict(spec.grid)
+    name = key.rsplit(".", 1)[-1]
+    if name in axes:
+        shown = ",".join(str(v) for v in axes[name])
+        raise SpecError(f"command line: {key}: a grid axis of {spec.path} ({shown}); {key}=... would set it for every "
+                        f"trial and change the design. Narrow the axis instead: grid.{name}=<values> "
+                        f"(e.g. grid.{name}={axes[name][0]})")
+    points = [i for i, p in enumerate(spec.include) if name in p.as_dict()]
+    if points:
+        raise SpecError(f"command line: {key}: set by include[{points[0]}] of {spec.path}; {key}=... would change "
+                        f"that design point; edit the spec (or copy it) to change it")
+
+
 def parse_spec_backend(spec: SweepSpec, backend: dict[str, Any]) -> SweepSpec:
-    ctx = _Ctx("command line")
-    ctx.keys(backend, ("default",) + BACKENDS, "backend")
-    if backend.get("default", "local") not in BACKENDS:
-        raise ctx.error("backend.default", f"{backend['default']!r} is not one of {', '.join(BACKENDS)}")
-    _backend_sections(ctx, backend)
+    schema.check_section("backend", backend, "command line")
     return replace(spec, backend=backend)
-
-
-def _backend_sections(ctx: _Ctx, backend: Mapping[str, Any]) -> None:
-    for b, allowed in (("local", LOCAL_KEYS), ("slurm", SLURM_KEYS), ("ray", RAY_KEYS)):
-        ctx.keys(ctx.mapping(backend.get(b), f"backend.{b}"), allowed, f"backend.{b}")
-    # 0 or a negative max_parallel would start nothing and wait forever; a string would crash later
-    for k, v in ctx.mapping(backend.get("local"), "backend.local").items():
-        ctx.int_(v, f"backend.local.{k}", 1)

@@ -237,7 +237,7 @@ def test_ray_on_slurm_takes_the_checked_slurm_options(capsys, tmp_path, monkeypa
     assert "#SBATCH --exclusive\n" in out and "#SBATCH --mail-type=END\n" in out and "#SBATCH --mem=64GB\n" in out
     assert cli_main(["run", str(LR_SEARCH), "--backend", "ray", "--dry-run", "--partition", "gpu\ntouch /tmp/x"]) == 2
     err = capsys.readouterr().err
-    assert "--partition='gpu\\ntouch /tmp/x' contains a control character" in err
+    assert "with --partition: backend.slurm.partition: 'gpu\\ntouch /tmp/x' contains a control character" in err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from cluster.errors import BackendError
 from cluster.slurm.launch import DEPENDENCY_PLACEHOLDER, estimate_line, plan_arrays
 from cluster.slurm.sbatch import (
     chunks,
@@ -21,8 +20,10 @@ from cluster.slurm.sbatch import (
     sbatch_text,
     setup_lines,
 )
+from sweeps.errors import SpecError
 from sweeps.expand import expand
 from sweeps.spec import load_spec, parse_spec
+from trainer.errors import GatesweepError
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]
@@ -109,19 +110,32 @@ def test_hostile_values_are_quoted(tmp_path: Path):
 
 
 @pytest.mark.parametrize("cli,spec_slurm,match", [
-    ({"partition": "gpu\nrm -rf /"}, {}, r"--partition='gpu\\nrm -rf /' contains a control character"),
-    ({}, {"account": "a\rb"}, r"golden.yaml: backend.slurm.account='a\\rb' contains a control character"),
-    ({}, {"extra": {"comment": "x\ny"}}, r"backend.slurm.extra.comment='x\\ny' contains a control character"),
-    ({}, {"extra": {"x\nrm -rf /": 1}}, r"backend.slurm.extra.x\nrm -rf /: not an sbatch long option name"),
-    ({}, {"extra": {"array": "0-3"}}, r"backend.slurm.extra.array: set by gatesweep; use backend.slurm.array_parallelism"),
-    ({}, {"setup": ["ok", "bad\nline"]}, r"backend.slurm.setup\[1\]='bad\\nline' contains a control character"),
+    ({"partition": "gpu\nrm -rf /"}, {}, r"golden.yaml with --partition: backend.slurm.partition: 'gpu\\nrm -rf /' "
+                                        r"contains a control character"),
+    ({}, {"account": "a\rb"}, r"golden.yaml: backend.slurm.account: 'a\\rb' contains a control character"),
+    ({}, {"extra": {"comment": "x\ny"}}, r"backend.slurm.extra: 'x\\ny' contains a control character"),
+    ({}, {"extra": {"x\nrm -rf /": 1}}, r"backend.slurm.extra: x\nrm -rf /: not an sbatch long option name"),
+    ({}, {"extra": {"array": "0-3"}}, r"backend.slurm.extra: array: set by gatesweep; use backend.slurm.array_parallelism"),
+    ({}, {"setup": ["ok", "bad\nline"]}, r"backend.slurm.setup: 'bad\\nline' contains a control character"),
     ({}, {"array_parallelism": 0}, r"backend.slurm.array_parallelism: expected an integer >= 1, got 0"),
+    ({"timeout_min": "abc"}, {}, r"with --timeout-min: backend.slurm.timeout_min: expected an integer >= 1, got 'abc'"),
     ({}, {"signal_delay_s": 600}, r"signal_delay_s=600 is not below the time limit \(10 min\)"),
 ])
 def test_bad_options_name_the_field_and_the_fix(cli, spec_slurm, match):
-    spec = spec_of(spec_slurm, resources={"timeout_min": 10})
-    with pytest.raises(BackendError, match=match):
-        resolve_options(spec, cli)
+    """A bad backend.slurm value fails when the spec is loaded (every command), a bad --option when it is
+    merged; both through the spec schema, both name the field."""
+    with pytest.raises(GatesweepError, match=match):
+        resolve_options(spec_of(spec_slurm, resources={"timeout_min": 10}), cli)
+
+
+def test_every_bad_backend_value_is_reported_at_load_at_once():
+    with pytest.raises(SpecError) as e:
+        parse_spec(
+            {"name": "g", "backend": {"slurm": {"timeout_min": "abc", "partition": ["a", "b"]},
+                                      "ray": {"num_cpus": "lots"}}}, "s.yaml")
+    assert str(e.value) == ("s.yaml: 3 problems: backend.slurm.partition: expected a string, got ['a', 'b']; "
+                            "backend.slurm.timeout_min: expected an integer >= 1, got 'abc'; "
+                            "backend.ray.num_cpus: expected an integer >= 0, got 'lots'")
 
 
 def test_chunks_under_max_array_size_and_chained_arrays():

@@ -120,8 +120,10 @@ def demo_spec():
 def test_id_changes_with_every_identity_key(demo_spec, key: str):
     base = expand(demo_spec)[0]
     current = base.config.flat()[key]
+    # a key of the design (a grid axis, an include point's key) changes through its axis: grid.KEY=...
+    design = set(dict(demo_spec.grid)) | {k for p in demo_spec.include for k in p.as_dict()}
     for value in _other_value(key, current):
-        spec, cfg = apply_spec_overrides(demo_spec, {key: value})
+        spec, cfg = apply_spec_overrides(demo_spec, {f"grid.{key}" if key in design else key: value})
         try:
             changed = expand(spec, overrides=cfg)[0]
         except SpecError:

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from cluster.common.compile_cache import cache_env
 from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
 from cluster.common.state import TrialState, split
 from cluster.common.trialdir import RUNS_ROOT, set_local_status, submission_lock, trial_dir, write_trial_json
-from cluster.errors import BackendError
+from cluster.errors import BackendError, BackendUnavailable
 from cluster.slurm.sbatch import (
     DEFAULT_MAX_ARRAY_SIZE,
     SlurmOptions,
@@ -53,20 +54,30 @@ class ArrayPlan:
     text: str  # the sbatch script (what --dry-run prints)
 
 
-def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]) -> int:
+def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any], check: bool = False) -> int:
     spec = prep.spec
     options = resolve_options(spec, opts)
     sweep_dir = (RUNS_ROOT / spec.name).resolve()
     # With a server the trainers forward their records themselves; a sqlite file takes one writer only
     # (this launcher, with --wait or `gatesweep sync`), so the jobs then track locally.
     tracking = "mlflow" if prep.store.enabled and is_server(prep.store.uri) else "local"
+    if check:  # `--check`: ask sbatch, write nothing
+        prep.store.enabled = False
+        _, todo, _, _ = _split(prep)
+        n = test_only(prep, [s.trial for s in todo], options, sweep_dir, tracking)
+        print(f"sbatch --test-only: {n} job array(s) for {len(todo)} trial(s) would be accepted; nothing was submitted")
+        return 0
     if dry_run:
         if importlib.util.find_spec("submitit") is None:
-            raise BackendError("--dry-run of backend 'slurm' needs submitit (its sbatch builder): "
-                               "pip install 'gatesweep[slurm]' (or make setup)")
+            raise BackendUnavailable("--dry-run of backend 'slurm' needs submitit (its sbatch builder): "
+                                     "pip install 'gatesweep[slurm]' (or make setup)")
         prep.store.enabled = False  # a dry run creates nothing: no MLflow store, no files
         _, todo, done, busy = _split(prep)
         return dry_run_report(prep, [s.trial for s in todo], len(done) + len(busy), options, sweep_dir, tracking)
+    # a refused partition or account must fail here, before any record, MLflow run or snapshot exists
+    todo_now = _split(prep)[1]
+    if todo_now:
+        test_only(prep, [s.trial for s in todo_now], options, sweep_dir, tracking)
     with submission_lock(sweep_dir):
         states, todo, done, busy = _split(prep)
         if done:
@@ -192,6 +203,32 @@ def dry_run_report(prep: Prepared, trials: list[Trial], n_skipped: int, options:
     print(estimate_line(trials, spec.estimate_ms_per_step))
     print("dry run: nothing was submitted or written")
     return 0
+
+
+def test_only(prep: Prepared, trials: list[Trial], options: SlurmOptions, sweep_dir: Path, tracking: str) -> int:
+    """`sbatch --test-only` of every job array that would be submitted (the dependency on the previous
+    array left out: that job does not exist yet). BackendError, naming the array and sbatch's reason, if
+    one is refused; the number of arrays otherwise. Writes nothing but a temporary script."""
+    root = source_root()
+    plans, _ = _plans(prep, trials, options, sweep_dir, snapshot_dir(sweep_dir, content_hash(root)), git_sha(root),
+                      tracking)
+    for k, plan in enumerate(plans, 1):
+        text = "\n".join(ln for ln in plan.text.splitlines() if not ln.startswith("#SBATCH --dependency"))
+        with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="gs-test-only-") as f:
+            f.write(text + "\n")
+            f.flush()
+            try:
+                res = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise BackendUnavailable(f"sbatch --test-only did not answer ({e}); is slurmctld reachable "
+                                         "(scontrol ping)?") from None
+        if res.returncode != 0:
+            why = next((ln.split("error:", 1)[1].strip() for ln in res.stderr.splitlines() if "error:" in ln),
+                       res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}")
+            raise BackendError(f"{prep.spec.path}: sbatch --test-only refused job array {k}/{len(plans)} ({why}); "
+                               "check backend.slurm.partition/account/qos/constraint (or --partition ...); nothing "
+                               "was written or submitted")
+    return len(plans)
 
 
 # ---------------------------------------------------------------- submission

@@ -18,6 +18,7 @@ from typing import Any
 
 from cluster.common.store import LEAKY_ENV
 from cluster.errors import BackendError
+from sweeps.schema import check_section
 from sweeps.spec import Resources, SweepSpec
 from trainer.overrides import ENV_KEYS
 
@@ -26,19 +27,6 @@ DEFAULT_MAX_REQUEUES = 3
 DEFAULT_ARRAY_PARALLELISM = 256  # submitit's default
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize, used when the cluster cannot be asked
 STRING_OPTS = ("partition", "account", "qos", "constraint")
-INT_OPTS = {"timeout_min": 1, "max_requeues": 0, "array_parallelism": 1, "max_array_size": 1, "signal_delay_s": 1}
-# sbatch options the backend derives itself; `extra` must not override them (the fix is the named field).
-RESERVED_EXTRA = {
-    "array": "backend.slurm.array_parallelism", "output": "(the job folder)", "error": "(the job folder)",
-    "open-mode": "(the job folder)", "signal": "backend.slurm.signal_delay_s", "job-name": "(spec name)",
-    "nodes": "resources.nodes", "ntasks-per-node": "resources.gpus_per_node",
-    "gpus-per-node": "resources.gpus_per_node", "cpus-per-task": "resources.cpus_per_task",
-    "mem": "resources.mem_gb", "time": "backend.slurm.timeout_min", "partition": "backend.slurm.partition",
-    "account": "backend.slurm.account", "qos": "backend.slurm.qos", "constraint": "backend.slurm.constraint",
-    "dependency": "(chained job arrays)", "requeue": "(always on)", "wrap": "(the job command)",
-}
-EXTRA_KEY_RE = re.compile(r"^[a-z][a-z0-9-]*$")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # Env vars of the submitting shell (sbatch exports it all) that must not reach the trainer: MLflow
 # scope (runs would land in another experiment/run) and the trainer's quick-start overrides (LR=...
 # would beat trial.json, so the job would train another config than its trial says).
@@ -62,73 +50,20 @@ class SlurmOptions:
     setup: tuple[str, ...] = ()
 
 
-def _where(spec: SweepSpec, key: str, from_cli: bool) -> str:
-    return f"--{key.replace('_', '-')}" if from_cli else f"{spec.path}: backend.slurm.{key}"
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise BackendError(f"{where}: expected a string, got {value!r}")
-    text = str(value)
-    if CONTROL_RE.search(text):
-        raise BackendError(f"{where}={text!r} contains a control character (newline, tab, ...); remove it")
-    return text
-
-
-def _int(value: Any, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BackendError(f"{where}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _extra(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
-    if not isinstance(value, Mapping):
-        raise BackendError(f"{where}: expected a mapping of sbatch options, e.g. {{mail-type: END, exclusive: true}}")
-    out = []
-    for key, v in value.items():
-        k = str(key).replace("_", "-")
-        if not EXTRA_KEY_RE.match(k):
-            raise BackendError(f"{where}.{key}: not an sbatch long option name (lowercase letters, digits, '-')")
-        if k in RESERVED_EXTRA:
-            raise BackendError(f"{where}.{key}: set by gatesweep; use {RESERVED_EXTRA[k]} instead")
-        if v is False or v is None:
-            continue  # an absent flag
-        out.append((k, True if v is True else _text(v, f"{where}.{key}")))
-    return tuple(sorted(out))
-
-
-def _setup(value: Any, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        raise BackendError(f"{where}: expected a list of shell lines, e.g. ['module load cuda/12.4']")
-    # Setup lines are the spec author's own shell code (module loads): run as written, one per line.
-    return tuple(_text(line, f"{where}[{i}]") for i, line in enumerate(value))
-
-
 def resolve_options(spec: SweepSpec, cli: Mapping[str, Any]) -> SlurmOptions:
-    """resources.timeout_min < backend.slurm.* < command-line options; every value checked."""
-    cfg = spec.backend_options("slurm")
-    merged: dict[str, tuple[Any, bool]] = {k: (v, False) for k, v in cfg.items()}
-    merged |= {k: (v, True) for k, v in cli.items() if v is not None}
+    """resources.timeout_min < backend.slurm.* < command-line options, checked by the spec schema."""
+    given = {k: v for k, v in cli.items() if v is not None}
+    where = f"{spec.path} with {', '.join('--' + k.replace('_', '-') for k in given)}" if given else spec.path
+    section = check_section("backend.slurm", spec.backend_options("slurm") | given, where)
     kw: dict[str, Any] = {"timeout_min": spec.resources.timeout_min}
-    for key, (value, from_cli) in merged.items():
-        where = _where(spec, key, from_cli)
-        if key in STRING_OPTS:
-            kw[key] = _text(value, where)
-        elif key in INT_OPTS:
-            kw[key] = _int(value, where, INT_OPTS[key])
-        elif key == "extra":
-            kw[key] = _extra(value, where)
-        elif key == "setup":
-            kw[key] = _setup(value, where)
-        else:
-            raise BackendError(f"{where}: unknown Slurm option; valid: {', '.join(STRING_OPTS + tuple(INT_OPTS))}, "
-                               "extra, setup")
+    kw |= {k: v for k, v in section.model_dump().items() if v is not None}
+    kw["extra"] = tuple(sorted(kw.get("extra", {}).items()))
+    kw["setup"] = tuple(kw.get("setup", ()))
     opts = SlurmOptions(**kw)
     if opts.signal_delay_s >= opts.timeout_min * 60:
-        raise BackendError(f"{_where(spec, 'signal_delay_s', 'signal_delay_s' in cli)}={opts.signal_delay_s} is not "
-                           f"below the time limit ({opts.timeout_min} min); lower it or raise timeout_min")
+        src = "--timeout-min" if "timeout_min" in given else "backend.slurm.timeout_min"
+        raise BackendError(f"{where}: backend.slurm.signal_delay_s={opts.signal_delay_s} is not below the time limit "
+                           f"({opts.timeout_min} min); lower it or raise {src}")
     return opts
 
 
