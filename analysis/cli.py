@@ -1,18 +1,22 @@
 """`gatesweep table|report|import`: argv -> analysis calls -> stdout/files. Errors propagate as
 GatesweepError subclasses; the `gatesweep` dispatcher prints their one-line message and exits 2.
 
-The tracking URI is --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.
+The tracking URI is --tracking-uri, else $MLFLOW_TRACKING_URI, else the default (sweeps.mlflow_runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sweeps.errors import SpecError
+from sweeps.mlflow_runs import DEFAULT_URI
+
+URI_HELP = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})"
 
 FORMATS = ("md", "csv", "console")
 _EXT = {"md": "md", "csv": "csv", "console": "txt"}
@@ -30,7 +34,8 @@ class Target:
 
 def table_main(argv: Sequence[str] | None = None) -> int:
     p = _parser("table", "Seed-averaged table of a stage: statistics vs the none-gate baseline.")
-    p.add_argument("--format", choices=FORMATS, default="console")
+    p.add_argument("--format", choices=FORMATS, default="console",
+                   help="console (a box on a terminal, Markdown when piped; default), md or csv")
     p.add_argument("--compat", action="store_true",
                    help="the study's columns only: keys, seeds, final_loss, train_time")
     p.add_argument("--columns", help="with --compat: comma-separated output columns, in order")
@@ -151,7 +156,7 @@ def import_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--logs", type=Path, help="with a results CSV: directory with <run_id>.txt logs")
     p.add_argument("--stage", help="with a results CSV: stage of every row (else the CSV's 'stage' column)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default gatesweep-import)")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help=URI_HELP)
     args = p.parse_args(argv)
     from analysis.importer import DEFAULT_EXPERIMENT, import_histories, import_results, is_curves_file
 
@@ -235,7 +240,7 @@ def _parser(cmd: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", type=Path, help="sweep spec YAML (name, stage, tracking.experiment)")
     p.add_argument("--stage", action="append", help="stage name; repeat to stack stage blocks")
     p.add_argument("--experiment", action="append", help="MLflow experiment (repeatable; default: all)")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help=URI_HELP)
     return p
 
 
@@ -255,7 +260,7 @@ def _render(df, fmt_name: str, *, title: str, note: str, headers) -> str:
 
     if fmt_name == "csv":
         return render.to_csv(df)
-    if fmt_name == "md":
+    if fmt_name == "md" or not sys.stdout.isatty():  # console: a box on a terminal, Markdown into a pipe or file
         return render.to_markdown(df, headers) + (f"\n{note}\n" if note else "")
     return render.to_console(df, title=title, note=note)
 

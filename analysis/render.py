@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shutil
 import textwrap
 from collections.abc import Sequence
 
@@ -127,9 +128,10 @@ def to_csv(df: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
-def to_console(df: pd.DataFrame, *, title: str = "", note: str = "", width: int = 200) -> str:
-    """A boxed table via rich when installed, else aligned plain text. A table wider than `width`
-    keeps its natural width (no cell is ever cut); the note below wraps at `width`."""
+def to_console(df: pd.DataFrame, *, title: str = "", note: str = "", width: int | None = None) -> str:
+    """A boxed table via rich when installed, else aligned plain text. `width`: the terminal's (default).
+    A table wider than that keeps its natural width (no cell is ever cut); the note below wraps at it."""
+    width = width or shutil.get_terminal_size().columns
     headers = [DISPLAY_HEADERS.get(str(c), str(c)) for c in df.columns]
     rows = [[str(v) for v in row] for row in df.itertuples(index=False)]
     try:

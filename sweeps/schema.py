@@ -270,7 +270,7 @@ class Spec(Section):
 
 SECTIONS: dict[str, type[Section]] = {"resources": Resources, "tracking": Tracking, "estimate": Estimate,
                                       "backend": Backend, "backend.local": LocalOptions,
-                                      "backend.slurm": SlurmOptions, "backend.ray": RayOptions}
+                                      "backend.slurm": SlurmOptions, "backend.ray": RayOptions, "search": Search}
 
 
 # ---------------------------------------------------------------- checking

@@ -181,7 +181,7 @@ def test_an_unreachable_store_is_a_one_line_error(tmp_path: Path):
     (tmp_path / "spec.yaml").write_text("name: chained\nbase: {preset: tiny, learning_rate: {from: stage2}}\n")
     res = gatesweep(["plan", "spec.yaml"], tmp_path, cli_env("http://127.0.0.1:9", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
                                                                MLFLOW_HTTP_REQUEST_TIMEOUT="2"))
-    assert res.returncode == 2
+    assert res.returncode == 69  # the store cannot be reached: EX_UNAVAILABLE
     assert len(res.stderr.splitlines()) == 1, res.stderr
     assert "learning_rate: chained from stage 'stage2', but the tracking store cannot be read" in res.stderr
     assert "override learning_rate=..." in res.stderr

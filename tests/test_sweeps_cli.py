@@ -127,7 +127,7 @@ def test_help_lists_every_command_and_the_global_uri_reaches_delegated_ones(tmp_
     (tmp_path / "spec.yaml").write_text("name: s\n")
     # the global --tracking-uri in front of `table` is the one it uses (an unreachable port here)
     res = gatesweep(["--tracking-uri", "http://127.0.0.1:9", "table", "spec.yaml"], tmp_path, cli_env())
-    assert res.returncode == 2 and res.stderr.startswith("error: MLflow server http://127.0.0.1:9 is unreachable")
+    assert res.returncode == 69 and res.stderr.startswith("error: MLflow server http://127.0.0.1:9 is unreachable")
     res = gatesweep(["--tracking-uri=http://127.0.0.1:9", "data", "synth"], tmp_path, cli_env())
     assert res.returncode == 2 and "--tracking-uri does not apply to `data`" in res.stderr
 

@@ -14,18 +14,18 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="synthetic shards with a known Bayes-optimal loss (tiny CPU runs)")
     s.add_argument("--out", default="data/synth", help="output dir (the tiny preset reads data/synth)")
-    s.add_argument("--train-tokens", type=int, default=4_000_000)
-    s.add_argument("--val-tokens", type=int, default=262_144)
+    s.add_argument("--train-tokens", type=int, default=4_000_000, help="tokens of training data (default 4M)")
+    s.add_argument("--val-tokens", type=int, default=262_144, help="tokens of validation data")
     s.add_argument("--seed", type=int, default=0, help="seeds the process itself, not just the sample")
     s.add_argument("--shards", type=int, default=2, help="number of train shards")
 
     t = sub.add_parser("text", help="tokenize local UTF-8 text files with GPT-2 BPE")
-    t.add_argument("files", nargs="+", metavar="FILES")
-    t.add_argument("--out", required=True)
+    t.add_argument("files", nargs="+", metavar="FILES", help="UTF-8 text files (a shell glob such as DIR/*.txt)")
+    t.add_argument("--out", required=True, help="output directory of the shards")
     t.add_argument("--prefix", default="text", help="shards are PREFIX_val_000000.bin, PREFIX_train_000001.bin...")
     t.add_argument("--val-fraction", type=float, default=0.1, help="share of tokens, in whole documents")
     t.add_argument("--seed", type=int, default=0, help="seeds the document shuffle before the split")
-    t.add_argument("--shard-tokens", type=int, default=10**8)
+    t.add_argument("--shard-tokens", type=int, default=10**8, help="tokens per train shard")
     t.add_argument("--split-blank-lines", action="store_true",
                    help="one document per blank-line-separated block instead of per file")
     t.add_argument("--tokenizer-file", default=None,
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fineweb", help="download the reference's GPT-2 FineWeb10B shards (honours HF_ENDPOINT)")
     f.add_argument("--chunks", type=int, required=True, help="train chunks of 100M tokens (1..103)")
-    f.add_argument("--dir", default="data/fineweb10B")
+    f.add_argument("--dir", default="data/fineweb10B", help="where the shards go (default data/fineweb10B)")
     return p
 
 

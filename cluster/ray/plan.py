@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cluster.common.trialdir import RUNS_ROOT
 from cluster.errors import BackendError
 from cluster.ray.space import METRIC, MODE, SearchPlan
-from sweeps.errors import SpecError
 from sweeps.expand import Trial, gpu_hours
+from sweeps.schema import check_section
 from sweeps.spec import SweepSpec
 
 
@@ -28,27 +27,15 @@ class RayOptions:
 
 
 def ray_options(spec: SweepSpec, workdir: Path) -> RayOptions:
-    opts = spec.backend_options("ray")
-
-    def num(key: str, kind: type, default: Any) -> Any:
-        value = opts.get(key, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
-                (kind is int and not float(value).is_integer()):
-            raise SpecError(f"{spec.path}: backend.ray.{key}: expected a {'whole ' if kind is int else ''}number "
-                            f">= 0, got {value!r}")
-        return kind(value)
-
-    address = opts.get("address")
-    if address is not None and (not isinstance(address, str) or ":" not in address):
-        raise SpecError(f"{spec.path}: backend.ray.address: expected host:port of a running Ray cluster "
-                        f"(`ray start --head` prints it), got {address!r}")
-    storage = Path(str(opts.get("storage_path") or RUNS_ROOT / spec.name / "_tune"))
-    return RayOptions(address=address or None, num_cpus=num("num_cpus", int, None), num_gpus=num("num_gpus", int, None),
-                      cpus_per_trial=num("cpus_per_trial", float, spec.resources.cpus_per_task),
+    """backend.ray (checked by the spec schema when the spec was loaded) with its defaults filled in."""
+    opts = check_section("backend.ray", spec.backend_options("ray"), spec.path)
+    storage = Path(str(getattr(opts, "storage_path", None) or RUNS_ROOT / spec.name / "_tune"))
+    cpus = getattr(opts, "cpus_per_trial", None)
+    return RayOptions(address=getattr(opts, "address", None) or None, num_cpus=getattr(opts, "num_cpus", None),
+                      num_gpus=getattr(opts, "num_gpus", None),
+                      cpus_per_trial=float(spec.resources.cpus_per_task if cpus is None else cpus),
                       storage_path=storage if storage.is_absolute() else workdir / storage,
-                      nodes=num("nodes", int, None))
+                      nodes=getattr(opts, "nodes", None))
 
 
 def check_trials(trials: list[Trial]) -> None:

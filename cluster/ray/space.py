@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +31,11 @@ import numpy as np
 
 from sweeps.errors import SpecError
 from sweeps.expand import Trial, unique_trials
+from sweeps.schema import Scheduler, Search, check_section
 from sweeps.spec import SweepSpec
-from trainer.config import ALL_KEYS, FIELD_SECTION, TrainConfig, coerce
+from trainer.config import ALL_KEYS, FIELD_SECTION, TrainConfig, close_matches, coerce
 from trainer.errors import ConfigError
 
-SEARCH_KEYS = ("space", "num_samples", "seed", "max_concurrent_trials", "scheduler")
-SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor", "max_t")
-SCHEDULERS = ("asha", "fifo")
 DISTRIBUTIONS = ("loguniform", "uniform", "grid")
 SIGNIFICANT_DIGITS = 3  # sampled values are rounded: readable params, and ids that survive a print
 METRIC, MODE = "val_loss", "min"
@@ -90,55 +88,52 @@ class SearchPlan:
 
 
 class _Ctx:
+    """Errors of the search block, named by their field. Its structure (keys, types, scheduler type) is
+    the spec schema's (sweeps.schema.Search), checked when the spec was loaded; here: what needs the
+    trainer's keys and the spec's grid."""
+
     def __init__(self, spec: SweepSpec):
         self.path = spec.path
 
     def error(self, field_path: str, msg: str) -> SpecError:
         return SpecError(f"{self.path}: search.{field_path}: {msg}")
 
-    def int_(self, value: Any, field_path: str, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.error(field_path, f"expected an integer >= {minimum}, got {value!r}")
-        return value
-
-    def mapping(self, value: Any, field_path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise self.error(field_path, f"expected a mapping, got {value!r}")
-        for k in value:
-            if k not in allowed:
-                raise self.error(f"{field_path}.{k}" if field_path else str(k),
-                                 f"unknown key; valid keys: {', '.join(allowed)}")
-        return value
-
 
 def parse_search(spec: SweepSpec) -> SearchPlan:
-    """Validate `spec.search` (free-form in the spec loader) into a SearchPlan."""
+    """`spec.search` into a SearchPlan."""
     ctx = _Ctx(spec)
     if not spec.search:
         # no search: the spec's own trials (its grid x seeds) as Tune trials, every one to the end, one
         # at a time unless --max-parallel says otherwise
         return SearchPlan(axes=(), num_samples=1, seed=0, max_concurrent_trials=1, scheduler=None)
-    top = ctx.mapping(spec.search, "", SEARCH_KEYS)
-    axes = tuple(_axis(ctx, spec, str(k), v) for k, v in ctx.mapping(top.get("space"), "space", ALL_KEYS).items())
+    top = check_section("search", spec.search, spec.path)
+    assert isinstance(top, Search)
+    for k in top.space:
+        if k not in ALL_KEYS:
+            raise ctx.error(f"space.{k}", f"unknown key{_hint(k)}; search over trainer keys (trainer/config.py)")
+    axes = tuple(_axis(ctx, spec, str(k), v) for k, v in top.space.items())
     if not axes:
         raise ctx.error("space", "empty; give at least one key, e.g. learning_rate: {loguniform: [0.002, 0.2]}")
-    num_samples = ctx.int_(top.get("num_samples", 1), "num_samples", 1)
-    if num_samples > 1 and all(a.kind == "grid" for a in axes):
-        raise ctx.error("num_samples", f"{num_samples} with only grid axes would repeat the same trials; drop "
+    if top.num_samples > 1 and all(a.kind == "grid" for a in axes):
+        raise ctx.error("num_samples", f"{top.num_samples} with only grid axes would repeat the same trials; drop "
                                        "num_samples or make an axis loguniform/uniform")
-    return SearchPlan(axes=axes, num_samples=num_samples, seed=ctx.int_(top.get("seed", 0), "seed", 0),
-                      max_concurrent_trials=ctx.int_(top.get("max_concurrent_trials", 1), "max_concurrent_trials", 1),
-                      scheduler=_scheduler(ctx, top.get("scheduler"), spec))
+    return SearchPlan(axes=axes, num_samples=top.num_samples, seed=top.seed,
+                      max_concurrent_trials=top.max_concurrent_trials, scheduler=_scheduler(ctx, top.scheduler, spec))
 
 
-def _axis(ctx: _Ctx, spec: SweepSpec, key: str, value: Any) -> Axis:
+def _hint(key: str) -> str:
+    close = close_matches(key, ALL_KEYS, n=2)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _axis(ctx: _Ctx, spec: SweepSpec, key: str, m: dict[str, Any]) -> Axis:
     where = f"space.{key}"
     if key in ("seed", "preset") or key in dict(spec.grid):
         why = "the spec's seeds" if key == "seed" else ("the base preset" if key == "preset" else "a grid axis")
         raise ctx.error(where, f"{key} is {why}; search over other keys")
-    m = ctx.mapping(value, where, DISTRIBUTIONS)
+    unknown = [k for k in m if k not in DISTRIBUTIONS]
+    if unknown:
+        raise ctx.error(f"{where}.{unknown[0]}", f"unknown key; valid keys: {', '.join(DISTRIBUTIONS)}")
     if len(m) != 1:
         raise ctx.error(where, f"give exactly one of {', '.join(DISTRIBUTIONS)}, e.g. {{loguniform: [0.002, 0.2]}}")
     kind, args = next(iter(m.items()))
@@ -159,22 +154,17 @@ def _axis(ctx: _Ctx, spec: SweepSpec, key: str, value: Any) -> Axis:
     return Axis(key, kind, (low, high))
 
 
-def _scheduler(ctx: _Ctx, value: Any, spec: SweepSpec) -> Asha | None:
-    m = ctx.mapping(value if value is not None else {"type": "asha"}, "scheduler", SCHEDULER_KEYS)
-    kind = m.get("type", "asha")
-    if kind not in SCHEDULERS:
-        raise ctx.error("scheduler.type", f"{kind!r} is not one of {', '.join(SCHEDULERS)}")
-    if kind == "fifo":
+def _scheduler(ctx: _Ctx, s: Scheduler | None, spec: SweepSpec) -> Asha | None:
+    s = s or Scheduler()
+    if s.type == "fifo":
         return None
     num_iterations = int(spec.base_dict.get("num_iterations", 0) or 0)
-    max_t = ctx.int_(m.get("max_t", num_iterations), "scheduler.max_t", 1) if "max_t" in m or num_iterations else 0
-    if max_t == 0:
+    max_t = s.max_t or num_iterations
+    if not max_t:
         raise ctx.error("scheduler.max_t", "required when base.num_iterations is not set: the training steps "
                                            "a trial may run (usually num_iterations)")
-    grace = ctx.int_(m.get("grace_period", max(1, max_t // 4)), "scheduler.grace_period", 1)
-    rf = m.get("reduction_factor", 2)
-    if isinstance(rf, bool) or not isinstance(rf, (int, float)) or rf <= 1:
-        raise ctx.error("scheduler.reduction_factor", f"expected a number > 1, got {rf!r}")
+    grace = s.grace_period or max(1, max_t // 4)
+    rf = 2.0 if s.reduction_factor is None else s.reduction_factor
     if grace >= max_t:
         raise ctx.error("scheduler.grace_period", f"{grace} steps is not below max_t={max_t}; ASHA would never "
                                                   "compare trials; lower it (e.g. max_t / 4)")
