@@ -164,20 +164,23 @@ def test_fetch_histories_dedupes_resumed_steps(server, logged):
 
 
 def test_fetch_errors(server, logged, tmp_path):
-    with pytest.raises(TrackingError, match="no trial runs"):
+    # nothing to analyse yet (exit 66) is not an unreachable store (exit 69)
+    with pytest.raises(NoRunsError, match="no trial runs") as e:
         fetch_runs([logged.name], stage="nope", tracking_uri=server.uri)
-    with pytest.raises(TrackingError, match="no trial runs"):
+    assert e.value.exit_code == 66 and not isinstance(e.value, TrackingError)
+    with pytest.raises(NoRunsError, match="no trial runs"):
         fetch_runs([logged.name], spec="other", tracking_uri=server.uri)
-    with pytest.raises(TrackingError, match="experiment 'missing-exp' not found"):
+    with pytest.raises(NoRunsError, match="experiment 'missing-exp' not found"):
         fetch_runs(["missing-exp"], tracking_uri=server.uri)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     t0 = time.monotonic()
-    with pytest.raises(TrackingError, match="unreachable"):
+    with pytest.raises(TrackingError, match="unreachable") as e:
         fetch_runs(["x"], tracking_uri=dead)
+    assert e.value.exit_code == 69
     assert time.monotonic() - t0 < 10
-    with pytest.raises(TrackingError, match="no MLflow database"):
+    with pytest.raises(NoRunsError, match="no MLflow database"):
         fetch_runs(tracking_uri=f"sqlite:///{tmp_path}/none.db")
 
 
