@@ -66,7 +66,7 @@ def key_columns(runs: pd.DataFrame, candidates: Sequence[str] = CONFIG_COLUMNS) 
 
 def _records(runs: pd.DataFrame, columns: Sequence[str]) -> list[dict]:
     cols = [c for c in columns if c in runs.columns]
-    return cast(list[dict], runs[cols].to_dict("records"))
+    return cast(list[dict], cast(pd.DataFrame, runs[cols]).to_dict(orient="records"))
 
 
 def stage_table(

@@ -45,25 +45,24 @@ RESERVED_EXTRA = {
 
 
 # ---------------------------------------------------------------- value types (our messages, JSON Schema kept)
-def _int(minimum: int) -> Any:
+def _min_int(minimum: int) -> Any:
     def check(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ValueError(f"expected an integer >= {minimum}, got {v!r}")
         return v
-    return Annotated[int, BeforeValidator(check), WithJsonSchema({"type": "integer", "minimum": minimum})]
+    return check
 
 
-def _number(exclusive_min: float | None = None, minimum: float | None = None) -> Any:
+def _min_number(*, above: float | None = None, least: float | None = None) -> Any:
     def check(v: Any) -> float:
         bad = isinstance(v, bool) or not isinstance(v, (int, float))
-        if bad or (exclusive_min is not None and not v > exclusive_min) or (minimum is not None and v < minimum):
-            bound = f"> {exclusive_min:g}" if exclusive_min is not None else f">= {minimum:g}"
-            raise ValueError(f"expected a positive number, got {v!r}" if exclusive_min == 0
-                             else f"expected a number {bound}, got {v!r}")
+        if bad or (above is not None and not v > above) or (least is not None and v < least):
+            if above == 0:
+                raise ValueError(f"expected a positive number, got {v!r}")
+            bound = f"> {above:g}" if above is not None else f">= {least:g}"
+            raise ValueError(f"expected a number {bound}, got {v!r}")
         return float(v)
-    schema: dict[str, Any] = {"type": "number"}
-    schema |= {"exclusiveMinimum": exclusive_min} if exclusive_min is not None else {"minimum": minimum}
-    return Annotated[float, BeforeValidator(check), WithJsonSchema(schema)]
+    return check
 
 
 def _text(v: Any) -> str:
@@ -135,8 +134,11 @@ def _list(what: str) -> Any:
     return check
 
 
-Pos = _int(1)
-NonNeg = _int(0)
+Pos = Annotated[int, BeforeValidator(_min_int(1)), WithJsonSchema({"type": "integer", "minimum": 1})]
+NonNeg = Annotated[int, BeforeValidator(_min_int(0)), WithJsonSchema({"type": "integer", "minimum": 0})]
+Positive = Annotated[float, BeforeValidator(_min_number(above=0)), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
+NonNegNumber = Annotated[float, BeforeValidator(_min_number(least=0)), WithJsonSchema({"type": "number", "minimum": 0})]
+AboveOne = Annotated[float, BeforeValidator(_min_number(above=1)), WithJsonSchema({"type": "number", "exclusiveMinimum": 1})]
 Text = Annotated[str, BeforeValidator(_text)]
 Name = Annotated[str, BeforeValidator(_name), WithJsonSchema({"type": "string", "pattern": NAME_RE.pattern})]
 TrainerValues = dict[str, Any]
@@ -154,7 +156,7 @@ class Resources(Section):
     nodes: Pos = 1
     gpus_per_node: NonNeg = 8
     cpus_per_task: Pos = 8
-    mem_gb: NonNeg = Field(0, description="0 = the cluster's default")
+    mem_gb: NonNeg = Field(default=0, description="0 = the cluster's default")
     timeout_min: Pos = 240
 
 
@@ -164,12 +166,12 @@ class Tracking(Section):
 
 
 class Estimate(Section):
-    ms_per_step: _number(exclusive_min=0) = Field(160.0, description="for GPU-hour estimates")  # type: ignore[valid-type]
+    ms_per_step: Positive = Field(default=160.0, description="for GPU-hour estimates")
 
 
 class LocalOptions(Section):
-    max_parallel: Pos | None = Field(None, description="trials at a time (default 1)")
-    trials_per_gpu: Pos | None = Field(None, description="single-GPU trials sharing one GPU (default 1)")
+    max_parallel: Pos | None = Field(default=None, description="trials at a time (default 1)")
+    trials_per_gpu: Pos | None = Field(default=None, description="single-GPU trials sharing one GPU (default 1)")
 
 
 class SlurmOptions(Section):
@@ -177,11 +179,11 @@ class SlurmOptions(Section):
     account: Text | None = None
     qos: Text | None = None
     constraint: Text | None = None
-    timeout_min: Pos | None = Field(None, description="time limit per job (default resources.timeout_min)")
-    array_parallelism: Pos | None = Field(None, description="array tasks running at once (default 256)")
-    max_requeues: NonNeg | None = Field(None, description="requeues after a stop signal (default 3)")
-    max_array_size: Pos | None = Field(None, description="default: the cluster's MaxArraySize")
-    signal_delay_s: Pos | None = Field(None, description="SIGUSR2 this long before the time limit (default 90)")
+    timeout_min: Pos | None = Field(default=None, description="time limit per job (default resources.timeout_min)")
+    array_parallelism: Pos | None = Field(default=None, description="array tasks running at once (default 256)")
+    max_requeues: NonNeg | None = Field(default=None, description="requeues after a stop signal (default 3)")
+    max_array_size: Pos | None = Field(default=None, description="default: the cluster's MaxArraySize")
+    signal_delay_s: Pos | None = Field(default=None, description="SIGUSR2 this long before the time limit (default 90)")
     extra: Annotated[dict[str, Any], BeforeValidator(_sbatch_extra)] | None = Field(
         None, description="further sbatch options, e.g. {mail-type: END, exclusive: true}")
     setup: Annotated[list[str], BeforeValidator(_setup)] | None = Field(
@@ -193,10 +195,10 @@ class RayOptions(Section):
         None, description="host:port of a running Ray cluster (default: a local Ray on 127.0.0.1)")
     num_cpus: NonNeg | None = None
     num_gpus: NonNeg | None = None
-    cpus_per_trial: _number(minimum=0) | None = None  # type: ignore[valid-type]
-    storage_path: Text | None = Field(None, description="Tune's experiment directory (default runs/<name>/_tune)")
-    nodes: NonNeg | None = Field(None, description="on a cluster: wait for this many nodes")
-    timeout_min: Pos | None = Field(None, description="Ray on Slurm: the allocation's time limit")
+    cpus_per_trial: NonNegNumber | None = None
+    storage_path: Text | None = Field(default=None, description="Tune's experiment directory (default runs/<name>/_tune)")
+    nodes: NonNeg | None = Field(default=None, description="on a cluster: wait for this many nodes")
+    timeout_min: Pos | None = Field(default=None, description="Ray on Slurm: the allocation's time limit")
 
 
 class Backend(Section):
@@ -207,7 +209,7 @@ class Backend(Section):
 
 
 class Stop(Section):
-    p_adj: _number(exclusive_min=0) = 0.05  # type: ignore[valid-type]
+    p_adj: Positive = 0.05
     spending: Literal["obf", "pocock"] = "obf"
 
 
@@ -224,14 +226,14 @@ class SequentialSeeds(Section):
 class Scheduler(Section):
     type: Literal["asha", "fifo"] = "asha"
     grace_period: Pos | None = None
-    reduction_factor: _number(exclusive_min=1) | None = None  # type: ignore[valid-type]
+    reduction_factor: AboveOne | None = None
     max_t: Pos | None = None
 
 
 class Search(Section):
     """Ray Tune search: per trainer key {loguniform: [lo, hi]} | {uniform: [lo, hi]} | {grid: [values]}."""
 
-    space: dict[str, dict[str, Any]] = Field({}, description="trainer key -> {loguniform: [lo, hi]} | "
+    space: dict[str, dict[str, Any]] = Field(default={}, description="trainer key -> {loguniform: [lo, hi]} | "
                                                                   "{uniform: [lo, hi]} | {grid: [values]}")
     num_samples: Pos = 1
     seed: NonNeg = 0
@@ -254,7 +256,7 @@ class Spec(Section):
     """A sweep spec: base trainer config x grid axes (+ include / - exclude points) x seeds."""
 
     name: Annotated[str, BeforeValidator(_required_name), WithJsonSchema({"type": "string", "pattern": NAME_RE.pattern})]
-    stage: Name | None = Field(None, description="the study's stage (default: name)")
+    stage: Name | None = Field(default=None, description="the study's stage (default: name)")
     description: str = ""
     base: TrainerValues = {}
     grid: dict[str, Annotated[list[Any], BeforeValidator(_list("values"))]] = {}
@@ -262,7 +264,7 @@ class Spec(Section):
     exclude: list[TrainerValues] = []
     seeds: Seeds = [0]
     resources: Resources = Resources()
-    tracking: Tracking = Tracking()
+    tracking: Tracking = Tracking(experiment=None)
     backend: Backend = Backend()
     estimate: Estimate = Estimate()
     search: Search | None = None

@@ -30,7 +30,7 @@ from cluster.errors import BackendError
 from sweeps.mlflow_runs import is_server
 from trainer.main import EXIT_CODES
 
-STATUS_OF_EXIT = {v: k for k, v in EXIT_CODES.items() if k != "EARLY_STOPPED"}
+STATUS_OF_EXIT: dict[int, str] = {int(v): k for k, v in EXIT_CODES.items() if k != "EARLY_STOPPED"}
 
 
 def trainer_command(trial_json: Path, nproc: int, python: str = sys.executable) -> list[str]:

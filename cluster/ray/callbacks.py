@@ -51,7 +51,7 @@ class SearchCallback(Callback):
     """Progress lines and MLflow delivery, keyed by the gatesweep trial id in each Tune trial's config."""
 
     def __init__(self, run_dirs: dict[str, Path], labels: dict[str, str], *, start: Callable[[str], None],
-                 deliver: Callable[[Path], None], driver_writes: bool, replayed: set[str],
+                 deliver: Callable[[Path], object], driver_writes: bool, replayed: set[str],
                  out: Callable[[str], None] = print):
         self.run_dirs, self.labels, self.start, self.deliver = run_dirs, labels, start, deliver
         self.driver_writes, self.replayed, self.out = driver_writes, replayed, out
