@@ -308,13 +308,14 @@ def _log_from_mlflow(spec_name: str, tracking_uri: str | None) -> dict[str, Any]
         return None
     from mlflow.tracking import MlflowClient
 
+    from sweeps.mlflow_runs import newest
+
     client = MlflowClient(uri)
     exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(exps, f"tags.`gatesweep.kind` = 'sweep' and tags.spec = '{spec_name}' and "
-                                    "tags.`gatesweep.sequential` = 'true'", max_results=1,
-                              order_by=["attributes.start_time DESC"]) if exps else []
-    if not runs:
+    run = newest(client, exps, f"tags.`gatesweep.kind` = 'sweep' and tags.spec = '{spec_name}' and "
+                               "tags.`gatesweep.sequential` = 'true'")
+    if run is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(runs[0].info.run_id, LOG_NAME, tmp)
+        path = client.download_artifacts(run.info.run_id, LOG_NAME, tmp)
         return json.loads(Path(path).read_text())

@@ -11,17 +11,27 @@ running or killed is incomplete and fails, so a later stage never builds on a pa
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-if TYPE_CHECKING:  # sweeps.spec imports sweeps.time_of, which reads stages through this module
-    from sweeps.spec import Chain
 from sweeps.errors import SpecError, TrackingError
-from sweeps.mlflow_runs import search_all
+from sweeps.mlflow_runs import newest, search_all
 from sweeps.select import matches, pick, seed_means, typed, varying_keys
 
 INCOMPLETE = ("RUNNING", "QUEUED", "KILLED", "SCHEDULED")
 ENDED = ("FINISHED", "FAILED", "EARLY_STOPPED")  # a FAILED trial (e.g. a diverging LR) is a result too
 TRIAL_IDS_TAG = "gatesweep.trial_ids"  # on a sweep run (cluster.common.store): the trial ids of its spec's expansion
+
+
+@dataclass(frozen=True, kw_only=True)
+class Chain:
+    """A value taken from an earlier stage's seed-averaged result (resolved at plan time)."""
+
+    source: str
+    select: str = "best"
+    metric: str = "final_val_loss"
+    where: tuple[tuple[str, Any], ...] = ()
+    fallback: Any = None
 
 
 def check_complete(runs: list[dict[str, Any]], source: str, key: str, expected: set[str] | None) -> None:
@@ -97,9 +107,8 @@ def stage_runs(client: Any, stage: str) -> tuple[list[dict[str, Any]], set[str] 
     runs = [{"params": r.data.params, "metrics": r.data.metrics, "trial_id": r.data.tags.get("trial_id"),
              "status": r.data.tags.get("status") or r.info.status}
             for r in search_all(client, exps, f"tags.`gatesweep.kind` = 'trial' and tags.stage = '{stage}'")]
-    sweeps = client.search_runs(exps, f"tags.`gatesweep.kind` = 'sweep' and tags.stage = '{stage}'",
-                                max_results=1, order_by=["attributes.start_time DESC"]) if exps else []
-    ids = sweeps[0].data.tags.get(TRIAL_IDS_TAG) if sweeps else None
+    sweep = newest(client, exps, f"tags.`gatesweep.kind` = 'sweep' and tags.stage = '{stage}'")
+    ids = sweep.data.tags.get(TRIAL_IDS_TAG) if sweep else None
     return runs, set(ids.split(",")) if ids else None
 
 

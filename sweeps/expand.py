@@ -10,14 +10,14 @@ hash of its resolved config, seed included, so the same trial has the same id on
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from sweeps.chain import Chain
 from sweeps.errors import SpecError
-from sweeps.spec import Chain, Resources, SweepSpec
+from sweeps.spec import Resources, SweepSpec, design_points
 from sweeps.time_of import TimeOf, TimeResolver, no_store_time_resolver
 from trainer.config import TrainConfig, config_hash
 from trainer.errors import ConfigError
@@ -66,25 +66,6 @@ def _no_chains(chain: Chain, key: str) -> Any:
         return chain.fallback
     raise SpecError(f"{key}: chained from stage '{chain.source}' but no tracking store was consulted and no "
                     f"fallback is given; run `gatesweep plan` with MLFLOW_TRACKING_URI set or override {key}=...")
-
-
-def design_points(spec: SweepSpec) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
-    axes = [k for k, _ in spec.grid]
-    points: list[tuple[dict[str, Any], tuple[int, ...]]] = []
-    for combo in itertools.product(*(values for _, values in spec.grid)):
-        point = dict(zip(axes, combo))
-        resolved = spec.base_dict | point
-        if any(all(resolved.get(k) == v for k, v in ex) for ex in spec.exclude):
-            continue
-        points.append((point, spec.seeds))
-    for inc in spec.include:
-        point = inc.as_dict()
-        seeds = inc.seeds or spec.seeds
-        if not any(p == point and s == seeds for p, s in points):
-            points.append((point, seeds))
-    if not spec.grid and not spec.include:
-        points.append(({}, spec.seeds))
-    return points
 
 
 def _label(point: dict[str, Any], varying: list[str]) -> str:

@@ -24,6 +24,15 @@ def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def newest(client: Any, experiment_ids: Sequence[str], filter_string: str) -> Any | None:
+    """The most recently started run of the experiments that matches the filter, or None."""
+    if not experiment_ids:
+        return None
+    runs = client.search_runs(list(experiment_ids), filter_string, max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
 def search_all(client: Any, experiment_ids: Sequence[str], filter_string: str, *,
                order_by: Sequence[str] = ("attributes.start_time ASC",)) -> Iterator[Any]:
     """Every run of the experiments that matches the filter, page after page (MlflowClient.search_runs

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from sweeps.errors import SpecError
-from trainer.config import ALL_KEYS, close_matches
+from trainer.config import ALL_KEYS, did_you_mean
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -321,9 +321,7 @@ def describe(err: Any, prefix: str = "") -> str:
     if kind == "extra_forbidden":
         key = str(loc[-1])
         allowed = _fields_at(([prefix] if prefix else []) + loc[:-1])
-        hint = close_matches(key, allowed, n=2)
-        did = f" (did you mean {' or '.join(repr(c) for c in hint)}?)" if hint else ""
-        return f"{where}: unknown key{did}; valid keys: {', '.join(allowed)}"
+        return f"{where}: unknown key{did_you_mean(key, allowed)}; valid keys: {', '.join(allowed)}"
     if kind == "literal_error":
         choices = err["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
         return f"{where}: {value!r} is not one of {choices}"

@@ -8,6 +8,7 @@ field path and the valid options.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -17,11 +18,12 @@ from typing import Any
 import yaml
 
 from sweeps import schema
+from sweeps.chain import Chain
 from sweeps.errors import SpecError
 from sweeps.sequential import Sequential, parse_sequential
 from sweeps.time_of import parse_time_of
 from trainer import yamlsafe
-from trainer.config import ALL_KEYS, FIELD_SECTION, PRESETS, close_matches, coerce
+from trainer.config import ALL_KEYS, FIELD_SECTION, PRESETS, coerce, did_you_mean
 from trainer.errors import ConfigError
 from trainer.overrides import parse_kv
 
@@ -44,17 +46,6 @@ class Resources:
     @property
     def world_size(self) -> int:
         return self.nodes * max(self.gpus_per_node, 1)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Chain:
-    """A value taken from an earlier stage's seed-averaged result (resolved at plan time)."""
-
-    source: str
-    select: str = "best"
-    metric: str = "final_val_loss"
-    where: tuple[tuple[str, Any], ...] = ()
-    fallback: Any = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,11 +90,6 @@ class SweepSpec:
         return dict(self.backend.get(name, {}) or {})
 
 
-def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
-    close = close_matches(word, options, n=2)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-
-
 class _Ctx:
     def __init__(self, path: str):
         self.path = path
@@ -122,7 +108,7 @@ class _Ctx:
         for k in m:
             if k not in allowed:
                 raise self.error(f"{field_path}.{k}" if field_path else str(k),
-                                 f"unknown key{_suggest(str(k), allowed)}; valid keys: {', '.join(allowed)}")
+                                 f"unknown key{did_you_mean(str(k), allowed)}; valid keys: {', '.join(allowed)}")
 
     def int_(self, value: Any, field_path: str, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -133,7 +119,7 @@ class _Ctx:
 def _config_value(ctx: _Ctx, key: str, value: Any, field_path: str) -> Any:
     """Validate one trainer key/value (chained values are checked structurally here)."""
     if key not in ALL_KEYS:
-        raise ctx.error(field_path, f"unknown trainer config key{_suggest(key, ALL_KEYS)}; see "
+        raise ctx.error(field_path, f"unknown trainer config key{did_you_mean(key, ALL_KEYS)}; see "
                                     "trainer/config.py for the keys")
     if key == "seed":  # expansion sets it per trial: a value here would be dropped without a word
         raise ctx.error(field_path, "a trial's seed comes from the top-level `seeds` list; write seeds: [0, 1] "
@@ -284,8 +270,26 @@ def _seed_plan(ctx: _Ctx, value: Any, include: list[DesignPoint], top: Mapping[s
     return seeds, sequential
 
 
+def design_points(spec: SweepSpec) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
+    axes = [k for k, _ in spec.grid]
+    points: list[tuple[dict[str, Any], tuple[int, ...]]] = []
+    for combo in itertools.product(*(values for _, values in spec.grid)):
+        point = dict(zip(axes, combo))
+        resolved = spec.base_dict | point
+        if any(all(resolved.get(k) == v for k, v in ex) for ex in spec.exclude):
+            continue
+        points.append((point, spec.seeds))
+    for inc in spec.include:
+        point = inc.as_dict()
+        seeds = inc.seeds or spec.seeds
+        if not any(p == point and s == seeds for p, s in points):
+            points.append((point, seeds))
+    if not spec.grid and not spec.include:
+        points.append(({}, spec.seeds))
+    return points
+
+
 def _check_comparisons(spec: SweepSpec) -> None:
-    from sweeps.expand import design_points
     from sweeps.sequential import check_baselines
 
     points = [p for p, _ in design_points(spec)]

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from sweeps.chain import select_value
+from sweeps.chain import Chain, select_value
 from sweeps.errors import SpecError
-from sweeps.spec import Chain
 from tests.sweep_helpers import cli_env, client, gatesweep, unique
 
 

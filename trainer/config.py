@@ -255,6 +255,12 @@ def close_matches(word: str, options: Sequence[str], n: int = 3, cutoff: float =
     return difflib.get_close_matches(word, list(options), n=n, cutoff=cutoff)
 
 
+def did_you_mean(word: str, options: Sequence[str], n: int = 2) -> str:
+    """` (did you mean 'a' or 'b'?)`, or '' when nothing is close (spec, schema and search messages)."""
+    close = close_matches(word, options, n=n)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def _suggest(key: str) -> str:
     close = close_matches(key, ALL_KEYS)
     if close:

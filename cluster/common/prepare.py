@@ -10,9 +10,9 @@ from typing import Any
 from cluster.common.state import TrialState, collect, split
 from cluster.common.store import SweepStore
 from cluster.common.trialdir import RUNS_ROOT, set_local_status
-from sweeps.chain import empty_store_resolver, mlflow_resolver
+from sweeps.chain import Chain, empty_store_resolver, mlflow_resolver
 from sweeps.expand import Trial, expand
-from sweeps.spec import Chain, SweepSpec, apply_spec_overrides, load_spec
+from sweeps.spec import SweepSpec, apply_spec_overrides, load_spec
 from sweeps.time_of import TimeOf, mlflow_time_resolver
 from trainer.overrides import parse_kv
 

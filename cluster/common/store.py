@@ -188,8 +188,8 @@ class SweepStore:
         exp_id = self._existing_experiment_id() if self.enabled else None
         if exp_id is None:
             return 0
-        runs = self.client.search_runs([exp_id], f"tags.`gatesweep.kind` = 'sweep' and tags.spec = '{spec}' "
-                                                 "and attributes.status = 'RUNNING'", max_results=1000)
+        runs = search_all(self.client, [exp_id], f"tags.`gatesweep.kind` = 'sweep' and tags.spec = '{spec}' "
+                                                 "and attributes.status = 'RUNNING'")
         n = 0
         for r in runs:
             host, pid = r.data.tags.get("gatesweep.host"), r.data.tags.get("gatesweep.pid", "")

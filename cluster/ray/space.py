@@ -33,7 +33,7 @@ from sweeps.errors import SpecError
 from sweeps.expand import Trial, unique_trials
 from sweeps.schema import Scheduler, Search, check_section
 from sweeps.spec import SweepSpec
-from trainer.config import ALL_KEYS, FIELD_SECTION, TrainConfig, close_matches, coerce
+from trainer.config import ALL_KEYS, FIELD_SECTION, TrainConfig, coerce, did_you_mean
 from trainer.errors import ConfigError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "grid")
@@ -110,7 +110,7 @@ def parse_search(spec: SweepSpec) -> SearchPlan:
     assert isinstance(top, Search)
     for k in top.space:
         if k not in ALL_KEYS:
-            raise ctx.error(f"space.{k}", f"unknown key{_hint(k)}; search over trainer keys (trainer/config.py)")
+            raise ctx.error(f"space.{k}", f"unknown key{did_you_mean(k, ALL_KEYS)}; search over trainer keys (trainer/config.py)")
     axes = tuple(_axis(ctx, spec, str(k), v) for k, v in top.space.items())
     if not axes:
         raise ctx.error("space", "empty; give at least one key, e.g. learning_rate: {loguniform: [0.002, 0.2]}")
@@ -119,11 +119,6 @@ def parse_search(spec: SweepSpec) -> SearchPlan:
                                        "num_samples or make an axis loguniform/uniform")
     return SearchPlan(axes=axes, num_samples=top.num_samples, seed=top.seed,
                       max_concurrent_trials=top.max_concurrent_trials, scheduler=_scheduler(ctx, top.scheduler, spec))
-
-
-def _hint(key: str) -> str:
-    close = close_matches(key, ALL_KEYS, n=2)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _axis(ctx: _Ctx, spec: SweepSpec, key: str, m: dict[str, Any]) -> Axis:

@@ -42,6 +42,7 @@ from cluster.slurm.sbatch import (
 from cluster.slurm.snapshot import content_hash, git_sha, snapshot_dir, source_root, take_snapshot
 from sweeps.expand import Trial, gpu_hours
 from sweeps.mlflow_runs import is_server
+from sweeps.text_table import text_table
 from trainer.record import read_json, write_json
 
 DEPENDENCY_PLACEHOLDER = "afterany:<job id of the previous array>"
@@ -311,8 +312,7 @@ def _record(s: TrialState, job: Any, sha: str, snapshot: Path, script: Path) -> 
 
 
 def _print_submitted(out: list[tuple[TrialState, str]], plans: list[ArrayPlan]) -> None:
-    width = max(len(j) for _, j in out)
-    for s, j in out:
-        print(f"  {j.ljust(width)}  {s.trial.trial_id}  {s.trial.label or '-'}  seed={s.trial.seed}")
+    print(text_table(["job", "trial_id", "design", "seed"],
+                     [[j, s.trial.trial_id, s.trial.label or "-", s.trial.seed] for s, j in out]))
     arrays = sorted({j.split("_")[0] for _, j in out})
     print(f"submitted {len(out)} trial(s) as {len(plans)} Slurm job(s): {', '.join(arrays)}")
