@@ -281,7 +281,7 @@ def check(data: Any, path: str) -> Spec:
     problems = structure_problems(data)
     if problems:
         raise SpecError(join_errors(path, problems))
-    return Spec.model_validate(_cleaned(data))
+    return Spec.model_validate(cleaned(data))
 
 
 def structure_problems(data: Any) -> list[str]:
@@ -289,13 +289,13 @@ def structure_problems(data: Any) -> list[str]:
     if not isinstance(data, Mapping):
         return [f"(top level): expected a mapping, got {type(data).__name__} {data!r}"]
     try:
-        Spec.model_validate(_cleaned(data))
+        Spec.model_validate(cleaned(data))
     except ValidationError as e:
         return [describe(err) for err in e.errors()]
     return []
 
 
-def _cleaned(data: Mapping[str, Any]) -> dict[str, Any]:
+def cleaned(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if not (k in ("include", "exclude", "base", "grid") and v is None)}
 
 

@@ -8,8 +8,8 @@ field path and the valid options.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,11 +27,8 @@ from trainer.config import ALL_KEYS, FIELD_SECTION, PRESETS, coerce, did_you_mea
 from trainer.errors import ConfigError
 from trainer.overrides import parse_kv
 
-TOP_KEYS = ("name", "stage", "description", "base", "grid", "include", "exclude", "seeds", "resources",
-            "tracking", "backend", "estimate", "search")
-RESOURCE_KEYS = ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min")
 CHAIN_KEYS = ("from", "select", "metric", "where", "fallback")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = schema.NAME_RE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,52 +174,23 @@ def parse_spec(data: Any, path: str) -> SweepSpec:
     problems = schema.structure_problems(data) + _trainer_problems(ctx, data)
     if problems:
         raise SpecError(schema.join_errors(path, problems))
-    top = ctx.mapping(data, "(top level)")
-    ctx.keys(top, TOP_KEYS, "")
-    name = top.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ctx.error("name", f"required: letters, digits, '_', '.', '-' (got {name!r})")
-    stage = top.get("stage", name)
-    if not isinstance(stage, str) or not NAME_RE.match(stage):
-        raise ctx.error("stage", f"letters, digits, '_', '.', '-' (got {stage!r})")
-    base = _config_block(ctx, ctx.mapping(top.get("base"), "base"), "base")
-    grid = []
-    for k, values in ctx.mapping(top.get("grid"), "grid").items():
-        if not isinstance(values, list) or not values:
-            raise ctx.error(f"grid.{k}", f"expected a non-empty list of values, got {values!r}")
-        grid.append((str(k), tuple(_config_value(ctx, str(k), v, f"grid.{k}[{i}]") for i, v in enumerate(values))))
-    if not isinstance(top.get("include") or [], list):
-        raise ctx.error("include", f"expected a list of design points (- {{attn_gate: headwise}}), "
-                                   f"got {type(top['include']).__name__}")
+    m = schema.Spec.model_validate(schema.cleaned(data))
+    base = _config_block(ctx, m.base, "base")
+    grid = tuple((k, tuple(_config_value(ctx, k, v, f"grid.{k}[{i}]") for i, v in enumerate(values)))
+                 for k, values in m.grid.items())
     include = []
-    for i, entry in enumerate(top.get("include") or []):
-        entry = dict(ctx.mapping(entry, f"include[{i}]"))
+    for i, entry in enumerate(m.include):
+        entry = dict(entry)
         seeds = _seeds(ctx, entry.pop("seeds"), f"include[{i}].seeds") if "seeds" in entry else None
         include.append(DesignPoint(values=_config_block(ctx, entry, f"include[{i}]"), seeds=seeds))
-    exclude = tuple(_config_block(ctx, ctx.mapping(e, f"exclude[{i}]"), f"exclude[{i}]")
-                    for i, e in enumerate(top.get("exclude") or []))
-    res_map = ctx.mapping(top.get("resources"), "resources")
-    ctx.keys(res_map, RESOURCE_KEYS, "resources")
-    resources = Resources(**{k: ctx.int_(v, f"resources.{k}", 0 if k in ("gpus_per_node", "mem_gb") else 1)
-                             for k, v in res_map.items()})
-    tracking = ctx.mapping(top.get("tracking"), "tracking")
-    ctx.keys(tracking, ("experiment",), "tracking")
-    if not isinstance(tracking.get("experiment", ""), str):
-        raise ctx.error("tracking.experiment", f"expected an MLflow experiment name (a string), "
-                                               f"got {tracking['experiment']!r}")
-    backend = dict(ctx.mapping(top.get("backend"), "backend"))  # checked by the schema
-    estimate = ctx.mapping(top.get("estimate"), "estimate")
-    ctx.keys(estimate, ("ms_per_step",), "estimate")
-    ms = estimate.get("ms_per_step", 160.0)
-    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms <= 0:
-        raise ctx.error("estimate.ms_per_step", f"expected a positive number, got {ms!r}")
-    description = top.get("description", "")
-    seeds, sequential = _seed_plan(ctx, top.get("seeds", [0]), include, top)
-    spec = SweepSpec(path=path, name=name, stage=stage, description=str(description), base=base,
-                     grid=tuple(grid), include=tuple(include), exclude=exclude, seeds=seeds, sequential=sequential,
-                     resources=resources, experiment=str(tracking.get("experiment") or f"gatesweep-{name}"),
-                     backend=backend, estimate_ms_per_step=float(ms),
-                     search=dict(ctx.mapping(top.get("search"), "search")))
+    exclude = tuple(_config_block(ctx, e, f"exclude[{i}]") for i, e in enumerate(m.exclude))
+    seeds, sequential = _seed_plan(ctx, data.get("seeds", [0]), include, data)
+    spec = SweepSpec(path=path, name=m.name, stage=m.stage or m.name, description=m.description, base=base,
+                     grid=grid, include=tuple(include), exclude=exclude, seeds=seeds, sequential=sequential,
+                     resources=Resources(**m.resources.model_dump()),
+                     experiment=m.tracking.experiment or f"gatesweep-{m.name}",
+                     backend=dict(data.get("backend") or {}), estimate_ms_per_step=m.estimate.ms_per_step,
+                     search=dict(data.get("search") or {}))
     if sequential is not None:
         _check_comparisons(spec)
     return spec
@@ -335,12 +303,12 @@ def apply_spec_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> tuple[Sw
             # a fixed list replaces a sequential plan too: the same trials (ids) for those seeds
             spec = replace(spec, seeds=_seeds(ctx, seeds, "seeds"), sequential=None)
         elif key.startswith("resources."):
-            sub = key.split(".", 1)[1]
-            ctx.keys({sub: value}, RESOURCE_KEYS, "resources")
-            spec = replace(spec, resources=replace(spec.resources, **{sub: ctx.int_(value, key)}))
+            res = schema.check_section("resources", dataclasses.asdict(spec.resources) | {key.split(".", 1)[1]: value},
+                                       "command line")
+            spec = replace(spec, resources=Resources(**res.model_dump()))
         elif key.startswith("tracking."):
-            ctx.keys({key.split(".", 1)[1]: value}, ("experiment",), "tracking")
-            spec = replace(spec, experiment=str(value))
+            tracking = schema.check_section("tracking", {key.split(".", 1)[1]: value}, "command line")
+            spec = replace(spec, experiment=str(tracking.model_dump()["experiment"]))
         elif key.startswith("backend."):
             parts = key.split(".")
             backend = {k: dict(v) if isinstance(v, Mapping) else v for k, v in spec.backend.items()}
@@ -355,10 +323,8 @@ def apply_spec_overrides(spec: SweepSpec, overrides: dict[str, Any]) -> tuple[Sw
         elif key.startswith("grid."):
             spec = _replace_axis(spec, key.split(".", 1)[1], value, ctx)
         elif key.startswith("estimate."):
-            ctx.keys({key.split(".", 1)[1]: value}, ("ms_per_step",), "estimate")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ctx.error(key, f"expected a positive number (ms per step), got {value!r}")
-            spec = replace(spec, estimate_ms_per_step=float(value))
+            estimate = schema.check_section("estimate", {key.split(".", 1)[1]: value}, "command line")
+            spec = replace(spec, estimate_ms_per_step=float(estimate.model_dump()["ms_per_step"]))
         else:
             config[key] = _config_value(ctx, key, value, key)
             _refuse_design_key(spec, key)

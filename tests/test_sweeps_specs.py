@@ -319,7 +319,7 @@ def test_missing_spec_file_points_at_the_shipped_one(tmp_path: Path):
                                     "'gpus_per_node'?); valid keys: nodes, gpus_per_node, cpus_per_task, mem_gb, timeout_min"),
     ({"backend.local.max_parallel": 0}, "command line: backend.local.max_parallel: expected an integer >= 1, got 0"),
     ({"backend.default": "k8s"}, "command line: backend.default: 'k8s' is not one of local, slurm, ray"),
-    ({"estimate.ms_per_step": "fast"}, "command line: estimate.ms_per_step: expected a positive number (ms per step), "
+    ({"estimate.ms_per_step": "fast"}, "command line: estimate.ms_per_step: expected a positive number, "
                                        "got 'fast'"),
     ({"tracking.experimnt": "x"}, "command line: tracking.experimnt: unknown key (did you mean 'experiment'?); "
                                   "valid keys: experiment"),
