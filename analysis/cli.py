@@ -269,6 +269,7 @@ def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None,
 
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, hist = _retime(runs, _curves(runs, tracking_uri), step_times)
+    assert hist is not None  # _curves always gives a frame (empty without histories)
     numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=adjust, histories=hist),
                                 target.spec, tracking_uri=tracking_uri)
     compat = compat_table(runs, stages=target.stages)

@@ -119,4 +119,4 @@ def _in_order(rows: list[Row], run_ids: list[str], keys: list[str]) -> list[Row]
     (timestamp, step, value), which both fast paths ask for."""
     run_pos = {r: i for i, r in enumerate(run_ids)}
     key_pos = {k: i for i, k in enumerate(keys)}
-    return sorted(rows, key=lambda r: (run_pos[r["mlflow_run_id"]], key_pos[r["key"]]))
+    return sorted(rows, key=lambda r: (run_pos[str(r["mlflow_run_id"])], key_pos[str(r["key"])]))

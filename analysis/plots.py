@@ -29,7 +29,8 @@ def pick_configs(table: pd.DataFrame, limit: int = MAX_CONFIGS) -> tuple[list[Ha
     baseline of each (analysis.comparisons.find_baselines), in table order."""
     if len(table) <= limit:
         return list(table.index), 0
-    best = table["final_val_loss"].sort_values(kind="stable", na_position="last").index[:limit]
+    order = np.argsort(table["final_val_loss"].to_numpy(float), kind="stable")  # NaN last
+    best = table.index[order[:limit]]
     baselines = find_baselines(table, table_keys(table))
     chosen = set(best) | {baselines[i] for i in best if baselines[i] is not None}
     return [i for i in table.index if i in chosen], len(table) - len(chosen)

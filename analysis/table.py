@@ -208,7 +208,7 @@ _GROUP_INPUTS = ("status", "final_val_loss", "best_val_loss", "train_time_ms", "
 def _group_row(stage: str, key: tuple, grp: Columns, keys: Sequence[str]) -> dict:
     status = grp["status"]
     ok = _finished_positions(grp)
-    s = summarize(_pick(grp, "final_val_loss", ok))
+    s = summarize(_pick(grp, "final_val_loss", ok) or [])
     return {
         "stage": stage, **dict(zip(keys, key, strict=True)),
         "n": s.n, "low_n": s.n < MIN_SEEDS, "failed": sum(x not in (FINISHED, EARLY_STOPPED) for x in status),

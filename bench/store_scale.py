@@ -185,7 +185,7 @@ def readme(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--runs", type=int, nargs="+", default=[1000])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--points", type=int, default=10, help="history points per key and run")
