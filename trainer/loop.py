@@ -39,7 +39,7 @@ from trainer.loader import ShardLoader
 from trainer.runlog import RunLog, append_result, git_info, header, start_nvidia_smi, train_line, val_line
 from trainer.schedule import lr_factor
 from trainer.signals import StopRequest
-from trainer.startup import StartupClock
+from trainer.startup import COMPILE_MODULES, EAGER_MODULES, Prewarm, StartupClock
 from trainer.tracking import NullTracker, Tracker, make_tracker
 
 logger = logging.getLogger(__name__)
@@ -121,19 +121,25 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
            on_val: ValCallback | None, startup: StartupClock) -> RunSummary:
     r, N, device = cfg.run, cfg.run.num_iterations, env.device
     t_start = time.perf_counter()
-    smi = start_nvidia_smi() if env.is_main and device.type == "cuda" else None  # runs while we set up
+    smi = (startup.nvidia_smi or start_nvidia_smi()) if env.is_main and device.type == "cuda" else None  # runs while we set up
     compiled = use_compile(cfg, device)
-    with startup.phase("data"):
-        geo = Geometry.of(cfg, env.world_size)
-        train_loader, val_loader = build_loaders(cfg, env, geo)
+    # The compiler's imports (and the CUDA context) in the background, while the steps below run
+    # mostly outside the GIL (numpy scans, the CPU init, the copy to the device).
+    prewarm = Prewarm(startup, COMPILE_MODULES if compiled else EAGER_MODULES, device)
+    try:
+        with startup.phase("data"):
+            geo = Geometry.of(cfg, env.world_size)
+            train_loader, val_loader = build_loaders(cfg, env, geo)
+        with startup.phase("model init"):
+            model = build_model(cfg, torch.device("cpu"))  # the seed's weights on every device (build_model)
+        with startup.phase("to device", sync=True):
+            model = model.to(device)
+    finally:
+        prewarm.wait()  # before this thread could import the same modules (torch.optim does)
     out = Path(r.out_dir)
     ckpt_dir = out / "checkpoints" / run_id
 
     # ---------------------------------------------------------------- model, optimizers, resume
-    with startup.phase("model init"):
-        model = build_model(cfg, torch.device("cpu"))  # the seed's weights on every device (build_model)
-    with startup.phase("to device", sync=True):
-        model = model.to(device)
     with startup.phase("optimizers"):
         adam, muon = build_optimizers(cfg, model, env, compiled_ns=compiled)
     with startup.phase("checkpoint"):
@@ -280,7 +286,8 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                 log.line(f"step:{step + 1}/{N} train_loss:{local_loss:.4f} {reason}")
             break
         if env.is_main and step == start_step:  # where start-up time goes (bench/README.md)
-            logger.info(startup.line(t_start, t_setup, megacache.hit_counts() if compiled else ""))
+            logger.info(startup.line(t_start, t_setup, f"{megacache.hit_counts()}; compile timers: "
+                                     f"{megacache.compile_timers()}" if compiled else ""))
         startup.open = False
         if env.is_main and ((step + 1) % r.log_every == 0 or step + 1 == N):
             approx = clock.total_ms(step + 1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +13,7 @@ from trainer.config import TrainConfig
 from trainer.errors import GatesweepError
 from trainer.overrides import resolve
 from trainer.paths import STORAGE_ERRNOS, check_writable, confine, storage_error
+from trainer.runlog import start_nvidia_smi
 from trainer.startup import StartupClock
 from trainer.tracking import NullTracker, Tracker, make_tracker
 
@@ -68,6 +71,8 @@ def main(argv: list[str]) -> int:
             confine(cfg, source=source)  # out_dir and results_csv stay inside the project directory
             check_writable(cfg.run.out_dir, "out_dir")
             check_writable(cfg.run.results_csv, "results_csv")
+        if cfg.run.device != "cpu" and os.environ.get("RANK", "0") == "0" and shutil.which("nvidia-smi"):
+            startup.nvidia_smi = start_nvidia_smi()  # for the run log; runs while torch is imported
         with startup.phase("import torch"):
             from trainer import dist
             from trainer.build import preflight

@@ -56,6 +56,7 @@ class StartupClock:
         self.phases: dict[str, float] = {"python": age} if age is not None else {}
         self.overlapped: dict[str, float] = {}
         self.sync: Callable[[], None] = lambda: None
+        self.nvidia_smi: Callable[[], str] | None = None  # the run log's nvidia-smi, started before torch
         self.open = True  # False once the first step is reported: phase() is then free
         self._lock = threading.Lock()
 
