@@ -121,7 +121,8 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
            on_val: ValCallback | None, startup: StartupClock) -> RunSummary:
     r, N, device = cfg.run, cfg.run.num_iterations, env.device
     t_start = time.perf_counter()
-    smi = (startup.nvidia_smi or start_nvidia_smi()) if env.is_main and device.type == "cuda" else None  # runs while we set up
+    smi = ((startup.nvidia_smi or start_nvidia_smi())  # nvidia-smi runs while we set up
+           if env.is_main and device.type == "cuda" else None)
     compiled = use_compile(cfg, device)
     # The compiler's imports (and the CUDA context) in the background, while the steps below run
     # mostly outside the GIL (numpy scans, the CPU init, the copy to the device).
