@@ -274,6 +274,7 @@ def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None,
 
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, hist = _retime(runs, _curves(runs, tracking_uri), step_times)
+    assert hist is not None  # _curves always gives a frame (empty without histories)
     numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=adjust, histories=hist),
                                 target.spec, tracking_uri=tracking_uri)
     compat = compat_table(runs, stages=target.stages)
@@ -282,20 +283,24 @@ def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None,
     for name, text in files.items():
         (out_dir / name).write_text(text)
     figures: list[tuple[str, str]] = []
+    rows, left_out = plots.pick_configs(numeric)  # a figure of thousands of lines is unreadable and slow
+    shown, drawn, keys = numeric.loc[rows], plots.runs_of(runs, numeric, rows), plots.table_keys(numeric)
+    some = (f" - the {plots.MAX_CONFIGS} best configurations by final loss and their baselines; "
+            f"{left_out:,} more in table.csv") if left_out else ""
     if "val_loss" in set(hist["key"]):
-        plots.plot_val_curves(hist, runs, out_dir / "val_loss.png")
-        figures.append(("Validation loss (mean over seeds, min-max band)", "val_loss.png"))
-    if plots.plot_val_vs_time(hist, runs, out_dir / "val_loss_time.png"):
-        figures.append(("Validation loss vs wall-clock train time (mean over seeds)", "val_loss_time.png"))
-    plots.plot_stage_bars(numeric, out_dir / "final_loss.png")
-    figures.append(("Final validation loss (95% CI)", "final_loss.png"))
+        plots.plot_val_curves(hist, drawn, out_dir / "val_loss.png", keys=keys)
+        figures.append((f"Validation loss (mean over seeds, min-max band){some}", "val_loss.png"))
+    if plots.plot_val_vs_time(hist, drawn, out_dir / "val_loss_time.png", keys=keys):
+        figures.append((f"Validation loss vs wall-clock train time (mean over seeds){some}", "val_loss_time.png"))
+    plots.plot_stage_bars(shown, out_dir / "final_loss.png")
+    figures.append((f"Final validation loss (95% CI){some}", "final_loss.png"))
     if plots.is_lr_stage(numeric):
         plots.plot_lr_sweep(numeric, out_dir / "lr_sweep.png")
         figures.append(("Final validation loss vs learning rate (95% CI)", "lr_sweep.png"))
     for metric in _per_layer_metrics(runs.columns):
         name = f"{_slug(metric)}.png"
-        plots.plot_per_layer(runs, metric, out_dir / name)
-        figures.append((f"{metric} per layer", name))
+        plots.plot_per_layer(drawn, metric, out_dir / name)
+        figures.append((f"{metric} per layer{some}", name))
     readme = render_report(f"Report: {target.label}", source=_source_line(runs, target), table_md=files["table.md"],
                            compat_md=render.to_markdown(compat), figures=figures, files=list(files),
                            footer=render.footer(numeric), reading_note=render.reading_note(numeric, adjust))

@@ -17,7 +17,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.stats import adjust_p, compare
+from analysis.stats import adjust_p, compare_many
 from analysis.timematch import Curve, baseline_point, time_matched
 from sweeps.select import clean
 
@@ -39,61 +39,85 @@ def add_comparisons(
     """Fill COMPARISON_COLUMNS and TIME_COLUMNS in place. `curves` None: time matching not asked for.
     `budget_keys`: keys a time_of budget set (a budget-matched design gives each gate its own
     num_iterations for the baseline's wall-clock), ignored when matching a row to its baseline."""
-    baselines = find_baselines(table, [k for k in keys if k not in budget_keys])
-    step = [_step_cells(table, i, baselines[i]) for i in table.index]
+    found = find_baselines(table, [k for k in keys if k not in budget_keys])
+    position = {label: k for k, label in enumerate(table.index)}
+    base = [None if found[i] is None else position[found[i]] for i in table.index]
+    rows = {c: table[c].tolist() for c in ("n", "gpu_shared", *HELPER_COLUMNS)}
+    step = _step_cells(rows, base)
     table[list(COMPARISON_COLUMNS)] = pd.DataFrame(step, index=table.index, columns=list(COMPARISON_COLUMNS))
     table["p_adj"] = adjust_p(table["p_value"].tolist(), adjust)
-    timed = [_time_cells(table, i, baselines[i], curves) for i in table.index]
+    timed = _time_cells(rows, base, curves)
     table[list(TIME_COLUMNS)] = pd.DataFrame(timed, index=table.index, columns=list(TIME_COLUMNS))
     table["p_time_adj"] = adjust_p(table["p_time"].tolist(), adjust)
 
 
 def find_baselines(table: pd.DataFrame, keys: Sequence[str]) -> dict[Hashable, Hashable | None]:
     """Row index -> index of its baseline row (itself for a baseline), or None."""
-    match_cols = [k for k in keys if k not in GATE_COLUMNS]
-    gate_cols = [k for k in keys if k in GATE_COLUMNS and k != "attn_gate"]
-    rows = {i: row for i, row in table.iterrows()}
-    by_key: dict[tuple, list] = {}
-    for j, row in rows.items():
-        if clean(row["attn_gate"]) == BASELINE_GATE:
-            by_key.setdefault(_key(row, match_cols), []).append(j)
+    match = _keys(table, [k for k in keys if k not in GATE_COLUMNS])
+    gates = _keys(table, [k for k in keys if k in GATE_COLUMNS and k != "attn_gate"])
+    stage = table["stage"].tolist() if "stage" in table.columns else [None] * len(table)
+    index = table.index.tolist()
+    by_key: dict[tuple, list[int]] = {}
+    for pos, gate in enumerate(table["attn_gate"].tolist()):
+        if clean(gate) == BASELINE_GATE:
+            by_key.setdefault(match[pos], []).append(pos)
 
-    def preference(row: pd.Series, j) -> tuple:
-        other = rows[j]
-        return (other.get("stage") != row.get("stage"), _key(other, gate_cols) != _key(row, gate_cols), j)
+    def preference(pos: int, q: int) -> tuple:
+        return (stage[q] != stage[pos], gates[q] != gates[pos], index[q])
 
-    return {i: min(by_key.get(_key(row, match_cols), []), key=lambda j, r=row: preference(r, j), default=None)
-            for i, row in rows.items()}
-
-
-def _step_cells(table: pd.DataFrame, i, j) -> tuple:
-    if j is None:
-        return (*_NAN5[:4], math.nan, math.nan, "")
-    if j == i:
-        # a baseline whose runs all failed cannot anchor a comparison: say so in the row
-        label = "baseline" if table.at[i, "n"] else "baseline (no finished runs)"
-        return (*_NAN5[:4], math.nan, math.nan, label)
-    c = compare(dict(table.at[i, "_values"]), dict(table.at[j, "_values"]))  # type: ignore[arg-type]
-    return (c.delta, c.ci_low, c.ci_high, c.delta_pct, c.p_value, math.nan, c.test)
+    found = {pos: min(by_key.get(match[pos], []), key=lambda q, p=pos: preference(p, q), default=None)
+             for pos in range(len(index))}
+    return {index[pos]: None if q is None else index[q] for pos, q in found.items()}
 
 
-def _time_cells(table: pd.DataFrame, i, j, curves: Mapping[str, Curve] | None) -> tuple:
-    if curves is None or j is None:
-        return (*_NAN5, math.nan, "")
-    if j != i and (table.at[i, "gpu_shared"] or table.at[j, "gpu_shared"]):
-        return (*_NAN5, math.nan, SHARED_GPU)
-    base = _baseline_points(table, j, curves)
-    if j == i:
-        return (_mean(base.values(), 1), *_NAN5[:4], math.nan, "")
-    values, base_loss, note = time_matched(dict(table.at[i, "_runs"]), base, curves)  # type: ignore[arg-type]
-    if not values:
-        return (*_NAN5, math.nan, note)
-    c = compare(values, base_loss)
-    return (float(np.mean(list(values.values()))), c.delta, c.ci_low, c.ci_high, c.p_value, math.nan, "")
+def _step_cells(rows: Mapping[str, list], base: list[int | None]) -> list[tuple]:
+    """COMPARISON_COLUMNS per row; `base[k]`: position of row k's baseline row."""
+    out: list[tuple] = []
+    pairs, asked = [], []
+    for k, j in enumerate(base):
+        if j is None:
+            out.append((*_NAN5[:4], math.nan, math.nan, ""))
+        elif j == k:
+            # a baseline whose runs all failed cannot anchor a comparison: say so in the row
+            label = "baseline" if rows["n"][k] else "baseline (no finished runs)"
+            out.append((*_NAN5[:4], math.nan, math.nan, label))
+        else:
+            out.append(())
+            pairs.append((dict(rows["_values"][k]), dict(rows["_values"][j])))
+            asked.append(k)
+    for k, c in zip(asked, compare_many(pairs), strict=True):
+        out[k] = (c.delta, c.ci_low, c.ci_high, c.delta_pct, c.p_value, math.nan, c.test)
+    return out
 
 
-def _baseline_points(table: pd.DataFrame, j, curves: Mapping[str, Curve]) -> dict[object, tuple[float, float]]:
-    runs, times, losses = (dict(table.at[j, c]) for c in ("_runs", "_times", "_values"))  # type: ignore[arg-type]
+def _time_cells(rows: Mapping[str, list], base: list[int | None], curves: Mapping[str, Curve] | None) -> list[tuple]:
+    """TIME_COLUMNS per row (all NaN when `curves` is None: time matching not asked for)."""
+    out: list[tuple] = []
+    pairs, asked, means = [], [], []
+    for k, j in enumerate(base):
+        if curves is None or j is None:
+            out.append((*_NAN5, math.nan, ""))
+            continue
+        if j != k and (rows["gpu_shared"][k] or rows["gpu_shared"][j]):
+            out.append((*_NAN5, math.nan, SHARED_GPU))
+            continue
+        points = _baseline_points(rows, j, curves)
+        if j == k:
+            out.append((_mean(points.values(), 1), *_NAN5[:4], math.nan, ""))
+            continue
+        values, base_loss, note = time_matched(dict(rows["_runs"][k]), points, curves)
+        out.append(() if values else (*_NAN5, math.nan, note))
+        if values:
+            pairs.append((values, base_loss))
+            asked.append(k)
+            means.append(float(np.mean(list(values.values()))))
+    for k, mean, c in zip(asked, means, compare_many(pairs), strict=True):
+        out[k] = (mean, c.delta, c.ci_low, c.ci_high, c.p_value, math.nan, "")
+    return out
+
+
+def _baseline_points(rows: Mapping[str, list], j: int, curves: Mapping[str, Curve]) -> dict[object, tuple[float, float]]:
+    runs, times, losses = (dict(rows[c][j]) for c in ("_runs", "_times", "_values"))
     return {s: baseline_point(curves.get(runs[s]) if runs[s] else None, times[s], losses[s]) for s in runs}
 
 
@@ -102,7 +126,10 @@ def _mean(points, index: int) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
-def _key(row: pd.Series, cols: Sequence[str]) -> tuple:
-    return tuple(clean(row[c]) for c in cols)
+def _keys(table: pd.DataFrame, cols: Sequence[str]) -> list[tuple]:
+    """Each row's values of `cols` as a hashable key (missing -> None)."""
+    if not cols:
+        return [()] * len(table)
+    return list(zip(*[[clean(v) for v in table[c].tolist()] for c in cols], strict=True))
 
 

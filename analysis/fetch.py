@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import pandas as pd
 
+from analysis.histories import read_histories
 from analysis.legacy import coerce
 from analysis.steptimes import SHARED_COLUMN
 from sweeps.errors import NoRunsError, TrackingError
@@ -113,15 +114,9 @@ def fetch_histories(
     *,
     tracking_uri: str | None = None,
 ) -> pd.DataFrame:
-    """Long table of metric histories: mlflow_run_id, key, step, value."""
+    """Long table of metric histories: mlflow_run_id, key, step, value (read in bulk: analysis.histories)."""
     client, uri = open_client(tracking_uri)
-    rows = []
-    for run_id in run_ids:
-        for key in keys:
-            for m in call(uri, client.get_metric_history, run_id, key):
-                rows.append({"mlflow_run_id": run_id, "key": key, "step": int(m.step),
-                             "value": float(m.value), "timestamp": int(m.timestamp)})
-    return dedupe_history(pd.DataFrame(rows))
+    return dedupe_history(pd.DataFrame(read_histories(client, uri, list(run_ids), keys, call)))
 
 
 def find_sweep_run(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.fetch import KIND_TAG, call, open_client, search, tag_filter
+from analysis.import_checks import check_stage, read_utf8
 from analysis.legacy import (
     LegacyRun,
     ParsedLog,
@@ -65,7 +66,9 @@ def load_legacy(
     path = Path(csv_path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; give a results CSV, a curve CSV or a folder of <run_id>.txt logs")
-    runs = parse_results_csv(path.read_text(), str(path))
+    if stage is not None:
+        check_stage(stage, "--stage")
+    runs = parse_results_csv(read_utf8(path), str(path))
     out = []
     for run in runs:
         run_stage = stage or run.stage
@@ -75,7 +78,7 @@ def load_legacy(
         log_path = Path(logs_dir) / f"{run.run_id}.txt" if logs_dir else None
         log = None
         if log_path is not None and log_path.is_file():
-            log = parse_log(log_path.read_text(errors="replace"), str(log_path))
+            log = parse_log(read_utf8(log_path), str(log_path))
             check_log_matches(run, log, str(log_path))
         out.append((run, run_stage, log, log_path if log else None))
     return out
@@ -195,9 +198,8 @@ class HistoryResult:
 
 def is_curves_file(path: str | Path) -> bool:
     """A curve CSV (step, val_loss per row) rather than a results CSV (one row per run)."""
-    with open(path, newline="") as f:
-        header = [h.strip() for h in f.readline().split(",")]
-    return is_curves_header(header)
+    lines = read_utf8(Path(path)).splitlines()
+    return is_curves_header([h.strip() for h in lines[0].split(",")] if lines else [])
 
 
 def history_sources(path: str | Path) -> dict[str, Path | object]:
@@ -210,13 +212,13 @@ def history_sources(path: str | Path) -> dict[str, Path | object]:
         return dict(logs)
     if not path.is_file():
         raise DataError(f"{path}: no such curve CSV or logs folder")
-    return dict(parse_curves_csv(path.read_text(), str(path)))
+    return dict(parse_curves_csv(read_utf8(path), str(path)))
 
 
 def load_history(source) -> tuple[list[tuple[str, int, float]], dict[str, object], Path | None]:
     """(points, the config it claims, the log file to attach) of one run's history source."""
     if isinstance(source, Path):
-        log = parse_log(source.read_text(errors="replace"), str(source))
+        log = parse_log(read_utf8(source), str(source))
         return log.points, ({"num_iterations": log.num_iterations} if log.num_iterations else {}), source
     return source.points, source.config, None
 

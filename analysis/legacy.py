@@ -36,7 +36,17 @@ from pathlib import PurePath
 
 import pandas as pd
 
+from analysis.import_checks import (
+    MAX_FIELD_CHARS,
+    check_columns,
+    check_config,
+    check_field,
+    check_measure,
+    check_run_id,
+    check_stage,
+)
 from sweeps.select import typed
+from trainer.config import INT_LIMITS
 from trainer.errors import DataError
 
 REQUIRED_COLUMNS = ("run_id", "final_val_loss")
@@ -51,6 +61,7 @@ _STEP_RE = re.compile(
 )
 _TORCH_RE = re.compile(r"^Running pytorch (\S+) compiled for CUDA (\S+)")
 _SEPARATOR_RE = re.compile(r"^={20,}\s*$")
+_MAX_STEP = INT_LIMITS["num_iterations"]
 
 
 @dataclass(frozen=True)
@@ -101,14 +112,12 @@ coerce = typed  # sweeps.select.typed: CSV/MLflow text -> int, float or str
 
 
 def parse_results_csv(text: str, source: str) -> list[LegacyRun]:
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    header, rows = read_csv_rows(text, source)
     for col in REQUIRED_COLUMNS:
         if col not in header:
             raise DataError(f"{source}: missing required column {col!r} (header: {', '.join(header)})")
     runs, seen = [], set()
-    for i, raw in enumerate(reader, start=2):
-        row = {k.strip(): v for k, v in raw.items() if k is not None}
+    for i, row in rows:
         run = _parse_row(row, header, source, i)
         if run.run_id in seen:
             raise DataError(f"{source}:{i}: run_id {run.run_id!r} appears twice; keep one row per run")
@@ -119,17 +128,39 @@ def parse_results_csv(text: str, source: str) -> list[LegacyRun]:
     return runs
 
 
+def read_csv_rows(text: str, source: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, [(line, {column: stripped text})]) with every field checked (length, count, CSV syntax)."""
+    reader = csv.reader(io.StringIO(text))
+    rows: list[tuple[int, dict[str, str]]] = []
+    try:
+        header = [h.strip() for h in next(reader, [])]
+        check_columns(header, source)
+        for fields in reader:
+            line = reader.line_num
+            if len(fields) > len(header):
+                raise DataError(f"{source}:{line}: {len(fields)} fields but the header has {len(header)}; "
+                                "quote fields that hold commas (\"a, b\")")
+            row = {h: v.strip() for h, v in zip(header, fields, strict=False)}
+            for col, value in row.items():
+                check_field(value, col, source, line)
+            if any(row.values()):
+                rows.append((line, row))
+    except csv.Error as e:
+        fix = (f"shorten the field (at most {MAX_FIELD_CHARS:,} characters)" if "field limit" in str(e)
+               else "fix the line")
+        raise DataError(f"{source}:{reader.line_num}: malformed CSV ({e}); {fix}") from None
+    return header, rows
+
+
 def _parse_row(row: dict[str, str], header: list[str], source: str, line: int) -> LegacyRun:
-    run_id = (row.get("run_id") or "").strip()
+    run_id = row.get("run_id") or ""
     if not run_id:
         raise DataError(f"{source}:{line}: run_id is empty; every row needs the run's id")
-    metrics = {k: v for k in SUMMARY_METRICS if (v := coerce(row.get(k))) is not None}
+    check_run_id(run_id, source, line)
+    metrics = {k: check_measure(k, v, row.get(k), source, line)
+               for k in SUMMARY_METRICS if (v := coerce(row.get(k))) is not None}
     if "final_val_loss" not in metrics:
         raise DataError(f"{source}:{line}: final_val_loss is empty for run {run_id}")
-    for k, v in metrics.items():
-        if isinstance(v, str):
-            raise DataError(f"{source}:{line}: {k}={v!r} is not a number")
-    metrics = {k: float(v) for k, v in metrics.items()}  # type: ignore[arg-type]
     params = {k: v for k in header if k not in _SPECIAL and (v := coerce(row.get(k))) is not None}
     params, defaulted = _apply_defaults(params, header)
     seed = coerce(row.get("seed"))
@@ -137,8 +168,11 @@ def _parse_row(row: dict[str, str], header: list[str], source: str, line: int) -
         raise DataError(f"{source}:{line}: seed={seed!r} is not an integer")
     if seed is not None:
         params["seed"] = seed
-    tags = {TAG_COLUMNS[k]: row[k].strip() for k in TAG_COLUMNS if (row.get(k) or "").strip()}
-    stage = (row.get("stage") or "").strip() or None
+    params = check_config(params, source, line)
+    tags = {TAG_COLUMNS[k]: row[k] for k in TAG_COLUMNS if row.get(k)}
+    stage = row.get("stage") or None
+    if stage is not None:
+        check_stage(stage, f"{source}:{line}")
     return LegacyRun(source=PurePath(source).name, line=line, run_id=run_id, stage=stage, seed=seed,
                      params=params, metrics=metrics, tags=tags,
                      start_time_ms=_parse_date(row.get("date")), defaulted=defaulted)
@@ -170,7 +204,7 @@ def parse_log(text: str, source: str) -> ParsedLog:
     val_steps: set[int] = set()
     total = None
     torch_version = cuda_version = ""
-    for line in text.splitlines():
+    for n, line in enumerate(text.splitlines(), start=1):
         if m := _TORCH_RE.match(line):
             torch_version, cuda_version = m.group(1), m.group(2)
             continue
@@ -178,7 +212,10 @@ def parse_log(text: str, source: str) -> ParsedLog:
         if not m:
             continue
         step, total = int(m.group(1)), int(m.group(2))
-        kind, value, ms, avg = m.group(3), _float(m.group(4)), float(m.group(5)), _float(m.group(6))
+        kind, ms, avg = m.group(3), float(m.group(5)), _float(m.group(6))
+        value = check_measure(kind, _float(m.group(4)), m.group(4), source, n)
+        if avg < 0:
+            check_measure("step_avg", avg, m.group(6), source, n)
         points[(kind, step)] = value
         if kind == "val_loss":
             points[("train_time_ms", step)] = ms
@@ -213,29 +250,29 @@ def is_curves_header(header: list[str]) -> bool:
 
 def parse_curves_csv(text: str, source: str) -> dict[str, CurveHistory]:
     """Curve CSV -> run_id -> its history (val_loss and train_time_ms by step), checked row by row."""
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    header, rows = read_csv_rows(text, source)
     missing = [c for c in CURVE_COLUMNS if c not in header]
     if missing:
         raise DataError(f"{source}: missing column(s) {', '.join(missing)} of a curve CSV "
                         f"({', '.join(CURVE_COLUMNS)}); header: {', '.join(header)}")
     out: dict[str, CurveHistory] = {}
-    for i, raw in enumerate(reader, start=2):
-        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+    for i, row in rows:
         run_id = row.get("run_id", "")
         step, loss, ms = (coerce(row.get(c)) for c in CURVE_COLUMNS[1:])
-        if not run_id or not isinstance(step, int) or step < 0:
-            raise DataError(f"{source}:{i}: needs a run_id and an integer step >= 0 (got {row.get('run_id')!r}, "
-                            f"{row.get('step')!r})")
-        for name, v in (("val_loss", loss), ("train_time_ms", ms)):
-            if not isinstance(v, int | float) or isinstance(v, bool):
-                raise DataError(f"{source}:{i}: {name}={row.get(name)!r} is not a number")
+        if not run_id or not isinstance(step, int) or not 0 <= step <= _MAX_STEP:
+            raise DataError(f"{source}:{i}: needs a run_id and an integer step in [0, {_MAX_STEP:_}] (got "
+                            f"{row.get('run_id')!r}, {row.get('step')!r})")
+        check_run_id(run_id, source, i)
+        loss, ms = (check_measure(c, v, row.get(c), source, i) for c, v in (("val_loss", loss), ("train_time_ms", ms)))
         config = {CURVE_CONFIG[k]: v for k in CURVE_CONFIG if (v := coerce(row.get(k))) is not None}
-        hist = out.setdefault(run_id, CurveHistory(run_id, i, [], config))
-        if config != hist.config:
+        if run_id not in out:
+            config = check_config(config, source, i)
+            out[run_id] = CurveHistory(run_id, i, [], config)
+        hist = out[run_id]
+        if config_mismatch(config, hist.config) or set(config) != set(hist.config):
             raise DataError(f"{source}:{i}: run {run_id} changes its config within the file "
                             f"({config} vs {hist.config} at line {hist.line})")
-        hist.points.extend([("val_loss", step, float(loss)), ("train_time_ms", step, float(ms))])  # type: ignore[arg-type]
+        hist.points.extend([("val_loss", step, loss), ("train_time_ms", step, ms)])
     if not out:
         raise DataError(f"{source}: no data rows")
     return out

@@ -2,42 +2,70 @@
 
 Rendering uses matplotlib's Agg canvas bound to each figure (`Figure` + `FigureCanvasAgg`), so it
 needs no display, never touches pyplot's global state and works whatever backend the caller chose.
-Only FINISHED runs are drawn, as in the tables.
+Only FINISHED runs are drawn, as in the tables. A figure of thousands of configurations is unreadable
+and slow: `pick_configs` bounds what the report draws (the best by final loss and their baselines).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from analysis.comparisons import clean, find_baselines
+from analysis.sequential import SEQ_COLUMN
 from analysis.table import FINISHED, STAT_COLUMNS, config_label, group_runs, key_columns, rows_where
 
 Arrays = dict[str, np.ndarray]
+MAX_CONFIGS = 12  # configurations a report figure draws at most, their baselines aside
+
+
+def pick_configs(table: pd.DataFrame, limit: int = MAX_CONFIGS) -> tuple[list[Hashable], int]:
+    """(index labels of the stage table's rows to draw, how many rows are left out): every row when
+    there are at most `limit`, else the `limit` best by mean final val loss and the attn_gate=none
+    baseline of each (analysis.comparisons.find_baselines), in table order."""
+    if len(table) <= limit:
+        return list(table.index), 0
+    order = np.argsort(table["final_val_loss"].to_numpy(float), kind="stable")  # NaN last
+    best = table.index[order[:limit]]
+    baselines = find_baselines(table, table_keys(table))
+    chosen = set(best) | {baselines[i] for i in best if baselines[i] is not None}
+    return [i for i in table.index if i in chosen], len(table) - len(chosen)
+
+
+def runs_of(runs: pd.DataFrame, table: pd.DataFrame, rows: Sequence[Hashable]) -> pd.DataFrame:
+    """The runs of the stage table's `rows` (matched on the table's key columns and stage)."""
+    keys = table_keys(table) + (["stage"] if "stage" in table.columns else [])
+    wanted = {tuple(clean(table.at[i, k]) for k in keys) for i in rows}
+    have = zip(*[runs[k].tolist() if k in runs.columns else [None] * len(runs) for k in keys], strict=True)
+    return rows_where(runs, [tuple(clean(v) for v in t) in wanted for t in have])
 
 
 def plot_val_curves(
     histories: pd.DataFrame, runs: pd.DataFrame, out: str | Path, *, key: str = "val_loss",
-    band: str = "minmax",
+    band: str = "minmax", keys: Sequence[str] | None = None,
 ) -> dict[str, Arrays]:
-    """Mean `key` curve per configuration across seeds vs step, with a min-max (or +-std) band."""
+    """Mean `key` curve per configuration across seeds vs step, with a min-max (or +-std) band.
+    `keys`: the configuration columns (default: those that vary among `runs`)."""
     if band not in ("minmax", "std"):
         raise ValueError(f"band={band!r}; use 'minmax' or 'std'")
     drawn: dict[str, Arrays] = {}
-    for label, wide in _wide_per_config(histories, runs, key):
+    for label, wide in _wide_per_config(histories, runs, key, keys):
         drawn[label] = {"step": wide.index.to_numpy(), **_band(wide, band)}
     _draw_curves(drawn, "step", out, xlabel="step", ylabel=key, title=f"{key}: mean over seeds ({band} band)")
     return drawn
 
 
-def plot_val_vs_time(histories: pd.DataFrame, runs: pd.DataFrame, out: str | Path) -> dict[str, Arrays]:
+def plot_val_vs_time(histories: pd.DataFrame, runs: pd.DataFrame, out: str | Path, *,
+                     keys: Sequence[str] | None = None) -> dict[str, Arrays]:
     """Mean val_loss per configuration vs wall-clock train time (minutes), min-max band; the x of a
     step is the seeds' mean train time at that step. Writes nothing when no run has both curves."""
     drawn: dict[str, Arrays] = {}
-    times = dict(_wide_per_config(histories, runs, "train_time_ms"))
-    for label, wide in _wide_per_config(histories, runs, "val_loss"):
+    times = dict(_wide_per_config(histories, runs, "train_time_ms", keys))
+    for label, wide in _wide_per_config(histories, runs, "val_loss", keys):
         if label not in times:
             continue
         t = times[label].reindex(index=wide.index, columns=wide.columns)
@@ -52,11 +80,13 @@ def plot_val_vs_time(histories: pd.DataFrame, runs: pd.DataFrame, out: str | Pat
     return drawn
 
 
-def _wide_per_config(histories: pd.DataFrame, runs: pd.DataFrame, key: str) -> list[tuple[str, pd.DataFrame]]:
+def _wide_per_config(histories: pd.DataFrame, runs: pd.DataFrame, key: str,
+                     keys: Sequence[str] | None = None) -> list[tuple[str, pd.DataFrame]]:
     """(config label, step x run table of `key`) per configuration with any points."""
     hist = rows_where(histories, histories["key"] == key)
+    hist = rows_where(hist, hist["mlflow_run_id"].isin(runs["mlflow_run_id"]))
     out = []
-    for config, grp in group_runs(_finished(runs)):
+    for config, grp in group_runs(_finished(runs), keys):
         wide = hist[hist["mlflow_run_id"].isin(grp["mlflow_run_id"])].pivot_table(
             index="step", columns="mlflow_run_id", values="value", aggfunc="last")
         if not wide.empty:
@@ -157,6 +187,11 @@ def _finished(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _key_cols(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in STAT_COLUMNS and c != "stage"]
+
+
+def table_keys(table: pd.DataFrame) -> list[str]:
+    """The stage table's configuration columns (what its rows' labels are made of)."""
+    return [c for c in _key_cols(table) if c != SEQ_COLUMN]
 
 
 def _figure():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import shutil
 import textwrap
 from collections.abc import Sequence
@@ -119,12 +120,15 @@ def to_markdown(df: pd.DataFrame, headers: dict[str, str] | None = None) -> str:
 
 
 def to_csv(df: pd.DataFrame) -> str:
-    """CSV text with "\\n" line ends; values written as they are (strings stay verbatim)."""
+    """CSV text with "\\n" line ends; numbers written as they are, text made formula-safe (`safe_cell`)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(list(df.columns))
+    # csv quotes a field holding "\n" but not one holding a lone "\r", which ends the row in a spreadsheet
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
+    writer.writerow([safe_cell(str(c)) for c in df.columns])
     for row in df.itertuples(index=False):
-        writer.writerow([_csv_cell(v) for v in row])
+        out = [_csv_cell(v) for v in row]
+        (quoted if any(isinstance(v, str) and "\r" in v for v in out) else writer).writerow(out)
     return buf.getvalue()
 
 
@@ -168,7 +172,20 @@ def _md_cell(v: object) -> str:
 def _csv_cell(v: object) -> object:
     if isinstance(v, float) and math.isnan(v):
         return ""
-    return v
+    return safe_cell(v) if isinstance(v, str) else v
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...), +cmd|...).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?%?$")
+
+
+def safe_cell(text: str) -> str:
+    """OWASP's CSV-injection rule: text starting with = + - @ tab or CR gets a leading ' so that a
+    spreadsheet shows it instead of evaluating it; a plain number such as -0.0123 stays a number."""
+    if text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(text):
+        return "'" + text
+    return text
 
 
 def _intervals(table: pd.DataFrame, low: str, high: str) -> list[str]:

@@ -11,6 +11,7 @@ Undefined quantities are NaN, never 0.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,8 +55,13 @@ def summarize(values: Sequence[float]) -> Summary:
     if n < 2:
         return Summary(1, mean, NAN, NAN)
     std = float(np.std(x, ddof=1))
-    half = float(sps.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    half = _t975(n - 1) * std / math.sqrt(n)
     return Summary(n, mean, std, half)
+
+
+@functools.lru_cache(maxsize=256)
+def _t975(dof: int) -> float:
+    return float(sps.t.ppf(0.975, dof))
 
 
 def compare(group: Mapping[object, float], baseline: Mapping[object, float]) -> Comparison:
@@ -64,15 +70,37 @@ def compare(group: Mapping[object, float], baseline: Mapping[object, float]) -> 
     Seeds are keys, so a group cannot hold one seed twice; callers with unknown seeds pass unique
     placeholders, which never match and so fall back to Welch.
     """
-    g = {k: v for k, v in group.items() if _is_finite(v)}
-    b = {k: v for k, v in baseline.items() if _is_finite(v)}
-    if not g or not b:
-        return Comparison(NAN, NAN, NAN, UNDEFINED)
-    g_mean, b_mean = float(np.mean(list(g.values()))), float(np.mean(list(b.values())))
-    delta = g_mean - b_mean
-    delta_pct = 100.0 * delta / b_mean if b_mean != 0 else NAN
-    p, test, lo, hi = _t_test(g, b)
-    return Comparison(delta, delta_pct, p, test, lo, hi)
+    return compare_many([(group, baseline)])[0]
+
+
+def compare_many(pairs: Sequence[tuple[Mapping[object, float], Mapping[object, float]]]) -> list[Comparison]:
+    """`compare` of each (group, baseline) pair. The t-tests of pairs with the same test and sample
+    sizes run as one vectorised scipy call (a table of 10,000 rows makes ~10 calls, not 10,000)."""
+    out: list[Comparison | None] = [None] * len(pairs)
+    batches: dict[tuple, list[tuple[int, float, float, list[float], list[float]]]] = {}
+    for k, (group, baseline) in enumerate(pairs):
+        g = {s: v for s, v in group.items() if _is_finite(v)}
+        b = {s: v for s, v in baseline.items() if _is_finite(v)}
+        if not g or not b:
+            out[k] = Comparison(NAN, NAN, NAN, UNDEFINED)
+            continue
+        g_mean, b_mean = float(np.mean(list(g.values()))), float(np.mean(list(b.values())))
+        delta = g_mean - b_mean
+        delta_pct = 100.0 * delta / b_mean if b_mean != 0 else NAN
+        if is_paired(g, b):
+            seeds = sorted(g, key=repr)
+            batch = (PAIRED, len(seeds)), ([g[s] for s in seeds], [b[s] for s in seeds])
+        elif len(g) >= 2 and len(b) >= 2:
+            batch = (WELCH, len(g), len(b)), (list(g.values()), list(b.values()))
+        else:
+            out[k] = Comparison(delta, delta_pct, NAN, UNDEFINED)
+            continue
+        batches.setdefault(batch[0], []).append((k, delta, delta_pct, *batch[1]))
+    for (test, *_), items in batches.items():
+        p, lo, hi = _t_tests(test, np.array([x for *_, x, _ in items], float), np.array([y for *_, y in items], float))
+        for row, (k, delta, delta_pct, _, _) in enumerate(items):
+            out[k] = Comparison(delta, delta_pct, float(p[row]), test, float(lo[row]), float(hi[row]))
+    return out  # type: ignore[return-value]
 
 
 def is_paired(group_seeds: Iterable[object], baseline_seeds: Iterable[object]) -> bool:
@@ -99,21 +127,17 @@ def adjust_p(p_values: Sequence[float], method: str = "holm") -> list[float]:
     return out
 
 
-def _t_test(g: Mapping[object, float], b: Mapping[object, float]) -> tuple[float, str, float, float]:
+def _t_tests(test: str, g: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p, CI low, CI high) per row of `g` vs the same row of `b` (one comparison per row)."""
     with warnings.catch_warnings():
         # Zero-variance inputs make scipy warn and return NaN; NaN is the answer we want.
         warnings.simplefilter("ignore", RuntimeWarning)
-        if is_paired(g, b):
-            seeds = sorted(g, key=repr)
-            res = sps.ttest_rel([g[s] for s in seeds], [b[s] for s in seeds])
-            test = PAIRED
-        elif len(g) >= 2 and len(b) >= 2:
-            res = sps.ttest_ind(list(g.values()), list(b.values()), equal_var=False)
-            test = WELCH
+        if test == PAIRED:
+            res = sps.ttest_rel(g, b, axis=1)
         else:
-            return NAN, UNDEFINED, NAN, NAN
+            res = sps.ttest_ind(g, b, axis=1, equal_var=False)
         ci = res.confidence_interval(0.95)  # type: ignore[attr-defined]
-        return float(res.pvalue), test, float(ci.low), float(ci.high)  # type: ignore[attr-defined]
+    return (np.atleast_1d(res.pvalue), np.atleast_1d(ci.low), np.atleast_1d(ci.high))  # type: ignore[attr-defined]
 
 
 def _finite(values: Sequence[float]) -> list[float]:

@@ -86,7 +86,7 @@ def stage_table(
     _check_columns(runs)
     keys = list(keys) if keys is not None else key_columns(runs)
     blocks = _blocks(runs, stages)
-    rows = [_group_row(stage, key, grp, keys) for stage, key, grp in _groups(blocks, keys)]
+    rows = [_group_row(stage, key, grp, keys) for stage, key, grp in _group_columns(blocks, keys)]
     table = pd.DataFrame(rows, columns=["stage", *keys, *GROUP_COLUMNS, *HELPER_COLUMNS])
     curves = None if histories is None else curves_from_histories(histories, _last_steps(runs))
     add_comparisons(table, keys, adjust=adjust, curves=curves, budget_keys=_budget_keys(runs))
@@ -126,12 +126,12 @@ def compat_table(
     keys = [c for c in columns if c not in COMPAT_METRICS]
     keys += [c for c in varying if c not in keys]
     out = []
-    for _, key, grp in _groups(_blocks(runs, stages), keys):
-        ok = rows_where(grp, grp["status"] == FINISHED)
+    for _, key, grp in _group_columns(_blocks(runs, stages), keys):
+        ok = _finished_positions(grp)
         cells = dict(zip(keys, key, strict=True))
         cells["seeds"] = len(ok)
-        cells["final_loss"] = fmt.format_loss(summarize(ok["final_val_loss"].tolist()).mean)
-        cells["train_time"] = fmt.format_train_time(summarize(ok["train_time_ms"].tolist()).mean)
+        cells["final_loss"] = fmt.format_loss(_mean(_pick(grp, "final_val_loss", ok)))
+        cells["train_time"] = fmt.format_train_time(_mean(_pick(grp, "train_time_ms", ok)))
         out.append({c: cells[c] if c in COMPAT_METRICS else fmt.format_value(cells[c]) for c in columns})
     return pd.DataFrame(out, columns=list(columns), dtype=object)
 
@@ -165,37 +165,66 @@ def _blocks(runs: pd.DataFrame, stages: Sequence[str] | None) -> list[tuple[str,
 def _groups(
     blocks: Iterable[tuple[str, pd.DataFrame]], keys: Sequence[str]
 ) -> list[tuple[str, tuple, pd.DataFrame]]:
-    return [(stage, key, cast(pd.DataFrame, block.iloc[idx]))
-            for stage, block in blocks for key, idx in group(_records(block, keys), keys)]
+    """(stage, key, its runs) per configuration, in row order."""
+    return [(stage, key, cast(pd.DataFrame, block.iloc[idx])) for stage, block in blocks
+            for key, idx in group(_records(block, keys), keys)]
 
 
-def _group_row(stage: str, key: tuple, grp: pd.DataFrame, keys: Sequence[str]) -> dict:
-    ok = rows_where(grp, grp["status"] == FINISHED)
-    s = summarize(ok["final_val_loss"].tolist())
+Columns = dict[str, list]  # one configuration's runs: column -> values (plain lists, no frame per group)
+
+
+def _group_columns(
+    blocks: Iterable[tuple[str, pd.DataFrame]], keys: Sequence[str]
+) -> list[tuple[str, tuple, Columns]]:
+    """As `_groups`, each configuration's runs as lists of the columns the table reads: one pass
+    over the rows and a dict lookup per row, so the cost grows with runs, not runs x configurations."""
+    out = []
+    for stage, block in blocks:
+        cols = {c: block[c].tolist() for c in _GROUP_INPUTS if c in block.columns}
+        for key, idx in group(_records(block, keys), keys):
+            out.append((stage, key, {c: [v[i] for i in idx] for c, v in cols.items()}))
+    return out
+
+
+_GROUP_INPUTS = ("status", "final_val_loss", "best_val_loss", "train_time_ms", "ms_per_step", "seed",
+                 "mlflow_run_id", SHARED_COLUMN)
+
+
+def _group_row(stage: str, key: tuple, grp: Columns, keys: Sequence[str]) -> dict:
+    status = grp["status"]
+    ok = _finished_positions(grp)
+    s = summarize(_pick(grp, "final_val_loss", ok) or [])
     return {
         "stage": stage, **dict(zip(keys, key, strict=True)),
-        "n": s.n, "low_n": s.n < MIN_SEEDS, "failed": _count(~grp["status"].isin([FINISHED, EARLY_STOPPED])),
-        "early_stopped": _count(grp["status"] == EARLY_STOPPED),
+        "n": s.n, "low_n": s.n < MIN_SEEDS, "failed": sum(x not in (FINISHED, EARLY_STOPPED) for x in status),
+        "early_stopped": sum(x == EARLY_STOPPED for x in status),
         "final_val_loss": s.mean, "std": s.std, "ci95": s.ci95,
-        "best_val_loss": _mean(ok, "best_val_loss"), "train_time_ms": _mean(ok, "train_time_ms"),
-        "ms_per_step": _mean(ok, "ms_per_step"), "gpu_shared": _shared(ok),
-        "_values": _per_seed(ok, "final_val_loss"),
-        "_runs": _per_seed(ok, "mlflow_run_id"), "_times": _per_seed(ok, "train_time_ms"),
+        "best_val_loss": _mean(_pick(grp, "best_val_loss", ok)), "train_time_ms": _mean(_pick(grp, "train_time_ms", ok)),
+        "ms_per_step": _mean(_pick(grp, "ms_per_step", ok)), "gpu_shared": _shared(_pick(grp, SHARED_COLUMN, ok)),
+        "_values": _per_seed(grp, "final_val_loss", ok),
+        "_runs": _per_seed(grp, "mlflow_run_id", ok), "_times": _per_seed(grp, "train_time_ms", ok),
     }
 
 
-def _shared(ok: pd.DataFrame) -> bool:
+def _finished_positions(grp: Columns) -> list[int]:
+    return [i for i, x in enumerate(grp["status"]) if x == FINISHED]
+
+
+def _pick(grp: Columns, col: str, idx: list[int]) -> list | None:
+    """The column's values at `idx`; None when the runs table has no such column."""
+    return [grp[col][i] for i in idx] if col in grp else None
+
+
+def _shared(values: list | None) -> bool:
     """Some run shared its GPU with other trials (and was not put on measured step times): its train
     time and ms/step are not speed figures (analysis.steptimes)."""
-    if SHARED_COLUMN not in ok.columns:
-        return False
-    return bool((pd.to_numeric(ok[SHARED_COLUMN], errors="coerce").fillna(0) > 1).any())
+    return values is not None and any(_number(v) > 1 for v in values)
 
 
-def _per_seed(ok: pd.DataFrame, col: str) -> dict:
+def _per_seed(grp: Columns, col: str, ok: list[int]) -> dict:
     """seed -> the runs' `col`; runs without a usable (unique) seed get keys that never pair."""
-    seeds = [clean(s) for s in (ok["seed"].tolist() if "seed" in ok.columns else [None] * len(ok))]
-    values = ok[col].tolist() if col in ok.columns else [None] * len(ok)
+    seeds = [clean(s) for s in (_pick(grp, "seed", ok) or [None] * len(ok))]
+    values = _pick(grp, col, ok) or [None] * len(ok)
     if any(s is None for s in seeds) or len(set(seeds)) < len(seeds):
         return {("run", i): v for i, v in enumerate(values)}
     return dict(zip(seeds, values, strict=True))
@@ -207,8 +236,17 @@ def _last_steps(runs: pd.DataFrame) -> dict[str, object]:
     return {str(r): n for r, n in zip(runs["mlflow_run_id"], runs["num_iterations"], strict=True) if r}
 
 
-def _mean(df: pd.DataFrame, col: str) -> float:
-    return summarize(df[col].tolist()).mean if col in df.columns else math.nan
+def _mean(values: list | None) -> float:
+    """Mean of the finite values (NaN when none, or when the runs table has no such column)."""
+    finite = [x for x in (_number(v) for v in values or []) if math.isfinite(x)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _number(v: object) -> float:
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def rows_where(df: pd.DataFrame, mask) -> pd.DataFrame:
@@ -220,8 +258,6 @@ def _distinct(values: Any) -> int:  # a Series; pandas' own hints say "Series | 
     return len(values.dropna().unique())
 
 
-def _count(mask: Any) -> int:
-    return int(np.count_nonzero(mask.to_numpy()))
 
 
 def group_runs(runs: pd.DataFrame, keys: Sequence[str] | None = None) -> list[tuple[dict, pd.DataFrame]]:

@@ -51,13 +51,17 @@ def curves_from_histories(histories: pd.DataFrame, last_steps: Mapping[str, obje
     wide = h.pivot_table(index=["mlflow_run_id", "step"], columns="key", values="value", aggfunc="last")
     if VAL_KEY not in wide.columns or TIME_KEY not in wide.columns:
         return {}
-    wide = wide.dropna(subset=[VAL_KEY, TIME_KEY])
+    # one sort of all points, then each run's curve is a slice: no per-run frame operations
+    wide = wide.dropna(subset=[VAL_KEY, TIME_KEY]).reset_index()
+    wide = wide.sort_values(["mlflow_run_id", TIME_KEY, "step"], kind="stable")
+    runs, steps = wide["mlflow_run_id"].to_numpy(), wide["step"].to_numpy()
+    times, losses = wide[TIME_KEY].to_numpy(float), wide[VAL_KEY].to_numpy(float)
+    starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]]) if len(runs) else np.array([], int)
     curves = {}
-    for run_id, pts in wide.groupby(level=0, sort=False):
-        pts = pts.reset_index().sort_values([TIME_KEY, "step"], kind="stable")
-        last = last_steps.get(str(run_id))
-        complete = not _is_number(last) or int(pts["step"].max()) >= int(last)  # type: ignore[arg-type]
-        curves[str(run_id)] = Curve(pts[TIME_KEY].to_numpy(float), pts[VAL_KEY].to_numpy(float), complete)
+    for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(runs)], strict=True):
+        last = last_steps.get(str(runs[a]))
+        complete = not _is_number(last) or int(steps[a:b].max()) >= int(last)  # type: ignore[arg-type]
+        curves[str(runs[a])] = Curve(times[a:b], losses[a:b], complete)
     return curves
 
 

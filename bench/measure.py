@@ -15,6 +15,9 @@ from dataclasses import dataclass
 TRAIN_RE = re.compile(r"^step:(\d+)/(\d+) train_loss:(\S+) train_time:(\d+)ms step_avg:(\S+)ms")
 VAL_RE = re.compile(r"^step:(\d+)/(\d+) val_loss:(\S+) train_time:(\d+)ms")
 PEAK_RE = re.compile(r"peak memory consumption: (\d+) MiB")
+FIRST_RE = re.compile(r"first step done ([\d.]+)s after train\(\) began \(([\d.]+)s (?:set-up|data, model, optimizers)\)"
+                      r"(?:, ([\d.]+)s after process start)?")
+CACHE_RE = re.compile(r"fx graph cache (\d+) hit / (\d+) miss, aot autograd cache (\d+) hit / (\d+) miss")
 
 
 @dataclass
@@ -48,6 +51,37 @@ def parse_log(text: str, *, skip: int = 15) -> LogStats:
     q = statistics.quantiles(deltas, n=10) if len(deltas) >= 2 else [deltas[0]] * 9
     med = statistics.median(deltas)
     return LogStats(len(times), med, statistics.fmean(deltas), (q[-1] - q[0]) / med, val, losses, peak)
+
+
+def _timings(text: str) -> dict[str, float]:
+    """'name 1.23s, other name 0.5s' -> {name: 1.23, other name: 0.5}."""
+    out = {}
+    for item in text.split(", "):
+        name, _, value = item.strip().rpartition(" ")
+        if name and value.endswith("s"):
+            try:
+                out[name] = float(value[:-1])
+            except ValueError:
+                continue
+    return out
+
+
+def parse_first_step(line: str) -> dict:
+    """The trainer's first-step console line -> {first_step_s, setup_s, since_process_s, phases,
+    overlapped, cache, compile_timers}; keys it does not carry are left out (older lines have no phases)."""
+    m = FIRST_RE.search(line)
+    if not m:
+        return {}
+    out: dict = {"first_step_s": float(m[1]), "setup_s": float(m[2])}
+    if m[3]:
+        out["since_process_s"] = float(m[3])
+    for part in line[m.end():].split("; "):
+        key, sep, rest = part.partition(": ")
+        if sep and key in ("phases", "overlapped", "compile timers"):
+            out[key.replace(" ", "_")] = _timings(rest)
+        elif c := CACHE_RE.search(part):
+            out["cache"] = {"fx_hit": int(c[1]), "fx_miss": int(c[2]), "aot_hit": int(c[3]), "aot_miss": int(c[4])}
+    return out
 
 
 def flops_per_token(*, n_layer: int = 12, d: int = 768, vocab: int = 50304, T: int = 1024, n_head: int = 6,

@@ -147,4 +147,7 @@ def command(job: Job, train: str, val: str, run_dir: Path, python: str, ref_sour
            "num_iterations": job.steps, "warmdown_iters": 0, "val_every": 0, "val_tokens": val_tokens,
            "out_dir": str(run_dir), "run_id": "bench", "results_csv": str(run_dir / "results.csv"),
            "attn_gate": job.gate} | job.overrides
-    return [python, *nproc, "-m", "trainer", *[f"{k}={v}" for k, v in cfg.items()]], None
+    # One GPU: a plain process, as every launcher starts a one-GPU trial (cluster/local.py trainer_command,
+    # Slurm, Ray): torchrun would add its own start-up (~3 s: a second torch import, the elastic agent).
+    launch = [python] if job.gpus == 1 else [python, *nproc]
+    return [*launch, "-m", "trainer", *[f"{k}={v}" for k, v in cfg.items()]], None

@@ -21,14 +21,14 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import flops_per_token, markdown_table, parse_log  # noqa: E402
+from bench.measure import flops_per_token, markdown_table, parse_first_step, parse_log  # noqa: E402
 from bench.plans import Job, command, fits, plan_jobs  # noqa: E402,F401 - plan_jobs: tests import it here
 
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/gatesweep-bench"))
@@ -54,6 +54,9 @@ class Result:
     note: str = ""  # our trainer's "first step done ..." console line: where start-up time went
     baseline: str = ""
     batch: int = 64
+    # the note parsed (bench.measure.parse_first_step): phases in seconds, plus outside_s = startup_s minus
+    # the trainer's own "after process start" (the launcher, e.g. torchrun, and this script's polling)
+    startup_phases: dict = field(default_factory=dict)
 
 
 def make_data(vocab: int = 50257) -> tuple[str, str]:
@@ -114,15 +117,24 @@ def run_job(job: Job, gpu_ids: list[int], train: str, val: str, peak_tflops: flo
     out_text = (run_dir / "stdout.txt").read_text(errors="replace")
     tail = out_text[-1500:]
     note = next((ln.split(": ", 1)[1] for ln in out_text.splitlines() if "first step done" in ln), "")
+    phases = startup_breakdown(note, first)
     res = Result(job.label, job.kind, job.gate, job.gpus, round(first or float("nan"), 1), round(stats.step_ms_median, 2),
                  round(stats.step_ms_spread, 3), round(tps), round(mfu, 4), stats.peak_mib, stats.final_val_loss,
                  proc.returncode, job.overrides, job.cache, tail if proc.returncode else "", note, job.baseline,
-                 job.batch)
+                 job.batch, phases)
     print(f"[{job.label}] exit={proc.returncode} startup={res.startup_s}s step={res.step_ms}ms "
           f"peak={res.peak_mib}MiB val={res.final_val_loss} {note}", flush=True)
     if proc.returncode:
         print(tail, flush=True)
     return res
+
+
+def startup_breakdown(note: str, startup_s: float | None) -> dict:
+    """The first-step line's phases, with the part of the measured start outside the trainer's clock."""
+    out = parse_first_step(note)
+    if startup_s is not None and startup_s == startup_s and "since_process_s" in out:
+        out["outside_s"] = round(startup_s - out["since_process_s"], 1)
+    return out
 
 
 def matmul_tflops() -> float:
@@ -221,7 +233,7 @@ def dry_run(lanes: list[list[Job]], budget: float | None) -> str:
         lines.append(f"lane {i}: {len(run)} jobs, estimated {total:.0f}s" + (f" of {budget:.0f}s" if budget else ""))
         for job in run:
             cmd, _ = command(job, "TRAIN", "VAL", WORK / "runs" / job.label, "python3")
-            lines.append(f"  [{job.label}] ~{job.est_s:.0f}s cache={job.cache}: {' '.join(cmd[5:])}")
+            lines.append(f"  [{job.label}] ~{job.est_s:.0f}s cache={job.cache}: {' '.join(cmd[1:])}")
         lines += [f"  [{job.label}] would be skipped (estimate {job.est_s:.0f}s)" for job in skip]
     return "\n".join(lines)
 

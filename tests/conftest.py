@@ -56,6 +56,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_server_alive(request: pytest.FixtureRequest) -> None:
+    """A test that takes the session server away (an outage test) and fails before bringing it back
+    must not fail every later test that needs it: start it again before the next such test."""
+    if "mlflow_server" not in request.fixturenames:
+        return
+    server: MlflowServer = request.getfixturevalue("mlflow_server")
+    if server.managed and not server.healthy():
+        server.stop()
+        server.start()
+
+
 @pytest.fixture
 def mlflow_env(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Point MLflow clients (this process and its children) at the test server; yields its URI."""

@@ -280,3 +280,48 @@ def test_summary_reproduces_the_published_figures_of_the_2026_11_27_call():
     assert (s["ref_step_ms"], s["ours_step_ms"], s["step_ratio"]) == (143, 138, 0.965)
     assert (s["headwise_overhead"], s["elementwise_overhead"]) == (0.0652, 0.0362)
     assert (s["cold_start_s"], s["warm_start_s"], s["ref_cold_start_s"]) == (52.3, 20.8, 188.0)
+
+
+FIRST_STEP_LINE = (
+    "first step done 12.4s after train() began (4.1s set-up), 15.3s after process start; phases: python 0.10s, "
+    "config 0.01s, import torch 2.60s, dist 0.02s, preflight 0.05s, tracking 0.01s, data 0.03s, model init 1.40s, "
+    "to device 0.90s, compiler imports wait 1.20s, optimizers 0.05s, checkpoint 0.00s, compile cache 0.02s, "
+    "compile wrap 0.01s, nvidia-smi wait 0.00s, record 0.05s, first batch 0.00s, forward 6.10s, backward 1.50s, "
+    "optimizer step 0.60s, other 0.64s; overlapped: cuda context 0.80s, compiler imports 3.40s; fx graph cache "
+    "6 hit / 0 miss, aot autograd cache 3 hit / 0 miss; compile timers: _compile.compile_inner 4.22s, "
+    "OutputGraph.call_user_compiler 2.72s")
+
+
+def test_first_step_line_gives_every_phase_to_results_json():
+    """The trainer's first-step line (trainer/startup.py) as bench/run.py files it in results.json."""
+    from bench.measure import parse_first_step
+    from bench.run import startup_breakdown
+
+    out = startup_breakdown(FIRST_STEP_LINE, 17.9)
+    assert out["first_step_s"] == 12.4 and out["setup_s"] == 4.1 and out["since_process_s"] == 15.3
+    assert out["outside_s"] == 2.6  # launcher + polling: what the trainer's own clock does not see
+    assert list(out["phases"])[:3] == ["python", "config", "import torch"] and len(out["phases"]) == 21
+    assert out["phases"]["to device"] == 0.9 and out["phases"]["other"] == 0.64
+    assert sum(out["phases"].values()) == pytest.approx(15.3, abs=0.1)
+    assert out["overlapped"] == {"cuda context": 0.8, "compiler imports": 3.4}
+    assert out["cache"] == {"fx_hit": 6, "fx_miss": 0, "aot_hit": 3, "aot_miss": 0}
+    assert out["compile_timers"]["OutputGraph.call_user_compiler"] == 2.72
+    # the lines of earlier calls (results of 2026-12-03) still give their totals
+    old = parse_first_step("first step done 22.6s after train() began (13.8s data, model, optimizers); fx graph "
+                           "cache 6 hit / 0 miss, aot autograd cache 3 hit / 0 miss")
+    assert old == {"first_step_s": 22.6, "setup_s": 13.8, "cache": {"fx_hit": 6, "fx_miss": 0, "aot_hit": 3,
+                                                                     "aot_miss": 0}}
+    assert startup_breakdown("", 30.0) == {} and parse_first_step("step:1/40 train_loss:10.8") == {}
+
+
+def test_one_gpu_jobs_start_the_way_a_sweep_starts_a_one_gpu_trial():
+    """No torchrun around a one-GPU trainer (cluster/local.py starts such a trial as `python -m trainer`);
+    the reference and multi-GPU jobs keep it."""
+    from bench.plans import Job, command
+
+    one = command(Job("a", "ours"), "T", "V", Path("/tmp/x"), "py")[0]
+    assert one[:3] == ["py", "-m", "trainer"] and "torch.distributed.run" not in one
+    two = command(Job("b", "ours", gpus=2), "T", "V", Path("/tmp/x"), "py")[0]
+    assert two[:5] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    ref = command(Job("r", "ref"), "T", "V", Path("/tmp/x"), "py")[0]
+    assert ref[1:3] == ["-m", "torch.distributed.run"]

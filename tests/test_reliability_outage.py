@@ -71,6 +71,14 @@ def _assert_delivered(uri: str, cwd: Path, name: str) -> list:
     return runs
 
 
+def _resume(*pids: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def test_server_outage_mid_sweep(tmp_path: Path, mlflow_server):
     back, back_name = _sweep(tmp_path, "restarted")
     gone, gone_name = _sweep(tmp_path, "gone")
@@ -81,17 +89,23 @@ def test_server_outage_mid_sweep(tmp_path: Path, mlflow_server):
                120, "both sweeps' first trials to train 5 steps")
     first_back = _trainer_of(back, back_name, procs[back].pid)
     first_gone = _trainer_of(gone, gone_name, procs[gone].pid)
-    mlflow_server.stop()
-    # the outage starts while both first trials train (the premise of everything below)
-    assert all(last_logged_step(cwd / "runs" / n / t[1]) < N for cwd, n, t in
-               ((back, back_name, first_back), (gone, gone_name, first_gone))), "a first trial finished too soon"
+    assert first_back and first_gone
+    # the outage starts while both first trials train (the premise of everything below): hold them while
+    # the server goes down, so a fast machine cannot finish them first
+    for pid, _ in (first_back, first_gone):
+        os.kill(pid, signal.SIGSTOP)
     try:
+        mlflow_server.stop()
+        assert all(last_logged_step(cwd / "runs" / n / t[1]) < N for cwd, n, t in
+                   ((back, back_name, first_back), (gone, gone_name, first_gone))), "a first trial finished too soon"
+        _resume(first_back[0], first_gone[0])
         # "restarted": its second trial starts during the outage; hold it until the server is back
         second = wait_until(lambda: (t := _trainer_of(back, back_name, procs[back].pid)) and t != first_back and t,
                             120, "the second trial to start during the outage")
         os.kill(second[0], signal.SIGSTOP)
         out_gone, err_gone = procs[gone].communicate(timeout=240)  # "gone for good" ends during the outage
     finally:
+        _resume(first_back[0], first_gone[0])  # never leave a trainer stopped, whatever failed
         mlflow_server.start()
     os.kill(second[0], signal.SIGCONT)
     out_back, err_back = procs[back].communicate(timeout=240)

@@ -3,7 +3,8 @@ the real CLI in a fresh directory, a real sqlite MLflow store.
 
 The design makes the outcome certain without depending on luck: two comparisons, each with its own
 baseline. At learning rate 1e-6 and 2 steps the gate cannot act (the attention output projection starts
-at zero), so const and none end bitwise equal: no spread, never decided, seeds go on to max. At 0.1
+at zero), so on the plain path (`fast: false`; the fast paths' batched Muon rounds differently once the
+graphs differ) const and none end bitwise equal: no spread, never decided, seeds go on to max. At 0.1
 the const gate is worse by ~0.014 nats at every seed (sd ~0.003): p = 0.002 at the first look's 4 seeds
 against a Pocock level of 0.019, decided there, and neither it nor its baseline gets another seed.
 """
@@ -22,7 +23,7 @@ from trainer.synth import write_synth_dataset
 
 SQLITE = "sqlite:///mlflow.db"
 BASE = {"preset": "tiny", "n_embd": 32, "sequence_length": 64, "batch_size": 8, "device_batch_size": 8,
-        "val_tokens": 2048, "num_iterations": 2, "warmdown_iters": 1, "val_every": 0,
+        "val_tokens": 2048, "num_iterations": 2, "warmdown_iters": 1, "val_every": 0, "fast": False,
         "train_files": "data/synth/synth_train_*.bin", "val_files": "data/synth/synth_val_*.bin"}
 SEEDS = {"initial": [0, 1, 2, 3], "add": [4, 5], "max": 6, "stop": {"p_adj": 0.05, "spending": "pocock"}}
 FLAT, STEEP = "attn_gate=const learning_rate=1e-06", "attn_gate=const learning_rate=0.1"

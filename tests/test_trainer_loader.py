@@ -232,3 +232,40 @@ def test_order_across_world_sizes_at_a_shard_boundary(tmp_path: Path):
     assert steps_one[10:] == [[10000, 10008], [10016, 10024]]
     assert steps_two[:9] == steps_one[:9]
     assert steps_two[9:] == [[144, 10008], [10000, 10024], [10016, 10040]]
+
+
+# ---------------------------------------------------------------- the vocabulary check, once per shard
+def test_a_bad_id_anywhere_in_a_large_shard_is_caught_by_the_preflight(tmp_path: Path):
+    """The scan reads the whole shard: one id >= vocab_size as the very last of 2M tokens still fails."""
+    from trainer.build import preflight
+
+    tokens = np.random.default_rng(0).integers(0, 50257, 2_000_000, dtype=np.int64)
+    write_shard(tmp_path / "data" / "good_val_000.bin", tokens[:100_000])
+    tokens[-1] = 50304
+    write_shard(tmp_path / "data" / "bad_train_000.bin", tokens)
+    cfg = data_cfg(tmp_path, vocab=50304).override({"train_files": str(tmp_path / "data" / "bad_train_*.bin"),
+                                                   "val_files": str(tmp_path / "data" / "good_val_*.bin")})
+    for _ in range(2):  # a failed check is not remembered: asked again, it fails again
+        with pytest.raises(DataError, match=r"bad_train_000\.bin: token id 50304 >= vocab_size=50304"):
+            preflight(cfg, single_env())
+
+
+def test_the_loaders_do_not_rescan_what_the_preflight_checked_but_a_rewritten_shard_is_checked_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import trainer.shards
+    from trainer.build import build_loaders, preflight
+
+    scans: list[str] = []
+    real = trainer.shards.check_vocab
+    monkeypatch.setattr(trainer.shards, "check_vocab", lambda path, *a: (scans.append(Path(path).name), real(path, *a)))
+    cfg = data_cfg(tmp_path)
+    geo = preflight(cfg, single_env())
+    assert sorted(scans) == ["train_000.bin", "val_000.bin"]  # the first shard of each set, as before
+    build_loaders(cfg, single_env(), geo)  # what train() does next: no second scan
+    ShardLoader(cfg.data.train_files, B=4, T=32, rank=0, world_size=1, vocab_size=128)  # another vocab: scanned
+    assert sorted(scans) == ["train_000.bin", "train_000.bin", "val_000.bin"]
+    bad = np.zeros(3000, dtype=np.int64)
+    bad[-1] = 64
+    write_shard(tmp_path / "data" / "train_000.bin", bad)  # regenerated in place: new file, same name
+    with pytest.raises(DataError, match=r"train_000\.bin: token id 64 >= vocab_size=64"):
+        preflight(cfg, single_env())

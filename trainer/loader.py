@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from trainer.errors import DataError
-from trainer.shards import check_vocab, peek_shard, read_shard, resolve_shards
+from trainer.shards import check_vocab_once, peek_shard, read_shard, resolve_shards
 
 
 class ShardLoader:
@@ -65,7 +65,7 @@ class ShardLoader:
         if shard != self._shard:
             self._tokens = read_shard(self.files[shard])
             if self.vocab_size is not None:
-                check_vocab(self.files[shard], self._tokens, self.vocab_size)
+                check_vocab_once(self.files[shard], self._tokens, self.vocab_size)
             self._shard = shard
 
     # ------------------------------------------------------------ reading

@@ -39,6 +39,7 @@ from trainer.loader import ShardLoader
 from trainer.runlog import RunLog, append_result, git_info, header, start_nvidia_smi, train_line, val_line
 from trainer.schedule import lr_factor
 from trainer.signals import StopRequest
+from trainer.startup import COMPILE_MODULES, EAGER_MODULES, Prewarm, StartupClock
 from trainer.tracking import NullTracker, Tracker, make_tracker
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,9 @@ def _first_batch(loader: ShardLoader, drawn: int, replay: bool) -> tuple[torch.T
 
 
 def train(cfg: TrainConfig, tracker: Tracker | None = None, *, on_val: ValCallback | None = None,
-          env: dist.DistEnv | None = None) -> RunSummary:
+          env: dist.DistEnv | None = None, startup: StartupClock | None = None) -> RunSummary:
+    """startup: the process's start-up clock (`python -m trainer` passes it); None times from here."""
+    startup = startup or StartupClock(since_process_start=False)
     own_env = env is None
     env = env or dist.setup(cfg.run.device)
     run_id = shared_run_id(cfg, env)
@@ -105,7 +108,7 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, *, on_val: ValCallba
         tracker = make_tracker(out / "track")
     try:
         with StopRequest() as stop:
-            return _train(cfg, tracker, env, run_id, stop, on_val)
+            return _train(cfg, tracker, env, run_id, stop, on_val, startup)
     except BaseException as e:
         tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}")
         raise
@@ -115,20 +118,33 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, *, on_val: ValCallba
 
 
 def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, stop: StopRequest,
-           on_val: ValCallback | None) -> RunSummary:
+           on_val: ValCallback | None, startup: StartupClock) -> RunSummary:
     r, N, device = cfg.run, cfg.run.num_iterations, env.device
     t_start = time.perf_counter()
-    smi = start_nvidia_smi() if env.is_main and device.type == "cuda" else None  # runs while we set up
-    geo = Geometry.of(cfg, env.world_size)
-    train_loader, val_loader = build_loaders(cfg, env, geo)
+    smi = ((startup.nvidia_smi or start_nvidia_smi())  # nvidia-smi runs while we set up
+           if env.is_main and device.type == "cuda" else None)
+    compiled = use_compile(cfg, device)
+    # The compiler's imports (and the CUDA context) in the background, while the steps below run
+    # mostly outside the GIL (numpy scans, the CPU init, the copy to the device).
+    prewarm = Prewarm(startup, COMPILE_MODULES if compiled else EAGER_MODULES, device)
+    try:
+        with startup.phase("data"):
+            geo = Geometry.of(cfg, env.world_size)
+            train_loader, val_loader = build_loaders(cfg, env, geo)
+        with startup.phase("model init"):
+            model = build_model(cfg, torch.device("cpu"))  # the seed's weights on every device (build_model)
+        with startup.phase("to device", sync=True):
+            model = model.to(device)
+    finally:
+        prewarm.wait()  # before this thread could import the same modules (torch.optim does)
     out = Path(r.out_dir)
     ckpt_dir = out / "checkpoints" / run_id
 
     # ---------------------------------------------------------------- model, optimizers, resume
-    model = build_model(cfg, device)
-    compiled = use_compile(cfg, device)
-    adam, muon = build_optimizers(cfg, model, env, compiled_ns=compiled)
-    state = checkpoint.load_latest(ckpt_dir)
+    with startup.phase("optimizers"):
+        adam, muon = build_optimizers(cfg, model, env, compiled_ns=compiled)
+    with startup.phase("checkpoint"):
+        state = checkpoint.load_latest(ckpt_dir)
     start_step, drawn, time_ms, best, history = 0, 0, 0.0, math.inf, []
     if state is not None:
         checkpoint.check_same_trial(cfg, state["config"], ckpt_dir)
@@ -140,26 +156,30 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
         start_step, drawn, time_ms = state["step"], state["loader_drawn"], state["train_time_ms"]
         best, history = state["best_val_loss"], [tuple(h) for h in state["val_history"]]
     select_sdpa_backend(r.sdpa_backend)
-    cache_note = megacache.load(r.compile_cache) if compiled else ""  # before anything compiles
-    net = compile_model(cfg, model) if compiled else model
-    ddp = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
+    with startup.phase("compile cache"):
+        cache_note = megacache.load(r.compile_cache) if compiled else ""  # before anything compiles
+    with startup.phase("compile wrap"):
+        net = compile_model(cfg, model) if compiled else model
+        ddp = DDP(net, device_ids=[device.index] if device.type == "cuda" else None) if env.distributed else net
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
 
     # ---------------------------------------------------------------- run record
-    sha, dirty = git_info()
-    flat = cfg.flat() | {"run_id": run_id}
-    log = RunLog(out / "logs" / f"{run_id}.txt", header(flat, sha, dirty, smi() if smi else None)) \
-        if env.is_main else None
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    tracker.log_params(flat)
-    tracker.set_tags({"git_sha": sha + ("-dirty" if dirty else ""), "gpu_name": gpu,
-                      "n_gpus": str(env.world_size), "gatesweep.run_uid": run_id})
+    with startup.phase("nvidia-smi wait"):
+        smi_text = smi() if smi else None
+    with startup.phase("record"):
+        sha, dirty = git_info()
+        flat = cfg.flat() | {"run_id": run_id}
+        log = RunLog(out / "logs" / f"{run_id}.txt", header(flat, sha, dirty, smi_text)) if env.is_main else None
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        tracker.log_params(flat)
+        tracker.set_tags({"git_sha": sha + ("-dirty" if dirty else ""), "gpu_name": gpu,
+                          "n_gpus": str(env.world_size), "gatesweep.run_uid": run_id})
     if state is not None and log:
         log.line(f"resumed from step {start_step} ({ckpt_dir / checkpoint.LATEST})")
     if cache_note and env.is_main:  # console lines, as the reference prints its own; the log keeps its format
         logger.info(cache_note)
-    t_setup = time.perf_counter() - t_start
+    t_setup = time.perf_counter()
 
     def evaluate() -> float:
         val_loader.reset()
@@ -192,9 +212,11 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
         env.barrier()
 
     # ---------------------------------------------------------------- loop
-    x, y = _first_batch(train_loader, drawn, cfg.data.replay_first_batch)
+    with startup.phase("first batch"):
+        x, y = _first_batch(train_loader, drawn, cfg.data.replay_first_batch)
     status, reason, step = "FINISHED", "", start_step
     _sync(device)
+    startup.sync = lambda: _sync(device)
     clock = TrainClock(start_step=start_step, train_ms=time_ms, resumed=state is not None)
     for step in range(start_step, N + 1):
         last = step == N
@@ -205,7 +227,8 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
             _sync(device)
             clock.pause()
             time_ms = clock.total_ms(step)
-            val = evaluate()
+            with startup.phase("validation", sync=True):
+                val = evaluate()
             best = min(best, val)
             history.append((step, val))
             if log:
@@ -236,23 +259,24 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
         # ------------------------------------------------------------ one optimizer step
         loss_sum: torch.Tensor | float = 0.0  # every micro-batch's loss: a NaN in any of them shows in the sum
         for i in range(1, geo.accum + 1):
-            with autocast:
+            with startup.phase("forward", sync=True), autocast:  # timed in the first step only
                 loss = ddp(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             train_loss = loss.detach()
             loss_sum = loss_sum + train_loss.float()
             x, y = train_loader.next_batch()
             sync_ctx = ddp.no_sync() if (isinstance(ddp, DDP) and i < geo.accum) else contextlib.nullcontext()
-            with sync_ctx:
+            with sync_ctx, startup.phase("backward", sync=True):
                 loss.backward()
         if geo.accum > 1:  # the reference divides the summed grads (bitwise the same as per-tensor /=)
             torch._foreach_div_([p.grad for p in model.parameters() if p.grad is not None], geo.accum)
         factor = lr_factor(step, num_iterations=N, warmup_iters=cfg.optim.warmup_iters,
                            warmdown_iters=cfg.optim.warmdown_iters)
-        for opt in (adam, muon):
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * factor
-            opt.step()
-        model.zero_grad(set_to_none=True)
+        with startup.phase("optimizer step", sync=True):
+            for opt in (adam, muon):
+                for g in opt.param_groups:
+                    g["lr"] = g["initial_lr"] * factor
+                opt.step()
+            model.zero_grad(set_to_none=True)
 
         check = torch.as_tensor(loss_sum, device=device).reshape(1).clone()
         env.all_reduce_sum(check)  # every rank sees a non-finite loss on any rank at the same step
@@ -263,8 +287,9 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                 log.line(f"step:{step + 1}/{N} train_loss:{local_loss:.4f} {reason}")
             break
         if env.is_main and step == start_step:  # where start-up time goes (bench/README.md)
-            logger.info(f"first step done {time.perf_counter() - t_start:.1f}s after train() began "
-                        f"({t_setup:.1f}s data, model, optimizers)" + (f"; {megacache.hit_counts()}" if compiled else ""))
+            logger.info(startup.line(t_start, t_setup, f"{megacache.hit_counts()}; compile timers: "
+                                     f"{megacache.compile_timers()}" if compiled else ""))
+        startup.open = False
         if env.is_main and ((step + 1) % r.log_every == 0 or step + 1 == N):
             approx = clock.total_ms(step + 1)
             if log:

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from trainer.config import SECTIONS
+from trainer.config import SECTIONS, TrainConfig
 from trainer.errors import ExitCode, GatesweepError
 from trainer.overrides import resolve
 from trainer.paths import STORAGE_ERRNOS, check_writable, confine, storage_error
-from trainer.tracking import NullTracker, make_tracker
+from trainer.runlog import start_nvidia_smi
+from trainer.startup import StartupClock
+from trainer.tracking import NullTracker, Tracker, make_tracker
+
+if TYPE_CHECKING:  # torch is imported after the config is checked
+    from trainer.dist import DistEnv
 
 EXIT_CODES = {"FINISHED": ExitCode.OK, "EARLY_STOPPED": ExitCode.OK, "FAILED": ExitCode.TRIALS_FAILED,
               "KILLED": ExitCode.RESUMABLE}
@@ -35,6 +43,26 @@ def trial_tags(meta: dict) -> dict[str, str]:
     return tags
 
 
+def open_record(cfg: TrainConfig, meta: dict, argv: list[str], env: DistEnv) -> tuple[TrainConfig, Tracker]:
+    """The run's tracker (rank 0), tagged with the trial, with the config file as an artifact."""
+    root = Path(cfg.run.out_dir) / "track"  # a launcher's trial: out_dir is the trial's own directory
+    if "trial_id" not in meta and not cfg.run.run_id:
+        # a run started by hand without a run_id shares out_dir with every other such run (the
+        # reference's logs/ and experiments/): its record gets a directory of its own, so two runs
+        # never merge into one record (and one MLflow run on `gatesweep sync runs/`). A run given
+        # a run_id keeps out_dir/track, where a restart with the same run_id resumes it.
+        from trainer.loop import shared_run_id
+
+        cfg = cfg.override({"run_id": shared_run_id(cfg, env)}, source="run id")
+        root = Path(cfg.run.out_dir) / "runs" / "adhoc" / cfg.run.run_id / "track"
+    tracker = make_tracker(root) if env.is_main else NullTracker()
+    tracker.set_tags(trial_tags(meta))
+    for arg in argv:  # the resolved config file (trial.json / YAML) travels with the run
+        if "=" not in arg and Path(arg).is_file():
+            tracker.log_artifact(arg)
+    return cfg, tracker
+
+
 def main(argv: list[str], prog: str = "python -m trainer") -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE.format(prog=prog))
@@ -46,39 +74,32 @@ def main(argv: list[str], prog: str = "python -m trainer") -> int:
         return ExitCode.OK
     if "--print-config" in argv:
         return _print_config([a for a in argv if a != "--print-config"])
+    startup = StartupClock()  # where start-up time goes: one console line after the first step
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg, meta = resolve(argv)  # a bad config fails here, before torch is imported (~3 s)
-        source = next((a for a in argv if "=" not in a), "command line")
-        confine(cfg, source=source)  # out_dir and results_csv stay inside the project directory
-        check_writable(cfg.run.out_dir, "out_dir")
-        check_writable(cfg.run.results_csv, "results_csv")
-        from trainer import dist
-        from trainer.build import preflight
-        from trainer.loop import train
-
-        env = dist.setup(cfg.run.device)
+        with startup.phase("config"):
+            cfg, meta = resolve(argv)  # a bad config fails here, before torch is imported (~3 s)
+            source = next((a for a in argv if "=" not in a), "command line")
+            confine(cfg, source=source)  # out_dir and results_csv stay inside the project directory
+            check_writable(cfg.run.out_dir, "out_dir")
+            check_writable(cfg.run.results_csv, "results_csv")
+        if cfg.run.device != "cpu" and os.environ.get("RANK", "0") == "0" and shutil.which("nvidia-smi"):
+            startup.nvidia_smi = start_nvidia_smi()  # for the run log; runs while torch is imported
+        with startup.phase("import torch"):
+            from trainer import dist
+            from trainer.build import preflight
+            from trainer.loop import train
+        with startup.phase("dist"):
+            env = dist.setup(cfg.run.device)
     except GatesweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     try:
-        preflight(cfg, env)  # bad data or batch arithmetic fails here, before any record exists
-        root = Path(cfg.run.out_dir) / "track"  # a launcher's trial: out_dir is the trial's own directory
-        if "trial_id" not in meta and not cfg.run.run_id:
-            # a run started by hand without a run_id shares out_dir with every other such run (the
-            # reference's logs/ and experiments/): its record gets a directory of its own, so two runs
-            # never merge into one record (and one MLflow run on `gatesweep sync runs/`). A run given
-            # a run_id keeps out_dir/track, where a restart with the same run_id resumes it.
-            from trainer.loop import shared_run_id
-
-            cfg = cfg.override({"run_id": shared_run_id(cfg, env)}, source="run id")
-            root = Path(cfg.run.out_dir) / "runs" / "adhoc" / cfg.run.run_id / "track"
-        tracker = make_tracker(root) if env.is_main else NullTracker()
-        tracker.set_tags(trial_tags(meta))
-        for arg in argv:  # the resolved config file (trial.json / YAML) travels with the run
-            if "=" not in arg and Path(arg).is_file():
-                tracker.log_artifact(arg)
-        summary = train(cfg, tracker, env=env)
+        with startup.phase("preflight"):
+            preflight(cfg, env)  # bad data or batch arithmetic fails here, before any record exists
+        with startup.phase("tracking"):
+            cfg, tracker = open_record(cfg, meta, argv, env)
+        summary = train(cfg, tracker, env=env, startup=startup)
     except GatesweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

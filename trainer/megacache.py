@@ -82,3 +82,14 @@ def hit_counts() -> str:
     fx, aot = counters["inductor"], counters["aot_autograd"]
     return (f"fx graph cache {fx['fxgraph_cache_hit']} hit / {fx['fxgraph_cache_miss']} miss, "
             f"aot autograd cache {aot['autograd_cache_hit']} hit / {aot['autograd_cache_miss']} miss")
+
+
+def compile_timers(top: int = 6) -> str:
+    """The largest of torch's own compile timers so far (seconds summed per key; the keys nest, e.g.
+    backend_compile is part of _compile.compile_inner), for the first-step line."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:
+        return ""
+    sums = sorted(((sum(v), k) for k, v in compilation_time_metrics.items() if v), reverse=True)[:top]
+    return ", ".join(f"{k} {s:.2f}s" for s, k in sums)

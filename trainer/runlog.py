@@ -18,8 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from trainer.tracking import redact
 
 SEP = "=" * 100
@@ -81,6 +79,8 @@ def start_nvidia_smi() -> Callable[[], str]:
 
 
 def header(config: dict[str, Any], sha: str, dirty: bool, smi: str | None = None) -> str:
+    import torch  # here, not at import: `python -m trainer` starts nvidia-smi before torch is imported
+
     out = io.StringIO()
     out.write(SEP + "\n")
     out.write(trainer_code())

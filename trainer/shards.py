@@ -114,6 +114,21 @@ def check_vocab(path: PathLike, tokens: np.ndarray, vocab_size: int) -> None:
                         f"(or more) or use data made for this vocabulary")
 
 
+# (device, inode, size, mtime_ns, vocab_size) of shards whose ids all fit: the trainer's preflight and
+# its loaders open the same shards, and a full scan of a 10^8-token shard reads 200 MB.
+_VOCAB_CHECKED: set[tuple[int, int, int, int, int]] = set()
+
+
+def check_vocab_once(path: PathLike, tokens: np.ndarray, vocab_size: int) -> None:
+    """check_vocab, skipped for a file this process already checked against vocab_size (same inode,
+    size and modification time: a rewritten shard is checked again)."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, vocab_size)
+    if key not in _VOCAB_CHECKED:
+        check_vocab(path, tokens, vocab_size)
+        _VOCAB_CHECKED.add(key)
+
+
 def _round_up(n: int, multiple: int = 128) -> int:
     # Embedding tables are padded to a multiple of 128 (50257 -> 50304 in the reference).
     return -(-n // multiple) * multiple
