@@ -21,7 +21,7 @@ from tests.slurm_helpers import gatesweep, job_id, status, unique, wait_until, w
 
 pytestmark = [pytest.mark.slurm]
 BASE = {"preset": "tiny", "n_embd": 32, "sequence_length": 64, "batch_size": 8, "device_batch_size": 8,
-        "val_tokens": 2048, "num_iterations": 2, "warmdown_iters": 1, "val_every": 0, "learning_rate": 1e-6,
+        "val_tokens": 2048, "num_iterations": 2, "warmdown_iters": 1, "val_every": 0, "fast": False, "learning_rate": 1e-6,
         "device": "cpu", "compile": "off", "train_files": "data/synth/synth_train_*.bin",
         "val_files": "data/synth/synth_val_*.bin"}
 

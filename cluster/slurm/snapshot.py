@@ -25,7 +25,7 @@ MARKER = "SNAPSHOT.json"
 
 def source_root() -> Path:
     """The directory that holds the packages this process runs (the checkout, or site-packages)."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def _files(root: Path, packages: tuple[str, ...]) -> list[Path]:
