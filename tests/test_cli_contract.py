@@ -223,5 +223,10 @@ def test_slurm_check_asks_sbatch_and_writes_nothing(tmp_path: Path, slurm_cluste
                     tmp_path, env)
     assert bad.returncode == 2 and "invalid partition specified: no-such-partition" in bad.stderr
     assert cwd_snapshot(tmp_path) == before
+    # a real run with a typo is refused by the same check before any record (run dir, MLflow run) exists
+    typo = gatesweep(["run", "spec.yaml", "--backend", "slurm", "--partition", "no-such-partition"], tmp_path, env)
+    assert typo.returncode == 2 and "sbatch --test-only refused" in typo.stderr, typo.stdout + typo.stderr
+    assert len(typo.stderr.strip().splitlines()) == 1
+    assert cwd_snapshot(tmp_path) == before
     local = gatesweep(["run", "spec.yaml", "--backend", "local", "--check"], tmp_path, env)
     assert local.returncode == 2 and "--check" in local.stderr
