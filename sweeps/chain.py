@@ -10,6 +10,7 @@ running or killed is incomplete and fails, so a later stage never builds on a pa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -85,12 +86,20 @@ def select_value(runs: list[dict[str, Any]], chain: Chain, key: str, expected: s
     return rows[pick(means, chain.select).rows[0]][key]
 
 
-def mlflow_resolver(client: Any) -> Callable[[Chain, str], Any]:
+StageReader = Callable[[str], tuple[list[dict[str, Any]], set[str] | None]]
+
+
+def stage_reader(client: Any) -> StageReader:
+    """stage_runs of this client, read once per stage: a command's chained and time_of values share it."""
+    return functools.cache(lambda stage: stage_runs(client, stage))
+
+
+def mlflow_resolver(read: StageReader) -> Callable[[Chain, str], Any]:
     """Resolve chains from every experiment's trial runs tagged with the source stage."""
 
     def resolve(chain: Chain, key: str) -> Any:
         try:
-            runs, expected = stage_runs(client, chain.source)
+            runs, expected = read(chain.source)
         except Exception as e:  # noqa: BLE001 - connection errors come in many types
             raise TrackingError(f"{key}: chained from stage '{chain.source}', but the tracking store cannot be "
                                 f"read ({type(e).__name__}: {str(e)[:200]}); start it (make mlflow-up), set "

@@ -103,16 +103,19 @@ class SweepStore:
         return self._exp_id
 
     # ------------------------------------------------------------ queries
-    def trial_runs(self) -> dict[str, RunState]:
-        """Child runs of the experiment by trial_id (the newest if, against the rules, there are two)."""
-        exp_id = self._existing_experiment_id() if self.enabled else None
+    def trial_runs(self, trials: Sequence[Trial]) -> dict[str, RunState]:
+        """The child runs of these trials by trial_id (the newest if, against the rules, there are two).
+        Only their specs' runs are read (a filter on the `spec` tag), not the whole experiment."""
+        exp_id = self._existing_experiment_id() if self.enabled and trials else None
         if exp_id is None:
             return {}
+        wanted = {t.trial_id for t in trials}
         out: dict[str, RunState] = {}
-        for r in search_all(self.client, [exp_id], "tags.`gatesweep.kind` = 'trial'"):
-            tid = r.data.tags.get("trial_id")
-            if tid:
-                out[tid] = RunState(r.info.run_id, r.data.tags.get("status") or r.info.status)
+        for spec in sorted({t.spec for t in trials}):  # names are checked by the spec schema: safe to quote
+            for r in search_all(self.client, [exp_id], f"tags.`gatesweep.kind` = 'trial' and tags.spec = '{spec}'"):
+                tid = r.data.tags.get("trial_id")
+                if tid in wanted:
+                    out[tid] = RunState(r.info.run_id, r.data.tags.get("status") or r.info.status)
         return out
 
     # ------------------------------------------------------------ parent run
