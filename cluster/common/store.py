@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps.chain import TRIAL_IDS_TAG
+from sweeps.chain import trial_id_tags
 from sweeps.errors import TrackingError
 from sweeps.expand import Trial
 from sweeps.mlflow_runs import resolve_uri, search_all
 from trainer.record import read_json, write_json
 
-MAX_TAG_CHARS = 5000  # MLflow's tag value limit on older servers
 SWEEP_RECORDS = ".sweeps"  # <runs>/<spec>/.sweeps/<parent run id>.json: a sweep run's undelivered end
 # Env vars that a parent process (or mlflow.set_experiment) may have set and that would send child
 # processes' runs to the wrong experiment/run: never pass them on.
@@ -125,15 +124,15 @@ class SweepStore:
         tell a finished stage from a half-run one (sweeps.chain)."""
         if not self.enabled:
             return None
-        ids = ",".join(trial_ids)
+        ids = trial_id_tags(trial_ids) if trial_ids else {}
         if self._held is not None and self.parent_id:
-            if ids and len(ids) <= MAX_TAG_CHARS:  # a later step of the same sweep: what it needs by now
-                self.client.set_tag(self.parent_id, TRIAL_IDS_TAG, ids)
+            if ids:  # a later step of the same sweep: what it needs by now
+                from mlflow.entities import RunTag
+
+                self.client.log_batch(self.parent_id, tags=[RunTag(k, v) for k, v in ids.items()])
             return self.parent_id
         tags = {"gatesweep.kind": "sweep", "spec": spec, "stage": stage, "backend": backend,
-                "spec_path": spec_path, "gatesweep.host": socket.gethostname(), "gatesweep.pid": str(os.getpid())}
-        if ids and len(ids) <= MAX_TAG_CHARS:
-            tags[TRIAL_IDS_TAG] = ids
+                "spec_path": spec_path, "gatesweep.host": socket.gethostname(), "gatesweep.pid": str(os.getpid())} | ids
         run = self.client.create_run(self.experiment_id, run_name=f"sweep-{spec}-{backend}", tags=tags)
         self.parent_id = run.info.run_id
         self.client.log_param(self.parent_id, "n_trials", n_trials)
