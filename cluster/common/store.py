@@ -213,15 +213,9 @@ class SweepStore:
         if not self.enabled:
             return None
         track = run_dir / "track"
-        track.mkdir(parents=True, exist_ok=True)
-        state = read_json(track / "mlflow.json") or {}
-        if state.get("tracking_uri") != self.uri:
-            if state.get("tracking_uri"):  # delivered to another store: its run ids mean nothing here
-                state = {}
-            # written before any request: if the server is down right now, the trainer still knows
-            # where to deliver its record once it is back
-            state["tracking_uri"] = self.uri
-            write_json(track / "mlflow.json", state)
+        # written before any request: if the server is down right now, the trainer still knows where to
+        # deliver its record once it is back
+        state = self.note_uri(run_dir)
         known = (existing or {}).get(trial.trial_id)
         run_id = known.run_id if known else None
         if run_id is None and state.get("run_id") and state.get("experiment_id") == self.experiment_id:
@@ -242,6 +236,18 @@ class SweepStore:
         state.update(tracking_uri=self.uri, run_id=run_id, experiment_id=self.experiment_id)
         write_json(track / "mlflow.json", state)
         return run_id
+
+    def note_uri(self, run_dir: Path) -> dict[str, Any]:
+        """Name this store in the trial's track/mlflow.json (no request): where its record goes."""
+        track = run_dir / "track"
+        track.mkdir(parents=True, exist_ok=True)
+        state = read_json(track / "mlflow.json") or {}
+        if state.get("tracking_uri") != self.uri:
+            if state.get("tracking_uri"):  # delivered to another store: its run ids mean nothing here
+                state = {}
+            state["tracking_uri"] = self.uri
+            write_json(track / "mlflow.json", state)
+        return state
 
     def mark(self, run_id: str, status: str, reason: str = "") -> None:
         if not self.enabled:
