@@ -73,9 +73,9 @@ def trial_figures(work: Path) -> list[dict]:
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict:
-    from trainer.shards import write_shard
-
     import numpy as np
+
+    from trainer.shards import write_shard
 
     rng = np.random.default_rng(0)
     write_shard(work / "data" / "train_000.bin", rng.integers(0, 64, 20_000))
