@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,12 +13,13 @@ from typing import Any
 from cluster.backend import RunOptions, launcher
 from cluster.common.compile_cache import cache_env, megacache_path
 from cluster.common.prepare import (
+    Prepared,
     prepare,
     states_for,
     with_search,
 )
 from cluster.common.state import counts
-from cluster.common.store import SWEEP_RECORDS, clean_env, sync_sweep_record
+from cluster.common.store import SWEEP_RECORDS, SweepStore, clean_env, sync_sweep_record
 from cluster.common.trialdir import RUNS_ROOT
 from cluster.local.runner import trainer_command
 from sweeps.errors import SpecError
@@ -65,15 +67,17 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
 def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: bool, max_parallel: int | None,
         uri: str | None, wait: bool, slurm_opts: dict[str, Any], max_looks: int | None = None,
         check: bool = False, as_json: bool = False) -> int:
+    prep = prepare(spec_path, overrides, uri)  # chained values are read once per command
     if not as_json:
-        return _run(spec_path, overrides, backend=backend, dry_run=dry_run, max_parallel=max_parallel, uri=uri,
-                    wait=wait, slurm_opts=slurm_opts, max_looks=max_looks, check=check)
+        return _run(prep, backend=backend, dry_run=dry_run, max_parallel=max_parallel, wait=wait,
+                    slurm_opts=slurm_opts, max_looks=max_looks, check=check)
     # --json: the launcher's lines go to stderr; stdout is one JSON object, trial id -> status and job id
     with contextlib.redirect_stdout(sys.stderr):
-        code = _run(spec_path, overrides, backend=backend, dry_run=dry_run, max_parallel=max_parallel, uri=uri,
-                    wait=wait, slurm_opts=slurm_opts, max_looks=max_looks, check=check)
-        prep = with_search(prepare(spec_path, overrides, uri))
-        states = states_for(prep)
+        code = _run(prep, backend=backend, dry_run=dry_run, max_parallel=max_parallel, wait=wait,
+                    slurm_opts=slurm_opts, max_looks=max_looks, check=check)
+        # a fresh store: a dry run disables the one it was given (it must create nothing)
+        after = dataclasses.replace(prep, store=SweepStore(prep.store.uri, prep.spec.experiment))
+        states = states_for(with_search(after))
     print(json.dumps({s.trial.trial_id: _trial_json(s) for s in states}, indent=1, sort_keys=True))
     return code
 
@@ -84,12 +88,11 @@ def _trial_json(s: Any) -> dict[str, Any]:
             "run_dir": str(s.run_dir), "mlflow_run_id": s.mlflow_run_id}
 
 
-def _run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: bool, max_parallel: int | None,
-         uri: str | None, wait: bool, slurm_opts: dict[str, Any], max_looks: int | None, check: bool) -> int:
-    prep = prepare(spec_path, overrides, uri)
+def _run(prep: Prepared, *, backend: str | None, dry_run: bool, max_parallel: int | None, wait: bool,
+         slurm_opts: dict[str, Any], max_looks: int | None, check: bool) -> int:
     spec = prep.spec
     opts = RunOptions(dry_run=dry_run or check, check=check, wait=wait, max_parallel=max_parallel,
-                      slurm=slurm_opts, overrides=tuple(overrides))
+                      slurm=slurm_opts, overrides=prep.overrides)
     chosen = launcher(backend or spec.default_backend)
     if check and chosen.name != "slurm":
         raise SpecError(f"--check asks sbatch whether the jobs would be accepted: it applies to --backend slurm, "

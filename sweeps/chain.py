@@ -10,7 +10,8 @@ running or killed is incomplete and fails, so a later stage never builds on a pa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ from sweeps.select import matches, pick, seed_means, typed, varying_keys
 INCOMPLETE = ("RUNNING", "QUEUED", "KILLED", "SCHEDULED")
 ENDED = ("FINISHED", "FAILED", "EARLY_STOPPED")  # a FAILED trial (e.g. a diverging LR) is a result too
 TRIAL_IDS_TAG = "gatesweep.trial_ids"  # on a sweep run (cluster.common.store): the trial ids of its spec's expansion
+CHUNKS_TAG = f"{TRIAL_IDS_TAG}.chunks"
+MAX_TAG_CHARS = 5000  # MLflow's tag value limit on older servers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,12 +88,20 @@ def select_value(runs: list[dict[str, Any]], chain: Chain, key: str, expected: s
     return rows[pick(means, chain.select).rows[0]][key]
 
 
-def mlflow_resolver(client: Any) -> Callable[[Chain, str], Any]:
+StageReader = Callable[[str], tuple[list[dict[str, Any]], set[str] | None]]
+
+
+def stage_reader(client: Any) -> StageReader:
+    """stage_runs of this client, read once per stage: a command's chained and time_of values share it."""
+    return functools.cache(lambda stage: stage_runs(client, stage))
+
+
+def mlflow_resolver(read: StageReader) -> Callable[[Chain, str], Any]:
     """Resolve chains from every experiment's trial runs tagged with the source stage."""
 
     def resolve(chain: Chain, key: str) -> Any:
         try:
-            runs, expected = stage_runs(client, chain.source)
+            runs, expected = read(chain.source)
         except Exception as e:  # noqa: BLE001 - connection errors come in many types
             raise TrackingError(f"{key}: chained from stage '{chain.source}', but the tracking store cannot be "
                                 f"read ({type(e).__name__}: {str(e)[:200]}); start it (make mlflow-up), set "
@@ -102,14 +113,37 @@ def mlflow_resolver(client: Any) -> Callable[[Chain, str], Any]:
 
 def stage_runs(client: Any, stage: str) -> tuple[list[dict[str, Any]], set[str] | None]:
     """The stage's trial runs, and the trial ids its newest sweep run expected (None if unknown:
-    imported runs, or a sweep too large for the tag)."""
+    imported runs)."""
     exps = [e.experiment_id for e in client.search_experiments()]
     runs = [{"params": r.data.params, "metrics": r.data.metrics, "trial_id": r.data.tags.get("trial_id"),
              "status": r.data.tags.get("status") or r.info.status}
             for r in search_all(client, exps, f"tags.`gatesweep.kind` = 'trial' and tags.stage = '{stage}'")]
     sweep = newest(client, exps, f"tags.`gatesweep.kind` = 'sweep' and tags.stage = '{stage}'")
-    ids = sweep.data.tags.get(TRIAL_IDS_TAG) if sweep else None
-    return runs, set(ids.split(",")) if ids else None
+    return runs, trial_ids_of(sweep.data.tags) if sweep else None
+
+
+def trial_id_tags(ids: Sequence[str]) -> dict[str, str]:
+    """The sweep run's tags naming `ids`, however many: comma-separated chunks of at most MAX_TAG_CHARS
+    characters in `gatesweep.trial_ids` (the first: the one tag older readers know), `gatesweep.trial_ids.1`,
+    ..., and their number in `gatesweep.trial_ids.chunks`."""
+    chunks = [""]
+    for tid in ids:
+        if chunks[-1] and len(chunks[-1]) + 1 + len(tid) > MAX_TAG_CHARS:
+            chunks.append("")
+        chunks[-1] = f"{chunks[-1]},{tid}" if chunks[-1] else tid
+    tags = {TRIAL_IDS_TAG if i == 0 else f"{TRIAL_IDS_TAG}.{i}": c for i, c in enumerate(chunks)}
+    return tags | {CHUNKS_TAG: str(len(chunks))}
+
+
+def trial_ids_of(tags: Mapping[str, str]) -> set[str] | None:
+    """The trial ids a sweep run names (trial_id_tags, or the single tag of older sweeps); None when
+    unknown (no tag, or a chunk missing)."""
+    count = tags.get(CHUNKS_TAG, "1")
+    parts = [tags.get(TRIAL_IDS_TAG if i == 0 else f"{TRIAL_IDS_TAG}.{i}")
+             for i in range(int(count) if count.isdigit() else 0)]
+    if not parts or not all(parts):
+        return None
+    return set(",".join(parts).split(","))  # type: ignore[arg-type]
 
 
 def empty_store_resolver() -> Callable[[Chain, str], Any]:

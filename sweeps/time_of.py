@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sweeps.chain import check_complete, stage_runs
+from sweeps.chain import StageReader, check_complete
 from sweeps.errors import SpecError, TrackingError
 from sweeps.select import matches
 from trainer.clock import WARMUP
@@ -112,19 +112,17 @@ def _finished(runs: list[dict[str, Any]], where: tuple[tuple[str, Any], ...], me
     return out
 
 
-def mlflow_time_resolver(client: Any) -> TimeResolver:
-    """Resolve time_of from every experiment's trial runs tagged with the source stage (read once per stage)."""
-    cache: dict[str, tuple[list[dict[str, Any]], set[str] | None]] = {}
+def mlflow_time_resolver(read: StageReader) -> TimeResolver:
+    """Resolve time_of from every experiment's trial runs tagged with the source stage (`read`:
+    sweeps.chain.stage_reader, once per stage)."""
 
     def resolve(spec: TimeOf, key: str, values: Mapping[str, Any]) -> tuple[int, str]:
-        if spec.source not in cache:
-            try:
-                cache[spec.source] = stage_runs(client, spec.source)
-            except Exception as e:  # noqa: BLE001 - connection errors come in many types
-                raise TrackingError(f"{key}: time_of stage '{spec.source}', but the tracking store cannot be read "
-                                    f"({type(e).__name__}: {str(e)[:200]}); start it (make mlflow-up), set "
-                                    f"MLFLOW_TRACKING_URI, or override {key}=...") from None
-        runs, expected = cache[spec.source]
+        try:
+            runs, expected = read(spec.source)
+        except Exception as e:  # noqa: BLE001 - connection errors come in many types
+            raise TrackingError(f"{key}: time_of stage '{spec.source}', but the tracking store cannot be read "
+                                f"({type(e).__name__}: {str(e)[:200]}); start it (make mlflow-up), set "
+                                f"MLFLOW_TRACKING_URI, or override {key}=...") from None
         return budget_value(runs, spec, key, gates_of(values), expected)
 
     return resolve

@@ -201,6 +201,28 @@ def test_ray_on_slurm_sbatch_golden():
         assert check.returncode == 0, check.stderr
 
 
+HOSTILE_SBATCH = {"partition": "gpu --qos=high", "account": "$(touch PWNED)", "qos": "`touch PWNED`",
+                  "constraint": "x'y\"z&&touch PWNED", "comment": "a b #c"}
+
+
+def test_ray_on_slurm_directives_are_quoted_like_the_slurm_backends(tmp_path):
+    """Each #SBATCH value reaches sbatch as one word (sbatch splits its directives as a shell would):
+    a space in a value or in the project path neither injects an option nor breaks --output."""
+    import re
+    import shlex
+
+    workdir = str(tmp_path / "my project $(touch PWNED)")
+    job = RaySlurmJob(spec_name="s", spec_path="sweeps/s.yaml", workdir=workdir, python="/v/bin/python", nodes=1,
+                      gpus_per_node=0, cpus_per_node=2, timeout_min=5, sbatch_options=dict(HOSTILE_SBATCH))
+    text = sbatch_text(job)
+    flags = dict(re.findall(r"^#SBATCH --([a-z-]+)=(.*)$", text, re.MULTILINE))
+    for key, value in HOSTILE_SBATCH.items():
+        assert shlex.split(flags[key]) == [value], (key, flags[key])
+    assert shlex.split(flags["output"]) == [f"{workdir}/slurm-ray-s-%j.out"]
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    assert not list(tmp_path.rglob("PWNED"))
+
+
 def test_dry_run_prints_space_asha_trials_and_the_slurm_recipe(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no runs/ in the repository; nothing may be written at all
     assert cli_main(["run", str(LR_SEARCH), "--backend", "ray", "--dry-run", "--partition", "gpu"]) == 0

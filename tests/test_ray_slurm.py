@@ -61,3 +61,26 @@ def test_sbatch_recipe_runs_the_search_on_a_slurm_allocation(slurm_cluster, tmp_
         assert not left, f"Ray processes of job {job} still running: {left}"
     finally:
         shutil.rmtree(f"/tmp/ray-{job}", ignore_errors=True)
+
+
+def test_sbatch_recipe_in_a_path_with_spaces_is_accepted_by_sbatch(slurm_cluster, tmp_path):
+    """`sbatch --test-only` parses the recipe's directives as the real job would: the quoted --output in
+    a project path with a space is one directive, and an option hidden in --partition stays inside the
+    partition's name (refused as such) instead of becoming an option of its own."""
+    from cluster.ray.on_slurm import RaySlurmJob, sbatch_text
+
+    workdir = tmp_path / "my project"
+    workdir.mkdir()
+
+    def test_only(partition: str) -> subprocess.CompletedProcess:
+        job = RaySlurmJob(spec_name="s", spec_path="sweeps/s.yaml", workdir=str(workdir), python="/v/bin/python",
+                          nodes=1, gpus_per_node=0, cpus_per_node=1, timeout_min=5,
+                          sbatch_options={"partition": partition})
+        (workdir / "s.sbatch").write_text(sbatch_text(job))
+        return subprocess.run(["sbatch", "--test-only", "s.sbatch"], cwd=workdir, capture_output=True, text=True,
+                              timeout=60)
+
+    ok = test_only(slurm_cluster.partition)
+    assert ok.returncode == 0 and "to start at" in ok.stderr, ok.stderr
+    bad = test_only(f"{slurm_cluster.partition} --qos=high")
+    assert bad.returncode != 0 and f"{slurm_cluster.partition} --qos=high" in bad.stderr, bad.stderr

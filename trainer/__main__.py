@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from trainer.main import main
+from trainer.main import exit_process, main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_process(main(sys.argv[1:]))

@@ -118,6 +118,18 @@ def main(argv: list[str], prog: str = "python -m trainer") -> int:
     return EXIT_CODES[summary.status]
 
 
+def exit_process(code: int) -> None:
+    """End `python -m trainer`. A launcher's trial (GATESWEEP_TRACKING set: its record is closed, its
+    status written) ends with os._exit once output is flushed: the interpreter's teardown of torch
+    costs ~0.7 s per trial and writes nothing."""
+    if not os.environ.get("GATESWEEP_TRACKING"):
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 def _print_config(argv: list[str]) -> int:
     """The config the run would use (preset < file < env < key=value), as YAML; nothing is started."""
     import yaml

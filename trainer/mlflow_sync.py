@@ -236,7 +236,12 @@ class Forwarder:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.final_timeout)
+        # an attempt in flight ends first (two at once could deliver a batch twice); one that hangs on
+        # an unresponsive server leaves the record local
+        self._thread.join(timeout=max(self.final_timeout, 1.0))
+        if self._thread.is_alive():
+            log.warning("MLflow unresponsive: %s stays local; deliver it with `gatesweep sync %s`", self.root, self.root)
+            return
         deadline = time.monotonic() + self.final_timeout
         while True:
             if self._attempt() and not pending(self.root):

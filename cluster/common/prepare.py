@@ -10,7 +10,7 @@ from typing import Any
 from cluster.common.state import TrialState, collect, split
 from cluster.common.store import SweepStore
 from cluster.common.trialdir import RUNS_ROOT, set_local_status
-from sweeps.chain import Chain, empty_store_resolver, mlflow_resolver
+from sweeps.chain import Chain, empty_store_resolver, mlflow_resolver, stage_reader
 from sweeps.expand import Trial, expand
 from sweeps.spec import SweepSpec, apply_spec_overrides, load_spec
 from sweeps.time_of import TimeOf, mlflow_time_resolver
@@ -33,8 +33,9 @@ def prepare(spec_path: str, overrides: list[str], uri: str | None, *, use_store:
     notes: list[str] = []
     if has_chain(spec) and use_store and store.enabled and store.exists():
         # read-only: a dry run must show the values (and trial ids) that the real run will use
-        trials = expand(spec, overrides=config_overrides, resolve_chain=mlflow_resolver(store.client),
-                        resolve_time=mlflow_time_resolver(store.client), notes=notes)
+        read = stage_reader(store.client)
+        trials = expand(spec, overrides=config_overrides, resolve_chain=mlflow_resolver(read),
+                        resolve_time=mlflow_time_resolver(read), notes=notes)
     elif has_chain(spec) and use_store and store.enabled:
         trials = expand(spec, overrides=config_overrides, resolve_chain=empty_store_resolver(), notes=notes)
     else:
@@ -84,8 +85,10 @@ def preflight_trials(trials: list[Trial], spec_path: str | None = None) -> None:
             raise type(e)(f"{spec_path} ({t.label or 'base'}): {e}") from None
 
 
-def states_for(prep: Prepared, *, root: Path = RUNS_ROOT, alive: Any = None) -> list[TrialState]:
-    store = prep.store if prep.store.enabled else None
+def states_for(prep: Prepared, *, root: Path = RUNS_ROOT, alive: Any = None, use_store: bool = True
+               ) -> list[TrialState]:
+    """`use_store=False`: the local records only (a first look that a later, locked one confirms)."""
+    store = prep.store if prep.store.enabled and use_store else None
     return collect(prep.trials, store, root=root, alive=alive)
 
 

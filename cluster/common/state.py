@@ -38,7 +38,7 @@ def collect(trials: list[Trial], store: SweepStore | None, *, root: Path = RUNS_
     # Every trial finished by its local record: nothing to ask MLflow (a rerun of a finished spec
     # answers without importing mlflow or reaching the server).
     need_store = store is not None and any(st not in DONE for st, _ in local.values())
-    runs: dict[str, RunState] = store.trial_runs() if need_store else {}  # type: ignore[union-attr]
+    runs: dict[str, RunState] = store.trial_runs(trials) if need_store else {}  # type: ignore[union-attr]
     is_alive = alive or _default_alive(trials, local, root)
     states = []
     for t in trials:
@@ -64,6 +64,12 @@ def _default_alive(trials: list[Trial], local: dict[str, tuple[str, str]], root:
 
         return slurm_alive(queued, root)
     return lambda d: TrialLock(d).held_elsewhere()
+
+
+def known_runs(states: list[TrialState]) -> dict[str, RunState]:
+    """The MLflow runs `collect` found, by trial id: what a launcher passes to SweepStore.ensure_child
+    instead of searching the store a second time."""
+    return {s.trial.trial_id: RunState(s.mlflow_run_id, s.status) for s in states if s.mlflow_run_id}
 
 
 def split(states: list[TrialState]) -> tuple[list[TrialState], list[TrialState], list[TrialState]]:

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps.chain import TRIAL_IDS_TAG
+from sweeps.chain import trial_id_tags
 from sweeps.errors import TrackingError
 from sweeps.expand import Trial
 from sweeps.mlflow_runs import resolve_uri, search_all
 from trainer.record import read_json, write_json
 
-MAX_TAG_CHARS = 5000  # MLflow's tag value limit on older servers
 SWEEP_RECORDS = ".sweeps"  # <runs>/<spec>/.sweeps/<parent run id>.json: a sweep run's undelivered end
 # Env vars that a parent process (or mlflow.set_experiment) may have set and that would send child
 # processes' runs to the wrong experiment/run: never pass them on.
@@ -103,16 +102,19 @@ class SweepStore:
         return self._exp_id
 
     # ------------------------------------------------------------ queries
-    def trial_runs(self) -> dict[str, RunState]:
-        """Child runs of the experiment by trial_id (the newest if, against the rules, there are two)."""
-        exp_id = self._existing_experiment_id() if self.enabled else None
+    def trial_runs(self, trials: Sequence[Trial]) -> dict[str, RunState]:
+        """The child runs of these trials by trial_id (the newest if, against the rules, there are two).
+        Only their specs' runs are read (a filter on the `spec` tag), not the whole experiment."""
+        exp_id = self._existing_experiment_id() if self.enabled and trials else None
         if exp_id is None:
             return {}
+        wanted = {t.trial_id for t in trials}
         out: dict[str, RunState] = {}
-        for r in search_all(self.client, [exp_id], "tags.`gatesweep.kind` = 'trial'"):
-            tid = r.data.tags.get("trial_id")
-            if tid:
-                out[tid] = RunState(r.info.run_id, r.data.tags.get("status") or r.info.status)
+        for spec in sorted({t.spec for t in trials}):  # names are checked by the spec schema: safe to quote
+            for r in search_all(self.client, [exp_id], f"tags.`gatesweep.kind` = 'trial' and tags.spec = '{spec}'"):
+                tid = r.data.tags.get("trial_id")
+                if tid in wanted:
+                    out[tid] = RunState(r.info.run_id, r.data.tags.get("status") or r.info.status)
         return out
 
     # ------------------------------------------------------------ parent run
@@ -122,15 +124,15 @@ class SweepStore:
         tell a finished stage from a half-run one (sweeps.chain)."""
         if not self.enabled:
             return None
-        ids = ",".join(trial_ids)
+        ids = trial_id_tags(trial_ids) if trial_ids else {}
         if self._held is not None and self.parent_id:
-            if ids and len(ids) <= MAX_TAG_CHARS:  # a later step of the same sweep: what it needs by now
-                self.client.set_tag(self.parent_id, TRIAL_IDS_TAG, ids)
+            if ids:  # a later step of the same sweep: what it needs by now
+                from mlflow.entities import RunTag
+
+                self.client.log_batch(self.parent_id, tags=[RunTag(k, v) for k, v in ids.items()])
             return self.parent_id
         tags = {"gatesweep.kind": "sweep", "spec": spec, "stage": stage, "backend": backend,
-                "spec_path": spec_path, "gatesweep.host": socket.gethostname(), "gatesweep.pid": str(os.getpid())}
-        if ids and len(ids) <= MAX_TAG_CHARS:
-            tags[TRIAL_IDS_TAG] = ids
+                "spec_path": spec_path, "gatesweep.host": socket.gethostname(), "gatesweep.pid": str(os.getpid())} | ids
         run = self.client.create_run(self.experiment_id, run_name=f"sweep-{spec}-{backend}", tags=tags)
         self.parent_id = run.info.run_id
         self.client.log_param(self.parent_id, "n_trials", n_trials)
@@ -211,15 +213,9 @@ class SweepStore:
         if not self.enabled:
             return None
         track = run_dir / "track"
-        track.mkdir(parents=True, exist_ok=True)
-        state = read_json(track / "mlflow.json") or {}
-        if state.get("tracking_uri") != self.uri:
-            if state.get("tracking_uri"):  # delivered to another store: its run ids mean nothing here
-                state = {}
-            # written before any request: if the server is down right now, the trainer still knows
-            # where to deliver its record once it is back
-            state["tracking_uri"] = self.uri
-            write_json(track / "mlflow.json", state)
+        # written before any request: if the server is down right now, the trainer still knows where to
+        # deliver its record once it is back
+        state = self.note_uri(run_dir)
         known = (existing or {}).get(trial.trial_id)
         run_id = known.run_id if known else None
         if run_id is None and state.get("run_id") and state.get("experiment_id") == self.experiment_id:
@@ -240,6 +236,18 @@ class SweepStore:
         state.update(tracking_uri=self.uri, run_id=run_id, experiment_id=self.experiment_id)
         write_json(track / "mlflow.json", state)
         return run_id
+
+    def note_uri(self, run_dir: Path) -> dict[str, Any]:
+        """Name this store in the trial's track/mlflow.json (no request): where its record goes."""
+        track = run_dir / "track"
+        track.mkdir(parents=True, exist_ok=True)
+        state = read_json(track / "mlflow.json") or {}
+        if state.get("tracking_uri") != self.uri:
+            if state.get("tracking_uri"):  # delivered to another store: its run ids mean nothing here
+                state = {}
+            state["tracking_uri"] = self.uri
+            write_json(track / "mlflow.json", state)
+        return state
 
     def mark(self, run_id: str, status: str, reason: str = "") -> None:
         if not self.enabled:

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
-from cluster.common.state import DONE, split
+from cluster.common.state import DONE, known_runs, split
 from cluster.common.trialdir import RUNS_ROOT, trial_dir
 from cluster.local.runner import check_local, run_trials, trainer_command, visible_gpus
 from sweeps.expand import gpu_hours
@@ -47,7 +47,7 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
     store = prep.store
     if store.enabled and store.retire_stale_parents(spec.name):
         print("a sweep run left RUNNING by a dead launcher was marked KILLED")
-    existing = store.trial_runs() if store.enabled else {}
+    existing = known_runs(states)
     store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path,
                        trial_ids=[t.trial_id for t in prep.trials])
     status = "FINISHED"

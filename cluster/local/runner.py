@@ -9,8 +9,10 @@ orphan writing into a trial. Ctrl-C stops the children cleanly and marks their t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -27,6 +29,7 @@ from cluster.common.state import TrialState
 from cluster.common.store import SweepStore, clean_env
 from cluster.common.trialdir import TrialLock, local_status, set_local_status, write_trial_json
 from cluster.errors import BackendError
+from cluster.local.outage import OFFLINE_ENV, Outage
 from sweeps.mlflow_runs import is_server
 from trainer.main import EXIT_CODES
 
@@ -93,7 +96,7 @@ SHARED_TAG = "gatesweep.gpu_shared"  # read back by analysis.fetch (analysis.ste
 
 
 def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, device: str | None,
-           existing: dict, trials_per_gpu: int = 1) -> _Running | None:
+           existing: dict, outage: Outage, trials_per_gpu: int = 1) -> _Running | None:
     lock = TrialLock(s.run_dir)
     if not lock.acquire():
         return None  # another launcher runs it right now
@@ -101,13 +104,20 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
                                   overrides={"device": device} if device else None,
                                   tags=launch_tags(store.parent_id, gpus, trials_per_gpu))
     if store.enabled:
-        try:
-            store.ensure_child(s.trial, s.run_dir, backend="local", existing=existing)
-        except Exception as e:  # noqa: BLE001 - a tracking outage must not stop the sweep
-            print(f"warning: MLflow unreachable while starting trial {s.trial.trial_id} ({type(e).__name__}); "
-                  f"it trains anyway and its record is delivered when the server is back "
-                  f"(or by `gatesweep sync {s.run_dir}`)", file=sys.stderr)
-    env = clean_env() | cache_env(Path(s.run_dir).parent)
+        why = "found unreachable moments ago"
+        if outage.active:
+            store.note_uri(s.run_dir)
+        else:
+            try:
+                store.ensure_child(s.trial, s.run_dir, backend="local", existing=existing)
+            except Exception as e:  # noqa: BLE001 - a tracking outage must not stop the sweep
+                outage.seen()
+                why = type(e).__name__
+        if outage.active:
+            print(f"warning: MLflow unreachable while starting trial {s.trial.trial_id} ({why}); it trains anyway "
+                  f"and its record is delivered when the server is back (or by `gatesweep sync {s.run_dir}`)",
+                  file=sys.stderr)
+    env = clean_env() | cache_env(Path(s.run_dir).parent) | (OFFLINE_ENV if outage.active else {})
     env["GATESWEEP_TRACKING"] = "mlflow" if is_server(store.uri) else "local"
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
@@ -132,23 +142,48 @@ def _final_status(r: _Running, code: int) -> tuple[str, str]:
     return status, reason
 
 
-def _deliver(s: TrialState, store: SweepStore, *, ended: bool, quiet: bool = False) -> bool:
+def _deliver(s: TrialState, store: SweepStore, *, ended: bool, outage: Outage | None = None,
+             quiet: bool = False) -> bool:
     """With a file store (sqlite) the launcher is the single writer: it delivers the trial's record.
     With a server the trainer delivers its own record; the launcher takes over only for a trial that
-    ended with part of it undelivered (the server was down when its trainer gave up). False: failed."""
+    ended with part of it undelivered (the server was down when its trainer gave up). False: failed,
+    or not tried during an outage (then _redeliver tries)."""
     if not store.enabled or (is_server(store.uri) and not ended):
         return True
     if is_server(store.uri) and not undelivered(s.run_dir):
         return True
-    return deliver(s.run_dir, store, quiet=quiet)
+    if outage is not None and outage.active:
+        return False
+    ok = deliver(s.run_dir, store, quiet=quiet)
+    if not ok and outage is not None:
+        outage.seen()
+    return ok
 
 
-def _redeliver(undelivered: list[TrialState], store: SweepStore) -> list[TrialState]:
+def _redeliver(undelivered: list[TrialState], store: SweepStore, outage: Outage) -> list[TrialState]:
     """Retry ended trials' records; the first failure ends the pass (the server is still away)."""
     for i, s in enumerate(undelivered):
         if not _deliver(s, store, ended=True, quiet=True):
+            outage.seen()
             return undelivered[i:]
+    outage.over()
     return []
+
+
+def _wait(running: list[_Running], timeout: float) -> None:
+    """Sleep up to `timeout`, woken as soon as a trial's process exits (a pidfd turns readable)."""
+    fds = []
+    try:
+        for r in running:
+            with contextlib.suppress(OSError):  # gone already: the next poll() reaps it
+                fds.append(os.pidfd_open(r.proc.pid))
+        if fds:
+            select.select(fds, [], [], timeout)
+        else:
+            time.sleep(timeout)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def check_local(nproc: int, *, max_parallel: int, trials_per_gpu: int, gpus: list[int]) -> None:
@@ -179,6 +214,7 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
     running: list[_Running] = []
     results: dict[str, str] = {}
     undelivered: list[TrialState] = []
+    outage = Outage()
     # GPU trials compile: with a cold cache, start one trial alone and the rest once it has taken its
     # first step, so they load its graphs from the sweep's shared cache instead of all compiling.
     warming = use_gpus and len(todo) > 1 and cache_is_cold(Path(todo[0].run_dir).parent)
@@ -194,7 +230,7 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                     if taken is None:
                         break
                     s = queue.pop(0)
-                    r = _start(s, store, taken, nproc=nproc, device=device, existing=existing,
+                    r = _start(s, store, taken, nproc=nproc, device=device, existing=existing, outage=outage,
                                trials_per_gpu=trials_per_gpu)
                     if r is None:  # another launcher holds the trial
                         pool.give(taken)
@@ -211,22 +247,22 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                     r.lock.release()
                     r.log.close()  # type: ignore[attr-defined]
                     pool.give(r.gpus)
-                    if not _deliver(r.state, store, ended=True):
+                    if not _deliver(r.state, store, ended=True, outage=outage):
                         undelivered.append(r.state)
                     results[r.state.trial.trial_id] = status
                     progress.ended(_label(r.state), status)
                 if time.monotonic() - last_delivery > 5:
                     for r in running:
-                        _deliver(r.state, store, ended=False)
+                        _deliver(r.state, store, ended=False, outage=outage)
                     last_delivery = time.monotonic()
                 if undelivered and time.monotonic() - last_retry > 30:
-                    undelivered, last_retry = _redeliver(undelivered, store), time.monotonic()
+                    undelivered, last_retry = _redeliver(undelivered, store, outage), time.monotonic()
                 progress.tick()
-                time.sleep(0.2)
+                _wait(running, 0.2)
         except KeyboardInterrupt:
             _stop_all(running, store, results)
             raise
-    undelivered = _redeliver(undelivered, store)
+    undelivered = _redeliver(undelivered, store, outage)
     if undelivered:
         print(f"warning: {len(undelivered)} trial record(s) are not in MLflow yet (tracking store unreachable); "
               f"deliver them with `gatesweep sync {undelivered[0].run_dir.parent}` once it is back", file=sys.stderr)

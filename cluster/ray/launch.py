@@ -28,7 +28,7 @@ from typing import Any
 
 from cluster.common.delivery import deliver, undelivered
 from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
-from cluster.common.state import DONE, TrialState, split
+from cluster.common.state import DONE, TrialState, known_runs, split
 from cluster.common.store import LEAKY_ENV, SweepStore
 from cluster.common.trialdir import RUNS_ROOT, TrialLock, local_status, trial_dir, write_trial_json
 from cluster.errors import BackendError
@@ -90,7 +90,7 @@ def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, override
         print("trial(s) left RUNNING by a dead process: marked KILLED, running again")
     if store.enabled and store.retire_stale_parents(spec.name):
         print("a sweep run left RUNNING by a dead launcher was marked KILLED")
-    existing = store.trial_runs() if store.enabled else {}
+    existing = known_runs(states)
     store.start_parent(spec=spec.name, stage=spec.stage, backend="ray", n_trials=len(todo), spec_path=spec.path,
                        trial_ids=[t.trial_id for t in trials])
     status = "FAILED"

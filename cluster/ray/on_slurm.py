@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.ray.plan import ray_options
-from cluster.slurm.sbatch import STRING_OPTS, resolve_options
+from cluster.slurm.sbatch import STRING_OPTS, resolve_options, sbatch_directive
 from sweeps.spec import SweepSpec
 
 MAX_GPUS_PER_NODE = 8
@@ -64,16 +64,15 @@ def size_allocation(*, trial_gpus: int, cpus_per_trial: int, max_concurrent: int
 
 
 def _directives(job: RaySlurmJob) -> list[str]:
-    lines = [f"--job-name=gs-ray-{job.spec_name}", f"--nodes={job.nodes}", "--ntasks-per-node=1",
-             f"--cpus-per-task={job.cpus_per_node}"]
+    lines: list[tuple[str, Any]] = [("job-name", f"gs-ray-{job.spec_name}"), ("nodes", job.nodes),
+                                    ("ntasks-per-node", 1), ("cpus-per-task", job.cpus_per_node)]
     if job.gpus_per_node:
-        lines.append(f"--gpus-per-task={job.gpus_per_node}")
+        lines.append(("gpus-per-task", job.gpus_per_node))
     # the output directory must exist when the job starts: the project directory does
-    lines += [f"--time={job.timeout_min}", f"--output={job.workdir}/slurm-ray-{job.spec_name}-%j.out"]
-    # values were checked by slurm_sbatch.resolve_options (no control characters); True is a bare flag
-    lines += [f"--{k}" if v is True else f"--{k}={v}" for k, v in sorted(job.sbatch_options.items())
-              if v not in (None, "", False)]
-    return [f"#SBATCH {line}" for line in lines]
+    lines += [("time", job.timeout_min), ("output", f"{job.workdir}/slurm-ray-{job.spec_name}-%j.out")]
+    # checked by resolve_options (no control characters), quoted as the Slurm backend quotes its values
+    lines += [(k, v) for k, v in sorted(job.sbatch_options.items()) if v not in (None, "", False)]
+    return [sbatch_directive(k, v) for k, v in lines]
 
 
 def sbatch_text(job: RaySlurmJob) -> str:

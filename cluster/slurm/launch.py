@@ -25,7 +25,7 @@ from typing import Any
 
 from cluster.common.compile_cache import cache_env
 from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
-from cluster.common.state import TrialState, split
+from cluster.common.state import TrialState, known_runs, split
 from cluster.common.trialdir import RUNS_ROOT, set_local_status, submission_lock, trial_dir, write_trial_json
 from cluster.errors import BackendError, BackendUnavailable
 from cluster.slurm.sbatch import (
@@ -76,7 +76,7 @@ def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]
         _, todo, done, busy = _split(prep)
         return dry_run_report(prep, [s.trial for s in todo], len(done) + len(busy), options, sweep_dir, tracking)
     # a refused partition or account must fail here, before any record, MLflow run or snapshot exists
-    todo_now = _split(prep)[1]
+    todo_now = _split(prep, use_store=False)[1]  # the store is read once, under the lock below
     if todo_now:
         test_only(prep, [s.trial for s in todo_now], options, sweep_dir, tracking)
     with submission_lock(sweep_dir):
@@ -113,14 +113,15 @@ def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]
     return 0 if ok else 1
 
 
-def _split(prep: Prepared) -> tuple[list[TrialState], list[TrialState], list[TrialState], list[TrialState]]:
+def _split(prep: Prepared, *, use_store: bool = True
+           ) -> tuple[list[TrialState], list[TrialState], list[TrialState], list[TrialState]]:
     """(states, to submit, finished, queued/running). A trial whose job Slurm still lists as live is
     never submitted again, whatever its record says (e.g. KILLED for the seconds between the trainer's
     stop and the requeue)."""
     from cluster.slurm.state import SlurmView
 
     view = SlurmView(prep.trials)
-    states = states_for(prep, alive=view.alive)
+    states = states_for(prep, alive=view.alive, use_store=use_store)
     todo, done, busy = split(states)
     live = {s.trial.trial_id for s in todo if view.job_live(s.run_dir)}
     return (states, [s for s in todo if s.trial.trial_id not in live], done,
@@ -249,7 +250,7 @@ def submit(prep: Prepared, todo: list[TrialState], options: SlurmOptions, sweep_
               "MLFLOW_TRACKING_URI=http://HOST:PORT", file=sys.stderr)
     store.start_parent(spec=spec.name, stage=spec.stage, backend="slurm", n_trials=len(todo), spec_path=spec.path,
                        trial_ids=[t.trial_id for t in prep.trials])
-    existing = store.trial_runs() if store.enabled else {}
+    existing = known_runs(todo)
     by_id = {s.trial.trial_id: s for s in todo}
     workdir = os.getcwd()
     grace = max(options.signal_delay_s * 0.8, 5.0)

@@ -107,6 +107,14 @@ def executor_params(res: Resources, opts: SlurmOptions, *, job_name: str, setup:
     return params
 
 
+def sbatch_directive(key: str, value: Any) -> str:
+    """One `#SBATCH --key=value` line, quoted by submitit's own rule (True: a bare flag), for scripts
+    that gatesweep writes beside submitit's (Ray on Slurm)."""
+    from submitit.slurm.slurm import _as_sbatch_flag
+
+    return _as_sbatch_flag(key, value)
+
+
 def submit_command(python: str, folder: Path) -> str:
     """What every task runs (the same string submitit's SlurmExecutor builds from `python`)."""
     return " ".join([shlex.quote(python), "-u -m submitit.core._submit", shlex.quote(str(folder))])
