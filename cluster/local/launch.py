@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
+from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import DONE, split
 from cluster.common.trialdir import RUNS_ROOT, trial_dir
 from cluster.local.runner import check_local, run_trials, trainer_command, visible_gpus
@@ -37,19 +37,19 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
         print(f"skipping {len(done)} finished trial(s)")
     if busy:
         print(f"{len(busy)} trial(s) are running in another process; leaving them alone")
+    store = prep.store
     if not todo:
+        recover(states, store, spec.name, search=False)
         print(f"nothing to run: {len(done)}/{len(states)} trials finished")
         return ExitCode.OK
     preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
-    stale = retire_stale(states, prep.store)
+    stale = retire_stale(states, store)
     if stale:
         print(f"{stale} trial(s) left RUNNING by a dead process: marked KILLED, running again")
-    store = prep.store
-    if store.enabled and store.retire_stale_parents(spec.name):
-        print("a sweep run left RUNNING by a dead launcher was marked KILLED")
+    recover(states, store, spec.name)
     existing = store.trial_runs() if store.enabled else {}
     store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path,
-                       trial_ids=[t.trial_id for t in prep.trials])
+                       trial_ids=[t.trial_id for t in prep.trials], record_dir=RUNS_ROOT / spec.name)
     status = "FINISHED"
     # `kill PID` (SIGTERM) stops a sweep like Ctrl-C: trials checkpoint, records and the sweep run say KILLED
     previous = signal.signal(signal.SIGTERM, _interrupt)

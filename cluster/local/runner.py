@@ -208,11 +208,11 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                         continue
                     running.remove(r)
                     status, _ = _final_status(r, code)
-                    r.lock.release()
                     r.log.close()  # type: ignore[attr-defined]
                     pool.give(r.gpus)
-                    if not _deliver(r.state, store, ended=True):
+                    if not _deliver(r.state, store, ended=True):  # under the lock: no other launcher delivers it
                         undelivered.append(r.state)
+                    r.lock.release()
                     results[r.state.trial.trial_id] = status
                     progress.ended(_label(r.state), status)
                 if time.monotonic() - last_delivery > 5:
@@ -254,6 +254,6 @@ def _stop_all(running: list[_Running], store: SweepStore, results: dict[str, str
         status, reason = local_status(r.state.run_dir)
         if status not in ("FINISHED", "FAILED", "KILLED", "EARLY_STOPPED"):  # keep the trainer's own reason
             set_local_status(r.state.run_dir, "KILLED", "stopped with the sweep before it could save; reruns")
-        r.lock.release()
         _deliver(r.state, store, ended=True)
+        r.lock.release()
         results[r.state.trial.trial_id] = local_status(r.state.run_dir)[0]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.common.compile_cache import cache_env
-from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
+from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import TrialState, split
 from cluster.common.trialdir import RUNS_ROOT, set_local_status, submission_lock, trial_dir, write_trial_json
 from cluster.errors import BackendError, BackendUnavailable
@@ -91,6 +91,11 @@ def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]
             stale = retire_stale(states, prep.store)
             if stale:
                 print(f"{stale} trial(s) whose job is gone without a final status: marked KILLED, submitting again")
+        # records of ended jobs that no launcher delivered (no --wait, or it was killed); dead launchers' sweep runs
+        live = {s.trial.trial_id for s in busy}
+        recover([s for s in states if s.trial.trial_id not in live], prep.store, spec.name, root=sweep_dir.parent,
+                search=bool(todo))
+        if todo:
             submitted = submit(prep, todo, options, sweep_dir, tracking)
     if not todo and (not wait or not busy):
         print(f"nothing to submit: {len(done)}/{len(states)} trials finished, {len(busy)} queued or running")
@@ -248,7 +253,7 @@ def submit(prep: Prepared, todo: list[TrialState], options: SlurmOptions, sweep_
               "once they end); for live tracking from parallel jobs start a server (make mlflow-up) and set "
               "MLFLOW_TRACKING_URI=http://HOST:PORT", file=sys.stderr)
     store.start_parent(spec=spec.name, stage=spec.stage, backend="slurm", n_trials=len(todo), spec_path=spec.path,
-                       trial_ids=[t.trial_id for t in prep.trials])
+                       trial_ids=[t.trial_id for t in prep.trials], record_dir=sweep_dir)
     existing = store.trial_runs() if store.enabled else {}
     by_id = {s.trial.trial_id: s for s in todo}
     workdir = os.getcwd()
