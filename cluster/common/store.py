@@ -22,6 +22,7 @@ from sweeps.chain import TRIAL_IDS_TAG
 from sweeps.errors import TrackingError
 from sweeps.expand import Trial
 from sweeps.mlflow_runs import resolve_uri, search_all
+from sweeps.store_file import ensure_store, file_error
 from trainer.record import read_json, write_json
 
 MAX_TAG_CHARS = 5000  # MLflow's tag value limit on older servers
@@ -69,6 +70,8 @@ class SweepStore:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             from mlflow.tracking import MlflowClient
 
+            if self.exists():
+                ensure_store(self.uri)  # a damaged sqlite file: one line naming it, before MLflow opens it
             self._client = MlflowClient(self.uri)
         return self._client
 
@@ -85,8 +88,7 @@ class SweepStore:
             try:
                 exp = self.client.get_experiment_by_name(self.experiment)
             except Exception as e:  # noqa: BLE001 - connection errors come in many types
-                raise TrackingError(f"cannot reach the MLflow tracking store {self.uri} ({type(e).__name__}: "
-                                    f"{str(e)[:200]}); start it (make mlflow-up) or set MLFLOW_TRACKING_URI") from None
+                raise _unreachable(self.uri, e) from None
             if exp is None or exp.lifecycle_stage == "deleted":
                 return None
             self._exp_id = exp.experiment_id
@@ -97,11 +99,11 @@ class SweepStore:
         if self._exp_id is None:
             from trainer.mlflow_sync import ensure_experiment
 
+            ensure_store(self.uri)  # a new sqlite file is made whole, by one launcher at a time
             try:
                 self._exp_id = ensure_experiment(self.client, self.experiment)
             except Exception as e:  # noqa: BLE001 - connection errors come in many types
-                raise TrackingError(f"cannot reach the MLflow tracking store {self.uri} ({type(e).__name__}: "
-                                    f"{str(e)[:200]}); start it (make mlflow-up) or set MLFLOW_TRACKING_URI") from None
+                raise _unreachable(self.uri, e) from None
         return self._exp_id
 
     # ------------------------------------------------------------ queries
@@ -268,6 +270,13 @@ class SweepStore:
             self.client.set_terminated(run_id, mlflow_status)
         else:
             self.client.update_run(run_id, status=mlflow_status)
+
+
+def _unreachable(uri: str, e: Exception) -> Exception:
+    """A damaged store file is named as such; anything else is an unreachable store."""
+    return file_error(uri, e) or TrackingError(
+        f"cannot reach the MLflow tracking store {uri} ({type(e).__name__}: {str(e)[:200]}); start it "
+        "(make mlflow-up) or set MLFLOW_TRACKING_URI")
 
 
 def dead_launcher_marks(record_dir: Path) -> list[Path]:
