@@ -10,6 +10,7 @@ the default sqlite store (the launcher is its single writer).
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -19,7 +20,9 @@ from tests.sweep_helpers import (
     cli_env,
     experiment_runs,
     gatesweep,
+    gatesweep_popen,
     local_status,
+    results_rows,
     trial_dirs,
     unique,
     write_data,
@@ -90,3 +93,22 @@ def test_a_rerun_with_trials_left_delivers_the_finished_ones_too(tmp_path: Path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.splitlines()[-1] == f"sweep {name}: 1 finished, 0 not (-); records in runs/{name}"
     _assert_delivered(tmp_path, name)
+
+
+def test_two_launchers_at_once_train_each_trial_once(tmp_path: Path):
+    """A fresh directory (no mlflow.db yet): both create the store, both walk the same 4 trials."""
+    name = unique("twice")
+    write_data(tmp_path)
+    write_spec(tmp_path / "spec.yaml", name, base={"num_iterations": 10}, max_parallel=2)
+    procs = [gatesweep_popen(["run", "spec.yaml"], tmp_path, cli_env()) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    trained = 0
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out + err
+        assert "Traceback" not in err, err
+        trained += int(re.search(rf"^sweep {name}: (\d+) finished, 0 not", out, re.M)[1])  # type: ignore[index]
+    assert trained == 4, outs
+    dirs = trial_dirs(tmp_path, name)
+    assert len(dirs) == 4 and all(local_status(d)["status"] == "FINISHED" for d in dirs)
+    assert sorted(r["run_id"] for r in results_rows(tmp_path)) == sorted(d.name for d in dirs)  # trained once each
+    _assert_delivered(tmp_path, name)  # one run per trial, none left QUEUED, no sweep run left RUNNING

@@ -70,8 +70,9 @@ class SweepStore:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             from mlflow.tracking import MlflowClient
 
-            if self.exists():
-                ensure_store(self.uri)  # a damaged sqlite file: one line naming it, before MLflow opens it
+            # queries look at exists() first: a client is made to write. A new sqlite file is made whole by
+            # one launcher at a time; a damaged one is named in one line before MLflow opens it.
+            ensure_store(self.uri)
             self._client = MlflowClient(self.uri)
         return self._client
 
@@ -99,7 +100,6 @@ class SweepStore:
         if self._exp_id is None:
             from trainer.mlflow_sync import ensure_experiment
 
-            ensure_store(self.uri)  # a new sqlite file is made whole, by one launcher at a time
             try:
                 self._exp_id = ensure_experiment(self.client, self.experiment)
             except Exception as e:  # noqa: BLE001 - connection errors come in many types
@@ -254,6 +254,7 @@ class SweepStore:
                 self.client.set_tag(run_id, k, v)
         if state.get("run_id") != run_id:
             state = {}  # a record delivered to another run starts over for this one
+        state.pop("status_sent", None)  # the tag says QUEUED again: the attempt's end must be sent, even if unchanged
         state.update(tracking_uri=self.uri, run_id=run_id, experiment_id=self.experiment_id)
         write_json(track / "mlflow.json", state)
         return run_id

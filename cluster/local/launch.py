@@ -11,7 +11,7 @@ from typing import Any
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import DONE, split
 from cluster.common.trialdir import RUNS_ROOT, trial_dir
-from cluster.local.runner import check_local, run_trials, trainer_command, visible_gpus
+from cluster.local.runner import TAKEN, check_local, run_trials, trainer_command, visible_gpus
 from sweeps.expand import gpu_hours
 from trainer.errors import ExitCode
 
@@ -64,8 +64,11 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
     finally:
         signal.signal(signal.SIGTERM, previous)
         store.finish_parent(status, RUNS_ROOT / spec.name)
-    bad = {k: v for k, v in results.items() if v not in DONE}
-    print(f"sweep {spec.name}: {len(results) - len(bad)} finished, {len(bad)} not "
+    elsewhere = [k for k, v in results.items() if v == TAKEN]
+    if elsewhere:
+        print(f"{len(elsewhere)} trial(s) were taken by another launcher meanwhile; leaving them to it")
+    bad = {k: v for k, v in results.items() if v not in DONE and k not in elsewhere}
+    print(f"sweep {spec.name}: {len(results) - len(bad) - len(elsewhere)} finished, {len(bad)} not "
           f"({', '.join(sorted(set(bad.values()))) or '-'}); records in {RUNS_ROOT / spec.name}")
     return ExitCode.OK if not bad else ExitCode.TRIALS_FAILED
 

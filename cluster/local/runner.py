@@ -31,6 +31,7 @@ from sweeps.mlflow_runs import is_server
 from trainer.main import EXIT_CODES
 
 STATUS_OF_EXIT: dict[int, str] = {int(v): k for k, v in EXIT_CODES.items() if k != "EARLY_STOPPED"}
+TAKEN = "TAKEN"  # run_trials' result for a trial another launcher runs, or ran since this one read the records
 
 
 def trainer_command(trial_json: Path, nproc: int, python: str = sys.executable) -> list[str]:
@@ -97,6 +98,10 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
     lock = TrialLock(s.run_dir)
     if not lock.acquire():
         return None  # another launcher runs it right now
+    now = local_status(s.run_dir)[0]
+    if now and now != s.status:  # another launcher ran it since this one read the records
+        lock.release()
+        return None
     trial_json = write_trial_json(s.trial, s.run_dir, backend="local",
                                   overrides={"device": device} if device else None,
                                   tags=launch_tags(store.parent_id, gpus, trials_per_gpu))
@@ -196,9 +201,9 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                     s = queue.pop(0)
                     r = _start(s, store, taken, nproc=nproc, device=device, existing=existing,
                                trials_per_gpu=trials_per_gpu)
-                    if r is None:  # another launcher holds the trial
+                    if r is None:  # another launcher runs it, or ran it meanwhile
                         pool.give(taken)
-                        results[s.trial.trial_id] = "RUNNING"
+                        results[s.trial.trial_id] = TAKEN
                         continue
                     running.append(r)
                     progress.started(_label(r.state), r.state.run_dir, r.state.trial.config.run.num_iterations)
