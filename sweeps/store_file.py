@@ -4,8 +4,9 @@ MLflow creates a sqlite store on first use by migrating it in place: two launche
 both migrate (one crashes with "duplicate column name"), and a kill -9 mid-way leaves a half-migrated
 file that every later command fails on. So the first creation happens under a lock beside the file,
 into a temporary file in the same directory that is renamed into place once migrated. An existing
-file is checked (with the standard library, before MLflow opens it) to hold MLflow's schema record;
-errors about it name the file and the fix, never "start the server".
+file is checked to be a database (with the standard library, before MLflow opens it: MLflow retries
+a damaged one for a while); MLflow's errors about a sqlite store name the file and the fix, never
+"start the server" (a file has no server).
 """
 
 from __future__ import annotations
@@ -41,17 +42,16 @@ def ensure_store(uri: str) -> None:
 
 
 def check_file(path: Path) -> None:
-    """Raise StoreFileError unless `path` is a sqlite database with MLflow's schema record."""
+    """Raise StoreFileError unless `path` is a sqlite database (MLflow checks its schema)."""
     try:
         con = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True)
         try:
-            rows = con.execute("SELECT version_num FROM alembic_version").fetchall()
+            con.execute("SELECT count(*) FROM sqlite_master").fetchall()
         finally:
             con.close()
     except sqlite3.Error as e:
-        raise damaged(path, str(e)) from None
-    if len(rows) != 1:
-        raise damaged(path, "no schema version")
+        if "locked" not in str(e):  # busy is not damaged: MLflow waits for it
+            raise damaged(path, str(e)) from None
 
 
 def damaged(path: Path, why: str) -> StoreFileError:
@@ -65,14 +65,19 @@ def file_error(uri: str, e: BaseException) -> StoreFileError | None:
     an older schema), or None when `e` is something else."""
     path = sqlite_path(uri)
     text = str(e)
-    if path is None:
+    if path is None or "locked" in text:  # not a file store, or busy (not damaged)
         return None
     if "out-of-date database schema" in text:
         return StoreFileError(f"{path}: MLflow store of an older schema; back it up, then upgrade it with "
                               f"`mlflow db upgrade {uri}` (or move it aside to start a new store), then run again")
-    if type(e).__name__ in ("DatabaseError", "OperationalError", "IntegrityError") or "sqlite3" in text:
-        return damaged(path, text.splitlines()[0] if text else type(e).__name__)
-    return None
+    if not path.exists():
+        return StoreFileError(f"{path}: cannot create the MLflow store here ({_first_line(e)}); make "
+                              f"{path.parent.resolve()} writable or set MLFLOW_TRACKING_URI, then run again")
+    return damaged(path, _first_line(e))
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:100]}" if str(e) else type(e).__name__
 
 
 def _create(path: Path) -> None:

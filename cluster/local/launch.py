@@ -10,7 +10,7 @@ from typing import Any
 
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import DONE, split
-from cluster.common.trialdir import RUNS_ROOT, trial_dir
+from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
 from cluster.local.runner import TAKEN, check_local, run_trials, trainer_command, visible_gpus
 from sweeps.expand import gpu_hours
 from trainer.errors import ExitCode
@@ -31,6 +31,7 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
         print(f"{len(prep.trials)} trials, up to {parallel} at a time; "
               f"{gpu_hours(prep.trials, spec.estimate_ms_per_step):.1f} GPU-hours estimated")
         return ExitCode.OK
+    check_runs_writable(spec.name)
     states = states_for(prep)
     todo, done, busy = split(states)
     if done:

@@ -26,7 +26,14 @@ from typing import Any
 from cluster.common.compile_cache import cache_env
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import TrialState, split
-from cluster.common.trialdir import RUNS_ROOT, set_local_status, submission_lock, trial_dir, write_trial_json
+from cluster.common.trialdir import (
+    RUNS_ROOT,
+    check_runs_writable,
+    set_local_status,
+    submission_lock,
+    trial_dir,
+    write_trial_json,
+)
 from cluster.errors import BackendError, BackendUnavailable
 from cluster.slurm.sbatch import (
     DEFAULT_MAX_ARRAY_SIZE,
@@ -76,6 +83,7 @@ def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]
         _, todo, done, busy = _split(prep)
         return dry_run_report(prep, [s.trial for s in todo], len(done) + len(busy), options, sweep_dir, tracking)
     # a refused partition or account must fail here, before any record, MLflow run or snapshot exists
+    check_runs_writable(spec.name, sweep_dir.parent)
     todo_now = _split(prep)[1]
     if todo_now:
         test_only(prep, [s.trial for s in todo_now], options, sweep_dir, tracking)
