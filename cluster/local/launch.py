@@ -13,6 +13,7 @@ from cluster.common.state import DONE, split
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
 from cluster.local.runner import TAKEN, check_local, run_trials, trainer_command, visible_gpus
 from sweeps.expand import gpu_hours
+from trainer.dist import check_cpu_ranks
 from trainer.errors import ExitCode
 
 
@@ -31,6 +32,8 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
         print(f"{len(prep.trials)} trials, up to {parallel} at a time; "
               f"{gpu_hours(prep.trials, spec.estimate_ms_per_step):.1f} GPU-hours estimated")
         return ExitCode.OK
+    if not visible_gpus():
+        check_cpu_ranks(nproc)  # what each trial's ranks would say, said once and before anything is written
     check_runs_writable(spec.name)
     states = states_for(prep)
     todo, done, busy = split(states)
