@@ -112,3 +112,16 @@ def test_two_launchers_at_once_train_each_trial_once(tmp_path: Path):
     assert len(dirs) == 4 and all(local_status(d)["status"] == "FINISHED" for d in dirs)
     assert sorted(r["run_id"] for r in results_rows(tmp_path)) == sorted(d.name for d in dirs)  # trained once each
     _assert_delivered(tmp_path, name)  # one run per trial, none left QUEUED, no sweep run left RUNNING
+
+
+def test_a_trial_that_fails_twice_says_failed_not_queued(tmp_path: Path):
+    """The launcher sets a rerun trial's status tag to QUEUED; the record's end must be sent again even
+    when it is the same as the last attempt's (it used to stay QUEUED)."""
+    name = unique("failtwice")
+    write_data(tmp_path)
+    write_spec(tmp_path / "spec.yaml", name, grid={"learning_rate": [1e20]}, seeds=[0])
+    for _ in range(2):
+        res = gatesweep(["run", "spec.yaml"], tmp_path, cli_env())
+        assert res.returncode == 1, res.stdout + res.stderr
+        (run,) = experiment_runs(_uri(tmp_path), f"gs-{name}", "trial")
+        assert (run.info.status, run.data.tags["status"]) == ("FAILED", "FAILED"), run.data.tags
