@@ -13,6 +13,10 @@ class TrackingError(Unavailable):
     """The tracking store cannot be reached or read (exit 69)."""
 
 
+class StoreFileError(GatesweepError):
+    """The tracking store's file (sqlite) is damaged, half-created or of an older schema (exit 2)."""
+
+
 class NoRunsError(GatesweepError):
     """The store is reachable but holds nothing to analyse yet: no database, experiment or runs (exit 66)."""
 

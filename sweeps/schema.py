@@ -95,6 +95,9 @@ def _design_points(v: Any) -> Any:
 def _experiment(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError(f"expected an MLflow experiment name (a string), got {v!r}")
+    if not v.strip():
+        raise ValueError("an empty MLflow experiment name; give one, or drop the key for the default "
+                         "gatesweep-<spec name>")
     return v
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -239,6 +241,7 @@ def _seed_plan(ctx: _Ctx, value: Any, include: list[DesignPoint], top: Mapping[s
 
 
 def design_points(spec: SweepSpec) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
+    check_trial_count(spec)
     axes = [k for k, _ in spec.grid]
     points: list[tuple[dict[str, Any], tuple[int, ...]]] = []
     for combo in itertools.product(*(values for _, values in spec.grid)):
@@ -255,6 +258,29 @@ def design_points(spec: SweepSpec) -> list[tuple[dict[str, Any], tuple[int, ...]
     if not spec.grid and not spec.include:
         points.append(({}, spec.seeds))
     return points
+
+
+MAX_TRIALS_ENV = "GATESWEEP_MAX_TRIALS"
+MAX_TRIALS = 10_000  # a typo'd axis (a range of 1000 values) must not take minutes and gigabytes to refuse
+
+
+def check_trial_count(spec: SweepSpec) -> None:
+    """Refuse a spec whose expansion has more trials than the limit, counted before anything is built
+    (grid points before exclusions, times seeds, plus the include points' seeds)."""
+    sizes = [len(values) for _, values in spec.grid]
+    n = math.prod(sizes) * len(spec.seeds) if spec.grid or not spec.include else 0
+    n += sum(len(inc.seeds or spec.seeds) for inc in spec.include)
+    raw = os.environ.get(MAX_TRIALS_ENV, "")
+    try:
+        cap = int(raw) if raw else MAX_TRIALS
+    except ValueError:
+        raise SpecError(f"{MAX_TRIALS_ENV}={raw!r} is not an integer; set it to the largest trial count to allow "
+                        "(e.g. 50000) or unset it") from None
+    if n > cap:
+        grid = " x ".join(f"{len(v)} {k}" for k, v in spec.grid) or "1 base point"
+        raise SpecError(f"{spec.path}: the spec expands to {n:,} trials ({grid} x {len(spec.seeds)} seeds"
+                        f"{', plus include' if spec.include else ''}), more than the limit of {cap:,}; shrink the grid "
+                        f"or seeds, or allow it with {MAX_TRIALS_ENV}={n}")
 
 
 def _check_comparisons(spec: SweepSpec) -> None:

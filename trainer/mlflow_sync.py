@@ -20,7 +20,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainer.record import TERMINAL, complete_size, read_json, write_json
+from trainer.record import TERMINAL, read_json, record_pending, write_json
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +190,7 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
 
 def pending(root: str | os.PathLike[str]) -> bool:
     """True if the record holds anything MLflow has not received."""
-    root = Path(root)
-    state = read_json(root / "mlflow.json") or {}
-    size = complete_size(root / "metrics.jsonl")  # a torn last line is never delivered: not pending
-    st = (read_json(root / "status.json") or {}).get("status", "")
-    return (not state.get("run_id") or int(state.get("metrics_offset", 0)) < size
-            or (st in TERMINAL and state.get("status_sent") != st))
+    return record_pending(Path(root))
 
 
 class Forwarder:

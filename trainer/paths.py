@@ -51,9 +51,10 @@ def confine(cfg: TrainConfig, *, source: str, root: str | os.PathLike[str] | Non
                               f"inside it (e.g. {key}={default}), or set {ALLOW_ENV}=1 to write there on purpose")
 
 
-def check_writable(path: str | os.PathLike[str], key: str) -> None:
+def check_writable(path: str | os.PathLike[str], key: str | None, *, fix: str | None = None) -> None:
     """Refuse before training when `path` (a file or directory the run writes, which may not exist
-    yet) cannot be written: a read-only experiments/ would otherwise fail only after the last step."""
+    yet) cannot be written: a read-only experiments/ would otherwise fail only after the last step.
+    `key`: the config key that names `path` (None: no key does); `fix`: the advice, if not to move it."""
     p = Path(path)
     probe = p
     while not probe.exists() and probe != probe.parent:
@@ -63,8 +64,9 @@ def check_writable(path: str | os.PathLike[str], key: str) -> None:
     why = "is not a directory" if probe.exists() and not probe.is_dir() else "is not writable"
     if probe.exists() and probe.is_dir() and os.statvfs(probe).f_flag & os.ST_RDONLY:
         why = "is on a read-only filesystem"
-    raise StorageError(f"{key}={short(str(path), 300)}: {probe} {why}; make it writable or point {key} elsewhere "
-                       "inside the project, then run again")
+    where = f"{key}={short(str(path), 300)}" if key else str(path)[:300]
+    fix = fix or f"make it writable or point {key} elsewhere inside the project"
+    raise StorageError(f"{where}: {probe} {why}; {fix}, then run again")
 
 
 def storage_error(e: OSError, where: str | os.PathLike[str]) -> StorageError:

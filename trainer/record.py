@@ -73,3 +73,13 @@ def repair_tail(path: Path) -> None:
         dropped = path.stat().st_size - end
         os.truncate(path, end)
         log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted write", path, dropped)
+
+
+def record_pending(root: Path) -> bool:
+    """Whether a record (`track/`) holds anything MLflow has not received, from its JSON files alone (no
+    mlflow import): a run not created yet, undelivered metric lines, or an end status not sent."""
+    state = read_json(root / "mlflow.json") or {}
+    size = complete_size(root / "metrics.jsonl")  # a torn last line is never delivered: not pending
+    st = (read_json(root / "status.json") or {}).get("status", "")
+    return (not state.get("run_id") or int(state.get("metrics_offset", 0)) < size
+            or (st in TERMINAL and state.get("status_sent") != st))

@@ -9,8 +9,12 @@ retried, and `gatesweep sync` delivers whatever is left.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from cluster.common.trialdir import TrialLock
+from trainer.record import TERMINAL, record_pending
 
 
 def deliver(run_dir: Path, store: Any, *, quiet: bool = False) -> bool:
@@ -34,3 +38,29 @@ def undelivered(run_dir: Path) -> bool:
     from trainer.mlflow_sync import pending
 
     return pending(Path(run_dir) / "track")
+
+
+def deliver_pending(states: Iterable[Any], store: Any) -> tuple[int, int]:
+    """Deliver what ended trials' records still hold (a launcher killed between a trial's end and its
+    delivery leaves it so): (delivered, failed). Reads only the records' JSON files (no mlflow import)
+    when nothing waits."""
+    if not store.enabled:
+        return 0, 0
+    ok = failed = 0
+    for s in states:
+        if s.status in TERMINAL and record_pending(s.run_dir / "track"):
+            done = deliver_locked(s.run_dir, store)
+            ok, failed = ok + (done is True), failed + (done is False)
+    return ok, failed
+
+
+def deliver_locked(run_dir: Path, store: Any) -> bool | None:
+    """`deliver` under the trial's lock, so that two launchers never deliver one record at once (each
+    would send the same points); None: another process holds the trial (it runs or delivers it)."""
+    lock = TrialLock(Path(run_dir))
+    if not lock.acquire():
+        return None
+    try:
+        return deliver(run_dir, store)
+    finally:
+        lock.release()

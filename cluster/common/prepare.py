@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.common.delivery import deliver_pending
 from cluster.common.state import TrialState, collect, split
-from cluster.common.store import SweepStore
-from cluster.common.trialdir import RUNS_ROOT, set_local_status
+from cluster.common.store import SweepStore, dead_launcher_marks
+from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, set_local_status
 from sweeps.chain import Chain, empty_store_resolver, mlflow_resolver, stage_reader
 from sweeps.expand import Trial, expand
 from sweeps.spec import SweepSpec, apply_spec_overrides, load_spec
@@ -69,6 +70,8 @@ def preflight_trials(trials: list[Trial], spec_path: str | None = None) -> None:
     from trainer.dist import DistEnv
     from trainer.errors import GatesweepError
 
+    if trials:
+        check_runs_writable(trials[0].spec)
     seen: set[tuple[Any, ...]] = set()
     for t in trials:
         d = t.config.data
@@ -105,4 +108,23 @@ def retire_stale(states: list[TrialState], store: SweepStore) -> int:
     return n
 
 
-__all__ = ["Prepared", "prepare", "with_search", "preflight_trials", "states_for", "retire_stale", "split"]
+def recover(states: list[TrialState], store: SweepStore, spec: str, *, root: Path = RUNS_ROOT,
+            search: bool = True) -> None:
+    """What a dead launcher left undone, on every run of a spec (also one with nothing left to train):
+    deliver the ended trials' records it had not delivered, and mark its sweep run KILLED. `search`:
+    look in the store for dead launchers' sweep runs even where no mark says so (a run that trains
+    reaches the store anyway); else only a dead launcher's mark or a delivery makes it reach the store."""
+    if not store.enabled:
+        return
+    delivered, failed = deliver_pending(states, store)
+    if delivered:
+        print(f"delivered {delivered} ended trial record(s) that a previous launcher had not sent to MLflow")
+    marks = dead_launcher_marks(root / spec)
+    if failed or not (search or delivered or marks):
+        return
+    if store.retire_stale_parents(spec, root / spec):
+        print("a sweep run left RUNNING by a dead launcher was marked KILLED")
+
+
+__all__ = ["Prepared", "prepare", "with_search", "preflight_trials", "states_for", "retire_stale", "recover",
+           "split"]

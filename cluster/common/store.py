@@ -22,9 +22,11 @@ from sweeps.chain import trial_id_tags
 from sweeps.errors import TrackingError
 from sweeps.expand import Trial
 from sweeps.mlflow_runs import resolve_uri, search_all
+from sweeps.store_file import ensure_store, file_error
 from trainer.record import read_json, write_json
 
 SWEEP_RECORDS = ".sweeps"  # <runs>/<spec>/.sweeps/<parent run id>.json: a sweep run's undelivered end
+OPEN_MARK = ".open"  # <runs>/<spec>/.sweeps/<parent run id>.open: "host pid" of a sweep run not ended yet
 # Env vars that a parent process (or mlflow.set_experiment) may have set and that would send child
 # processes' runs to the wrong experiment/run: never pass them on.
 LEAKY_ENV = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID")
@@ -57,6 +59,7 @@ class SweepStore:
         self._exp_id: str | None = None
         self.parent_id: str | None = None
         self._held: list[str] | None = None  # inside one_parent(): the statuses its steps reported
+        self._record_dir: Path | None = None  # where the open sweep run's mark lies (start_parent)
 
     # ------------------------------------------------------------ connection
     @property
@@ -66,6 +69,9 @@ class SweepStore:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             from mlflow.tracking import MlflowClient
 
+            # queries look at exists() first: a client is made to write. A new sqlite file is made whole by
+            # one launcher at a time; a damaged one is named in one line before MLflow opens it.
+            ensure_store(self.uri)
             self._client = MlflowClient(self.uri)
         return self._client
 
@@ -82,8 +88,7 @@ class SweepStore:
             try:
                 exp = self.client.get_experiment_by_name(self.experiment)
             except Exception as e:  # noqa: BLE001 - connection errors come in many types
-                raise TrackingError(f"cannot reach the MLflow tracking store {self.uri} ({type(e).__name__}: "
-                                    f"{str(e)[:200]}); start it (make mlflow-up) or set MLFLOW_TRACKING_URI") from None
+                raise _unreachable(self.uri, e) from None
             if exp is None or exp.lifecycle_stage == "deleted":
                 return None
             self._exp_id = exp.experiment_id
@@ -97,8 +102,7 @@ class SweepStore:
             try:
                 self._exp_id = ensure_experiment(self.client, self.experiment)
             except Exception as e:  # noqa: BLE001 - connection errors come in many types
-                raise TrackingError(f"cannot reach the MLflow tracking store {self.uri} ({type(e).__name__}: "
-                                    f"{str(e)[:200]}); start it (make mlflow-up) or set MLFLOW_TRACKING_URI") from None
+                raise _unreachable(self.uri, e) from None
         return self._exp_id
 
     # ------------------------------------------------------------ queries
@@ -119,9 +123,11 @@ class SweepStore:
 
     # ------------------------------------------------------------ parent run
     def start_parent(self, *, spec: str, stage: str, backend: str, n_trials: int, spec_path: str,
-                     trial_ids: Sequence[str] = ()) -> str | None:
+                     trial_ids: Sequence[str] = (), record_dir: Path | None = None) -> str | None:
         """`trial_ids`: the spec's whole expansion, so that a later stage chaining from this one can
-        tell a finished stage from a half-run one (sweeps.chain)."""
+        tell a finished stage from a half-run one (sweeps.chain). `record_dir` (runs/<spec>) gets a mark
+        while the run is open: a rerun that finds the mark of a dead launcher retires its sweep run
+        without searching the store first."""
         if not self.enabled:
             return None
         ids = trial_id_tags(trial_ids) if trial_ids else {}
@@ -135,6 +141,10 @@ class SweepStore:
                 "spec_path": spec_path, "gatesweep.host": socket.gethostname(), "gatesweep.pid": str(os.getpid())} | ids
         run = self.client.create_run(self.experiment_id, run_name=f"sweep-{spec}-{backend}", tags=tags)
         self.parent_id = run.info.run_id
+        if record_dir is not None:
+            self._record_dir = record_dir / SWEEP_RECORDS
+            self._record_dir.mkdir(parents=True, exist_ok=True)
+            (self._record_dir / f"{self.parent_id}{OPEN_MARK}").write_text(f"{socket.gethostname()} {os.getpid()}\n")
         self.client.log_param(self.parent_id, "n_trials", n_trials)
         return self.parent_id
 
@@ -156,8 +166,12 @@ class SweepStore:
                     where = f"`gatesweep sync {record_dir}` does it once the server is back"
                 print(f"warning: could not mark sweep run {self.parent_id} {status} in MLflow ({type(e).__name__}); "
                       f"{where}", file=sys.stderr)
+                if record_dir is None:  # the mark stays: the next run retires the sweep run
+                    return
             else:
                 _log_decision(self.uri, self.parent_id)
+            if self._record_dir is not None:  # ended, or its end waits for `gatesweep sync`
+                (self._record_dir / f"{self.parent_id}{OPEN_MARK}").unlink(missing_ok=True)
 
     @contextmanager
     def one_parent(self, record_dir: Path | None = None) -> Iterator[None]:
@@ -184,9 +198,10 @@ class SweepStore:
             for k, v in tags.items():
                 self.client.set_tag(self.parent_id, k, v)
 
-    def retire_stale_parents(self, spec: str) -> int:
+    def retire_stale_parents(self, spec: str, record_dir: Path | None = None) -> int:
         """Sweep runs of `spec` left RUNNING by a launcher on this host that is gone (SIGKILL, OOM, a
-        closed terminal) are marked KILLED; a launcher on another host is never second-guessed."""
+        closed terminal) are marked KILLED; a launcher on another host is never second-guessed.
+        `record_dir`: the dead launchers' open marks there go too."""
         exp_id = self._existing_experiment_id() if self.enabled else None
         if exp_id is None:
             return 0
@@ -199,6 +214,8 @@ class SweepStore:
                 self.client.set_tag(r.info.run_id, "failure_reason", f"launcher pid {pid} on {host} died")
                 self.client.set_terminated(r.info.run_id, "KILLED")
                 n += 1
+        for mark in dead_launcher_marks(record_dir) if record_dir is not None else []:
+            mark.unlink(missing_ok=True)
         return n
 
     def log_parent_artifact(self, path: str | Path) -> None:
@@ -233,6 +250,7 @@ class SweepStore:
                 self.client.set_tag(run_id, k, v)
         if state.get("run_id") != run_id:
             state = {}  # a record delivered to another run starts over for this one
+        state.pop("status_sent", None)  # the tag says QUEUED again: the attempt's end must be sent, even if unchanged
         state.update(tracking_uri=self.uri, run_id=run_id, experiment_id=self.experiment_id)
         write_json(track / "mlflow.json", state)
         return run_id
@@ -261,6 +279,26 @@ class SweepStore:
             self.client.set_terminated(run_id, mlflow_status)
         else:
             self.client.update_run(run_id, status=mlflow_status)
+
+
+def _unreachable(uri: str, e: Exception) -> Exception:
+    """A damaged store file is named as such; anything else is an unreachable store."""
+    return file_error(uri, e) or TrackingError(
+        f"cannot reach the MLflow tracking store {uri} ({type(e).__name__}: {str(e)[:200]}); start it "
+        "(make mlflow-up) or set MLFLOW_TRACKING_URI")
+
+
+def dead_launcher_marks(record_dir: Path) -> list[Path]:
+    """Open marks (start_parent) of sweep runs whose launcher on this host is gone."""
+    out = []
+    for mark in (record_dir / SWEEP_RECORDS).glob(f"*{OPEN_MARK}"):
+        try:
+            host, _, pid = mark.read_text().strip().partition(" ")
+        except OSError:  # ended meanwhile
+            continue
+        if host == socket.gethostname() and not (pid.isdigit() and _launcher_alive(int(pid))):
+            out.append(mark)
+    return out
 
 
 def _launcher_alive(pid: int) -> bool:

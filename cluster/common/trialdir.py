@@ -51,6 +51,15 @@ def write_trial_json(trial: Trial, run_dir: Path, *, backend: str, overrides: di
     return path
 
 
+def check_runs_writable(spec: str, root: Path = RUNS_ROOT) -> None:
+    """Refuse (StorageError, exit 2) before anything is written when the spec's run directories cannot
+    be: trial.json, the records and the locks live there."""
+    from trainer.paths import check_writable
+
+    check_writable(root / spec, None, fix="make it writable (every trial's record and lock lives there) or run "
+                                          "from a directory where runs/ can be written")
+
+
 def local_status(run_dir: Path) -> tuple[str, str]:
     """(status, reason) from the trial's local record; ('', '') if it never started."""
     st = read_json(run_dir / "track" / "status.json") or {}

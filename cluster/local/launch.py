@@ -8,11 +8,12 @@ import signal
 import sys
 from typing import Any
 
-from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
+from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import DONE, known_runs, split
-from cluster.common.trialdir import RUNS_ROOT, trial_dir
-from cluster.local.runner import check_local, run_trials, trainer_command, visible_gpus
+from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
+from cluster.local.runner import TAKEN, check_local, run_trials, trainer_command, visible_gpus
 from sweeps.expand import gpu_hours
+from trainer.dist import check_cpu_ranks
 from trainer.errors import ExitCode
 
 
@@ -31,25 +32,28 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
         print(f"{len(prep.trials)} trials, up to {parallel} at a time; "
               f"{gpu_hours(prep.trials, spec.estimate_ms_per_step):.1f} GPU-hours estimated")
         return ExitCode.OK
+    if not visible_gpus():
+        check_cpu_ranks(nproc)  # what each trial's ranks would say, said once and before anything is written
+    check_runs_writable(spec.name)
     states = states_for(prep)
     todo, done, busy = split(states)
     if done:
         print(f"skipping {len(done)} finished trial(s)")
     if busy:
         print(f"{len(busy)} trial(s) are running in another process; leaving them alone")
+    store = prep.store
     if not todo:
+        recover(states, store, spec.name, search=False)
         print(f"nothing to run: {len(done)}/{len(states)} trials finished")
         return ExitCode.OK
     preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
-    stale = retire_stale(states, prep.store)
+    stale = retire_stale(states, store)
     if stale:
         print(f"{stale} trial(s) left RUNNING by a dead process: marked KILLED, running again")
-    store = prep.store
-    if store.enabled and store.retire_stale_parents(spec.name):
-        print("a sweep run left RUNNING by a dead launcher was marked KILLED")
+    recover(states, store, spec.name)
     existing = known_runs(states)
     store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path,
-                       trial_ids=[t.trial_id for t in prep.trials])
+                       trial_ids=[t.trial_id for t in prep.trials], record_dir=RUNS_ROOT / spec.name)
     status = "FINISHED"
     # `kill PID` (SIGTERM) stops a sweep like Ctrl-C: trials checkpoint, records and the sweep run say KILLED
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -64,8 +68,11 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
     finally:
         signal.signal(signal.SIGTERM, previous)
         store.finish_parent(status, RUNS_ROOT / spec.name)
-    bad = {k: v for k, v in results.items() if v not in DONE}
-    print(f"sweep {spec.name}: {len(results) - len(bad)} finished, {len(bad)} not "
+    elsewhere = [k for k, v in results.items() if v == TAKEN]
+    if elsewhere:
+        print(f"{len(elsewhere)} trial(s) were taken by another launcher meanwhile; leaving them to it")
+    bad = {k: v for k, v in results.items() if v not in DONE and k not in elsewhere}
+    print(f"sweep {spec.name}: {len(results) - len(bad) - len(elsewhere)} finished, {len(bad)} not "
           f"({', '.join(sorted(set(bad.values()))) or '-'}); records in {RUNS_ROOT / spec.name}")
     return ExitCode.OK if not bad else ExitCode.TRIALS_FAILED
 

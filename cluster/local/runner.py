@@ -34,6 +34,7 @@ from sweeps.mlflow_runs import is_server
 from trainer.main import EXIT_CODES
 
 STATUS_OF_EXIT: dict[int, str] = {int(v): k for k, v in EXIT_CODES.items() if k != "EARLY_STOPPED"}
+TAKEN = "TAKEN"  # run_trials' result for a trial another launcher runs, or ran since this one read the records
 
 
 def trainer_command(trial_json: Path, nproc: int, python: str = sys.executable) -> list[str]:
@@ -100,6 +101,10 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
     lock = TrialLock(s.run_dir)
     if not lock.acquire():
         return None  # another launcher runs it right now
+    now = local_status(s.run_dir)[0]
+    if now and now != s.status:  # another launcher ran it since this one read the records
+        lock.release()
+        return None
     trial_json = write_trial_json(s.trial, s.run_dir, backend="local",
                                   overrides={"device": device} if device else None,
                                   tags=launch_tags(store.parent_id, gpus, trials_per_gpu))
@@ -232,9 +237,9 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                     s = queue.pop(0)
                     r = _start(s, store, taken, nproc=nproc, device=device, existing=existing, outage=outage,
                                trials_per_gpu=trials_per_gpu)
-                    if r is None:  # another launcher holds the trial
+                    if r is None:  # another launcher runs it, or ran it meanwhile
                         pool.give(taken)
-                        results[s.trial.trial_id] = "RUNNING"
+                        results[s.trial.trial_id] = TAKEN
                         continue
                     running.append(r)
                     progress.started(_label(r.state), r.state.run_dir, r.state.trial.config.run.num_iterations)
@@ -244,11 +249,11 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                         continue
                     running.remove(r)
                     status, _ = _final_status(r, code)
-                    r.lock.release()
                     r.log.close()  # type: ignore[attr-defined]
                     pool.give(r.gpus)
-                    if not _deliver(r.state, store, ended=True, outage=outage):
+                    if not _deliver(r.state, store, ended=True, outage=outage):  # under the lock: no other launcher delivers it
                         undelivered.append(r.state)
+                    r.lock.release()
                     results[r.state.trial.trial_id] = status
                     progress.ended(_label(r.state), status)
                 if time.monotonic() - last_delivery > 5:
@@ -290,6 +295,6 @@ def _stop_all(running: list[_Running], store: SweepStore, results: dict[str, str
         status, reason = local_status(r.state.run_dir)
         if status not in ("FINISHED", "FAILED", "KILLED", "EARLY_STOPPED"):  # keep the trainer's own reason
             set_local_status(r.state.run_dir, "KILLED", "stopped with the sweep before it could save; reruns")
-        r.lock.release()
         _deliver(r.state, store, ended=True)
+        r.lock.release()
         results[r.state.trial.trial_id] = local_status(r.state.run_dir)[0]

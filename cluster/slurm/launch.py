@@ -24,9 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from cluster.common.compile_cache import cache_env
-from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
+from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import TrialState, known_runs, split
-from cluster.common.trialdir import RUNS_ROOT, set_local_status, submission_lock, trial_dir, write_trial_json
+from cluster.common.trialdir import (
+    RUNS_ROOT,
+    check_runs_writable,
+    set_local_status,
+    submission_lock,
+    trial_dir,
+    write_trial_json,
+)
 from cluster.errors import BackendError, BackendUnavailable
 from cluster.slurm.sbatch import (
     DEFAULT_MAX_ARRAY_SIZE,
@@ -76,6 +83,7 @@ def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]
         _, todo, done, busy = _split(prep)
         return dry_run_report(prep, [s.trial for s in todo], len(done) + len(busy), options, sweep_dir, tracking)
     # a refused partition or account must fail here, before any record, MLflow run or snapshot exists
+    check_runs_writable(spec.name, sweep_dir.parent)
     todo_now = _split(prep, use_store=False)[1]  # the store is read once, under the lock below
     if todo_now:
         test_only(prep, [s.trial for s in todo_now], options, sweep_dir, tracking)
@@ -91,6 +99,11 @@ def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]
             stale = retire_stale(states, prep.store)
             if stale:
                 print(f"{stale} trial(s) whose job is gone without a final status: marked KILLED, submitting again")
+        # records of ended jobs that no launcher delivered (no --wait, or it was killed); dead launchers' sweep runs
+        live = {s.trial.trial_id for s in busy}
+        recover([s for s in states if s.trial.trial_id not in live], prep.store, spec.name, root=sweep_dir.parent,
+                search=bool(todo))
+        if todo:
             submitted = submit(prep, todo, options, sweep_dir, tracking)
     if not todo and (not wait or not busy):
         print(f"nothing to submit: {len(done)}/{len(states)} trials finished, {len(busy)} queued or running")
@@ -249,7 +262,7 @@ def submit(prep: Prepared, todo: list[TrialState], options: SlurmOptions, sweep_
               "once they end); for live tracking from parallel jobs start a server (make mlflow-up) and set "
               "MLFLOW_TRACKING_URI=http://HOST:PORT", file=sys.stderr)
     store.start_parent(spec=spec.name, stage=spec.stage, backend="slurm", n_trials=len(todo), spec_path=spec.path,
-                       trial_ids=[t.trial_id for t in prep.trials])
+                       trial_ids=[t.trial_id for t in prep.trials], record_dir=sweep_dir)
     existing = known_runs(todo)
     by_id = {s.trial.trial_id: s for s in todo}
     workdir = os.getcwd()

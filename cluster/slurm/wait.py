@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from cluster.common.delivery import deliver
+from cluster.common.delivery import deliver_locked
 from cluster.common.progress import Progress
 from cluster.common.state import DONE, TrialState
 from cluster.common.store import SweepStore
@@ -31,7 +31,7 @@ MAX_SQUEUE_FAILURES = 10
 def _deliver(s: TrialState, store: SweepStore) -> None:
     """The jobs track locally with a file store: this launcher, the single writer, delivers."""
     if not is_server(store.uri):
-        deliver(s.run_dir, store)
+        deliver_locked(s.run_dir, store)  # never beside another launcher's delivery of the record
 
 
 def _settle(s: TrialState, job_id: str, store: SweepStore, ended_at: float) -> str | None:

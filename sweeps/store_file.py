@@ -1,0 +1,110 @@
+"""A sqlite tracking store's file (`sqlite:///mlflow.db`): made once, whole, and named when damaged.
+
+MLflow creates a sqlite store on first use by migrating it in place: two launchers starting at once
+both migrate (one crashes with "duplicate column name"), and a kill -9 mid-way leaves a half-migrated
+file that every later command fails on. So the first creation happens under a lock beside the file,
+into a temporary file in the same directory that is renamed into place once migrated. An existing
+file is checked to be a database (with the standard library, before MLflow opens it: MLflow retries
+a damaged one for a while); MLflow's errors about a sqlite store name the file and the fix, never
+"start the server" (a file has no server).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from sweeps.errors import StoreFileError
+
+CREATING = ".creating-"  # <dir>/.<name>.creating-<pid>: a store being migrated (a leftover is a dead creator's)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a `sqlite:///` URI (relative to the working directory), else None."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    return Path(urllib.parse.unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
+
+
+def ensure_store(uri: str) -> None:
+    """Create a sqlite store's file if it is not there (atomically, one creator at a time), else check
+    it. Other stores (a server) are left to MLflow."""
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    if not path.exists():
+        _create(path)
+    check_file(path)
+
+
+def check_file(path: Path) -> None:
+    """Raise StoreFileError unless `path` is a sqlite database (MLflow checks its schema)."""
+    try:
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        if "locked" not in str(e):  # busy is not damaged: MLflow waits for it
+            raise damaged(path, str(e)) from None
+
+
+def damaged(path: Path, why: str) -> StoreFileError:
+    return StoreFileError(f"{path}: not a usable MLflow store ({why[:120]}; e.g. its first creation was killed "
+                          f"half-way); move it aside (mv {path} {path}.broken) to start a new store here, or "
+                          "restore it from a backup, then run again")
+
+
+def file_error(uri: str, e: BaseException) -> StoreFileError | None:
+    """The error to raise when MLflow failed on a sqlite store's file itself (damaged, half-migrated,
+    an older schema), or None when `e` is something else."""
+    path = sqlite_path(uri)
+    text = str(e)
+    if path is None or "locked" in text:  # not a file store, or busy (not damaged)
+        return None
+    if "out-of-date database schema" in text:
+        return StoreFileError(f"{path}: MLflow store of an older schema; back it up, then upgrade it with "
+                              f"`mlflow db upgrade {uri}` (or move it aside to start a new store), then run again")
+    if not path.exists():
+        return StoreFileError(f"{path}: cannot create the MLflow store here ({_first_line(e)}); make "
+                              f"{path.parent.resolve()} writable or set MLFLOW_TRACKING_URI, then run again")
+    return damaged(path, _first_line(e))
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:100]}" if str(e) else type(e).__name__
+
+
+def _create(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a second creator waits here, then finds the file made
+        if path.exists():
+            return
+        for leftover in path.parent.glob(f".{path.name}{CREATING}*"):  # a dead creator's (we hold the lock)
+            leftover.unlink(missing_ok=True)
+        tmp = path.parent / f".{path.name}{CREATING}{os.getpid()}"
+        try:
+            _migrate(tmp)
+            os.replace(tmp, path)
+        finally:
+            for f in (tmp, tmp.with_name(tmp.name + "-journal")):
+                f.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _migrate(tmp: Path) -> None:
+    """MLflow's own creation of a store (tables, migrations, the Default experiment), into `tmp`."""
+    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
+
+    uri = f"sqlite:///{tmp.resolve()}"
+    store: Any = _get_sqlalchemy_store(uri, None)
+    store.engine.dispose()  # no connection may outlive the rename
+    getattr(type(store), "_engine_map", {}).pop(uri, None)
