@@ -36,10 +36,10 @@ import os, signal, sys
 import cluster.local.runner as runner
 from cluster.common.trialdir import local_status
 deliver = runner._deliver
-def die_when_ended(s, store, *, ended, quiet=False):
+def die_when_ended(s, store, *, ended, **kw):
     if ended or local_status(s.run_dir)[0] == "FINISHED":
         os.kill(os.getpid(), signal.SIGKILL)
-    return deliver(s, store, ended=ended, quiet=quiet)
+    return deliver(s, store, ended=ended, **kw)
 runner._deliver = die_when_ended
 from gatesweep.cli import main
 sys.exit(main(sys.argv[1:]))
