@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cluster.common.trialdir import TrialLock
+from cluster.common.trialdir import TrialLock, local_status
 from trainer.record import TERMINAL, record_pending
 
 
@@ -40,15 +40,17 @@ def undelivered(run_dir: Path) -> bool:
     return pending(Path(run_dir) / "track")
 
 
-def deliver_pending(states: Iterable[Any], store: Any) -> tuple[int, int]:
+def deliver_pending(states: Iterable[Any], store: Any, *, current: bool = False) -> tuple[int, int]:
     """Deliver what ended trials' records still hold (a launcher killed between a trial's end and its
     delivery leaves it so): (delivered, failed). Reads only the records' JSON files (no mlflow import)
-    when nothing waits."""
+    when nothing waits. `current`: judge "ended" by the record's status now, not the state's (after a
+    backend has run the trials)."""
     if not store.enabled:
         return 0, 0
     ok = failed = 0
     for s in states:
-        if s.status in TERMINAL and record_pending(s.run_dir / "track"):
+        status = local_status(s.run_dir)[0] if current else s.status
+        if status in TERMINAL and record_pending(s.run_dir / "track"):
             done = deliver_locked(s.run_dir, store)
             ok, failed = ok + (done is True), failed + (done is False)
     return ok, failed

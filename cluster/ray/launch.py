@@ -26,11 +26,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cluster.common.delivery import deliver, undelivered
-from cluster.common.prepare import Prepared, preflight_trials, retire_stale, states_for
+from cluster.common.delivery import deliver, deliver_pending
+from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import DONE, TrialState, known_runs, split
 from cluster.common.store import LEAKY_ENV, SweepStore
-from cluster.common.trialdir import RUNS_ROOT, TrialLock, local_status, trial_dir, write_trial_json
+from cluster.common.trialdir import RUNS_ROOT, local_status, trial_dir, write_trial_json
 from cluster.errors import BackendError
 from cluster.ray.on_slurm import sbatch_text, slurm_job
 from cluster.ray.plan import (
@@ -46,7 +46,6 @@ from cluster.ray.space import METRIC, MODE, SearchPlan, parse_search, search_tri
 from cluster.ray.summary import log_search, report
 from sweeps.errors import SpecError
 from sweeps.mlflow_runs import is_server
-from trainer.record import read_json
 
 NODE_WAIT_S = 300.0
 
@@ -83,16 +82,15 @@ def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, override
           f"up to {concurrent} at a time")
     if not todo:  # answered from the local records: no torch, no Ray, no server unless a record waits
         print(f"nothing to run: {len(done)}/{len(states)} trials recorded")
-        _deliver_all(states, store)
+        recover(states, store, spec.name, search=False)
         return 0 if report(plan, trials, store, RUNS_ROOT / spec.name) == "FINISHED" else 1
     preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
     if retire_stale(states, store):
         print("trial(s) left RUNNING by a dead process: marked KILLED, running again")
-    if store.enabled and store.retire_stale_parents(spec.name):
-        print("a sweep run left RUNNING by a dead launcher was marked KILLED")
+    recover(states, store, spec.name)
     existing = known_runs(states)
     store.start_parent(spec=spec.name, stage=spec.stage, backend="ray", n_trials=len(todo), spec_path=spec.path,
-                       trial_ids=[t.trial_id for t in trials])
+                       trial_ids=[t.trial_id for t in trials], record_dir=RUNS_ROOT / spec.name)
     status = "FAILED"
     try:
         log_search(store, plan, concurrent)
@@ -109,7 +107,7 @@ def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, override
         print("interrupted: rerun the same command to resume (finished trials are not run again)", file=sys.stderr)
         return 130
     finally:
-        _deliver_all(states, store)
+        deliver_pending(states, store, current=True)  # whatever a trial process left undelivered
         store.finish_parent(status, RUNS_ROOT / spec.name)
     return 0 if status == "FINISHED" else 1
 
@@ -256,24 +254,3 @@ def _wait_for_nodes(ray: Any, n: int) -> None:
             raise BackendError(f"only {sum(1 for x in ray.nodes() if x.get('Alive'))} of backend.ray.nodes={n} Ray "
                                f"nodes joined in {NODE_WAIT_S:.0f}s; check the workers' `ray start` output")
         time.sleep(2.0)
-
-
-# ---------------------------------------------------------------- records
-def _deliver_all(states: list[TrialState], store: SweepStore) -> None:
-    """Whatever a record still holds undelivered, once no trial process writes it any more."""
-    waiting = [s for s in states if _undelivered(s.run_dir / "track")]
-    if not store.enabled or not waiting:
-        return
-    for s in waiting:  # `undelivered` imports mlflow: only when a record waits
-        if undelivered(s.run_dir) and not TrialLock(s.run_dir).held_elsewhere():
-            deliver(s.run_dir, store)
-
-
-def _undelivered(track: Path) -> bool:
-    """A cheap look at a record (JSON only): does it hold something MLflow has not received?"""
-    state = read_json(track / "mlflow.json")
-    if state is None:
-        return False
-    size = (track / "metrics.jsonl").stat().st_size if (track / "metrics.jsonl").exists() else 0
-    status = (read_json(track / "status.json") or {}).get("status", "")
-    return int(state.get("metrics_offset", 0)) < size or state.get("status_sent") != status
