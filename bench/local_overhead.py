@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cpu_results import write_results  # noqa: E402
 from bench.measure import parse_first_step  # noqa: E402
 
 TINY = {"preset": "tiny", "vocab_size": 64, "n_embd": 32, "n_head": 2, "sequence_length": 32, "batch_size": 4,
@@ -124,14 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         measured = measure(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rev = subprocess.run(["git", "-C", str(args.code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    result = {"date": str(dt.date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), "
-              f"load {os.getloadavg()[0]:.1f}", "python": platform.python_version(),
-              "command": " ".join(["bench/local_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
-              "code_rev": args.label or rev.stdout.strip() or str(args.code), "measured": measured}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "README.md").write_text(readme(result))
+    write_results(args.out, "bench/local_overhead.py", argv if argv is not None else sys.argv[1:], args.code, args.label,
+                  {"measured": measured}, readme)
     print(json.dumps(measured))
     return 0
 

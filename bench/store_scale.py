@@ -24,7 +24,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -36,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.cpu_results import write_results  # noqa: E402
 
 EXPERIMENT, SPEC, STAGE = "gatesweep-scale", "scale", "scale"
 GATES = ("none", "headwise", "elementwise", "const")
@@ -203,14 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stores kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    rev = subprocess.run(["git", "-C", str(args.code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    result = {"date": str(dt.date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), "
-              f"load {os.getloadavg()[0]:.1f}", "python": platform.python_version(),
-              "command": " ".join(["bench/store_scale.py", *(argv if argv is not None else sys.argv[1:])]),
-              "code_rev": args.label or rev.stdout.strip() or str(args.code), "stores": stores}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "README.md").write_text(readme(result))
+    write_results(args.out, "bench/store_scale.py", argv if argv is not None else sys.argv[1:], args.code, args.label,
+                  {"stores": stores}, readme)
     print(args.out)
     return 0
 

@@ -30,7 +30,7 @@ from cluster.common.delivery import deliver, deliver_pending
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import DONE, TrialState, known_runs, split
 from cluster.common.store import LEAKY_ENV, SweepStore
-from cluster.common.trialdir import RUNS_ROOT, local_status, trial_dir, write_trial_json
+from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, local_status, trial_dir, write_trial_json
 from cluster.errors import BackendError
 from cluster.ray.on_slurm import sbatch_text, slurm_job
 from cluster.ray.plan import (
@@ -72,6 +72,7 @@ def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, override
                         slurm_opts=slurm_opts or {})
         print(sbatch_text(job), end="")
         return 0
+    check_runs_writable(spec.name)  # every launcher, before anything is written (recover writes records too)
     search = Prepared(spec, trials, store)
     states = states_for(search)
     todo, done, busy = split(states)
