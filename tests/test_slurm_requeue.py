@@ -50,7 +50,7 @@ def test_requeued_trial_resumes_and_matches_an_uninterrupted_one(slurm_cluster, 
     run_dir, ref_dir = RUNS_ROOT / interrupted / trial.trial_id, RUNS_ROOT / reference / trial.trial_id
     job = job_id(run_dir)
 
-    wait_until(lambda: last_step(run_dir) >= 30, 120, "the trial to train 30 steps")
+    wait_until(lambda: last_step(run_dir) >= 30, 300, "the trial to train 30 steps")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what Slurm sends before the time limit
     wait_until(lambda: squeue(job)[0] == "PENDING" and status(run_dir) == "QUEUED", 60, "the job to be requeued")
     stopped_at = last_step(run_dir)
@@ -140,7 +140,7 @@ def _submit_one(tmp_path, monkeypatch, prefix: str, **spec) -> tuple:
     run_dir = RUNS_ROOT / name / trial.trial_id
     code, _, err = gatesweep(["run", "spec.yaml"])
     assert code == 0, err
-    wait_until(lambda: last_step(run_dir) >= 20, 120, "the trial to train 20 steps")
+    wait_until(lambda: last_step(run_dir) >= 20, 300, "the trial to train 20 steps")
     return name, trial, run_dir, job_id(run_dir)
 
 
@@ -155,7 +155,7 @@ def test_out_of_requeues_the_trial_is_killed_and_the_next_run_resumes_it(slurm_c
     first_stop = last_step(run_dir)
     time.sleep(2)  # see the test above: the credential of the last run must be older than 1 s
     subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
-    wait_until(lambda: last_step(run_dir) >= first_stop + 20, 120, "the requeued job to train 20 more steps")
+    wait_until(lambda: last_step(run_dir) >= first_stop + 20, 300, "the requeued job to train 20 more steps")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     wait_until(lambda: squeue(job)[0] in ("", "COMPLETED", "FAILED", "CANCELLED"), 60, "the job to end")
     assert status(run_dir) == "KILLED"

@@ -119,11 +119,12 @@ def main(argv: list[str], prog: str = "python -m trainer") -> int:
 
 
 def exit_process(code: int) -> None:
-    """End `python -m trainer`. A launcher's trial (GATESWEEP_TRACKING set: its record is closed, its
-    status written) ends with os._exit once output is flushed: the interpreter's teardown of torch
-    costs ~0.7 s per trial and writes nothing."""
-    if not os.environ.get("GATESWEEP_TRACKING"):
-        sys.exit(code)
+    """End `python -m trainer` with os._exit once output is flushed. By then the run's record is
+    closed and its status written (train() finishes the tracker; the process group is destroyed).
+    The interpreter's teardown of torch writes nothing, costs ~0.7 s per trial, and under gloo can
+    abort a rank that finished cleanly: a compiled DDP model outlives main() in dynamo's caches, and
+    its process group's worker threads met finalization ("terminate called without an active
+    exception", SIGABRT, seen once in CI on a FINISHED 2-rank run)."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
