@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     ValidationError,
     WithJsonSchema,
@@ -175,6 +176,9 @@ class Estimate(Section):
 class LocalOptions(Section):
     max_parallel: Pos | None = Field(default=None, description="trials at a time (default 1)")
     trials_per_gpu: Pos | None = Field(default=None, description="single-GPU trials sharing one GPU (default 1)")
+    warm_start: StrictBool | None = Field(default=None, description=(
+        "fork single-process trials from one process that has already imported torch (default true; "
+        "~2 s less per trial); false: every trial is a fresh `python -m trainer`"))
 
 
 class SlurmOptions(Section):

@@ -109,16 +109,29 @@ def children(pid: int) -> list[int]:
 
 
 def trainers(launcher: int) -> dict[int, str]:
-    """{pid: trial id} of the trainers a local launcher runs now (argv ends with .../<trial_id>/trial.json);
-    a child still starting or already gone is left out."""
-    out = {}
-    for pid in children(launcher):
+    """{pid: trial id} of the trainers a local launcher runs now: the first processes below it whose
+    stdout is a trial's stdout.log (a fresh `python -m trainer` is the launcher's child; a trial forked
+    by the warm trainer is its grandchild). A process still starting or already gone is left out."""
+    out, todo = {}, children(launcher)
+    while todo:
+        pid = todo.pop()
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stdout = os.readlink(f"/proc/{pid}/fd/1")
         except OSError:
             continue
-        if len(argv) >= 2 and argv[-2].endswith(b"/trial.json"):
-            out[pid] = Path(argv[-2].decode()).parent.name
+        if stdout.endswith("/stdout.log") and (Path(stdout).parent / "trial.json").exists():
+            out[pid] = Path(stdout).parent.name
+        else:
+            todo += children(pid)
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children(p)
     return out
 
 
@@ -130,8 +143,8 @@ def alive(pid: int) -> bool:
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL a launcher and the trainers it started (each in its own session)."""
-    for pid in children(proc.pid):
+    """SIGKILL a launcher and every process below it (trainers run in their own sessions)."""
+    for pid in descendants(proc.pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from trainer.cores import check_cpu_ranks
 from trainer.errors import ConfigError
 
 
@@ -68,15 +69,6 @@ def _env_int(key: str, default: int) -> int:
         raise ConfigError(f"environment variable {key}={raw!r} is not a valid {key.lower()}; torchrun and the "
                           f"launchers set it: unset it to run one process")
     return value
-
-
-def check_cpu_ranks(local_ranks: int, cores: int | None = None) -> None:
-    """CPU ranks beyond the cores this process may use are refused: the ranks would time-share cores
-    and every collective would wait for a descheduled rank."""
-    cores = len(os.sched_getaffinity(0)) if cores is None else cores
-    if local_ranks > cores:
-        raise ConfigError(f"{local_ranks} CPU ranks on this machine but only {cores} CPU core(s) available: run "
-                          f"with --nproc_per_node={cores} or fewer (resources.gpus_per_node for a spec), or on GPUs")
 
 
 def setup(requested_device: str = "auto") -> DistEnv:

@@ -11,9 +11,10 @@ from typing import Any
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import DONE, known_runs, split
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
-from cluster.local.runner import TAKEN, check_local, run_trials, trainer_command, visible_gpus
+from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, trainer_command, visible_gpus
+from cluster.local.warm import WarmTrainer
 from sweeps.expand import gpu_hours
-from trainer.dist import check_cpu_ranks
+from trainer.cores import check_cpu_ranks
 from trainer.errors import ExitCode
 
 
@@ -47,6 +48,18 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
         print(f"nothing to run: {len(done)}/{len(states)} trials finished")
         return ExitCode.OK
     preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
+    warm = start_warm(RUNS_ROOT / spec.name, cpu=not visible_gpus(),
+                      enabled=nproc == 1 and len(todo) > 1 and local.get("warm_start", True) is not False)
+    try:
+        return _run(prep, todo, done, states, warm, parallel=parallel, nproc=nproc, per_gpu=per_gpu)
+    finally:
+        if warm is not None:
+            warm.close()
+
+
+def _run(prep: Prepared, todo: list, done: list, states: list, warm: WarmTrainer | None, *, parallel: int,
+         nproc: int, per_gpu: int) -> int:
+    spec, store = prep.spec, prep.store
     stale = retire_stale(states, store)
     if stale:
         print(f"{stale} trial(s) left RUNNING by a dead process: marked KILLED, running again")
@@ -59,7 +72,7 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = run_trials(todo, store, max_parallel=parallel, nproc=nproc, title=spec.name, existing=existing,
-                             trials_per_gpu=per_gpu)
+                             trials_per_gpu=per_gpu, warm=warm)
     except KeyboardInterrupt:
         status = "KILLED"
         print("interrupted: running trials were stopped and marked KILLED; rerun the same command to resume",

@@ -30,6 +30,7 @@ from cluster.common.store import SweepStore, clean_env
 from cluster.common.trialdir import TrialLock, local_status, set_local_status, write_trial_json
 from cluster.errors import BackendError
 from cluster.local.outage import OFFLINE_ENV, Outage
+from cluster.local.warm import WarmError, WarmProc, WarmTrainer
 from sweeps.mlflow_runs import is_server
 from trainer.main import EXIT_CODES
 
@@ -77,7 +78,7 @@ def visible_gpus() -> list[int]:
 @dataclass
 class _Running:
     state: TrialState
-    proc: subprocess.Popen
+    proc: subprocess.Popen | WarmProc
     gpus: list[int]
     lock: TrialLock
     start: float
@@ -97,7 +98,8 @@ SHARED_TAG = "gatesweep.gpu_shared"  # read back by analysis.fetch (analysis.ste
 
 
 def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, device: str | None,
-           existing: dict, outage: Outage, trials_per_gpu: int = 1) -> _Running | None:
+           existing: dict, outage: Outage, trials_per_gpu: int = 1, warm: WarmTrainer | None = None
+           ) -> _Running | None:
     lock = TrialLock(s.run_dir)
     if not lock.acquire():
         return None  # another launcher runs it right now
@@ -122,18 +124,38 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
             print(f"warning: MLflow unreachable while starting trial {s.trial.trial_id} ({why}); it trains anyway "
                   f"and its record is delivered when the server is back (or by `gatesweep sync {s.run_dir}`)",
                   file=sys.stderr)
-    env = clean_env() | cache_env(Path(s.run_dir).parent) | (OFFLINE_ENV if outage.active else {})
+    env = base_env(Path(s.run_dir).parent, cpu=not gpus) | (OFFLINE_ENV if outage.active else {})
     env["GATESWEEP_TRACKING"] = "mlflow" if is_server(store.uri) else "local"
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
-    else:
-        env.setdefault("OMP_NUM_THREADS", "1")
     log = open(s.run_dir / "stdout.log", "ab")
     assert lock._fd is not None
-    proc = subprocess.Popen(trainer_command(trial_json, nproc), stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True, pass_fds=(lock._fd,),
-                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
+    proc: subprocess.Popen | WarmProc | None = None
+    if warm is not None and nproc == 1 and warm.accepts(env):
+        try:
+            proc = warm.start([str(trial_json)], env, os.getcwd(), (log.fileno(), lock._fd))
+        except WarmError as e:
+            print(f"note: trial {s.trial.trial_id} starts as a fresh process ({e})", file=sys.stderr)
+    if proc is None:
+        proc = subprocess.Popen(trainer_command(trial_json, nproc), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, pass_fds=(lock._fd,),
+                                preexec_fn=functools.partial(die_with_parent, os.getpid()))
     return _Running(s, proc, gpus, lock, time.monotonic(), log)
+
+
+def base_env(sweep_dir: Path, *, cpu: bool) -> dict[str, str]:
+    """A trial's environment before its per-trial part (tracking mode, GPUs, outage settings): the
+    warm trainer is started with it, so the two must stay one function."""
+    env = clean_env() | cache_env(sweep_dir)
+    if cpu:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def start_warm(sweep_dir: Path, *, cpu: bool, enabled: bool) -> WarmTrainer | None:
+    """The sweep's warm trainer (cluster/local/warm.py), started now so that its imports overlap the
+    launcher's own set-up; None when switched off (backend.local.warm_start: false)."""
+    return WarmTrainer(base_env(sweep_dir, cpu=cpu)) if enabled else None
 
 
 def _final_status(r: _Running, code: int) -> tuple[str, str]:
@@ -176,18 +198,24 @@ def _redeliver(undelivered: list[TrialState], store: SweepStore, outage: Outage)
 
 
 def _wait(running: list[_Running], timeout: float) -> None:
-    """Sleep up to `timeout`, woken as soon as a trial's process exits (a pidfd turns readable)."""
-    fds = []
+    """Sleep up to `timeout`, woken as soon as a trial's process exits (a pidfd turns readable, or the
+    warm trainer reports the exit of a trial it forked)."""
+    owned, fds = [], set()
     try:
         for r in running:
+            if isinstance(r.proc, WarmProc):
+                if (fd := r.proc.wait_fd()) is not None:
+                    fds.add(fd)
+                continue
             with contextlib.suppress(OSError):  # gone already: the next poll() reaps it
-                fds.append(os.pidfd_open(r.proc.pid))
+                owned.append(os.pidfd_open(r.proc.pid))
+        fds.update(owned)
         if fds:
-            select.select(fds, [], [], timeout)
+            select.select(list(fds), [], [], timeout)
         else:
             time.sleep(timeout)
     finally:
-        for fd in fds:
+        for fd in owned:
             os.close(fd)
 
 
@@ -207,9 +235,10 @@ def check_local(nproc: int, *, max_parallel: int, trials_per_gpu: int, gpus: lis
 
 def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, nproc: int,
                title: str, existing: dict, device: str | None = None, gpus: list[int] | None = None,
-               trials_per_gpu: int = 1) -> dict[str, str]:
+               trials_per_gpu: int = 1, warm: WarmTrainer | None = None) -> dict[str, str]:
     """Run `todo` and return {trial_id: final status}. `trials_per_gpu` > 1 shares each GPU between
-    that many single-GPU trials (small models that leave a GPU mostly idle)."""
+    that many single-GPU trials (small models that leave a GPU mostly idle). `warm`: single-process
+    trials are forked from it while it is ready (see warm.py), the others start fresh."""
     gpus = visible_gpus() if gpus is None else gpus
     check_local(nproc, max_parallel=max_parallel, trials_per_gpu=trials_per_gpu,
                 gpus=[] if device == "cpu" else gpus)
@@ -236,17 +265,19 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                         break
                     s = queue.pop(0)
                     r = _start(s, store, taken, nproc=nproc, device=device, existing=existing, outage=outage,
-                               trials_per_gpu=trials_per_gpu)
+                               trials_per_gpu=trials_per_gpu, warm=warm)
                     if r is None:  # another launcher runs it, or ran it meanwhile
                         pool.give(taken)
                         results[s.trial.trial_id] = TAKEN
                         continue
                     running.append(r)
                     progress.started(_label(r.state), r.state.run_dir, r.state.trial.config.run.num_iterations)
+                ended = False
                 for r in list(running):
                     code = r.proc.poll()
                     if code is None:
                         continue
+                    ended = True
                     running.remove(r)
                     status, _ = _final_status(r, code)
                     r.log.close()  # type: ignore[attr-defined]
@@ -263,7 +294,8 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                 if undelivered and time.monotonic() - last_retry > 30:
                     undelivered, last_retry = _redeliver(undelivered, store, outage), time.monotonic()
                 progress.tick()
-                _wait(running, 0.2)
+                if not (ended and queue):  # a trial just ended: start the next one at once
+                    _wait(running, 0.2)
         except KeyboardInterrupt:
             _stop_all(running, store, results)
             raise
