@@ -177,8 +177,8 @@ class LocalOptions(Section):
     max_parallel: Pos | None = Field(default=None, description="trials at a time (default 1)")
     trials_per_gpu: Pos | None = Field(default=None, description="single-GPU trials sharing one GPU (default 1)")
     warm_start: StrictBool | None = Field(default=None, description=(
-        "fork single-process trials from one process that has already imported torch (default true; "
-        "~2 s less per trial); false: every trial is a fresh `python -m trainer`"))
+        "fork single-process trials from one process that has already imported torch (~2 s less per "
+        "trial); default: on CPU-only machines; true: GPU trials too; false: every trial starts fresh"))
 
 
 class SlurmOptions(Section):

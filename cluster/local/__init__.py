@@ -1,7 +1,8 @@
 """Local backend: each trial is a `python -m trainer` (or torchrun) process on this machine.
 
-Owns the trainer command, the GPU pool and the process runner (runner.py) and the `run` entry point
-(launch.py): trials up to max_parallel at a time, packed onto free GPUs.
+Owns the trainer command, the GPU pool and the process runner (runner.py), the warm trainer that
+forks single-process trials (warm.py) and the `run` entry point (launch.py): trials up to max_parallel
+at a time, packed onto free GPUs.
 """
 
 from __future__ import annotations

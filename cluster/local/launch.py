@@ -48,8 +48,12 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
         print(f"nothing to run: {len(done)}/{len(states)} trials finished")
         return ExitCode.OK
     preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
-    warm = start_warm(RUNS_ROOT / spec.name, cpu=not visible_gpus(),
-                      enabled=nproc == 1 and len(todo) > 1 and local.get("warm_start", True) is not False)
+    cpu = not visible_gpus()
+    # GPU trials fork only when asked: the fork path is tested on CPUs here, and a GPU trial's start is
+    # dominated by compiling anyway
+    wanted = local.get("warm_start")
+    warm = start_warm(RUNS_ROOT / spec.name, cpu=cpu,
+                      enabled=nproc == 1 and len(todo) > 1 and (wanted is True or (wanted is None and cpu)))
     try:
         return _run(prep, todo, done, states, warm, parallel=parallel, nproc=nproc, per_gpu=per_gpu)
     finally:

@@ -1,10 +1,12 @@
-"""Local backend: each trial is a torchrun (or plain python) process on this machine.
+"""Local backend: each trial is a torchrun (or plain python) process on this machine, or a fork of
+the sweep's warm trainer (warm.py) for single-process trials.
 
 Pure builders (`trainer_command`, `GpuPool`) plus a thin executor (`run_trials`). Trials run up to
 `max_parallel` at a time, packed onto free GPUs through CUDA_VISIBLE_DEVICES (or on the CPU when
-the machine has none). Each child holds the trial's lock (inherited fd) and dies with the launcher
-(PR_SET_PDEATHSIG -> SIGTERM -> the trainer checkpoints), so a killed launcher never leaves an
-orphan writing into a trial. Ctrl-C stops the children cleanly and marks their trials KILLED.
+the machine has none). Each trial holds its lock (inherited fd) and dies with the launcher
+(PR_SET_PDEATHSIG -> SIGTERM -> the trainer checkpoints; a forked trial through the warm process,
+which dies with the launcher), so a killed launcher never leaves an orphan writing into a trial.
+Ctrl-C stops the trials cleanly and marks them KILLED.
 """
 
 from __future__ import annotations

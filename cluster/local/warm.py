@@ -21,7 +21,6 @@ the log and lock descriptors; warm -> launcher: {"ready"}, {"started": pid} and 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import select
@@ -38,8 +37,6 @@ PER_TRIAL_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "GATESWEEP_TRACKING", "GATESW
 PRELOAD = ("torch", "torch._dynamo", "torch._inductor.compile_fx", "trainer.main", "trainer.dist",
            "trainer.build", "trainer.loop")
 MAX_MSG = 1 << 20
-PR_SET_PDEATHSIG = 1
-RESUMABLE = 3  # trainer.errors.ExitCode.RESUMABLE, without importing the trainer here
 
 
 def same_start_env(warm: dict[str, str], trial: dict[str, str]) -> bool:
@@ -203,9 +200,8 @@ def serve(sock_fd: int) -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
-    threads = len(os.listdir("/proc/self/task"))
-    if threads != 1:  # forking a process with threads can copy a lock some thread held
-        _send(sock, {"ready": False, "why": f"{threads} threads after imports"})
+    if why := _unsafe_to_fork():
+        _send(sock, {"ready": False, "why": why})
         return
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -230,6 +226,18 @@ def serve(sock_fd: int) -> None:
                 for fd in fds:
                     os.close(fd)
         _reap(sock)
+
+
+def _unsafe_to_fork() -> str:
+    """Why this process must not fork trials ('' if it may): a second thread could hold a lock the child
+    copies; a loaded CUDA driver cannot be used again in a forked child."""
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        return f"{threads} threads after imports"
+    with open("/proc/self/maps") as f:
+        if "libcuda.so" in f.read():
+            return "the CUDA driver is loaded"
+    return ""
 
 
 def _reap(sock: socket.socket) -> None:
@@ -266,11 +274,10 @@ def _fork(req: dict[str, Any], fds: list[int], close: tuple[int, ...]) -> int:
 
 
 def _become_trial(req: dict[str, Any], fds: list[int], close: tuple[int, ...], parent: int) -> None:
+    from cluster.common.process import die_with_parent
+
     os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the warm process died before the prctl took effect
-        os._exit(RESUMABLE)
+    die_with_parent(parent)  # SIGTERM when the warm process dies; gone already: exit, resumable
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
