@@ -199,7 +199,11 @@ def sync(paths: list[str], uri: str | None, *, as_json: bool = False) -> int:
 
 
 def _sync(tracks: list[Path], sweeps: list[Path], uri: str | None) -> dict[str, Any]:
+    from sweeps.errors import StoreFileError
+    from sweeps.mlflow_runs import resolve_uri
+    from sweeps.store_file import ensure_store
     from trainer.mlflow_sync import pending, sync_record
+    from trainer.record import read_json
 
     report: dict[str, Any] = {"delivered": {}, "failed": {}, "up_to_date": [], "sweeps": {}}
     n_ok = n_fail = 0
@@ -208,10 +212,14 @@ def _sync(tracks: list[Path], sweeps: list[Path], uri: str | None) -> dict[str, 
             report["up_to_date"].append(str(t))
             continue
         try:
-            res = sync_record(t, uri)
+            target = uri or (read_json(t / "mlflow.json") or {}).get("tracking_uri") or resolve_uri()
+            ensure_store(target)  # a new sqlite store is made whole and by one process, as for `run`
+            res = sync_record(t, target)
             report["delivered"][str(t)] = res
             n_ok += 1
             print(f"synced {t}: run {res['run_id']}, {res['metrics_delivered']} metric points, status {res['status']}")
+        except StoreFileError:
+            raise  # a damaged store: one line naming the file and the fix, not one failure per record
         except Exception as e:  # noqa: BLE001 - report and continue with the others
             n_fail += 1
             report["failed"][str(t)] = f"{type(e).__name__}: {str(e)[:200]}"

@@ -6,6 +6,8 @@ tracking store's first creation, a damaged store, a read-only runs/.
 - A damaged or half-migrated mlflow.db (garbage; one whose creation by MLflow itself was killed): one
   line naming the file and the fix (move it aside / restore it), exit 2 - not "start the server".
 - A read-only runs/: one line naming it, exit 2, before any MLflow run exists.
+- `gatesweep sync` into a directory without mlflow.db makes the store the same way (killed mid-migration:
+  no half store; the next sync delivers).
 """
 
 from __future__ import annotations
@@ -17,7 +19,17 @@ from pathlib import Path
 import pytest
 
 from tests.fs_helpers import in_namespace
-from tests.sweep_helpers import PYTHON, cli_env, experiment_runs, gatesweep, unique, write_data, write_spec
+from tests.sweep_helpers import (
+    PYTHON,
+    cli_env,
+    client,
+    experiment_runs,
+    gatesweep,
+    trainer_cli,
+    unique,
+    write_data,
+    write_spec,
+)
 from trainer.errors import ExitCode
 
 # `python -c KILL_IN_MIGRATION CODE`: runs CODE (a gatesweep command, or MLflow's own client) and
@@ -36,6 +48,7 @@ migration.HeadMaintainer.update_to_step = die_at_fifth
 exec(sys.argv[1])
 """
 RUN = "from gatesweep.cli import main; sys.exit(main(['run', 'spec.yaml']))"
+SYNC = "from gatesweep.cli import main; sys.exit(main(['sync', 'out/track']))"
 MLFLOW_ALONE = "from mlflow.tracking import MlflowClient; MlflowClient('sqlite:///mlflow.db').search_experiments()"
 
 
@@ -60,6 +73,25 @@ def test_a_launcher_killed_while_creating_the_store_leaves_no_half_store(tmp_pat
     assert res.returncode == 0, res.stdout + res.stderr
     assert not list(tmp_path.glob(".mlflow.db.creating-*"))  # the dead creator's leftover is gone
     (run,) = experiment_runs(f"sqlite:///{tmp_path}/mlflow.db", f"gs-{name}", "trial")
+    assert run.info.status == "FINISHED" and "final_val_loss" in run.data.metrics
+
+
+def test_sync_killed_while_creating_the_store_leaves_no_half_store(tmp_path: Path):
+    write_data(tmp_path)
+    tiny = ["preset=tiny", "vocab_size=64", "n_embd=32", "n_head=2", "sequence_length=32", "batch_size=4",
+            "device_batch_size=4", "val_tokens=256", "warmdown_iters=2", "train_files=data/train_*.bin",
+            "val_files=data/val_*.bin", "out_dir=out", "device=cpu", "compile=off", "num_iterations=4",
+            "run_id=offline"]
+    res = trainer_cli(tiny, tmp_path, cli_env(GATESWEEP_TRACKING="local"))  # a record made without MLflow
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    _killed(tmp_path, SYNC)
+    assert not (tmp_path / "mlflow.db").exists()  # the half-migrated file was a temporary one
+    res = gatesweep(["sync", "out/track"], tmp_path, cli_env())
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not list(tmp_path.glob(".mlflow.db.creating-*"))
+    store = client(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = store.search_runs([e.experiment_id for e in store.search_experiments()])
     assert run.info.status == "FINISHED" and "final_val_loss" in run.data.metrics
 
 
