@@ -66,9 +66,7 @@ def test_forked_trials_skip_the_imports_and_match_fresh_processes_bit_for_bit(tm
         points = [json.loads(ln) for ln in (w / "track" / "metrics.jsonl").read_text().splitlines()]
         assert sorted(p["step"] for p in points if p["key"] == "train_loss") == list(range(1, 13))
         assert _import_torch_s(f) > 0.3  # a fresh process imports torch ...
-    # ... a forked one found it imported (the warm process is ready once the launcher's set-up is done;
-    # on a slow machine the first trial may still start fresh)
-    assert sum(_import_torch_s(w) < 0.05 for w in warm_dirs) >= 3
+        assert _import_torch_s(w) < 0.05  # ... a forked one found it imported (the launcher waits for the warm one)
 
 
 def test_a_dead_warm_process_stops_its_trial_cleanly_and_the_rest_start_fresh(tmp_path: Path):
@@ -85,7 +83,7 @@ def test_a_dead_warm_process_stops_its_trial_cleanly_and_the_rest_start_fresh(tm
                 return pid, trial, parent
         return None
 
-    try:  # the first trial may start fresh (the warm process imports meanwhile); a later one is forked
+    try:
         _, trial, warm = wait_until(forked_and_training, 180, "a forked trial to train 10 steps")
         os.kill(warm, signal.SIGKILL)
         killed_at = time.time()

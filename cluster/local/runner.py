@@ -239,8 +239,9 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                title: str, existing: dict, device: str | None = None, gpus: list[int] | None = None,
                trials_per_gpu: int = 1, warm: WarmTrainer | None = None) -> dict[str, str]:
     """Run `todo` and return {trial_id: final status}. `trials_per_gpu` > 1 shares each GPU between
-    that many single-GPU trials (small models that leave a GPU mostly idle). `warm`: single-process
-    trials are forked from it while it is ready (see warm.py), the others start fresh."""
+    that many single-GPU trials (small models that leave a GPU mostly idle). `warm`: once it has
+    imported (waited for: it started before the store's set-up), single-process trials are forked
+    from it (see warm.py); if it cannot fork, they start fresh."""
     gpus = visible_gpus() if gpus is None else gpus
     check_local(nproc, max_parallel=max_parallel, trials_per_gpu=trials_per_gpu,
                 gpus=[] if device == "cpu" else gpus)
@@ -255,6 +256,8 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
     # first step, so they load its graphs from the sweep's shared cache instead of all compiling.
     warming = use_gpus and len(todo) > 1 and cache_is_cold(Path(todo[0].run_dir).parent)
     last_delivery = last_retry = 0.0
+    if warm is not None:
+        warm.wait_ready()
     with Progress(title, len(todo), parallel=max_parallel) as progress:
         try:
             while queue or running:

@@ -104,6 +104,15 @@ class WarmTrainer:
             elif "error" in msg:
                 self._started.append(-1)
 
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Wait until the warm process has imported (or gone). A trial started fresh meanwhile would
+        spend the same seconds on the same imports, competing with it for the CPU."""
+        deadline = time.monotonic() + timeout
+        while self.alive and not self.ready and time.monotonic() < deadline:
+            select.select([self.sock], [], [], min(0.5, max(deadline - time.monotonic(), 0)))
+            self.pump()
+        return self.ready
+
     def accepts(self, env: dict[str, str]) -> bool:
         """Ready, and `env` differs from the warm process's own only in what a trial may set itself."""
         self.pump()
