@@ -202,8 +202,7 @@ def _sync(tracks: list[Path], sweeps: list[Path], uri: str | None) -> dict[str, 
     from sweeps.errors import StoreFileError
     from sweeps.mlflow_runs import resolve_uri
     from sweeps.store_file import ensure_store
-    from trainer.mlflow_sync import pending, sync_record
-    from trainer.record import read_json
+    from trainer.mlflow_sync import pending, record_uri, sync_record
 
     report: dict[str, Any] = {"delivered": {}, "failed": {}, "up_to_date": [], "sweeps": {}}
     n_ok = n_fail = 0
@@ -212,7 +211,7 @@ def _sync(tracks: list[Path], sweeps: list[Path], uri: str | None) -> dict[str, 
             report["up_to_date"].append(str(t))
             continue
         try:
-            target = uri or (read_json(t / "mlflow.json") or {}).get("tracking_uri") or resolve_uri()
+            target = resolve_uri(record_uri(t, uri))
             ensure_store(target)  # a new sqlite store is made whole and by one process, as for `run`
             res = sync_record(t, target)
             report["delivered"][str(t)] = res

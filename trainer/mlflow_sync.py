@@ -106,13 +106,19 @@ def _complete_lines(path: Path, offset: int) -> tuple[list[tuple[dict, int]], in
     return points, pos, damaged
 
 
+def record_uri(root: str | os.PathLike[str], explicit: str | None = None) -> str | None:
+    """Where a record goes: `explicit`, else the store it was started against (mlflow.json), else
+    $MLFLOW_TRACKING_URI; None leaves the choice to the caller (or MLflow)."""
+    state = read_json(Path(root) / "mlflow.json") or {}
+    return explicit or state.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -> dict[str, Any]:
     """Deliver whatever of the record MLflow lacks. Raises on connection errors (callers retry)."""
     root = Path(root)
     state_path = root / "mlflow.json"
     state = read_json(state_path) or {}
-    uri = tracking_uri or state.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-    client = MlflowClient(uri)
+    client = MlflowClient(record_uri(root, tracking_uri))
     run_id = _resolve_run(client, root, state)
     delivered = 0
 

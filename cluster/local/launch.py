@@ -24,7 +24,8 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
     parallel = int(local.get("max_parallel", 1)) if max_parallel is None else max_parallel
     nproc = max(spec.resources.gpus_per_node, 1) * spec.resources.nodes
     per_gpu = int(local.get("trials_per_gpu", 1))
-    check_local(nproc, max_parallel=parallel, trials_per_gpu=per_gpu, gpus=visible_gpus())
+    gpus = visible_gpus()  # once: on a GPU machine each call runs nvidia-smi
+    check_local(nproc, max_parallel=parallel, trials_per_gpu=per_gpu, gpus=gpus)
     if dry_run:
         for t in prep.trials:
             d = trial_dir(t)
@@ -33,7 +34,7 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
         print(f"{len(prep.trials)} trials, up to {parallel} at a time; "
               f"{gpu_hours(prep.trials, spec.estimate_ms_per_step):.1f} GPU-hours estimated")
         return ExitCode.OK
-    if not visible_gpus():
+    if not gpus:
         check_cpu_ranks(nproc)  # what each trial's ranks would say, said once and before anything is written
     check_runs_writable(spec.name)
     states = states_for(prep)
@@ -48,21 +49,20 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
         print(f"nothing to run: {len(done)}/{len(states)} trials finished")
         return ExitCode.OK
     preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
-    cpu = not visible_gpus()
     # GPU trials fork only when asked: the fork path is tested on CPUs here, and a GPU trial's start is
     # dominated by compiling anyway
     wanted = local.get("warm_start")
-    warm = start_warm(RUNS_ROOT / spec.name, cpu=cpu,
-                      enabled=nproc == 1 and len(todo) > 1 and (wanted is True or (wanted is None and cpu)))
+    warm = start_warm(RUNS_ROOT / spec.name, cpu=not gpus,
+                      enabled=nproc == 1 and len(todo) > 1 and (wanted is True or (wanted is None and not gpus)))
     try:
-        return _run(prep, todo, done, states, warm, parallel=parallel, nproc=nproc, per_gpu=per_gpu)
+        return _run(prep, todo, done, states, warm, gpus, parallel=parallel, nproc=nproc, per_gpu=per_gpu)
     finally:
         if warm is not None:
             warm.close()
 
 
-def _run(prep: Prepared, todo: list, done: list, states: list, warm: WarmTrainer | None, *, parallel: int,
-         nproc: int, per_gpu: int) -> int:
+def _run(prep: Prepared, todo: list, done: list, states: list, warm: WarmTrainer | None, gpus: list[int], *,
+         parallel: int, nproc: int, per_gpu: int) -> int:
     spec, store = prep.spec, prep.store
     stale = retire_stale(states, store)
     if stale:
@@ -76,7 +76,7 @@ def _run(prep: Prepared, todo: list, done: list, states: list, warm: WarmTrainer
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = run_trials(todo, store, max_parallel=parallel, nproc=nproc, title=spec.name, existing=existing,
-                             trials_per_gpu=per_gpu, warm=warm)
+                             gpus=gpus, trials_per_gpu=per_gpu, warm=warm)
     except KeyboardInterrupt:
         status = "KILLED"
         print("interrupted: running trials were stopped and marked KILLED; rerun the same command to resume",

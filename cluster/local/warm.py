@@ -10,8 +10,8 @@ starts with everything imported. What a trial sees is what a fresh process would
 - the trial's environment and working directory. Only variables that nothing reads before the first
   step may differ from the warm process's own (PER_TRIAL_ENV); a trial whose environment differs in
   anything else (say TORCHINDUCTOR_*, which torch reads at import) starts as a fresh process.
-The warm process runs no torch op, starts no thread and never initialises CUDA (it checks before
-each fork); multi-rank trials (torchrun) always start fresh.
+The warm process runs no torch op, starts no thread and never loads the CUDA driver (it checks after
+its imports and before each fork); multi-rank trials (torchrun) always start fresh.
 
 Messages are JSON datagrams on a SOCK_SEQPACKET pair: launcher -> warm: {"argv", "env", "cwd"} with
 the log and lock descriptors; warm -> launcher: {"ready"}, {"started": pid} and {"exited": pid,
@@ -34,8 +34,7 @@ from typing import Any
 
 PER_TRIAL_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "GATESWEEP_TRACKING", "GATESWEEP_SYNC_TIMEOUT",
                            "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"})
-PRELOAD = ("torch", "torch._dynamo", "torch._inductor.compile_fx", "trainer.main", "trainer.dist",
-           "trainer.build", "trainer.loop")
+TRAINER_MODULES = ("trainer.main", "trainer.dist", "trainer.build", "trainer.loop")
 MAX_MSG = 1 << 20
 
 
@@ -207,7 +206,9 @@ def serve(sock_fd: int) -> None:
     sock = socket.socket(fileno=sock_fd)
     import importlib
 
-    for name in PRELOAD:
+    from trainer.startup import COMPILE_MODULES  # what a trainer imports before its first step
+
+    for name in ("torch", *COMPILE_MODULES, *TRAINER_MODULES):
         importlib.import_module(name)
     if why := _unsafe_to_fork():
         _send(sock, {"ready": False, "why": why})
@@ -261,10 +262,8 @@ def _reap(sock: socket.socket) -> None:
 
 
 def _fork(req: dict[str, Any], fds: list[int], close: tuple[int, ...]) -> int:
-    import torch
-
-    if torch.cuda.is_initialized():
-        raise RuntimeError("CUDA is initialised in the warm process; a fork would share its context")
+    if why := _unsafe_to_fork():
+        raise RuntimeError(why)
     if len(fds) != 2:
         raise RuntimeError(f"expected the log and lock descriptors, got {len(fds)}")
     for stream in (sys.stdout, sys.stderr):
