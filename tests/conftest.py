@@ -27,10 +27,12 @@ MLFLOW_SCOPE_VARS = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_R
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _test_environment() -> Iterator[None]:
+def _test_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Quiet, offline, hermetic: nothing inherited from the developer's shell points at a real
-    tracking server, experiment or run; Ray runs without token auth."""
+    tracking server, experiment or run; Ray runs without token auth; the tables' cache
+    (analysis.cache) is the session's own."""
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         mp.setenv("RAY_AUTH_MODE", "disabled")
         mp.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         mp.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
