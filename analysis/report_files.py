@@ -120,10 +120,11 @@ def write_report(folder: Folder, runs, hist, numeric, compat, *, title: str, sou
     if folder.figure("val_loss_time.png", lambda p: plots.plot_val_vs_time(curves, drawn, p, keys=keys),
                      (curves, drawn, keys)):
         figures.append((f"Validation loss vs wall-clock train time (mean over seeds){some}", "val_loss_time.png"))
-    folder.figure("final_loss.png", lambda p: plots.plot_stage_bars(shown, p) or True, (shown,))
+    bars, lrs = (t[plots.bar_columns(t)] for t in (shown, numeric))  # what they draw: not p, not n
+    folder.figure("final_loss.png", lambda p: plots.plot_stage_bars(bars, p) or True, (bars,))
     figures.append((f"Final validation loss (95% CI){some}", "final_loss.png"))
     if plots.is_lr_stage(numeric):
-        folder.figure("lr_sweep.png", lambda p: plots.plot_lr_sweep(numeric, p) or True, (numeric,))
+        folder.figure("lr_sweep.png", lambda p: plots.plot_lr_sweep(lrs, p) or True, (lrs,))
         figures.append(("Final validation loss vs learning rate (95% CI)", "lr_sweep.png"))
     for metric in per_layer_metrics(runs.columns):
         name = f"{slug(metric)}.png"
