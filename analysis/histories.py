@@ -34,13 +34,15 @@ from sweeps.store_file import sqlite_path
 log = logging.getLogger(__name__)
 
 Row = dict[str, object]
+COLUMNS = ("mlflow_run_id", "key", "step", "value", "timestamp")  # of a Row
 HTTP_RUNS = 100  # the server's limit of run ids per get-history-bulk request
 HTTP_MAX_POINTS = 25_000  # the server's limit of points per reply
 _BULK_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 
 
-def read_histories(client: Callable, uri: str, run_ids: Sequence[str], keys: Sequence[str], call: Callable) -> list[Row]:
-    """Rows (mlflow_run_id, key, step, value, timestamp) of every run's `keys` histories.
+def read_histories(client: Callable, uri: str, run_ids: Sequence[str], keys: Sequence[str], call: Callable):
+    """Rows (mlflow_run_id, key, step, value, timestamp) of every run's `keys` histories: a list of
+    Row dicts, or (sqlite) a DataFrame of these columns.
     `client()`: the MlflowClient, made only when a run is read through MLflow's API.
     `call(uri, fn, *args)`: analysis.fetch.call, which turns MLflow errors into TrackingError."""
     run_ids, keys = list(dict.fromkeys(run_ids)), list(dict.fromkeys(keys))
@@ -71,9 +73,16 @@ def _row(run_id: str, key: str, step, value, timestamp) -> Row:
             "timestamp": int(timestamp)}
 
 
-def _sqlite_rows(path: str, run_ids: list[str], keys: list[str]) -> list[Row]:
-    rows = [_row(*r) for r in store_sql.metric_rows(path, run_ids, keys)]
-    return _in_order(rows, run_ids, keys)
+def _sqlite_rows(path: str, run_ids: list[str], keys: list[str]):
+    """The rows as a DataFrame (COLUMNS), built from tuples: a dict per point would double the memory
+    of a 10,000-run report."""
+    import pandas as pd
+
+    run_pos = {r: i for i, r in enumerate(run_ids)}
+    key_pos = {k: i for i, k in enumerate(keys)}
+    rows = store_sql.metric_rows(path, run_ids, keys)
+    rows.sort(key=lambda r: (run_pos[r[0]], key_pos[r[1]]))  # as _in_order: stable, the store's order inside
+    return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def _http_rows(uri: str, run_ids: list[str], keys: list[str], one: Callable[[str, str], list[Row]]) -> list[Row]:

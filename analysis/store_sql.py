@@ -111,17 +111,19 @@ def runs_with_tags(con: sqlite3.Connection, exp_ids: Sequence[str], tags: dict[s
     chosen = f"SELECT r.run_uuid FROM runs r WHERE {where}"
     runs = {rid: StoredRun(rid, status, start) for rid, status, start in
             con.execute(f"SELECT r.run_uuid, r.status, r.start_time FROM runs r WHERE {where}", args)}
+    # Runs share most keys and values: one string object each, not one per row (a third of the memory).
+    one: dict[str | None, str | None] = {}
     for rid, key, value in con.execute(f"SELECT t.run_uuid, t.key, t.value FROM tags t WHERE t.run_uuid IN ({chosen})", args):
         if rid in runs:
-            runs[rid].tags[key] = value
+            runs[rid].tags[one.setdefault(key, key)] = one.setdefault(value, value)
     for rid, key, value in con.execute(f"SELECT p.run_uuid, p.key, p.value FROM params p WHERE p.run_uuid IN ({chosen})",
                                        args):
         if rid in runs:
-            runs[rid].params[key] = value
+            runs[rid].params[one.setdefault(key, key)] = one.setdefault(value, value)
     for rid, key, value, is_nan in con.execute(
             f"SELECT m.run_uuid, m.key, m.value, m.is_nan FROM latest_metrics m WHERE m.run_uuid IN ({chosen})", args):
         if rid in runs:
-            runs[rid].metrics[key] = math.nan if is_nan else value
+            runs[rid].metrics[one.setdefault(key, key)] = math.nan if is_nan else value
     return list(runs.values())
 
 
@@ -131,13 +133,15 @@ def metric_rows(path: str | Path, run_ids: list[str], keys: list[str]) -> list[t
     value). One query per SQL_CHUNK runs; `+m.key` keeps the planner off the key-first primary key, so
     it seeks each run in the run index instead of scanning every row of the key."""
     rows: list[tuple] = []
+    one = {k: k for k in [*run_ids, *keys]}  # one string object per run id and key, not one per point
     with connect(path) as con:
         for i in range(0, len(run_ids), SQL_CHUNK):
             chunk = run_ids[i:i + SQL_CHUNK]
             query = (f"SELECT m.run_uuid, m.key, m.step, m.value, m.timestamp, m.is_nan FROM metrics m "
                      f"WHERE m.run_uuid IN ({','.join('?' * len(chunk))}) AND +m.key IN ({','.join('?' * len(keys))}) "
                      "ORDER BY m.run_uuid, m.key, m.timestamp, m.step, m.value")
-            rows += [(r, k, s, math.nan if nan else v, t) for r, k, s, v, t, nan in con.execute(query, [*chunk, *keys])]
+            rows += [(one[r], one[k], int(s), math.nan if nan else float(v), int(t))
+                     for r, k, s, v, t, nan in con.execute(query, [*chunk, *keys])]
     return rows
 
 
