@@ -159,3 +159,25 @@ def test_adjust_p_leaves_undefined_out_of_the_family():
     assert adjust_p([]) == [] and math.isnan(adjust_p([math.nan])[0])
     with pytest.raises(ValueError, match="holm, bh, none"):
         adjust_p([0.1], "bonferroni")
+
+
+def test_every_user_of_the_pairing_rule_pairs_on_the_common_seeds():
+    """sequential.p_value (the design's test) equals the table's; power pools the differences over the
+    common seeds; the time-matched reading takes each common seed at its own baseline time."""
+    from analysis import power
+    from analysis.sequential import p_value
+    from analysis.timematch import Curve, time_matched
+
+    base = {0: 3.30, 1: 3.31, 2: 3.29, 3: 3.305}
+    arm = {0: 3.27, 1: 3.285, 2: 3.262}  # stopped at 3 seeds, the baseline went on to 4
+    assert p_value(arm, base) == pytest.approx(compare(arm, base).p_value, rel=1e-12)
+    assert p_value(arm, base) == pytest.approx(sps.ttest_rel([3.27, 3.285, 3.262], [3.30, 3.31, 3.29]).pvalue, rel=1e-12)
+    spread = power.pooled_spread([(arm, base)])
+    assert spread.paired and spread.df == 2
+    assert spread.sd == pytest.approx(np.std([-0.03, -0.025, -0.028], ddof=1))
+    curve = Curve(np.array([0.0, 4000.0]), np.array([5.0, 3.0]), True)
+    curves = {"r0": curve, "r1": curve, "r9": curve}
+    points = {0: (1000.0, 4.6), 1: (2000.0, 4.4), 2: (3000.0, 4.2)}
+    values, _, note = time_matched({0: "r0", 1: "r1", 9: "r9"}, points, curves)
+    # seeds 0 and 1 at their own baseline's time; seed 9 (no baseline run) at the mean, 2000 ms
+    assert note == "" and values == pytest.approx({0: 4.5, 1: 4.0, 9: 4.0})
