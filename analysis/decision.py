@@ -76,8 +76,8 @@ def decision_frame(table: pd.DataFrame) -> pd.DataFrame:
         "verdict": [s_v if s else direction(d, p, t) for s, s_v, d, p, t in
                     zip(seq, _column(table, "seq_verdict", ""), table["delta"], table["p_adj"], table["test"], strict=True)],
         "delta": table["delta"].to_numpy(),
-        "delta_ci_low": _where(seq, _column(table, "rci_low", math.nan), table["delta_ci_low"]),
-        "delta_ci_high": _where(seq, _column(table, "rci_high", math.nan), table["delta_ci_high"]),
+        "delta_ci_low": _where(seq, _column(table, "rci_low", math.nan), _column(table, "delta_ci_low", math.nan)),
+        "delta_ci_high": _where(seq, _column(table, "rci_high", math.nan), _column(table, "delta_ci_high", math.nan)),
         "interval": _interval_names(table, seq),
         "decision": _decisions(table, seq),
         "n": table["n"].to_numpy(),
@@ -106,8 +106,8 @@ def _column(table: pd.DataFrame, col: str, default: object) -> list:
     return table[col].tolist() if col in table.columns else [default] * len(table)
 
 
-def _where(mask: list[bool], yes: list, no: pd.Series) -> list[float]:
-    return [float(a) if m else float(b) for m, a, b in zip(mask, yes, no.tolist(), strict=True)]
+def _where(mask: list[bool], yes: list, no: list) -> list[float]:
+    return [float(a) if m else float(b) for m, a, b in zip(mask, yes, no, strict=True)]
 
 
 def _interval_names(table: pd.DataFrame, seq: list[bool]) -> list[str]:

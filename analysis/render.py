@@ -91,8 +91,8 @@ SEQUENTIAL_VERDICTS = ("better", "worse", "undecided", "open")
 
 def shows_pairs(table: pd.DataFrame) -> bool:
     """`n pairs` is worth a column: rows of different n, or a paired row on fewer seeds than it ran."""
-    compared = table[table["n_pairs"] > 0]
-    return table["n"].nunique() > 1 or bool((compared["n_pairs"] != compared["n"]).any())
+    pairs, n = table["n_pairs"].tolist(), table["n"].tolist()
+    return len(set(n)) > 1 or any(0 < k != m for k, m in zip(pairs, n, strict=True))
 
 
 def _pairs_cell(k: int) -> str:

@@ -8,11 +8,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
 from scipy.stats import t as student_t
 
+from analysis.fmt import format_ordered
 from analysis.sequential import (
     DECIDED,
     OPEN,
@@ -22,7 +22,6 @@ from analysis.sequential import (
     decisions_for_spec,
     p_value,
 )
-from analysis.fmt import format_ordered
 from analysis.stats import compare
 
 SEEDS = list(range(100, 108))
