@@ -278,3 +278,23 @@ def test_table_cli_and_the_sweep_runs_decision_of_the_round2_records(tmp_path, m
     assert got["headwise/sigmoid"][0] == "better" and got["headwise/sigmoid"][2:4] == pytest.approx([lo, hi], abs=1e-6)
     assert got["const/sigmoid"][0] == "worse" and got["elementwise/sigmoid"][0] == "undecided"
     assert got["headwise/ns_sigmoid"][5] == "sequential: decided at look 3 (n=6): p=0.00356 <= 0.00712"
+
+
+def test_an_open_comparison_shows_its_interval_at_the_latest_complete_look():
+    """After look 2 of 4 (headwise, const and ns not yet decided at the levels of that look): open, with
+    the repeated CI of look 2 at the current alpha_j - valid at any look, so it may be read mid-sweep."""
+    values = {name: {s: per_seed()[key][s] for s in LOG["seeds"][:4]} for key, name in ROWS.items()}
+    values["attn_gate=none"] = {s: per_seed()[("none", "sigmoid")][s] for s in LOG["seeds"][:4]}
+    out = decide(Design((2, 4, 6, 8), 0.05, "obf"), LOG["seeds"], values, {n: "attn_gate=none" for n in ROWS.values()})
+    configs = {c["name"]: c["config"] for c in LOG["comparisons"]} | {"attn_gate=none": LOG["comparisons"][0]["baseline_config"]}
+    log = json.loads(json.dumps(out.to_json(configs), allow_nan=False)) | {"seeds": LOG["seeds"]}
+    four = runs()[runs()["seed"] < 4]
+    t = by_row(annotate(stage_table(four, per_seed=True), log))
+    row = t.loc[("headwise", "sigmoid")]
+    assert row["seq_verdict"] == "open" and row["seq_stop"] == "open (look 3 of 4)"
+    d = [per_seed()[("headwise", "sigmoid")][s] - per_seed()[("none", "sigmoid")][s] for s in range(4)]
+    level = out.decisions["attn_gate=headwise"].history[-1].threshold
+    half = sps.t.ppf(1 - level / 2, 3) * np.std(d, ddof=1) / 2
+    assert (row["rci_look"], row["rci_n"]) == (2, 4)
+    assert (row["rci_low"], row["rci_high"]) == pytest.approx((np.mean(d) - half, np.mean(d) + half), rel=1e-9)
+    assert render.has_sequential(t.reset_index())
