@@ -24,6 +24,7 @@ import pandas as pd
 
 from analysis import render
 from analysis.fmt import format_ordered
+from analysis.seq_table import SEQUENTIAL_VERDICTS, annotate_for_spec, has_sequential
 from analysis.table import NOT_KEYS, config_label
 from sweeps.errors import NoRunsError
 
@@ -97,9 +98,9 @@ def decision_frame(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sequential_rows(table: pd.DataFrame) -> list[bool]:
-    if not render.has_sequential(table):
+    if not has_sequential(table):
         return [False] * len(table)
-    return table["seq_verdict"].isin(render.SEQUENTIAL_VERDICTS).tolist()
+    return table["seq_verdict"].isin(SEQUENTIAL_VERDICTS).tolist()
 
 
 def _column(table: pd.DataFrame, col: str, default: object) -> list:
@@ -193,7 +194,6 @@ def log_sweep_decision(tracking_uri: str, parent_id: str, *, adjust: str = "holm
     Never raises - a sweep's result must not depend on its summary; says why on stderr instead."""
     try:
         from analysis.fetch import fetch_histories, fetch_runs, open_client
-        from analysis.seq_table import annotate_for_spec
         from analysis.table import FINISHED, stage_table
         from analysis.timematch import HISTORY_KEYS
 

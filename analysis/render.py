@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import pandas as pd
 
 from analysis import fmt
+from analysis.seq_table import SEQUENTIAL_VERDICTS, has_sequential
 from analysis.stats import MIN_SEEDS
-from analysis.table import NOT_KEYS, SEQ_COLUMNS
+from analysis.table import NOT_KEYS
 from sweeps.text_table import text_table
 
 LOW_N_MARK = "†"
@@ -79,14 +80,6 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def has_time_matched(table: pd.DataFrame) -> bool:
     return bool(table["loss_at_base_time"].notna().any() or (table["time_note"] != "").any())
-
-
-def has_sequential(table: pd.DataFrame) -> bool:
-    """Some row is a comparison that a sequential design decides (analysis.seq_table.annotate)."""
-    return SEQ_COLUMNS[0] in table.columns and bool(table["seq_verdict"].isin(SEQUENTIAL_VERDICTS).any())
-
-
-SEQUENTIAL_VERDICTS = ("better", "worse", "undecided", "open")
 
 
 def shows_pairs(table: pd.DataFrame) -> bool:

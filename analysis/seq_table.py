@@ -57,7 +57,13 @@ from analysis.table import NOT_KEYS, SEED_VALUES, SEQ_COLUMNS
 
 VERDICT, SEQ_COLUMN, RCI_LOW, RCI_HIGH, RCI_LOOK, RCI_N, RCI_LEVEL = SEQ_COLUMNS
 BETTER, WORSE, BASELINE = "better", "worse", "baseline"  # better: lower loss than the baseline
+SEQUENTIAL_VERDICTS = (BETTER, WORSE, UNDECIDED, OPEN)  # the rows a design compared
 _TEXT = (VERDICT, SEQ_COLUMN)
+
+
+def has_sequential(table: pd.DataFrame) -> bool:
+    """Some row is a comparison that a sequential design decides (`annotate`)."""
+    return VERDICT in table.columns and bool(table[VERDICT].isin(SEQUENTIAL_VERDICTS).any())
 
 
 def annotate(table: pd.DataFrame, log: Mapping[str, Any]) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from scipy import stats as sps
 from analysis import render
 from analysis.decision import decision_frame
 from analysis.fmt import format_ordered
-from analysis.seq_table import annotate, repeated_ci
+from analysis.seq_table import annotate, has_sequential, repeated_ci
 from analysis.sequential import Design, decide
 from analysis.table import stage_table
 
@@ -297,4 +297,4 @@ def test_an_open_comparison_shows_its_interval_at_the_latest_complete_look():
     half = sps.t.ppf(1 - level / 2, 3) * np.std(d, ddof=1) / 2
     assert (row["rci_look"], row["rci_n"]) == (2, 4)
     assert (row["rci_low"], row["rci_high"]) == pytest.approx((np.mean(d) - half, np.mean(d) + half), rel=1e-9)
-    assert render.has_sequential(t.reset_index())
+    assert has_sequential(t.reset_index())
