@@ -8,7 +8,8 @@ and sd = the pooled within-configuration SD.
 
 Level. The tables adjust p over the m comparisons of a stage (Holm). Holm's first step is
 Bonferroni's α/m and no later step is stricter, so planning at α/m is the conservative choice
-(slightly more seeds than Holm may end up needing).
+(slightly more seeds than Holm may end up needing). A spec with sequential seeds is planned for its
+group-sequential design instead (analysis.seq_power: the looks, the spending and Holm's start level).
 
 Power (two-sided, statsmodels' noncentral-t power functions): with effect d = Δ / sd, paired:
 df = n - 1, noncentrality λ = d·√n; unpaired: df = 2n - 2, λ = d·√(n/2); power = P(T' > t_{1-α'/2})

@@ -201,9 +201,9 @@ def describe_sequential(p: SeqPlan, *, effect_pct: float, alpha: float, target: 
     if p.needed is None:
         need = f"more than {MAX_SEQ_SEEDS} seeds per configuration (the search stops there)"
     else:
-        inflation = f", {p.needed.looks[-1] / p.fixed:.2f} times" if p.fixed else ""
+        inflation = f": inflation {p.needed.looks[-1] / p.fixed:.2f}" if p.fixed else ""
         need = (f"max {p.needed.looks[-1]} seeds per configuration (looks {', '.join(map(str, p.needed.looks))}; "
-                f"a fixed-sample test at the same level needs {p.fixed}{inflation}); "
+                f"a fixed-sample test at this level needs {p.fixed}{inflation}), "
                 f"{p.needed.expected_seeds:.1f} expected when the effect is real")
     lines.append(f"to detect {effect_pct:g}% of the baseline loss ({p.effect:.4f} of {base:.4f}): {need}")
     if p.needed_upper is not None:
