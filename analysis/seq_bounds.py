@@ -109,7 +109,7 @@ def t_levels(looks: tuple[int, ...], alpha: float, spending: str = "obf") -> tup
     if looks[0] < 2:
         raise ValueError("a paired t-test needs at least 2 seeds at the first look")
     inc = np.diff([0.0, *(spent(t, alpha, spending) for t in fractions_of(looks))])
-    return first_crossing_levels(looks, np.where(inc > 1e-15, inc, 0.0))
+    return first_crossing_levels(looks, tuple(float(x) if x > 1e-15 else 0.0 for x in inc))
 
 
 def crossing_probabilities(fractions: Sequence[float], bounds: Sequence[float]) -> list[float]:

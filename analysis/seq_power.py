@@ -81,7 +81,7 @@ def _shapes(looks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     dfs = [int(m) - 1 for m in blocks]
     chis = [j for j, df in enumerate(dfs) if df > 0]
     dims = len(looks) - 1 + len(chis)  # >= 1: the first look has 2 seeds or more (t_levels checks)
-    u = qmc.Sobol(dims, scramble=True, seed=_SEED).random(_POINTS)
+    u = qmc.Sobol(dims, scramble=True, rng=np.random.default_rng(_SEED)).random(_POINTS)
     u = np.clip(u, 1e-12, 1.0 - 1e-12)
     contrast = norm.ppf(u[:, : len(looks) - 1])  # u_j for blocks 2..K
     within = np.zeros((_POINTS, len(looks)))

@@ -41,7 +41,7 @@ _SUB = 4  # Gauss points per piece of a cell for the kernel average
 _B_NODES = 12  # Gauss-Legendre nodes over the quantile of b
 
 
-def first_crossing_levels(looks: Sequence[int], increments: Sequence[float]) -> tuple[float, ...]:
+def first_crossing_levels(looks: Sequence[int], increments: Sequence[float] | np.ndarray) -> tuple[float, ...]:
     """Levels q_k with P_H0(p_j > q_j for j < k, p_k <= q_k) = increments[k], p_k the two-sided paired
     t-test's p over the first looks[k] differences. The first level is increments[0] (p is uniform)."""
     nu = looks[0] - 1
@@ -87,7 +87,7 @@ def _solve(edges: np.ndarray, mass: np.ndarray, n: int, m: int, nu: int, inc: fl
         tau = -float(stdtrit(nu, math.exp(log_q) / 2.0))
         return float(mass @ _cell_mean(edges, np.array([tau]), n, m)[:, 0]) / inc - 1.0
 
-    root = optimize.brentq(excess, math.log(inc / 2.0), 0.0, xtol=1e-12, rtol=1e-10)
+    root = optimize.brentq(excess, math.log(inc / 2.0), 0.0, xtol=1e-12)
     return math.exp(root)  # type: ignore[arg-type]  # a float without full_output
 
 
