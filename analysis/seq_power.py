@@ -108,7 +108,8 @@ def schedule(initial: int, per_look: int, top: int) -> tuple[int, ...]:
 def seeds_needed(effect_size: float, alpha: float, target: float, *, initial: int, per_look: int,
                  spending: str, start: int = 0) -> SeqPower | None:
     """The design with the fewest max seeds (looks by the spec's rule) whose power reaches `target`;
-    None past MAX_SEQ_SEEDS. `start`: a max known to fall short (the fixed-sample n minus one)."""
+    None past MAX_SEQ_SEEDS. `start`: the smallest max worth trying (the fixed-sample n: at max N the
+    sequential test has no more power than the fixed-sample test of N seeds)."""
     for top in range(max(initial + 1, start), MAX_SEQ_SEEDS + 1):
         result = sequential_power(effect_size, schedule(initial, per_look, top), alpha, spending)
         if result.power >= target:
