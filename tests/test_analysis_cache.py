@@ -5,6 +5,7 @@ computation gives. The report writes only what changed."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -180,3 +181,23 @@ def test_the_report_writes_only_what_changed(tmp_path, capsys, monkeypatch):
     for name in first:
         if name != ".gatesweep-report.json":
             assert (out / STAGE / name).read_bytes() == (tmp_path / "fresh" / STAGE / name).read_bytes(), name
+
+
+def test_a_specs_decision_log_is_an_input(tmp_path, capsys, monkeypatch):
+    uri = store(tmp_path / "mlflow.db")
+    spec = tmp_path / "scale.yaml"
+    spec.write_text(f"name: scale\nstage: {STAGE}\ntracking:\n  experiment: {EXPERIMENT}\n")
+    monkeypatch.chdir(tmp_path)  # runs/<spec>/sequential.json is read from here
+    calls = []
+    real = fetch.fetch_runs
+    monkeypatch.setattr(fetch, "fetch_runs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    argv = [str(spec), "--format", "csv", "--tracking-uri", uri]
+    texts = []
+    for log in (None, None, {"comparisons": []}, {"comparisons": [], "looks_done": 1}, {"comparisons": []}):
+        if log is not None:
+            (tmp_path / "runs" / "scale").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "runs" / "scale" / "sequential.json").write_text(json.dumps(log))
+        assert table_main(argv) == 0
+        texts.append(capsys.readouterr().out)
+    assert len(calls) == 3  # computed for the first call and each new log; the repeats were kept
+    assert texts[0] == texts[1] != texts[2] == texts[3] == texts[4] and "seq_verdict" in texts[2]

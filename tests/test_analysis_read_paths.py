@@ -181,3 +181,28 @@ def test_a_store_sql_cannot_read_falls_back_to_mlflow(tmp_path, monkeypatch):
         raise store_sql.sqlite3.OperationalError("no such column: r.lifecycle_stage")
     monkeypatch.setattr(store_sql, "runs_with_tags", broken)
     pd.testing.assert_frame_equal(fetch_runs(names[:1], stage=f"s1-{tag}", tracking_uri=uri), expect)
+
+
+def test_a_sequential_sweeps_log_is_read_from_its_artifact_file_as_mlflow_downloads_it(tmp_path, monkeypatch):
+    import json
+
+    from analysis import decision_log
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("seq-log", artifact_location=str(tmp_path / "art"))
+    tags = {"gatesweep.kind": "sweep", "spec": "seqspec", "gatesweep.sequential": "true"}
+    for i, start in enumerate((T0 + 5, T0 + 9, T0 + 1)):  # the second started last: its log is the one
+        rid = client.create_run(exp, start_time=start, tags=tags).info.run_id
+        log = tmp_path / f"log{i}" / "sequential.json"
+        log.parent.mkdir()
+        log.write_text(json.dumps({"comparisons": [], "looks_done": i}))
+        client.log_artifact(rid, str(log))
+    client.create_run(exp, start_time=T0 + 99, tags={**tags, "spec": "another"})
+    with monkeypatch.context() as m:  # read with SQL and from the file: MLflow's download is never asked
+        m.setattr(MlflowClient, "download_artifacts", lambda *a, **k: pytest.fail("downloaded through MLflow"))
+        fast = decision_log.decisions_for_spec("seqspec", runs_root=tmp_path / "none", tracking_uri=uri)
+    assert fast == {"comparisons": [], "looks_done": 1}
+    monkeypatch.setattr(decision_log, "_log_from_sqlite", lambda *a: (False, None))
+    assert decision_log.decisions_for_spec("seqspec", runs_root=tmp_path / "none", tracking_uri=uri) == fast
+    assert decision_log.decisions_for_spec("unknown", runs_root=tmp_path / "none", tracking_uri=uri) is None
