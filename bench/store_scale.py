@@ -144,6 +144,7 @@ def shards(data: Path) -> None:
 COMMANDS = ("table", "report")
 MODES = ("cold", "repeated")
 REPORT_FILES = ("README.md", "table.md", "table.csv", "compat.csv")
+QUIET_WAIT_S = 180  # at most this long before each timed call for --quiet-load
 
 
 def argv_of(command: str, uri: str, out: Path) -> list[str]:
@@ -156,7 +157,7 @@ def argv_of(command: str, uri: str, out: Path) -> list[str]:
 def call(command: str, uri: str, code: Path, cell: Path, quiet_load: float | None) -> dict:
     """One timed call in its own folder (its stdout, report and cache)."""
     cell.mkdir(parents=True, exist_ok=True)
-    waited = quiet(quiet_load)
+    waited = quiet(quiet_load, QUIET_WAIT_S)
     result = timed(argv_of(command, uri, cell / "reports"), cell, code, {"XDG_CACHE_HOME": str(cell / "cache")})
     return result | {"waited_s": waited}
 
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", metavar="REV", help="also time this git revision's code, side by side")
     p.add_argument("--code", type=Path, default=ROOT, help="checkout timed as 'after' (default: this one)")
     p.add_argument("--quiet-load", type=float, default=None,
-                   help="before each timed call wait (up to 10 min) for the 1-minute load average to drop below this")
+                   help=f"before each timed call wait (up to {QUIET_WAIT_S} s) for the 1-minute load average to drop below this")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / f"{dt.date.today()}-store-scale-cpu")
     p.add_argument("--keep", action="store_true", help="keep the stores (printed) instead of deleting them")
     args = p.parse_args(argv)
