@@ -31,6 +31,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the stores (printed) instead of deleting them")
     args = p.parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and remove the stores on `kill`
     work = Path(tempfile.mkdtemp(prefix="gatesweep-scale-"))
     codes = {"after": args.code}
     if args.before:
