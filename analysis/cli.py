@@ -356,11 +356,15 @@ def _inputs(args: argparse.Namespace, target: Target, decisions) -> dict:
 
 
 def _render_context() -> dict:
-    """What console output depends on besides the table: a terminal (and its size) or a pipe."""
+    """What console output depends on besides the table: a pipe, or a terminal - its size and what
+    rich reads to choose colours and box characters."""
+    import os
     import shutil
 
-    tty = sys.stdout.isatty()
-    return {"tty": tty, "size": tuple(shutil.get_terminal_size()) if tty else None}
+    if not sys.stdout.isatty():
+        return {"tty": False}
+    env = {k: os.environ.get(k) for k in ("TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "LANG", "LC_ALL")}
+    return {"tty": True, "size": tuple(shutil.get_terminal_size()), "encoding": sys.stdout.encoding, "env": env}
 
 
 def _attach(target: Target, paths: list[Path], tracking_uri: str | None) -> str | None:
