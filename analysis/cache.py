@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -63,6 +64,25 @@ def key(command: str, uri: str, inputs: Callable[[], dict[str, Any]]) -> str | N
         return None
     payload = {"command": command, "uri": uri, "state": state, "code": code_identity(), "inputs": inputs()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def inputs(options: dict[str, Any], target: dict[str, Any], step_times: Path | None,
+           decisions: Callable[[], Any] | None, *, render: bool = False) -> dict[str, Any]:
+    """What a table or report is computed from besides the store: the command's options and target,
+    the --step-times file's bytes, the spec's decision log (`decisions()`), and for printed text the
+    console it goes to (`render_context`)."""
+    out = {"options": options, "target": target, "step_times": file_digest(step_times),
+           "decisions": decisions() if decisions else None}
+    return out | ({"render": render_context()} if render else {})
+
+
+def render_context() -> dict[str, Any]:
+    """What console output depends on besides the table: a pipe, or a terminal - its size and what
+    rich reads to choose colours and box characters."""
+    if not sys.stdout.isatty():
+        return {"tty": False}
+    env = {k: os.environ.get(k) for k in ("TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "LANG", "LC_ALL")}
+    return {"tty": True, "size": tuple(shutil.get_terminal_size()), "encoding": sys.stdout.encoding, "env": env}
 
 
 def file_digest(path: Path | None) -> str | None:

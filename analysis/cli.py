@@ -57,8 +57,8 @@ def table_main(argv: Sequence[str] | None = None) -> int:
 
     target = _target(args)
     decisions = _decisions(target, args.tracking_uri)
-    key = None if args.log else cache.key("table", resolve_uri(args.tracking_uri), lambda: {
-        **_inputs(args, target, decisions if not args.compat else None), "render": _render_context()})
+    key = None if args.log else cache.key("table", resolve_uri(args.tracking_uri), lambda: cache.inputs(
+        _options(args), asdict(target), args.step_times, None if args.compat else decisions, render=True))
     text = (cache.get(key) or {}).get("text")
     if text is None:
         try:
@@ -180,7 +180,8 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     out_dir = args.out / _slug(target.label)
     folder = report_files.Folder(out_dir)
     decisions = _decisions(target, args.tracking_uri)
-    key = cache.key("report", resolve_uri(args.tracking_uri), lambda: _inputs(args, target, decisions))
+    key = cache.key("report", resolve_uri(args.tracking_uri),
+                    lambda: cache.inputs(_options(args), asdict(target), args.step_times, decisions))
     written = folder.intact(key)
     if written is None:
         written = _write_report(folder, target, args, decisions, key)
@@ -339,32 +340,15 @@ def _decisions(target: Target, tracking_uri: str | None):
     return read
 
 
+def _options(args: argparse.Namespace) -> dict:
+    """The options a result depends on (not where it goes, nor the store: the key has its state)."""
+    return {k: v for k, v in vars(args).items() if k not in ("tracking_uri", "spec", "out", "no_attach")}
+
+
 def _annotate(table, log):
     from analysis.seq_table import with_log
 
     return with_log(table, log)
-
-
-def _inputs(args: argparse.Namespace, target: Target, decisions) -> dict:
-    """What a table or report is computed from besides the store (analysis.cache.key): the command's
-    options, its target, the --step-times file's bytes and the spec's decision log."""
-    from analysis.cache import file_digest
-
-    options = {k: v for k, v in vars(args).items() if k not in ("tracking_uri", "spec", "out", "no_attach")}
-    return {"options": options, "target": asdict(target),
-            "step_times": file_digest(args.step_times), "decisions": decisions() if decisions else None}
-
-
-def _render_context() -> dict:
-    """What console output depends on besides the table: a pipe, or a terminal - its size and what
-    rich reads to choose colours and box characters."""
-    import os
-    import shutil
-
-    if not sys.stdout.isatty():
-        return {"tty": False}
-    env = {k: os.environ.get(k) for k in ("TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "LANG", "LC_ALL")}
-    return {"tty": True, "size": tuple(shutil.get_terminal_size()), "encoding": sys.stdout.encoding, "env": env}
 
 
 def _attach(target: Target, paths: list[Path], tracking_uri: str | None) -> str | None:
