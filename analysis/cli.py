@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sweeps.errors import SpecError
 from sweeps.mlflow_runs import DEFAULT_URI
+from trainer.cli_parser import Parser
 
 URI_HELP = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})"
 
@@ -32,7 +33,7 @@ class Target:
     spec: str | None
 
 
-def table_main(argv: Sequence[str] | None = None) -> int:
+def table_parser() -> Parser:
     p = _parser("table", "Seed-averaged table of a stage: statistics vs the none-gate baseline.")
     p.add_argument("--format", choices=FORMATS, default="console",
                    help="console (a box on a terminal, Markdown when piped; default), md or csv")
@@ -48,7 +49,11 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     _add_step_times(p)
     p.add_argument("--log", action="store_true",
                    help="also log the decision table and per-configuration metrics on the stage's sweep run")
-    args = p.parse_args(argv)
+    return p
+
+
+def table_main(argv: Sequence[str] | None = None) -> int:
+    args = table_parser().parse_args(argv)
     from analysis import render
     from analysis.fetch import fetch_runs
     from analysis.sequential import annotate_for_spec
@@ -91,14 +96,18 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def power_main(argv: Sequence[str] | None = None) -> int:
+def power_parser() -> Parser:
     p = _parser("power", "Seeds per configuration needed to detect a loss difference, from a stage's spread.")
     p.add_argument("--effect-pct", type=float, default=0.5, help="difference to detect, %% of the baseline loss")
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise level over the stage's comparisons")
     p.add_argument("--power", type=float, default=0.8, help="target power")
     p.add_argument("--sd", type=float, default=None,
                    help="spread to plan with instead of the stage's (SD of per-seed differences when paired)")
-    args = p.parse_args(argv)
+    return p
+
+
+def power_main(argv: Sequence[str] | None = None) -> int:
+    args = power_parser().parse_args(argv)
     for name, value, ok in (("--effect-pct", args.effect_pct, args.effect_pct > 0),
                             ("--alpha", args.alpha, 0 < args.alpha < 1), ("--power", args.power, 0 < args.power < 1),
                             ("--sd", args.sd, args.sd is None or args.sd > 0)):
@@ -126,13 +135,17 @@ def power_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def report_main(argv: Sequence[str] | None = None) -> int:
+def report_parser() -> Parser:
     p = _parser("report", "Write reports/<stage>/README.md with tables and figures.")
     p.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
     p.add_argument("--no-attach", action="store_true", help="do not upload to the sweep's parent run")
     _add_adjust(p)
     _add_step_times(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    args = report_parser().parse_args(argv)
     from analysis.fetch import fetch_runs
 
     target = _target(args)
@@ -147,8 +160,8 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def import_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gatesweep import", description=(
+def import_parser() -> Parser:
+    p = Parser(prog="gatesweep import", description=(
         "Import a legacy results CSV (and logs/<run_id>.txt) as MLflow runs in the trainer's schema; or "
         "attach val curves (a curve CSV: run_id, step, val_loss, train_time_ms) or a folder of "
         "<run_id>.txt logs to runs imported before."))
@@ -157,7 +170,11 @@ def import_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stage", help="with a results CSV: stage of every row (else the CSV's 'stage' column)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default gatesweep-import)")
     p.add_argument("--tracking-uri", default=None, metavar="URI", help=URI_HELP)
-    args = p.parse_args(argv)
+    return p
+
+
+def import_main(argv: Sequence[str] | None = None) -> int:
+    args = import_parser().parse_args(argv)
     from analysis.importer import DEFAULT_EXPERIMENT, import_histories, import_results, is_curves_file
 
     experiment = args.experiment or DEFAULT_EXPERIMENT
@@ -235,8 +252,8 @@ def _add_adjust(p: argparse.ArgumentParser) -> None:
                    help="multiplicity adjustment of p across the table's comparisons (default holm)")
 
 
-def _parser(cmd: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"gatesweep {cmd}", description=description)
+def _parser(cmd: str, description: str) -> Parser:
+    p = Parser(prog=f"gatesweep {cmd}", description=description)
     p.add_argument("spec", nargs="?", type=Path, help="sweep spec YAML (name, stage, tracking.experiment)")
     p.add_argument("--stage", action="append", help="stage name; repeat to stack stage blocks")
     p.add_argument("--experiment", action="append", help="MLflow experiment (repeatable; default: all)")

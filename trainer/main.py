@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.config import SECTIONS, TrainConfig
+from trainer.config import SECTIONS, TrainConfig, did_you_mean
 from trainer.errors import ExitCode, GatesweepError
 from trainer.overrides import resolve
 from trainer.paths import STORAGE_ERRNOS, check_writable, confine, storage_error
@@ -63,10 +63,19 @@ def open_record(cfg: TrainConfig, meta: dict, argv: list[str], env: DistEnv) -> 
     return cfg, tracker
 
 
-def main(argv: list[str], prog: str = "python -m trainer") -> int:
+OPTIONS = ("-h", "--help", "--help-config", "--print-config")
+
+
+def main(argv: list[str], prog: str = "python -m trainer", verbosity: int = 0) -> int:
+    """verbosity: -1 warnings only (gatesweep train -q), 0 the console lines, 1 debug logs too (-v)."""
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE.format(prog=prog))
         return ExitCode.OK
+    stray = [a for a in argv if a.startswith("-") and "=" not in a and a not in OPTIONS]
+    if stray:  # else "--dryrun" would be read as a config file's name
+        print(f"error: {prog}: unknown option {stray[0]}{did_you_mean(stray[0], OPTIONS)}; the trainer takes "
+              f"[CONFIG] [key=value ...] ({prog} -h)", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     if "--help-config" in argv:
         from trainer.config_help import help_text
 
@@ -75,7 +84,8 @@ def main(argv: list[str], prog: str = "python -m trainer") -> int:
     if "--print-config" in argv:
         return _print_config([a for a in argv if a != "--print-config"])
     startup = StartupClock()  # where start-up time goes: one console line after the first step
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
     try:
         with startup.phase("config"):
             cfg, meta = resolve(argv)  # a bad config fails here, before torch is imported (~3 s)
