@@ -65,7 +65,7 @@ def split(argv: list[str]) -> tuple[Globals, str | None, list[str]]:
             if a.startswith("-"):
                 name = a.split("=", 1)[0]
                 raise UsageError(f"unknown option {name} before the command"
-                                 f"{did_you_mean(name, [*TAKES_VALUE, *FLAGS]) or ' (options of a command go after it)'}")
+                                 f"{did_you_mean(name, [*TAKES_VALUE, *FLAGS], n=1, cutoff=0.7) or ' (options of a command go after it)'}")
             command = a
         else:
             rest.append(a)

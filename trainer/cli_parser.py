@@ -27,10 +27,38 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                          namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        args = list(sys.argv[1:] if args is None else args)
+        unknown = self._unknown_option(args)
+        if unknown:  # said first: argparse would complain about a missing argument before it
+            self.error(self.unknown_arguments([unknown]))
         ns, extra = super().parse_known_args(args, namespace)
         if extra and self.strict:
             self.error(self.unknown_arguments(extra))
         return ns, extra
+
+    def _unknown_option(self, args: list[str]) -> str | None:
+        """The first word that looks like an option of this parser and is none (not a value of one)."""
+        if any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            # the words after the subcommand are its parser's to judge
+            args = args[:next((i for i, w in enumerate(args) if not w.startswith("-")), len(args))]
+        takes_value = {o for a in self._actions if a.nargs != 0 for o in a.option_strings}
+        known = [o for a in self._actions for o in a.option_strings]
+        skip = False
+        for word in args:
+            if word == "--":
+                return None
+            if skip:
+                skip = False
+                continue
+            if not word.startswith("-") or word == "-" or self._negative_number_matcher.match(word):
+                continue
+            name = word.split("=", 1)[0]
+            match = [o for o in known if o == name] or (
+                [o for o in known if o.startswith(name) and o.startswith("--")] if self.allow_abbrev else [])
+            if not match:
+                return word
+            skip = "=" not in word and len(match) == 1 and match[0] in takes_value
+        return None
 
     def unknown_arguments(self, extra: Sequence[str]) -> str:
         """'unknown option --dryrun (did you mean '--dry-run'?)' for the first stray word."""
@@ -38,7 +66,7 @@ class Parser(argparse.ArgumentParser):
         if word.startswith("-"):
             name = word.split("=", 1)[0]
             options = [o for a in self._actions for o in a.option_strings if o.startswith("--") or len(name) == 2]
-            return f"unknown option {name}{did_you_mean(name, options)}"
+            return f"unknown option {name}{did_you_mean(name, options, n=1, cutoff=0.7)}"
         return f"unexpected argument {word!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:

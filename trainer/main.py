@@ -73,8 +73,8 @@ def main(argv: list[str], prog: str = "python -m trainer", verbosity: int = 0) -
         return ExitCode.OK
     stray = [a for a in argv if a.startswith("-") and "=" not in a and a not in OPTIONS]
     if stray:  # else "--dryrun" would be read as a config file's name
-        print(f"error: {prog}: unknown option {stray[0]}{did_you_mean(stray[0], OPTIONS)}; the trainer takes "
-              f"[CONFIG] [key=value ...] ({prog} -h)", file=sys.stderr)
+        print(f"error: {prog}: unknown option {stray[0]}{did_you_mean(stray[0], OPTIONS, n=1, cutoff=0.7)}\n"
+              f"usage: {prog} [CONFIG.yaml|trial.json] [key=value ...]  ({prog} -h for every option)", file=sys.stderr)
         return ExitCode.BAD_INPUT
     if "--help-config" in argv:
         from trainer.config_help import help_text
