@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainer.config import SECTIONS, TrainConfig, did_you_mean
-from trainer.errors import ExitCode, GatesweepError
+from trainer.errors import ConfigError, ExitCode, GatesweepError
 from trainer.overrides import resolve
 from trainer.paths import STORAGE_ERRNOS, check_writable, confine, storage_error
+from trainer.record import record_run_ids
 from trainer.runlog import start_nvidia_smi
 from trainer.startup import StartupClock
 from trainer.tracking import NullTracker, Tracker, make_tracker
@@ -43,18 +44,43 @@ def trial_tags(meta: dict) -> dict[str, str]:
     return tags
 
 
+MANUAL_ROOT = Path("runs") / "manual"  # hand runs' own directories, beside the launchers' runs/<spec>/
+
+
+def hand_run_dirs(cfg: TrainConfig, meta: dict, env: DistEnv) -> tuple[TrainConfig, Path]:
+    """(config, record directory) of this run. A launcher's trial writes into its own out_dir. A run
+    started by hand gets a directory of its own, so that two runs never merge into one record (nor one
+    MLflow run on `gatesweep sync`): with out_dir the project directory (the default) everything goes to
+    runs/manual/<run_id>/ (logs, checkpoints, track/, curve.csv), where the same run_id resumes; without
+    a run_id, in an out_dir the person chose, the record goes to <out_dir>/runs/manual/<run_id>/track."""
+    out = Path(cfg.run.out_dir)
+    if "trial_id" in meta:
+        return cfg, out / "track"
+    from trainer.loop import shared_run_id
+
+    given = bool(cfg.run.run_id)
+    cfg = cfg.override({"run_id": shared_run_id(cfg, env)}, source="run id")
+    if os.path.abspath(out) == os.getcwd():
+        own = MANUAL_ROOT / cfg.run.run_id
+        return cfg.override({"out_dir": str(own)}, source="hand run"), own / "track"
+    if not given:
+        return cfg, out / MANUAL_ROOT / cfg.run.run_id / "track"
+    _refuse_shared_record(out / "track", cfg.run.run_id)
+    return cfg, out / "track"
+
+
+def _refuse_shared_record(root: Path, run_id: str) -> None:
+    """A record another run id wrote into is not this run's: refuse before anything is written."""
+    others = [r for r in record_run_ids(root) if r != run_id]
+    if others:
+        raise ConfigError(f"out_dir={root.parent}: its record {root} belongs to run {others[0]}; run_id={run_id} "
+                          f"would merge into it. Use run_id={others[0]} to resume that run, another out_dir, or "
+                          "leave out_dir out (each hand run then gets runs/manual/<run_id>/)")
+
+
 def open_record(cfg: TrainConfig, meta: dict, argv: list[str], env: DistEnv) -> tuple[TrainConfig, Tracker]:
     """The run's tracker (rank 0), tagged with the trial, with the config file as an artifact."""
-    root = Path(cfg.run.out_dir) / "track"  # a launcher's trial: out_dir is the trial's own directory
-    if "trial_id" not in meta and not cfg.run.run_id:
-        # a run started by hand without a run_id shares out_dir with every other such run (the
-        # reference's logs/ and experiments/): its record gets a directory of its own, so two runs
-        # never merge into one record (and one MLflow run on `gatesweep sync runs/`). A run given
-        # a run_id keeps out_dir/track, where a restart with the same run_id resumes it.
-        from trainer.loop import shared_run_id
-
-        cfg = cfg.override({"run_id": shared_run_id(cfg, env)}, source="run id")
-        root = Path(cfg.run.out_dir) / "runs" / "adhoc" / cfg.run.run_id / "track"
+    cfg, root = hand_run_dirs(cfg, meta, env)
     tracker = make_tracker(root) if env.is_main else NullTracker()
     tracker.set_tags(trial_tags(meta))
     for arg in argv:  # the resolved config file (trial.json / YAML) travels with the run
