@@ -16,6 +16,7 @@ from pathlib import Path
 from sweeps.errors import SpecError
 from sweeps.mlflow_runs import DEFAULT_URI
 from trainer.cli_parser import Parser
+from trainer.errors import ExitCode
 
 URI_HELP = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})"
 
@@ -42,7 +43,8 @@ def table_parser() -> Parser:
     p.add_argument("--columns", help="with --compat: comma-separated output columns, in order")
     p.add_argument("--out", type=Path, help="write the table into this directory instead of stdout")
     p.add_argument("--skip-empty", action="store_true",
-                   help="no runs yet (no store, experiment or trial runs): say so and exit 0 instead of 2")
+                   help=f"no runs yet (no store, experiment or trial runs): say so and exit 0 instead of "
+                        f"{int(ExitCode.NO_INPUT)}")
     _add_adjust(p)
     p.add_argument("--no-time", action="store_true",
                    help="skip the time-matched columns (they read every finished run's val curve)")

@@ -173,7 +173,7 @@ def _dispatch(argv: list[str]) -> int:
             commands[command].error(commands[command].unknown_arguments(stray))
         args.overrides = list(args.overrides) + extra
     if command == "schema":
-        from sweeps.schema import json_schema
+        from sweeps.json_schema import json_schema
 
         print(json_schema())
         return ExitCode.OK

@@ -148,3 +148,50 @@ def test_local_dry_run_lists_only_what_would_run(tmp_path: Path):
     assert res.stdout.splitlines()[-1].startswith(f"{len(trials) - 1} trial(s) to run (1 finished and 0 running "
                                                   "elsewhere skipped)")
     assert not (tmp_path / "mlflow.db").exists()  # a dry run creates nothing
+
+
+def test_what_the_default_store_leaves_in_the_project_is_git_ignored(tmp_path: Path, monkeypatch):
+    """`make demo` left `.mlflow.db.lock` as an untracked file: the store's files are ignored, all of them."""
+    import subprocess
+
+    from sweeps.store_file import ensure_store
+    from tests.sweep_helpers import REPO
+
+    monkeypatch.chdir(tmp_path)
+    ensure_store("sqlite:///mlflow.db")
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert "mlflow.db" in made and ".mlflow.db.lock" in made
+    for name in made:
+        res = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "--no-index", "--", name])
+        assert res.returncode == 0, f"{name} is not git-ignored"
+
+
+def test_table_help_states_the_exit_code_table_really_uses(tmp_path: Path):
+    import re
+
+    text = " ".join(gatesweep(["table", "-h"], tmp_path, cli_env()).stdout.split())
+    claimed = re.search(r"say so and exit 0 instead of (\d+)", text)
+    empty = gatesweep(["table", "--stage", "stage1"], tmp_path, cli_env())  # no store here
+    assert claimed and int(claimed[1]) == empty.returncode == 66, (text, empty.stderr)
+    assert gatesweep(["table", "--stage", "stage1", "--skip-empty"], tmp_path, cli_env()).returncode == 0
+
+
+def test_the_json_schema_types_the_trainer_keys(tmp_path: Path):
+    """An editor reading `gatesweep schema` flags a misspelt trainer key or choice in base/grid/include."""
+    import jsonschema
+
+    from trainer.config import ALL_KEYS
+
+    schema = json.loads(gatesweep(["schema"], tmp_path, cli_env()).stdout)
+    for bad in ({"base": {"learning_rat": 0.01}}, {"grid": {"attn_gate": ["headwize"]}},
+                {"base": {"num_iterations": "lots"}}, {"include": [{"attn_gat": "none"}]},
+                {"exclude": [{"gate_act": "relu"}]}, {"grid": {"learning_rate": []}}, {"base": {"seed": 1}},
+                {"base": {"learning_rate": {"form": "stage2"}}}, {"search": {"space": {"lr": {"grid": [1]}}}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"name": "x"} | bad, schema)
+    good = {"name": "x", "base": {"preset": "tiny", "learning_rate": {"from": "stage2", "fallback": 0.00468},
+                                  "compile": True, "num_iterations": {"time_of": {"stage": "s1"}}},
+            "grid": {"attn_gate": ["none", "elementwise"]}, "include": [{"attn_gate": "headwise", "seeds": [3]}]}
+    jsonschema.validate(good, schema)
+    keys = schema["$defs"]["TrainerValues"]["properties"]
+    assert set(keys) == set(ALL_KEYS) - {"seed"} and "default" in keys["learning_rate"]["description"]

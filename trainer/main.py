@@ -116,7 +116,8 @@ def main(argv: list[str], prog: str = "python -m trainer", verbosity: int = 0) -
         with startup.phase("config"):
             cfg, meta = resolve(argv)  # a bad config fails here, before torch is imported (~3 s)
             source = next((a for a in argv if "=" not in a), "command line")
-            confine(cfg, source=source)  # out_dir and results_csv stay inside the project directory
+            # out_dir and results_csv stay inside the project (or a configured root), unless typed here
+            confine(cfg, source=source, typed=frozenset(a.split("=", 1)[0].strip().rsplit(".", 1)[-1] for a in argv if "=" in a))
             check_writable(cfg.run.out_dir, "out_dir")
             check_writable(cfg.run.results_csv, "results_csv")
         if cfg.run.device != "cpu" and os.environ.get("RANK", "0") == "0" and shutil.which("nvidia-smi"):
