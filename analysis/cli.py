@@ -32,6 +32,7 @@ class Target:
     experiments: list[str] | None
     stages: list[str] | None
     spec: str | None
+    about: str = ""  # the spec's description: what the table is of (the demo's says what to expect)
 
 
 def table_parser() -> Parser:
@@ -82,7 +83,8 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         runs, histories = _retime(runs, histories, args.step_times)
         numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories),
                                     target.spec, tracking_uri=args.tracking_uri)
-        note = "\n\n".join(t for t in (render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
+        about = f"{target.spec}: {target.about}" if target.about else ""
+        note = "\n\n".join(t for t in (about, render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
         headers = render.DISPLAY_HEADERS
         df = numeric if args.format == "csv" else render.display_table(numeric)
         if args.log:
@@ -192,12 +194,12 @@ def import_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def read_spec_target(path: Path) -> tuple[str, str | None, str]:
-    """(name, stage, experiment) of a spec, validated like every other command's spec."""
+def read_spec_target(path: Path) -> tuple[str, str | None, str, str]:
+    """(name, stage, experiment, description) of a spec, validated like every other command's spec."""
     from sweeps.spec import load_spec
 
     spec = load_spec(path)
-    return spec.name, spec.stage or None, spec.experiment
+    return spec.name, spec.stage or None, spec.experiment, spec.description
 
 
 def _log_decision(target: Target, table, adjust: str, tracking_uri: str | None) -> None:
@@ -265,10 +267,10 @@ def _parser(cmd: str, description: str) -> Parser:
 
 def _target(args: argparse.Namespace) -> Target:
     if args.spec is not None:
-        name, stage, experiment = read_spec_target(args.spec)
+        name, stage, experiment, about = read_spec_target(args.spec)
         stages = args.stage or ([stage] if stage else None)
         # reports/<stage>/ as the study's layout; the spec name when the spec has no stage
-        return Target(stage or name, args.experiment or [experiment], stages, name)
+        return Target(stage or name, args.experiment or [experiment], stages, name, about)
     if not args.stage:
         raise SpecError("give a spec file or --stage NAME (e.g. gatesweep table --stage stage1)")
     return Target("+".join(args.stage), args.experiment, list(args.stage), None)

@@ -195,3 +195,27 @@ def test_the_json_schema_types_the_trainer_keys(tmp_path: Path):
     jsonschema.validate(good, schema)
     keys = schema["$defs"]["TrainerValues"]["properties"]
     assert set(keys) == set(ALL_KEYS) - {"seed"} and "default" in keys["learning_rate"]["description"]
+
+
+@pytest.mark.mlflow
+def test_the_demo_table_says_that_no_gate_is_expected_to_win(tmp_path: Path, mlflow_server):
+    """`make demo` ends with `gatesweep table sweeps/demo.yaml`: its text says what the reader should expect
+    from a tiny synthetic model, in a terminal and in a pipe alike."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    from tests.sweep_helpers import REPO
+    from tests.test_analysis_mlflow import log_trial
+
+    name = f"demo-note-{uuid.uuid4().hex[:8]}"
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.create_experiment(name)
+    for gate, seed, final in [("none", 0, 2.61), ("none", 1, 2.62), ("elementwise", 0, 2.615), ("elementwise", 1, 2.62)]:
+        log_trial(client, exp, "", gate=gate, seed=seed, stage="demo", final=final)
+    for fmt in ("console", "md"):
+        res = gatesweep(["table", str(REPO / "sweeps" / "demo.yaml"), "--experiment", name, "--format", fmt,
+                         "--no-time"], tmp_path, cli_env(mlflow_server.uri))
+        assert res.returncode == 0, res.stderr
+        text = " ".join(res.stdout.split())
+        assert "demo: Stage-1 design" in text and "no gate is expected to win" in text, res.stdout
