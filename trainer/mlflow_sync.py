@@ -34,14 +34,22 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# MLflow's experiment kind: these experiments hold training runs, not GenAI traces (sweeps.mlflow_ui says
+# what the 3.17 UI does with it)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id; created (or restored) as a training-runs experiment if need be."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND[0] not in exp.tags:  # made before gatesweep set the kind; never overrides a choice
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:

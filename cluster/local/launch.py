@@ -12,6 +12,7 @@ from cluster.common.prepare import Prepared, preflight_trials, recover, retire_s
 from cluster.common.state import DONE, known_runs, split
 from cluster.common.progress import failures, outcome_line
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
+from cluster.common.ui_links import ui_lines
 from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, trainer_command, visible_gpus
 from cluster.local.warm import WarmTrainer
 from sweeps.expand import gpu_hours
@@ -42,6 +43,8 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
     store = prep.store
     if not todo:
         recover(states, store, spec.name, search=False)
+        for line in ui_lines(store, spec.name):
+            note(line)
         print(f"nothing to run: {len(done)}/{len(states)} trials finished")
         return ExitCode.OK
     preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
@@ -85,6 +88,8 @@ def _run(prep: Prepared, todo: list, done: list, states: list, warm: WarmTrainer
     if elsewhere:
         print(f"{len(elsewhere)} trial(s) were taken by another launcher meanwhile; leaving them to it")
     bad = {k: v for k, v in results.items() if v not in DONE and k not in elsewhere}
+    for line in ui_lines(store, spec.name, store.parent_id):
+        note(line)
     print(outcome_line(spec.name, results, failures(states, bad), skipped=len(elsewhere))
           + f"; records in {RUNS_ROOT / spec.name}")
     return ExitCode.OK if not bad else ExitCode.TRIALS_FAILED
