@@ -59,7 +59,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     args = table_parser().parse_args(argv)
     from analysis import render
     from analysis.fetch import fetch_runs
-    from analysis.sequential import annotate_for_spec
+    from analysis.seq_table import annotate_for_spec
     from analysis.table import compat_table, stage_table
     from sweeps.errors import NoRunsError
 
@@ -81,10 +81,12 @@ def table_main(argv: Sequence[str] | None = None) -> int:
             raise SpecError("--columns applies to --compat only; drop it or add --compat")
         histories = None if args.no_time else _curves(runs, args.tracking_uri)
         runs, histories = _retime(runs, histories, args.step_times)
-        numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories),
-                                    target.spec, tracking_uri=args.tracking_uri)
+        numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories,
+                                                per_seed=True), target.spec, tracking_uri=args.tracking_uri)
         about = f"{target.spec}: {target.about}" if target.about else ""
-        note = "\n\n".join(t for t in (about, render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
+        note = "
+
+".join(t for t in (about, render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
         headers = render.DISPLAY_HEADERS
         df = numeric if args.format == "csv" else render.display_table(numeric)
         if args.log:
@@ -290,13 +292,13 @@ def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None,
                   step_times: Path | None = None) -> list[Path]:
     from analysis import plots, render
     from analysis.report import render_report
-    from analysis.sequential import annotate_for_spec
+    from analysis.seq_table import annotate_for_spec
     from analysis.table import compat_table, stage_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, hist = _retime(runs, _curves(runs, tracking_uri), step_times)
     assert hist is not None  # _curves always gives a frame (empty without histories)
-    numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=adjust, histories=hist),
+    numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=adjust, histories=hist, per_seed=True),
                                 target.spec, tracking_uri=tracking_uri)
     compat = compat_table(runs, stages=target.stages)
     files = {"table.md": render.to_markdown(render.display_table(numeric), render.DISPLAY_HEADERS),

@@ -47,7 +47,7 @@ def pooled_spread(comparisons: Sequence[tuple[Mapping[object, float], Mapping[ob
     """(group values, baseline values) by seed for each comparison of a stage -> the pooled SD."""
     paired = [(g, b) for g, b in comparisons if is_paired(g, b)]
     if paired:
-        samples = [[g[s] - b[s] for s in g] for g, b in paired]
+        samples = [[g[s] - b[s] for s in g if s in b] for g, b in paired]  # the common seeds (stats.compare)
     else:
         groups = {id(x): x for pair in comparisons for x in pair}  # a shared baseline counts once
         samples = [list(x.values()) for x in groups.values()]
