@@ -84,9 +84,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories,
                                                 per_seed=True), target.spec, tracking_uri=args.tracking_uri)
         about = f"{target.spec}: {target.about}" if target.about else ""
-        note = "
-
-".join(t for t in (about, render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
+        note = "\n\n".join(t for t in (about, render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
         headers = render.DISPLAY_HEADERS
         df = numeric if args.format == "csv" else render.display_table(numeric)
         if args.log:
