@@ -20,8 +20,8 @@ from trainer.errors import ExitCode
 
 URI_HELP = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})"
 
-FORMATS = ("md", "csv", "console")
-_EXT = {"md": "md", "csv": "csv", "console": "txt"}
+FORMATS = ("md", "csv", "console", "json")
+_EXT = {"md": "md", "csv": "csv", "console": "txt", "json": "json"}
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,14 @@ class Target:
 def table_parser() -> Parser:
     p = _parser("table", "Seed-averaged table of a stage: statistics vs the none-gate baseline.")
     p.add_argument("--format", choices=FORMATS, default="console",
-                   help="console (a box on a terminal, Markdown when piped; default), md or csv")
+                   help="console (a box that fits the terminal, Markdown when piped; default), md, csv or json")
+    p.add_argument("--json", action="store_true", help="the same as --format json: every column, as numbers")
+    p.add_argument("--wide", action="store_true",
+                   help="console: every column at its natural width (default: the first columns, and what fits)")
     p.add_argument("--compat", action="store_true",
                    help="the study's columns only: keys, seeds, final_loss, train_time")
-    p.add_argument("--columns", help="with --compat: comma-separated output columns, in order")
+    p.add_argument("--columns", help="comma-separated columns, in order (names as in --wide's or --format csv's "
+                                     "table; with --compat the study's)")
     p.add_argument("--out", type=Path, help="write the table into this directory instead of stdout")
     p.add_argument("--skip-empty", action="store_true",
                    help=f"no runs yet (no store, experiment or trial runs): say so and exit 0 instead of "
@@ -57,6 +61,10 @@ def table_parser() -> Parser:
 
 def table_main(argv: Sequence[str] | None = None) -> int:
     args = table_parser().parse_args(argv)
+    if args.json:
+        if args.format not in ("console", "json"):
+            raise SpecError(f"--json and --format {args.format} ask for two formats; give one of them")
+        args.format = "json"
     from analysis import render
     from analysis.fetch import fetch_runs
     from analysis.seq_table import annotate_for_spec
@@ -75,10 +83,8 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         if args.log:
             raise SpecError("--log writes the statistics table; drop --compat")
         df = compat_table(runs, stages=target.stages, columns=_split(args.columns))
-        note, headers = "", None
+        note, headers, numeric = "", None, None
     else:
-        if args.columns:
-            raise SpecError("--columns applies to --compat only; drop it or add --compat")
         histories = None if args.no_time else _curves(runs, args.tracking_uri)
         runs, histories = _retime(runs, histories, args.step_times)
         numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories,
@@ -86,10 +92,16 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         about = f"{target.spec}: {target.about}" if target.about else ""
         note = "\n\n".join(t for t in (about, render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
         headers = render.DISPLAY_HEADERS
-        df = numeric if args.format == "csv" else render.display_table(numeric)
+        df = numeric if args.format in ("csv", "json") else render.display_table(numeric)
+        if args.columns:
+            from analysis.console_table import HEADERS, pick
+
+            df = pick(numeric, df, _split(args.columns) or [], csv=args.format in ("csv", "json"))
+            headers = HEADERS
         if args.log:
             _log_decision(target, numeric, args.adjust, args.tracking_uri)
-    text = _render(df, args.format, title=target.label, note=note, headers=headers)
+    fit = numeric if not (args.wide or args.columns) else None  # the terminal's columns are chosen for it
+    text = _render(df, args.format, title=target.label, note=note, headers=headers, fit=fit)
     if args.out:
         path = args.out / f"{_slug(target.label)}_{'compat' if args.compat else 'table'}.{_EXT[args.format]}"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,14 +288,24 @@ def _target(args: argparse.Namespace) -> Target:
     return Target("+".join(args.stage), args.experiment, list(args.stage), None)
 
 
-def _render(df, fmt_name: str, *, title: str, note: str, headers) -> str:
+def _render(df, fmt_name: str, *, title: str, note: str, headers, fit=None) -> str:
+    """`fit`: the numeric statistics table, when the console's columns are to fit the terminal."""
     from analysis import render
 
     if fmt_name == "csv":
         return render.to_csv(df)
+    if fmt_name == "json":
+        return render.to_json(df, title=title)
     if fmt_name == "md" or not sys.stdout.isatty():  # console: a box on a terminal, Markdown into a pipe or file
         return render.to_markdown(df, headers) + (f"\n{note}\n" if note else "")
-    return render.to_console(df, title=title, note=note)
+    if fit is not None:
+        import shutil
+
+        from analysis import console_table
+
+        width = shutil.get_terminal_size().columns
+        return console_table.render(console_table.fit(fit, df, width), title=title, note=note, width=width)
+    return render.to_console(df, title=title, note=note, headers=headers)
 
 
 def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None, adjust: str,

@@ -127,7 +127,7 @@ def _complete_keys(prefix: str, **_: Any) -> list[str]:
     return [k + "=" for k in override_keys() if k.startswith(prefix)]
 
 
-JSON_COMMANDS = ("plan", "run", "status", "sync")
+JSON_COMMANDS = ("plan", "run", "status", "sync", "table")
 NO_STORE = ("data", "schema", "completion")  # commands that consult no tracking store
 
 

@@ -10,7 +10,6 @@ Trainer keys inside base/grid/include/exclude are checked against trainer/config
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal

@@ -60,6 +60,8 @@ def test_a_sweeps_links_open_the_training_runs_and_the_decision_table(tmp_path: 
 
     decision = _page(links["the decision table"], "baseline")
     assert "table.json" in decision and "View as table" in decision, decision[-3000:]
+    # the verdict first: Δ, its CI and the decision before the means (#21)
+    assert "config verdict delta delta_ci_low delta_ci_high interval decision n" in decision, decision[-3000:]
     assert re.search(r" headwise [-\d. ]*(undecided|lower loss|higher loss)", decision), decision[-3000:]
     assert re.search(r" none [-\d. ]*baseline", decision), decision[-3000:]
     shot = tmp_path / "decision.png"

@@ -19,6 +19,7 @@ from trainer.loop import train
 from trainer.record import read_json
 from trainer.tracking import make_tracker
 
+
 def _args(tmp: Path, run_id: str, **over: object) -> list[str]:
     """A tiny config as key=value words with data under tmp and out_dir/results_csv left at their defaults."""
     cfg = data_cfg(tmp, **over)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from typing import Any
 
 from sweeps.mlflow_ui import artifact_url, runs_url, ui_base
 
+
 def ui_lines(store: Any, spec: str, parent_id: str | None = None) -> list[str]:
     """['MLflow UI: ...', 'decision table: ...'], or [] where there is no store or experiment to show."""
     if not store.enabled or not store.exists():

@@ -9,15 +9,15 @@ import sys
 from typing import Any
 
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
-from cluster.common.state import DONE, known_runs, split
 from cluster.common.progress import failures, outcome_line
+from cluster.common.state import DONE, known_runs, split
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
 from cluster.common.ui_links import ui_lines
 from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, trainer_command, visible_gpus
 from cluster.local.warm import WarmTrainer
 from sweeps.expand import gpu_hours
-from trainer.cores import check_cpu_ranks
 from trainer.console import note
+from trainer.cores import check_cpu_ranks
 from trainer.errors import ExitCode
 
 
