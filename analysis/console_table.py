@@ -48,16 +48,17 @@ def with_combined(display: pd.DataFrame) -> pd.DataFrame:
     """The display table plus the compact view's cells: `3.5159 ± 0.0078`, `-0.0175 [-0.0225, -0.0124]`."""
     out = display.copy()
     out["mean_ci"] = [f"{m} ± {c}" if c else m for m, c in zip(display["final_val_loss"], display["ci95"], strict=True)]
-    out["delta_and_ci"] = _joined(display["delta"], display.get("delta_ci", display.get("delta_ci_fixed")))
+    fixed = "delta_ci" if "delta_ci" in display.columns else "delta_ci_fixed"
+    out["delta_and_ci"] = _joined(display, "delta", fixed)
     if "delta_rci" in display.columns:
-        out["delta_and_rci"] = _joined(display["delta"], display["delta_rci"])
+        out["delta_and_rci"] = _joined(display, "delta", "delta_rci")
     return out
 
 
-def _joined(delta: Sequence[str], interval: Sequence[str] | None) -> list[str]:
-    if interval is None:
-        return list(delta)
-    return [f"{d} {i}".strip() for d, i in zip(delta, interval, strict=True)]
+def _joined(display: pd.DataFrame, delta: str, interval: str) -> list[str]:
+    if interval not in display.columns:
+        return [str(v) for v in display[delta]]
+    return [f"{d} {i}".strip() for d, i in zip(display[delta], display[interval], strict=True)]
 
 
 def first_columns(numeric: pd.DataFrame, display: pd.DataFrame) -> list[str]:
@@ -71,7 +72,7 @@ def fit(numeric: pd.DataFrame, display: pd.DataFrame, width: int) -> Fitted:
     """The columns that fit `width` (see the module's docstring)."""
     full = with_combined(display)
     first = first_columns(numeric, display)
-    frame = full[first]
+    frame = pd.DataFrame(full[first])
     if _min_width(frame) > width and len(keys_of(display)) > 1:  # one config column wraps where keys cannot
         keys = keys_of(display)
         config = [" ".join(str(v) for v in row) for row in full[keys].itertuples(index=False)]
@@ -115,7 +116,7 @@ def pick(numeric: pd.DataFrame, display: pd.DataFrame, names: Sequence[str], *, 
     if unknown:
         raise SpecError(f"--columns: unknown column '{unknown[0]}'{did_you_mean(unknown[0], valid)}; columns of "
                         f"this table{' (CSV)' if csv else ''}: {', '.join(valid)}")
-    return source[list(names)]
+    return pd.DataFrame(source[list(names)])
 
 
 def left_out_line(left_out: Sequence[str]) -> str:

@@ -184,15 +184,15 @@ def to_console(df: pd.DataFrame, *, title: str = "", note: str = "", width: int 
     A table wider than that keeps its natural width (no cell is ever cut); the note below wraps at it.
     (`gatesweep table` on a terminal shows analysis.console_table's fitted view; this is its --wide.)"""
     width = width or shutil.get_terminal_size().columns
-    headers = [(headers or DISPLAY_HEADERS).get(str(c), str(c)) for c in df.columns]
+    names = [(headers or DISPLAY_HEADERS).get(str(c), str(c)) for c in df.columns]
     rows = [[str(v) for v in row] for row in df.itertuples(index=False)]
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        return _plain(headers, rows, title, note)
+        return _plain(names, rows, title, note)
     table = Table(title=title or None)
-    for h in headers:
+    for h in names:
         table.add_column(h, no_wrap=True)
     for r in rows:
         table.add_row(*r)

@@ -44,9 +44,10 @@ def test_a_sweeps_links_open_the_training_runs_and_the_decision_table(tmp_path: 
     links = dict(re.findall(r"^(MLflow UI|the decision table)[^:]*: .*?(http://\S+)$", res.stdout, re.M))
     assert set(links) == {"MLflow UI", "the decision table"}, res.stdout
     exp = MlflowClient(mlflow_server.uri).get_experiment_by_name(f"gs-{name}")
+    assert exp is not None
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's kind: training runs
     runs = MlflowClient(mlflow_server.uri).search_runs([exp.experiment_id], "tags.`gatesweep.kind` = 'trial'")
-    names = sorted(r.info.run_name for r in runs)
+    names = sorted(str(r.info.run_name) for r in runs)
     assert len(names) == 4
 
     trials = _page(links["MLflow UI"], names[0])

@@ -34,6 +34,7 @@ class Parser(argparse.ArgumentParser):
         ns, extra = super().parse_known_args(args, namespace)
         if extra and self.strict:
             self.error(self.unknown_arguments(extra))
+        assert ns is not None  # argparse returns the namespace it filled
         return ns, extra
 
     def _unknown_option(self, args: list[str]) -> str | None:
@@ -87,8 +88,9 @@ class Parser(argparse.ArgumentParser):
             if a.option_strings or a.help == argparse.SUPPRESS:
                 continue
             fmt = self._get_formatter()
-            words.append(fmt._format_args(a, a.metavar or a.dest.upper())  # noqa: SLF001 - argparse's own rendering
-                         if not isinstance(a, argparse._SubParsersAction) else (a.metavar or "COMMAND"))
+            metavar = str(a.metavar or a.dest.upper())
+            words.append(fmt._format_args(a, metavar)  # noqa: SLF001 - argparse's own rendering
+                         if not isinstance(a, argparse._SubParsersAction) else metavar)
         return " ".join(words + ["[options]"])
 
     def error(self, message: str) -> NoReturn:
