@@ -36,6 +36,7 @@ DISPLAY_HEADERS = {
     # a spec with sequential seeds (analysis.seq_table): the design's verdict first, fixed-n numbers labelled
     "seq_verdict": "verdict (sequential seeds)", "delta_rci": "Δ RCI (sequential)",
     "delta_ci_fixed": "Δ 95% CI (fixed-n)", "p_adj_fixed": "p adj (fixed-n, not the design's)",
+    "p_time_adj_fixed": "p time adj (fixed-n)",
 }
 ADJUST_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "no"}
 
@@ -75,7 +76,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         out["loss_at_base_time"] = [_blank_nan(v, ".4f") for v in table["loss_at_base_time"]]
         out["delta_time"] = [fmt.format_signed(v, 4) for v in table["delta_time"]]
         out["delta_time_ci"] = _intervals(table, "delta_time_ci_low", "delta_time_ci_high")
-        out["p_time_adj"] = [fmt.format_p(v) for v in table["p_time_adj"]]
+        # the design decides on the final loss only: its time-matched tests are fixed-n, like p adj
+        out["p_time_adj_fixed" if sequential else "p_time_adj"] = [fmt.format_p(v) for v in table["p_time_adj"]]
     return out
 
 
@@ -152,6 +154,9 @@ def reading_note(table: pd.DataFrame, adjust: str = "holm") -> str:
                  "time, interpolated linearly on its val-loss-vs-train-time curve (a faster run holds its "
                  "final loss); Δ time, its CI and p time adj are computed as above. Approximate because "
                  "the row's LR schedule was not compressed to end at that time.")
+        if sequential is not None:
+            text += (" The sequential design decided on the final val loss only: its time-matched tests are "
+                     "fixed-n too, over whatever seeds the design ran (p time adj (fixed-n)).")
     return text
 
 
