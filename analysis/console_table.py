@@ -29,7 +29,8 @@ HEADERS = DISPLAY_HEADERS | COMBINED | {"config": "config"}
 COVERED = ("final_val_loss", "ci95", "delta", "delta_ci", "delta_rci")
 # the rest, most useful first
 MORE = ("n_pairs", "p_value", "test", "delta_ci_fixed", "p_adj_fixed", "std", "delta_pct", "train_time",
-        "ms_per_step", "loss_at_base_time", "delta_time", "delta_time_ci", "p_time_adj", "failed", "early_stopped")
+        "ms_per_step", "loss_at_base_time", "delta_time", "delta_time_ci", "p_time_adj", "p_time_adj_fixed",
+        "failed", "early_stopped")
 WRAPS = ("config", "seq_verdict", "mean_ci", "delta_and_ci", "delta_and_rci")  # text that may take two lines
 BORDER, PAD = 1, 3  # rich's box: one rule at the left, then per column 1 + cell + 1 and a rule
 
@@ -77,7 +78,10 @@ def fit(numeric: pd.DataFrame, display: pd.DataFrame, width: int) -> Fitted:
         keys = keys_of(display)
         config = [" ".join(str(v) for v in row) for row in full[keys].itertuples(index=False)]
         frame = pd.concat([pd.DataFrame({"config": config}, index=full.index), full[first[len(keys):]]], axis=1)
-    more = [c for c in MORE if c in full.columns and c not in frame.columns]
+    known = [c for c in MORE if c in full.columns]
+    others = [c for c in display.columns if c not in known and c not in COVERED and c not in first
+              and c not in keys_of(display)]  # a column added to the display table later is never lost
+    more = [c for c in known + others if c not in frame.columns]
     extra: list[str] = []
     for col in more:  # in order of use, while the whole table fits on one line per row
         if _natural_width(pd.concat([frame, full[[*extra, col]]], axis=1)) <= width:

@@ -118,3 +118,20 @@ def test_in_a_real_terminal_and_with_the_global_json(store: str, tmp_path: Path)
     res = subprocess.run([PYTHON, "-m", "gatesweep", "--json", "table", "--stage", "stage2", "--no-time"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and len(json.loads(res.stdout)["rows"]) == 8, res.stderr
+
+
+def test_every_display_column_is_shown_or_named(store: str):
+    """No column of the display table is lost at any width: shown, combined into a shown cell, or named
+    in the line under the table."""
+    from analysis import console_table, render
+    from analysis.table import stage_table
+    from tests.test_analysis_seq_table import annotated
+    from tests.test_analysis_study import tidy
+
+    for numeric in (stage_table(tidy("results_stage1.csv", "stage1")), annotated()):
+        display = render.display_table(numeric)
+        for width in (60, *WIDTHS, 400):
+            fitted = console_table.fit(numeric, display, width)
+            shown = set(fitted.frame.columns) | set(console_table.COVERED) | {"config"}
+            merged = set(console_table.keys_of(display)) if "config" in fitted.frame.columns else set()
+            assert set(display.columns) <= shown | set(fitted.left_out) | merged, width
