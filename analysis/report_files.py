@@ -54,10 +54,9 @@ class Folder:
         """Draw `name` with `draw(path)` unless its inputs and its file are as recorded. Returns whether
         `draw` gave something (plots.plot_val_vs_time draws nothing when no run has both curves)."""
         path, digest = self.out_dir / name, _digest(name, inputs)
-        old = self._old.get("files", {}).get(name)
-        kept = old is not None and old.get("inputs") == digest and (
-            old.get("sha256") is None or _sha(path) == old["sha256"])
-        gave = bool(old["gave"]) if kept else bool(draw(path))
+        old: dict[str, Any] = self._old.get("files", {}).get(name) or {}
+        kept = old.get("inputs") == digest and (old.get("sha256") is None or _sha(path) == old["sha256"])
+        gave = bool(old.get("gave")) if kept else bool(draw(path))
         self._files[name] = {"inputs": digest, "gave": gave, "sha256": _sha(path) if path.exists() and gave else None}
         return gave
 

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SQL_CHUNK = 500  # run ids per history query: far below sqlite's bound on query parameters
 MAX_EXPERIMENTS = 1000  # what MlflowClient.search_experiments returns in one call (analysis.fetch)
@@ -112,7 +113,7 @@ def runs_with_tags(con: sqlite3.Connection, exp_ids: Sequence[str], tags: dict[s
     runs = {rid: StoredRun(rid, status, start) for rid, status, start in
             con.execute(f"SELECT r.run_uuid, r.status, r.start_time FROM runs r WHERE {where}", args)}
     # Runs share most keys and values: one string object each, not one per row (a third of the memory).
-    one: dict[str | None, str | None] = {}
+    one: dict[Any, Any] = {}
     for rid, key, value in con.execute(f"SELECT t.run_uuid, t.key, t.value FROM tags t WHERE t.run_uuid IN ({chosen})", args):
         if rid in runs:
             runs[rid].tags[one.setdefault(key, key)] = one.setdefault(value, value)

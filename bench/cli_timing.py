@@ -38,10 +38,10 @@ def timed(argv: list[str], cwd: Path, code: Path, env_extra: dict[str, str] | No
     cmd = [TIME, "-f", "%e %U %S %M", "-o", str(cwd / "time.txt"), sys.executable, "-m", "gatesweep", *argv]
     t0 = time.perf_counter()
     with open(cwd / "stdout.txt", "wb") as out, open(cwd / "stderr.txt", "wb") as err:
-        code = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL).returncode
+        rc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL).returncode
     wall = time.perf_counter() - t0
-    if code != 0:
-        raise SystemExit(f"gatesweep {' '.join(argv)} failed ({code}):\n{(cwd / 'stderr.txt').read_text()[-3000:]}")
+    if rc != 0:
+        raise SystemExit(f"gatesweep {' '.join(argv)} failed ({rc}):\n{(cwd / 'stderr.txt').read_text()[-3000:]}")
     _, user, system, peak_kib = (cwd / "time.txt").read_text().split()[-4:]
     return {"wall_s": round(wall, 2), "cpu_s": round(float(user) + float(system), 2),
             "peak_mib": round(int(peak_kib) / 1024), "load": round(load, 2)}

@@ -51,7 +51,9 @@ def no_reads(monkeypatch) -> None:
 def finish_run(uri: str, final: float) -> str:
     """A new trial run, as the trainer logs it, in the first configuration."""
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    found = client.get_experiment_by_name(EXPERIMENT)
+    assert found is not None
+    exp = found.experiment_id
     first = fetch.fetch_runs([EXPERIMENT], stage=STAGE, tracking_uri=uri).iloc[0]
     tags = {"gatesweep.kind": "trial", "spec": "scale", "stage": STAGE, "seed": "9", "status": "FINISHED"}
     rid = client.create_run(exp, start_time=T0 + 10**8, tags=tags).info.run_id
@@ -166,7 +168,7 @@ def test_the_report_writes_only_what_changed(tmp_path, capsys, monkeypatch):
     runs = fetch.fetch_runs([EXPERIMENT], stage=STAGE, tracking_uri=uri)
     numeric = stage_table(runs)
     drawn = set(plots.runs_of(runs, numeric, plots.pick_configs(numeric)[0])["mlflow_run_id"])
-    other = runs[~runs["mlflow_run_id"].isin(drawn)].iloc[0]  # a run of a configuration no figure draws
+    other = runs[~runs["mlflow_run_id"].isin(sorted(drawn))].iloc[0]  # a run of a configuration no figure draws
     client = MlflowClient(tracking_uri=uri)
     client.log_metric(other["mlflow_run_id"], "final_val_loss", float(other["final_val_loss"]) + 0.01, step=10**6)
     second = report(uri, out)
