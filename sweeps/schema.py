@@ -139,6 +139,14 @@ def _list(what: str) -> Any:
 
 
 Pos = Annotated[int, BeforeValidator(_min_int(1)), WithJsonSchema({"type": "integer", "minimum": 1})]
+
+
+def _pos_or_auto(v: Any) -> Any:
+    return v if v == "auto" else _min_int(1)(v)
+
+
+PosOrAuto = Annotated[int | Literal["auto"], BeforeValidator(_pos_or_auto),
+                      WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]})]
 NonNeg = Annotated[int, BeforeValidator(_min_int(0)), WithJsonSchema({"type": "integer", "minimum": 0})]
 Positive = Annotated[float, BeforeValidator(_min_number(above=0)), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
 NonNegNumber = Annotated[float, BeforeValidator(_min_number(least=0)), WithJsonSchema({"type": "number", "minimum": 0})]
@@ -174,11 +182,14 @@ class Estimate(Section):
 
 
 class LocalOptions(Section):
-    max_parallel: Pos | None = Field(default=None, description="trials at a time (default 1)")
-    trials_per_gpu: Pos | None = Field(default=None, description="single-GPU trials sharing one GPU (default 1)")
+    max_parallel: Pos | None = Field(default=None, description=(
+        "trials at a time (default: every GPU slot, trials_per_gpu per GPU; 1 on a machine without GPUs)"))
+    trials_per_gpu: PosOrAuto | None = Field(default=None, description=(
+        "single-GPU trials sharing one GPU; auto (default): as many as its free memory holds, at most 4; "
+        "each GPU starts one trial at a time (the next once the last has taken its first step)"))
     warm_start: StrictBool | None = Field(default=None, description=(
-        "fork single-process trials from one process that has already imported torch (~2 s less per "
-        "trial); default: on CPU-only machines; true: GPU trials too; false: every trial starts fresh"))
+        "fork single-process trials from one process that has already imported torch and its compiler "
+        "(default; on GPUs too); false: every trial starts as a fresh process"))
 
 
 class SlurmOptions(Section):

@@ -11,6 +11,7 @@ from typing import Any
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import DONE, known_runs, split
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
+from cluster.local.packing import default_parallel
 from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, trainer_command, visible_gpus
 from cluster.local.warm import WarmTrainer
 from sweeps.expand import gpu_hours
@@ -21,9 +22,9 @@ from trainer.errors import ExitCode
 def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int:
     spec = prep.spec
     local = spec.backend_options("local")
-    parallel = int(local.get("max_parallel", 1)) if max_parallel is None else max_parallel
+    parallel = local.get("max_parallel") if max_parallel is None else max_parallel
     nproc = max(spec.resources.gpus_per_node, 1) * spec.resources.nodes
-    per_gpu = int(local.get("trials_per_gpu", 1))
+    per_gpu = local.get("trials_per_gpu")  # a number, "auto" or None (= auto on GPUs)
     gpus = visible_gpus()  # once: on a GPU machine each call runs nvidia-smi
     check_local(nproc, max_parallel=parallel, trials_per_gpu=per_gpu, gpus=gpus)
     if dry_run:
@@ -31,7 +32,7 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
             d = trial_dir(t)
             print(f"# trial {t.index} {t.trial_id} {t.label} seed={t.seed}")
             print(shlex.join(trainer_command(d / "trial.json", nproc)))  # safe to paste into a shell
-        print(f"{len(prep.trials)} trials, up to {parallel} at a time; "
+        print(f"{len(prep.trials)} trials, up to {default_parallel(parallel, gpus, nproc, per_gpu)} at a time; "
               f"{gpu_hours(prep.trials, spec.estimate_ms_per_step):.1f} GPU-hours estimated")
         return ExitCode.OK
     if not gpus:
@@ -49,11 +50,10 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
         print(f"nothing to run: {len(done)}/{len(states)} trials finished")
         return ExitCode.OK
     preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
-    # GPU trials fork only when asked: the fork path is tested on CPUs here, and a GPU trial's start is
-    # dominated by compiling anyway
-    wanted = local.get("warm_start")
+    # single-process trials fork from the warm trainer unless switched off (on GPUs too: measured in
+    # bench/results/*-h200-sweep; a warm process that cannot fork safely says why and trials start fresh)
     warm = start_warm(RUNS_ROOT / spec.name, cpu=not gpus,
-                      enabled=nproc == 1 and len(todo) > 1 and (wanted is True or (wanted is None and not gpus)))
+                      enabled=nproc == 1 and len(todo) > 1 and local.get("warm_start") is not False)
     try:
         return _run(prep, todo, done, states, warm, gpus, parallel=parallel, nproc=nproc, per_gpu=per_gpu)
     finally:
