@@ -31,7 +31,15 @@ from cluster.common.store import SweepStore, clean_env
 from cluster.common.trialdir import TrialLock, local_status, set_local_status, write_trial_json
 from cluster.errors import BackendError
 from cluster.local.outage import OFFLINE_ENV, Outage
-from cluster.local.packing import GpuPool, MemoryReader, Packer, default_parallel, share_of, take_gpus, visible_gpus
+from cluster.local.packing import (
+    GpuPool,
+    MemoryReader,
+    Packer,
+    default_parallel,
+    share_of,
+    take_gpus,
+    visible_gpus,
+)
 from cluster.local.warm import WarmError, WarmProc, WarmTrainer
 from sweeps.mlflow_runs import is_server
 from trainer.main import EXIT_CODES
