@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="*", help="run dirs, track dirs or roots (default: runs/)")
     s.add_argument("--json", action="store_true", help="print what was delivered as JSON")
 
-    s = sub.add_parser("warmup", parents=[shared], help="fill a sweep's compile cache with its first trial's graphs")
+    s = sub.add_parser("warmup", parents=[shared], help="fill a sweep's compile cache: every graph family of its trials, compiled at once")
     _spec_args(s)
 
     s = sub.add_parser("schema", help="print the JSON Schema of a sweep spec (for editors: yaml-language-server)")

@@ -185,7 +185,7 @@ class LocalOptions(Section):
     max_parallel: Pos | None = Field(default=None, description=(
         "trials at a time (default: every GPU slot, trials_per_gpu per GPU; 1 on a machine without GPUs)"))
     trials_per_gpu: PosOrAuto | None = Field(default=None, description=(
-        "single-GPU trials sharing one GPU; auto (default): as many as its free memory holds, at most 4; "
+        "single-GPU trials sharing one GPU; auto (default): 2 while its free memory holds them; "
         "each GPU starts one trial at a time (the next once the last has taken its first step)"))
     warm_start: StrictBool | None = Field(default=None, description=(
         "fork single-process trials from one process that has already imported torch and its compiler "

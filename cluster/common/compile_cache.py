@@ -10,8 +10,20 @@ compiling (trial.json's compile_cache), so a node whose local caches are empty s
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+# Trainer keys that leave the compiled graphs alone (numbers the optimizers and the loop read in
+# Python, file paths, bookkeeping): trials that differ only in these load one another's graphs.
+GRAPH_NEUTRAL = frozenset({
+    "seed", "learning_rate", "muon_lr_ratio", "muon_momentum", "adam_beta1", "adam_beta2", "weight_decay",
+    "warmup_iters", "warmdown_iters", "num_iterations", "val_every", "val_tokens", "checkpoint_every",
+    "save_final", "out_dir", "run_id", "results_csv", "notes", "log_every", "diag_every", "train_files",
+    "val_files", "compile_cache", "save_compile_cache",
+})
 
 
 def cache_dir(sweep_dir: Path) -> Path:
@@ -36,3 +48,13 @@ def cache_is_cold(sweep_dir: Path) -> bool:
     """True until a trial has written compiled graphs into the sweep's cache."""
     inductor = cache_dir(sweep_dir) / "inductor"
     return not inductor.is_dir() or not any(inductor.iterdir())
+
+
+def graph_families(configs: Sequence[dict[str, Any]]) -> list[int]:
+    """Indices of the first config of each graph family (configs that differ only in GRAPH_NEUTRAL
+    keys): what `gatesweep warmup` compiles, one process per family."""
+    seen: dict[str, int] = {}
+    for i, cfg in enumerate(configs):
+        key = json.dumps({k: v for k, v in sorted(cfg.items()) if k not in GRAPH_NEUTRAL}, default=str)
+        seen.setdefault(key, i)
+    return sorted(seen.values())

@@ -21,9 +21,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-# Trials per GPU under `trials_per_gpu: auto`. Two already keep the card busy (one trains while the next
-# starts); more hide longer start-ups (a cold compile) at no throughput cost on the H200 measurement.
-AUTO_SHARE = 4
+# Trials per GPU under `trials_per_gpu: auto`: two keep the card busy (one trains while the next starts);
+# more add memory and context switches and hide only start-ups longer than a trial's remaining work.
+AUTO_SHARE = 2
 MEMORY_MARGIN = 1.15  # free memory needed for one more trial, relative to the largest footprint seen
 STARTING_MAX_S = 900.0  # a trial that has not stepped by then no longer holds back the next start
 

@@ -245,9 +245,6 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int |
     keys = iter(range(1, 1 << 62))
     if warm is not None:
         warm.wait_ready()
-        if warm.why:  # a GPU machine's imports may load the CUDA driver: then trials start fresh (or import more)
-            print(f"note: warm trainer: {'forks trials; ' if warm.ready else 'trials start as fresh processes: '}"
-                  f"{warm.why}", file=sys.stderr)
     with Progress(title, len(todo), parallel=max_parallel) as progress:
         try:
             while queue or running:

@@ -101,6 +101,9 @@ class WarmTrainer:
             if "ready" in msg:
                 self.ready = bool(msg["ready"])
                 self.why = str(msg.get("why") or msg.get("note") or "")
+                if self.why:  # e.g. imports that loaded the CUDA driver or started threads on a GPU machine
+                    print(f"note: warm trainer: {'forks trials; ' if self.ready else 'trials start fresh: '}{self.why}",
+                          file=sys.stderr)
             elif "started" in msg:
                 self._started.append(int(msg["started"]))
             elif "exited" in msg:
@@ -217,6 +220,9 @@ def serve(sock_fd: int, without_compiler: str = "") -> None:
     # torch.cuda.is_available() through NVML, so that no import creates the CUDA driver here (a forked
     # child could not use it); the trials get their own environment back
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    # numpy's OpenBLAS starts a thread per core when loaded (15 idle threads on a 16-core GPU machine), and
+    # a process with threads must not fork; the trainer never calls numpy's BLAS (torch has its own)
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     for name in ("torch", *TRAINER_MODULES):
         importlib.import_module(name)
     if not (why := _unsafe_to_fork()) and not without_compiler:
