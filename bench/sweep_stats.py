@@ -63,7 +63,8 @@ def concurrency(trials: list[TrialTimes], t0: float, t1: float, step_s: float = 
     """{k: {"seconds", "steps_per_s"}}: how long exactly k trials were training, and the steps all of
     them made per second meanwhile (steps spread evenly between a trial's first step and its end).
     With one trial's steps/s alone, this is the packing's throughput against concurrency."""
-    spans = [(t.first_step, t.ended, t.steps) for t in trials if t.first_step and t.ended and t.ended > t.first_step]
+    spans = [(t.first_step, t.ended, t.steps) for t in trials
+             if t.first_step is not None and t.ended is not None and t.ended > t.first_step]
     out: dict[int, dict[str, float]] = {}
     t = t0
     while t < t1:
@@ -80,7 +81,8 @@ def concurrency(trials: list[TrialTimes], t0: float, t1: float, step_s: float = 
 
 def covered(trials: list[TrialTimes], t0: float, t1: float) -> float:
     """Fraction of [t0, t1] during which at least one trial was training."""
-    spans = sorted((max(t.first_step, t0), min(t.ended, t1)) for t in trials if t.first_step and t.ended)
+    spans = sorted((max(t.first_step, t0), min(t.ended, t1)) for t in trials
+                   if t.first_step is not None and t.ended is not None)
     total, end = 0.0, t0
     for a, b in spans:
         a = max(a, end)
@@ -110,10 +112,11 @@ def summarize_sweep(trials: list[TrialTimes], t0: float, t1: float, single: dict
                     gpu: dict[str, Any] | None = None) -> dict[str, Any]:
     out = throughput(trials, t1 - t0, single)
     starts = [t.startup_s for t in trials if t.startup_s is not None]
-    first = min((t.first_step for t in trials if t.first_step), default=None)
-    last = max((t.ended for t in trials if t.ended), default=None)
+    first = min((t.first_step for t in trials if t.first_step is not None), default=None)
+    last = max((t.ended for t in trials if t.ended is not None), default=None)
     out |= {"training_covered": round(covered(trials, t0, t1), 4),
-            "head_s": round(first - t0, 1) if first else None, "tail_s": round(t1 - last, 1) if last else None,
+            "head_s": None if first is None else round(first - t0, 1),
+            "tail_s": None if last is None else round(t1 - last, 1),
             "startup_s_median": sorted(starts)[len(starts) // 2] if starts else None,
             "startup_s_max": max(starts) if starts else None,
             "forked": sum(1 for t in trials if t.forked), "concurrency": concurrency(trials, t0, t1),

@@ -204,8 +204,8 @@ def test_summary_from_synthetic_calls():
     assert s["scaling_efficiency"] == {"1": 1.0, "2": 0.9051}
     assert s["sources"] == {"scaling": "old", "step_and_start": "new"}
     assert s["ns_batching_bitwise"] == {"cuda compiled: transposed twins bitwise": False}
-    assert s["targets_met"] == {"step_ratio<=0.85": True, "headwise<=0.01": False, "elementwise<=0.06": True,
-                                "cold<=60s": True, "warm<=15s": True, "scaling>=0.9": True}
+    assert s["targets_met"] == {"step_ratio<=0.85": True, "headwise<=0.01": False, "elementwise<=0.03": False,
+                                "cold<=60s": True, "warm<=12s": False, "scaling>=0.9": True, "sweep>=0.9": None}
 
 
 def test_summary_cli_files_the_calls_and_keeps_what_they_did_not_measure(tmp_path: Path):
