@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.sweep_stats import TrialTimes, concurrency, covered, summarize_sweep, table, throughput, trial_times
+from bench.sweep_stats import (
+    TrialTimes,
+    concurrency,
+    covered,
+    summarize_sweep,
+    table,
+    throughput,
+    trial_times,
+)
 
 
 def _t(first: float, end: float, steps: int = 100, launched: float | None = None, status: str = "FINISHED"
