@@ -116,7 +116,8 @@ def sweep_figures(res: dict) -> dict[str, Any]:
     """The headline figures of a bench/sweep_throughput.py call (its sweep_results.json)."""
     sw, single = res["sweep"], res["single"]
     forked = [t["own_startup_s"] for t in sw["per_trial"] if t.get("forked") and t.get("own_startup_s") is not None]
-    keys = ("wall_s", "trials", "finished", "sweep_tokens_per_s", "single_tokens_per_s", "ratio_vs_single_wall",
+    keys = ("wall_s", "trials", "finished", "sweep_tokens_per_s", "single_tokens_per_s", "single_span_tokens_per_s",
+            "ratio_like_for_like", "ratio_vs_single_wall",
             "ratio_with_warmup", "training_covered", "head_s", "tail_s", "startup_s_median", "startup_s_max",
             "forked", "concurrency")
     return {"sweep_throughput_ratio": sw["sweep_throughput_ratio"],

@@ -94,17 +94,21 @@ def covered(trials: list[TrialTimes], t0: float, t1: float) -> float:
 
 def throughput(trials: list[TrialTimes], wall_s: float, single: dict[str, Any]) -> dict[str, Any]:
     """The sweep's training tokens per second of wall time against one trial alone: single's tokens
-    per step over its ms/step (the trainer's train_time: validation excluded, as the issue counts it)
-    and, for context, over its whole wall time (start-up and validation included)."""
+    per step over its ms/step (the trainer's train_time: validation excluded, as issue #22 counts it);
+    like for like, over its span from first step to end (its validations and diagnostics included, as
+    every trial of the sweep does them); and, for context, over its whole wall time (start-up too)."""
     done = [t for t in trials if t.status == "FINISHED"]
     tokens = sum(t.tokens for t in done)
     sweep_tps = tokens / wall_s if wall_s > 0 else 0.0
     single_tps = single["tokens_per_step"] / (single["ms_per_step"] / 1000) if single.get("ms_per_step") else None
     single_wall_tps = single["tokens"] / single["wall_s"] if single.get("wall_s") else None
+    single_span_tps = single["tokens"] / single["span_s"] if single.get("span_s") else None
     return {"trials": len(trials), "finished": len(done), "tokens": tokens, "wall_s": round(wall_s, 1),
             "sweep_tokens_per_s": round(sweep_tps), "single_tokens_per_s": round(single_tps) if single_tps else None,
             "single_wall_tokens_per_s": round(single_wall_tps) if single_wall_tps else None,
             "sweep_throughput_ratio": round(sweep_tps / single_tps, 4) if single_tps else None,
+            "single_span_tokens_per_s": round(single_span_tps) if single_span_tps else None,
+            "ratio_like_for_like": round(sweep_tps / single_span_tps, 4) if single_span_tps else None,
             "ratio_vs_single_wall": round(sweep_tps / single_wall_tps, 4) if single_wall_tps else None}
 
 
@@ -129,6 +133,7 @@ def table(s: dict[str, Any]) -> str:
     rows = [("trials finished", f"{s['finished']}/{s['trials']}"), ("sweep wall s", s["wall_s"]),
             ("sweep tokens/s", s["sweep_tokens_per_s"]), ("single-run tokens/s (ms/step)", s["single_tokens_per_s"]),
             ("**sweep_throughput_ratio**", s["sweep_throughput_ratio"]),
+            ("ratio like for like (single run's first step to end: its validations too)", s["ratio_like_for_like"]),
             ("ratio vs single run's wall", s["ratio_vs_single_wall"]), ("time with a trial training", s["training_covered"]),
             ("head s (start -> first step)", s["head_s"]), ("tail s (last end -> exit)", s["tail_s"]),
             ("trial start-up s median / max", f"{s['startup_s_median']} / {s['startup_s_max']}"),

@@ -109,7 +109,41 @@ def single_run(spec: str, overrides: list[str], env: dict[str, str], timeout: fl
     return {"label": trial.label, "seed": trial.seed, "exit_code": code, "wall_s": round(wall, 1),
             "ms_per_step": t.ms_per_step, "tokens_per_step": per_step, "tokens": t.tokens,
             "startup_s": t.startup_s, "own_startup_s": t.own_startup_s, "train_s": round(train_s, 1),
+            "span_s": round(t.ended - t.first_step, 1) if t.ended and t.first_step else None,
             "val_diag_exit_s": round(wall - (t.startup_s or 0) - train_s - first10, 1)}
+
+
+FORK_PROBE = """
+import os
+os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+import importlib, torch
+from cluster.local.warm import TRAINER_MODULES, _unsafe_to_fork
+from trainer.startup import COMPILE_MODULES
+for m in (*TRAINER_MODULES, *COMPILE_MODULES):
+    importlib.import_module(m)
+why = _unsafe_to_fork()
+maps = "libcuda.so" in open("/proc/self/maps").read()
+pid = os.fork()
+if pid == 0:
+    try:
+        x = torch.ones(4, device="cuda") * 2
+        os._exit(0 if float(x.sum()) == 8.0 else 4)
+    except BaseException as e:
+        print("child:", type(e).__name__, e, flush=True)
+        os._exit(3)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print(f"fork probe: unsafe={why!r} libcuda_mapped={maps} child_exit={code}")
+"""
+
+
+def fork_probe(env: dict[str, str]) -> dict[str, Any]:
+    """Can a process that imported what the warm trainer imports fork a child that uses CUDA? (A GPU
+    machine's first answer to cluster/local/warm.py; the sweep runs with warm_start false if not.)"""
+    r = subprocess.run([sys.executable, "-c", FORK_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    line = (r.stdout + r.stderr).strip().splitlines()
+    ok = r.returncode == 0 and any("child_exit=0" in ln for ln in line)
+    return {"ok": ok, "output": line[-3:]}
 
 
 def main() -> int:
@@ -154,6 +188,10 @@ def main() -> int:
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "code": os.environ.get("GATESWEEP_GIT_SHA", ""),
             "spec": a.spec, "looks": a.looks, "overrides": a.overrides, "cpus": os.cpu_count()}
     res: dict[str, Any] = {"meta": meta}
+    res["fork_probe"] = fork_probe(env) if torch.cuda.is_available() else {"ok": None}
+    print(f"[fork probe] {res['fork_probe']}", flush=True)
+    if res["fork_probe"]["ok"] is False:  # measure the rest with fresh processes rather than lose the call
+        cmds["sweep"].append("backend.local.warm_start=false")
     if not a.skip_warmup:
         code, wall = run(cmds["warmup"], log, env, t_end - time.time())
         res["warmup"] = {"exit_code": code, "wall_s": round(wall, 1)}
@@ -169,6 +207,7 @@ def main() -> int:
     trials = [trial_times(d) for d in sorted((Path("runs") / name).iterdir())
               if d.is_dir() and (d / "trial.json").is_file() and not d.name.startswith(".")]
     res["sweep"] = {"exit_code": code} | summarize_sweep(trials, t0, t1, res["single"], sampler.summary(t0, t1))
+    res["sweep"]["notes"] = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("note:")]
     if res.get("warmup"):
         w = res["warmup"]["wall_s"]
         res["sweep"]["ratio_with_warmup"] = round(res["sweep"]["sweep_throughput_ratio"] * wall / (wall + w), 4) \

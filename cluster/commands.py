@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.backend import RunOptions, launcher
-from cluster.common.compile_cache import cache_env, graph_families, megacache_path
+from cluster.common.compile_cache import cache_env, graph_families, mark_warm, megacache_path
 from cluster.common.prepare import (
     Prepared,
     prepare,
@@ -262,7 +262,10 @@ def warmup(spec_path: str, overrides: list[str], uri: str | None) -> int:
     sweep_dir = RUNS_ROOT / prep.spec.name
     families = [prep.trials[i] for i in graph_families([t.config.flat() for t in prep.trials])]
     procs = [warmup_trial(t, sweep_dir, k) for k, t in enumerate(families, 1)]
-    code = max(p.wait() for p in procs)
+    codes = [p.wait() for p in procs]
+    code = max(codes)
+    # trials of these families then start no compile worker pool (trainer key compile_threads=1)
+    mark_warm(sweep_dir, [t.config.flat() for t, c in zip(families, codes) if c == 0])
     mega = megacache_path(sweep_dir)
     print(f"warmup {'done' if code == 0 else f'failed (exit {code})'}: {len(families)} graph "
           f"famil{'y' if len(families) == 1 else 'ies'} ({', '.join(t.label or 'base' for t in families)}); cache in "

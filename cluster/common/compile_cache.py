@@ -50,11 +50,36 @@ def cache_is_cold(sweep_dir: Path) -> bool:
     return not inductor.is_dir() or not any(inductor.iterdir())
 
 
+WARM_FAMILIES = "warm_families.json"  # in the cache dir: the families `gatesweep warmup` compiled
+
+
+def family_key(cfg: dict[str, Any]) -> str:
+    """What decides a trial's compiled graphs: its flat config without the GRAPH_NEUTRAL keys."""
+    return json.dumps({k: v for k, v in sorted(cfg.items()) if k not in GRAPH_NEUTRAL}, default=str)
+
+
 def graph_families(configs: Sequence[dict[str, Any]]) -> list[int]:
     """Indices of the first config of each graph family (configs that differ only in GRAPH_NEUTRAL
     keys): what `gatesweep warmup` compiles, one process per family."""
     seen: dict[str, int] = {}
     for i, cfg in enumerate(configs):
-        key = json.dumps({k: v for k, v in sorted(cfg.items()) if k not in GRAPH_NEUTRAL}, default=str)
-        seen.setdefault(key, i)
+        seen.setdefault(family_key(cfg), i)
     return sorted(seen.values())
+
+
+def mark_warm(sweep_dir: Path, configs: Sequence[dict[str, Any]]) -> None:
+    """Record that the families of `configs` are in the sweep's compile cache (atomically)."""
+    path = cache_dir(sweep_dir) / WARM_FAMILIES
+    keys = sorted(warm_families(sweep_dir) | {family_key(c) for c in configs})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(keys))
+    os.replace(tmp, path)
+
+
+def warm_families(sweep_dir: Path) -> set[str]:
+    """Family keys `gatesweep warmup` compiled into this sweep's cache (empty when it never ran)."""
+    try:
+        return set(json.loads((cache_dir(sweep_dir) / WARM_FAMILIES).read_text()))
+    except (OSError, ValueError):
+        return set()

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.common.compile_cache import cache_env, cache_is_cold
+from cluster.common.compile_cache import cache_env, cache_is_cold, family_key, warm_families
 from cluster.common.delivery import deliver, undelivered
 from cluster.common.process import die_with_parent
 from cluster.common.progress import Progress, last_step
@@ -79,8 +79,8 @@ SHARED_TAG = "gatesweep.gpu_shared"  # read back by analysis.fetch (analysis.ste
 
 
 def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, device: str | None,
-           existing: dict, outage: Outage, trials_per_gpu: int = 1, warm: WarmTrainer | None = None
-           ) -> _Running | None:
+           existing: dict, outage: Outage, trials_per_gpu: int = 1, warm: WarmTrainer | None = None,
+           compiled: set[str] | None = None) -> _Running | None:
     lock = TrialLock(s.run_dir)
     if not lock.acquire():
         return None  # another launcher runs it right now
@@ -88,8 +88,10 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
     if now and now != s.status:  # another launcher ran it since this one read the records
         lock.release()
         return None
-    trial_json = write_trial_json(s.trial, s.run_dir, backend="local",
-                                  overrides={"device": device} if device else None,
+    overrides: dict = {"device": device} if device else {}
+    if compiled and family_key(s.trial.config.flat()) in compiled:
+        overrides["compile_threads"] = 1  # its graphs are cached: no compile worker pool next to training trials
+    trial_json = write_trial_json(s.trial, s.run_dir, backend="local", overrides=overrides or None,
                                   tags=launch_tags(store.parent_id, gpus, trials_per_gpu))
     if store.enabled:
         why = "found unreachable moments ago"
@@ -243,6 +245,8 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int |
     warming = use_gpus and len(todo) > 1 and cache_is_cold(Path(todo[0].run_dir).parent)
     last_delivery = last_retry = 0.0
     keys = iter(range(1, 1 << 62))
+    # graph families in the compile cache: warmed by `gatesweep warmup`, or a trial of theirs has stepped
+    compiled = warm_families(Path(todo[0].run_dir).parent) if todo else set()
     if warm is not None:
         warm.wait_ready()
     with Progress(title, len(todo), parallel=max_parallel) as progress:
@@ -255,13 +259,14 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int |
                     for r in running:
                         if r.key in packer.starting and (last_step(r.state.run_dir) or 0) >= 1:
                             packer.stepped(r.key)
+                            compiled.add(family_key(r.state.trial.config.flat()))
                 while queue and len(running) < max_parallel and not (warming and running):
                     taken = take_gpus(packer, pool, memory, nproc) if use_gpus else []
                     if taken is None:
                         break
                     s = queue.pop(0)
                     r = _start(s, store, taken, nproc=nproc, device=device, existing=existing, outage=outage,
-                               trials_per_gpu=share if packer is not None else 1, warm=warm)
+                               trials_per_gpu=share if packer is not None else 1, warm=warm, compiled=compiled)
                     if r is None:  # another launcher runs it, or ran it meanwhile
                         if pool is not None:
                             pool.give(taken)

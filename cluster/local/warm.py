@@ -10,8 +10,8 @@ starts with everything imported. What a trial sees is what a fresh process would
 - the trial's environment and working directory. Only variables that nothing reads before the first
   step may differ from the warm process's own (PER_TRIAL_ENV); a trial whose environment differs in
   anything else (say TORCHINDUCTOR_*, which torch reads at import) starts as a fresh process.
-The warm process runs no torch op, starts no thread and never loads the CUDA driver (it checks after
-its imports and before each fork; torch.cuda.is_available() goes through NVML there). If importing the
+The warm process runs no torch op, starts no thread and never initializes the CUDA driver (it checks
+after its imports and before each fork; torch.cuda.is_available() goes through NVML there). If importing the
 compiler (torch._dynamo, inductor) makes it unsafe to fork, it starts again without those imports and
 the trials import them themselves; if torch alone does, trials start fresh and the launcher says why.
 Multi-rank trials (torchrun) always start fresh.
@@ -262,13 +262,16 @@ def serve(sock_fd: int, without_compiler: str = "") -> None:
 
 def _unsafe_to_fork() -> str:
     """Why this process must not fork trials ('' if it may): a second thread could hold a lock the child
-    copies; a loaded CUDA driver cannot be used again in a forked child."""
+    copies; an initialized CUDA driver cannot be used again in a forked child. Only initialization
+    counts: on a GPU machine `import torch` maps libcuda.so (seen on an H200, torch 2.11) without
+    initializing it, which a child may do itself; cuInit starts the driver's own threads, and torch's
+    lazy init is visible to torch.cuda.is_initialized()."""
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
         return f"{threads} threads after imports"
-    with open("/proc/self/maps") as f:
-        if "libcuda.so" in f.read():
-            return "the CUDA driver is loaded"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "CUDA is initialized"
     return ""
 
 
