@@ -38,6 +38,16 @@ def _ratio(a: dict | None, b: dict | None, minus: float = 0.0) -> float | None:
     return round(a["step_ms"] / b["step_ms"] - minus, 4) if a and b and _ok(a) and _ok(b) else None
 
 
+def _noise(a: dict | None, b: dict | None, steps: int) -> float | None:
+    """Two standard errors of the ratio of two jobs' median step times, from each job's spread (p90-p10
+    over the median, about 2.56 sigma) over its timed steps (after step 15): the margin a verdict needs."""
+    if not (a and b and _ok(a) and _ok(b)):
+        return None
+    n = max(steps - 16, 1)
+    sigma = [1.25 * r["spread"] / 2.56 / n**0.5 for r in (a, b)]
+    return round(2 * (sigma[0] ** 2 + sigma[1] ** 2) ** 0.5, 4)
+
+
 def summarize(calls: list[dict], previous: dict, sources: dict[str, str]) -> dict[str, Any]:
     """Headline figures from one or more calls' results.json. Every ratio compares jobs of one call
     (a later call may run on another machine): overheads and candidates against that call's
@@ -64,6 +74,10 @@ def summarize(calls: list[dict], previous: dict, sources: dict[str, str]) -> dic
                            "ours_step_ms": base["step_ms"] if base and _ok(base) else None,
                            "step_ratio": _ratio(base, ref)}
     out |= {key: vs_base(label, 1.0) for key, label in OVERHEADS.items()}
+    steps = lambda i: int(calls[i]["meta"].get("steps", 40))  # noqa: E731
+    out["noise"] = {"step_ratio": _noise(base, ref, steps(ref_call))} | {
+        key: _noise(found[label][1], base_of(found[label][0]), steps(found[label][0])) if label in found else None
+        for key, label in OVERHEADS.items()}
     start = lambda label: found[label][1]["startup_s"] if _ok(get(label)) else None  # noqa: E731
     out |= {"cold_start_s": start("ours-none-cold"), "warm_start_s": start("ours-none-warm"),
             "portable_cache_start_s": start("ours-none-mega"), "ref_cold_start_s": start("ref-cold")}
@@ -100,11 +114,18 @@ def _targets(s: dict) -> dict[str, bool | None]:
     def le(v: float | None, limit: float) -> bool | None:
         return None if v is None else v <= limit
 
+    def timed(key: str, floor: float | None = None) -> bool | None:
+        """met / not met only outside the call's noise; an overhead below -noise (a gate that saves time)
+        is an inconsistent measurement: no verdict (None)"""
+        v, e = s[key], (s.get("noise") or {}).get(key) or 0.0
+        if v is None or (floor is not None and v < floor - e):
+            return None
+        return True if v + e <= TARGETS[key] else False if v - e > TARGETS[key] else None
+
     eff = s["scaling_efficiency"].get("2")
-    return {f"step_ratio<={TARGETS['step_ratio']}": le(s["step_ratio"], TARGETS["step_ratio"]),
-            f"headwise<={TARGETS['headwise_overhead']}": le(s["headwise_overhead"], TARGETS["headwise_overhead"]),
-            f"elementwise<={TARGETS['elementwise_overhead']}": le(s["elementwise_overhead"],
-                                                                   TARGETS["elementwise_overhead"]),
+    return {f"step_ratio<={TARGETS['step_ratio']}": timed("step_ratio"),
+            f"headwise<={TARGETS['headwise_overhead']}": timed("headwise_overhead", 0.0),
+            f"elementwise<={TARGETS['elementwise_overhead']}": timed("elementwise_overhead", 0.0),
             f"cold<={TARGETS['cold_start_s']}s": le(s["cold_start_s"], TARGETS["cold_start_s"]),
             f"warm<={TARGETS['warm_start_s']}s": le(s["warm_start_s"], TARGETS["warm_start_s"]),
             f"scaling>={TARGETS['scaling_2']}": None if eff is None else eff >= TARGETS["scaling_2"],
@@ -143,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True, help="e.g. h200-single: the folder is bench/results/<date>-<name>")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--sweep", type=Path, help="a bench/sweep_throughput.py output folder (sweep_results.json)")
+    p.add_argument("--sweep-name", default="h200-sweep", help="its folder: bench/results/<date>-<sweep-name>")
     a = p.parse_args(argv)
     calls = [load_call(d) for d in a.dirs]
     dest = a.results / f"{calls[0]['meta']['date'][:10]}-{a.name}"
@@ -160,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(calls, previous, sources)
     if a.sweep:
         res = json.loads((a.sweep / "sweep_results.json").read_text())
-        sdest = a.results / f"{res['meta']['date'][:10]}-{a.name}-sweep"
+        sdest = a.results / f"{res['meta']['date'][:10]}-{a.sweep_name}"
         sdest.mkdir(parents=True, exist_ok=True)
-        for f in ("sweep_results.json", "sweep_table.md", "sweep_bench.log", "sweep_records.tgz"):
+        for f in ("sweep_results.json", "sweep_table.md", "sweep_bench.log", "sweep_records.tgz", "session.log"):
             if (a.sweep / f).is_file():
                 shutil.copy(a.sweep / f, sdest / f)
         summary |= sweep_figures(res)

@@ -93,7 +93,8 @@ def test_summary_files_a_sweep_call_and_adds_its_ratio(tmp_path: Path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "summary.json").write_text(json.dumps({"scaling_efficiency": {"2": 0.9}, "sources": {"scaling": "old"}}))
-    assert main([str(call), "--name", "h200", "--sweep", str(tmp_path / "sweep"), "--results", str(results)]) == 0
+    assert main([str(call), "--name", "h200", "--sweep", str(tmp_path / "sweep"), "--sweep-name", "h200-sweep",
+                 "--results", str(results)]) == 0
     s = json.loads((results / "summary.json").read_text())
     assert s["sweep_throughput_ratio"] == sweep["sweep_throughput_ratio"] == round((200_000 / 80) / 100_000, 4)
     assert s["sweep"]["forked_startup_s_median"] == 8.5 and s["sweep"]["gpu_busy"] == 0.93
