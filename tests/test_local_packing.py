@@ -1,17 +1,21 @@
 """The local launcher's GPU policy (cluster/local/packing.py), pure: single-GPU trials start one at a time
-per GPU (the next once the last has stepped), up to `share` per GPU, and under `auto` only while the
-GPU's free memory holds the largest footprint seen; multi-GPU trials keep disjoint sets."""
+per GPU (the next once the last has stepped), up to `share` per GPU; under `auto` the next one is
+launched just in time (when the training one has about a start-up left) and only while the GPU's free
+memory holds the largest footprint seen; multi-GPU trials keep disjoint sets."""
 
 from __future__ import annotations
 
 from cluster.local.packing import (
     AUTO_SHARE,
+    DEFAULT_STARTUP_S,
+    JIT_MARGIN_S,
     MEMORY_MARGIN,
     STARTING_MAX_S,
     GpuLoad,
     Packer,
     default_parallel,
     pick_gpu,
+    remaining_s,
     share_of,
 )
 
@@ -74,3 +78,28 @@ def test_trials_per_gpu_and_max_parallel_defaults():
     assert default_parallel(None, [0, 1, 2, 3], 2, None) == 2  # multi-GPU trials: disjoint sets
     assert default_parallel(None, [], 1, None) == 1  # CPU machine: one at a time, as before
     assert default_parallel(5, [0], 1, None) == 5
+
+
+def test_remaining_time_from_a_trials_pace():
+    # 100 steps in 10 s (validations included), 300 of 400 done, last point 1 s ago: 10 s - 1 s left
+    assert remaining_s((0.0, 100), (20.0, 300), 400, now=21.0) == 9.0
+    assert remaining_s((0.0, 1), (0.5, 4), 400, now=1.0) is None  # too few steps for a pace
+
+
+def test_just_in_time_launches_the_next_trial_about_a_start_up_before_the_end():
+    p = Packer([0], share=AUTO_SHARE, check_memory=False, jit=True)
+    assert p.pick(0.0, {}) == 0  # an idle GPU takes a trial at once
+    p.add(1, 0, now=0.0, total_steps=400)
+    p.stepped(1, now=12.0)  # a 12 s start-up: the estimate once one is seen
+    assert p.startup_s() == 12.0
+    p.progress(1, (12.0, 1))
+    p.progress(1, (22.0, 101))  # 10 s per 100 steps: 30 s left at t=22
+    assert p.pick(22.0, {}) is None  # not due: it would share the card for ~16 s
+    p.progress(1, (37.5, 256))  # 14.4 s left: within 12 s + the margin? no
+    assert p.pick(37.5, {}) is None
+    p.progress(1, (39.0, 271))  # 12.9 s left <= 12 + 2
+    assert 12.9 <= p.startup_s() + JIT_MARGIN_S and p.pick(39.0, {}) == 0
+    p.add(2, 0, now=39.0, total_steps=400)
+    assert p.pick(40.0, {}) is None  # two on the GPU (share 2), one of them starting
+    fresh = Packer([0], share=AUTO_SHARE, check_memory=False, jit=True)
+    assert fresh.startup_s() == DEFAULT_STARTUP_S  # before any trial has stepped

@@ -2,13 +2,16 @@
 
 Short trials lose the card to their start-up (imports, data, model init, loading compiled graphs,
 validation at step 0) unless another trial trains meanwhile. Measured on one H200 (bench/results/
-*-h200-sweep): trials sharing a GPU by time-slicing give about the throughput of one trial alone, so
-what decides a sweep's throughput is that some trial is always training. The policy, per GPU:
-- **stagger**: a trial starts on a GPU only when no other trial there is still starting (launch to first
-  optimizer step), so starts and ends spread out and each start-up overlaps the others' training
-  instead of all trials of a "wave" starting (and idling the card) together;
-- **share**: at most `share` trials per GPU (`backend.local.trials_per_gpu`; `auto` = AUTO_SHARE);
-- **memory** (auto only): a second trial joins a GPU only if its free memory holds the largest per-trial
+2026-12-04-h200-sweep-call{1,2}): a trial starting next to one that trains costs the latter ~2.5%, but two
+trials *training* on one GPU by time-slicing run ~8% slower than one after the other (86 vs 80 ms per
+step of one trial). So, per GPU:
+- **just in time** (`trials_per_gpu: auto`, the default): one trial trains; the next is launched when
+  the training one has about a start-up's time left (its pace from its metrics; the start-up from the
+  trials that started before, 20 s until one has), so it takes over the card as the other ends;
+- **share** (`trials_per_gpu: N`): up to N at a time, staggered: a new one only once the GPU's last
+  started trial has taken its first step (launch to first optimizer step), so starts and ends spread out
+  instead of a "wave" of trials starting (and idling the card) together;
+- **memory** (auto): a second trial joins a GPU only if its free memory holds the largest per-trial
   footprint seen so far with a margin (read with nvidia-smi once trials on it have stepped).
 Multi-GPU trials never share (GpuPool). Pure except `gpu_memory` and `visible_gpus` (nvidia-smi).
 """
@@ -21,9 +24,12 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-# Trials per GPU under `trials_per_gpu: auto`: two keep the card busy (one trains while the next starts);
-# more add memory and context switches and hide only start-ups longer than a trial's remaining work.
+# Processes per GPU under `trials_per_gpu: auto`: the one that trains and the next one, starting.
 AUTO_SHARE = 2
+DEFAULT_STARTUP_S = 20.0  # a start-up (launch -> first step) before any was seen: forked ~14 s, fresh ~20 s
+JIT_MARGIN_S = 2.0  # launch this much earlier than the estimate (a late start idles the card, an early one
+# only shares it for a moment)
+MIN_PACE_STEPS = 5  # steps a trial must have logged before its pace predicts its end
 MEMORY_MARGIN = 1.15  # free memory needed for one more trial, relative to the largest footprint seen
 STARTING_MAX_S = 900.0  # a trial that has not stepped by then no longer holds back the next start
 
@@ -83,21 +89,32 @@ class GpuLoad:
     running: int = 0
     starting: int = 0  # launched, not yet past their first optimizer step
     free_mib: float | None = None  # None: unknown (no nvidia-smi)
+    due: bool = True  # every trial training on it ends within about a start-up (just in time)
 
 
-def pick_gpu(loads: list[GpuLoad], *, share: int, footprint_mib: float | None, check_memory: bool) -> int | None:
+def pick_gpu(loads: list[GpuLoad], *, share: int, footprint_mib: float | None, check_memory: bool,
+             jit: bool = False) -> int | None:
     """The GPU the next single-GPU trial starts on, or None to wait. Least loaded first; a GPU with a
-    trial still starting is skipped (stagger); with check_memory, a GPU that already runs trials takes
-    one more only if its free memory holds `footprint_mib` x MEMORY_MARGIN (unknown footprint: wait for
-    the running trials to step, which is when their memory is known)."""
+    trial still starting is skipped (stagger); with `jit`, a GPU that runs trials takes the next only
+    when they are `due`; with check_memory, only if its free memory holds `footprint_mib` x
+    MEMORY_MARGIN (unknown footprint: wait for the running trials to step, when their memory is known)."""
     for g in sorted(loads, key=lambda g: (g.running, g.gpu)):
-        if g.running >= share or g.starting:
+        if g.running >= share or g.starting or (jit and g.running and not g.due):
             continue
         if check_memory and g.running and g.free_mib is not None:
             if footprint_mib is None or g.free_mib < footprint_mib * MEMORY_MARGIN:
                 continue
         return g.gpu
     return None
+
+
+def remaining_s(first: tuple[float, int], last: tuple[float, int], total_steps: int, now: float) -> float | None:
+    """Seconds a trial still needs at the pace between two of its (time, step) points (validations in
+    between included), or None before MIN_PACE_STEPS steps."""
+    steps = last[1] - first[1]
+    if steps < MIN_PACE_STEPS:
+        return None
+    return (total_steps - last[1]) * (last[0] - first[0]) / steps - (now - last[0])
 
 
 def footprint(used_mib: float, trials: int) -> float | None:
@@ -115,17 +132,34 @@ class Packer:
     gpus: list[int]
     share: int
     check_memory: bool
+    jit: bool = False
     trials: dict[int, int] = field(default_factory=dict)  # trial key -> gpu
-    starting: dict[int, float] = field(default_factory=dict)  # trial key -> launch time (monotonic)
+    starting: dict[int, float] = field(default_factory=dict)  # trial key -> launch time
+    total: dict[int, int] = field(default_factory=dict)  # trial key -> its num_iterations
+    pace: dict[int, tuple[tuple[float, int], tuple[float, int]]] = field(default_factory=dict)  # first, last point
+    startups: list[float] = field(default_factory=list)  # launch -> first step, of the trials that stepped
     footprint_mib: float | None = None
+
+    def startup_s(self) -> float:
+        """The expected start-up: the median of those seen, DEFAULT_STARTUP_S before any."""
+        s = sorted(self.startups)
+        return s[len(s) // 2] if s else DEFAULT_STARTUP_S
+
+    def due(self, key: int, now: float) -> bool:
+        if key not in self.pace:
+            return False
+        left = remaining_s(*self.pace[key], self.total.get(key, 0), now)
+        return left is not None and left <= self.startup_s() + JIT_MARGIN_S
 
     def loads(self, now: float, memory: dict[int, tuple[float, float]]) -> list[GpuLoad]:
         out = []
         for g in self.gpus:
             keys = [k for k, gpu in self.trials.items() if gpu == g]
-            starting = sum(1 for k in keys if k in self.starting and now - self.starting[k] < STARTING_MAX_S)
+            starting = [k for k in keys if k in self.starting and now - self.starting[k] < STARTING_MAX_S]
             used_total = memory.get(g)
-            out.append(GpuLoad(g, len(keys), starting, None if used_total is None else used_total[1] - used_total[0]))
+            due = all(self.due(k, now) for k in keys if k not in starting)
+            out.append(GpuLoad(g, len(keys), len(starting),
+                               None if used_total is None else used_total[1] - used_total[0], due))
         return out
 
     def observe(self, memory: dict[int, tuple[float, float]]) -> None:
@@ -139,18 +173,26 @@ class Packer:
 
     def pick(self, now: float, memory: dict[int, tuple[float, float]]) -> int | None:
         return pick_gpu(self.loads(now, memory), share=self.share, footprint_mib=self.footprint_mib,
-                        check_memory=self.check_memory)
+                        check_memory=self.check_memory, jit=self.jit)
 
-    def add(self, key: int, gpu: int, now: float) -> None:
+    def add(self, key: int, gpu: int, now: float, total_steps: int = 0) -> None:
         self.trials[key] = gpu
         self.starting[key] = now
+        self.total[key] = total_steps
 
-    def stepped(self, key: int) -> None:
-        self.starting.pop(key, None)
+    def stepped(self, key: int, now: float | None = None) -> None:
+        launched = self.starting.pop(key, None)
+        if launched is not None and now is not None:
+            self.startups.append(now - launched)
+
+    def progress(self, key: int, point: tuple[float, int] | None) -> None:
+        """A trial's newest (time, step): the first one seen and the latest make its pace."""
+        if point is not None:
+            self.pace[key] = (self.pace[key][0] if key in self.pace else point, point)
 
     def remove(self, key: int) -> None:
-        self.trials.pop(key, None)
-        self.starting.pop(key, None)
+        for table in (self.trials, self.starting, self.total, self.pace):
+            table.pop(key, None)
 
 
 def default_parallel(max_parallel: int | None, gpus: list[int], nproc: int, trials_per_gpu: int | str | None
@@ -165,8 +207,8 @@ def default_parallel(max_parallel: int | None, gpus: list[int], nproc: int, tria
 
 
 def share_of(trials_per_gpu: int | str | None) -> tuple[int, bool]:
-    """(trials per GPU, check memory) for backend.local.trials_per_gpu: a number is taken as given;
-    auto (or unset) is AUTO_SHARE with the memory check."""
+    """(processes per GPU, auto) for backend.local.trials_per_gpu: a number is taken as given (staggered);
+    auto (or unset) is AUTO_SHARE, just in time, with the memory check."""
     if trials_per_gpu is None or trials_per_gpu == "auto":
         return AUTO_SHARE, True
     return int(trials_per_gpu), False
@@ -191,7 +233,7 @@ def take_gpus(packer: Packer | None, pool: GpuPool | None, memory: MemoryReader,
     if packer is None:
         assert pool is not None
         return pool.take(nproc)
-    now = time.monotonic()
+    now = time.time()  # wall clock: the trials' metrics are stamped with it
     gpu = packer.pick(now, {})
     if gpu is not None and packer.check_memory and gpu in packer.trials.values():
         mem = memory.read()

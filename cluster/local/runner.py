@@ -25,7 +25,7 @@ from pathlib import Path
 from cluster.common.compile_cache import cache_env, cache_is_cold, family_key, warm_families
 from cluster.common.delivery import deliver, undelivered
 from cluster.common.process import die_with_parent
-from cluster.common.progress import Progress, last_step
+from cluster.common.progress import Progress, last_step, last_train_point
 from cluster.common.state import TrialState
 from cluster.common.store import SweepStore, clean_env
 from cluster.common.trialdir import TrialLock, local_status, set_local_status, write_trial_json
@@ -231,7 +231,7 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int |
                 gpus=[] if device == "cpu" else gpus)
     use_gpus = bool(gpus) and device != "cpu"
     share, check_memory = share_of(trials_per_gpu)
-    packer = Packer(list(gpus), share, check_memory) if use_gpus and nproc == 1 else None
+    packer = Packer(list(gpus), share, check_memory, jit=check_memory) if use_gpus and nproc == 1 else None
     pool = GpuPool(list(gpus)) if use_gpus and packer is None else None
     max_parallel = default_parallel(max_parallel, list(gpus) if use_gpus else [], nproc, trials_per_gpu)
     queue = list(todo)
@@ -258,8 +258,10 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int |
                 if packer is not None:
                     for r in running:
                         if r.key in packer.starting and (last_step(r.state.run_dir) or 0) >= 1:
-                            packer.stepped(r.key)
+                            packer.stepped(r.key, time.time())
                             compiled.add(family_key(r.state.trial.config.flat()))
+                        elif r.key not in packer.starting and packer.jit:
+                            packer.progress(r.key, last_train_point(r.state.run_dir))
                 while queue and len(running) < max_parallel and not (warming and running):
                     taken = take_gpus(packer, pool, memory, nproc) if use_gpus else []
                     if taken is None:
@@ -274,7 +276,7 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int |
                         continue
                     if packer is not None:
                         r.key = next(keys)
-                        packer.add(r.key, taken[0], time.monotonic())
+                        packer.add(r.key, taken[0], time.time(), s.trial.config.run.num_iterations)
                     running.append(r)
                     progress.started(_label(r.state), r.state.run_dir, r.state.trial.config.run.num_iterations)
                 ended = False
