@@ -59,10 +59,36 @@ def trial_times(run_dir: Path) -> TrialTimes:
                       float(since.group(1)) if since else None, float(imp.group(1)) < 0.1 if imp else None)
 
 
+def train_points(run_dir: Path) -> list[tuple[float, int]]:
+    """(unix time, step) of every train_loss point of a trial."""
+    f = run_dir / "track" / "metrics.jsonl"
+    points = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()] if f.is_file() else []
+    return sorted((p["ts"] / 1000, p["step"]) for p in points if p["key"] == "train_loss")
+
+
+def step_ms_by_regime(trials: list[TrialTimes], points: dict[str, list[tuple[float, int]]], val_every: int
+                      ) -> dict[str, dict[str, float]]:
+    """The median time of one trial's step (two consecutive train points, no validation in between) by
+    what ran on the card meanwhile: "T training, S starting" -> {"steps", "median_ms"}. One trial alone
+    against two training shows what time-slicing costs; one training beside one starting, what a
+    start-up costs the trial that trains."""
+    spans = [(t.launched, t.first_step, t.ended) for t in trials if t.first_step is not None and t.ended]
+    out: dict[str, list[float]] = {}
+    for pts in points.values():
+        for (a, s0), (b, s1) in zip(pts, pts[1:]):
+            if s1 != s0 + 1 or (val_every and s0 % val_every == 0):
+                continue
+            mid = (a + b) / 2
+            key = (f"{sum(1 for _, f, e in spans if f <= mid < e)} training, "
+                   f"{sum(1 for la, f, _ in spans if la <= mid < f)} starting")
+            out.setdefault(key, []).append(b - a)
+    return {k: {"steps": len(v), "median_ms": round(1000 * sorted(v)[len(v) // 2], 1)} for k, v in sorted(out.items())}
+
+
 def concurrency(trials: list[TrialTimes], t0: float, t1: float, step_s: float = 0.5) -> dict[int, dict[str, float]]:
     """{k: {"seconds", "steps_per_s"}}: how long exactly k trials were training, and the steps all of
-    them made per second meanwhile (steps spread evenly between a trial's first step and its end).
-    With one trial's steps/s alone, this is the packing's throughput against concurrency."""
+    them made per second meanwhile, with each trial's steps spread evenly between its first step and
+    its end (coarse: step_ms_by_regime times the steps themselves)."""
     spans = [(t.first_step, t.ended, t.steps) for t in trials
              if t.first_step is not None and t.ended is not None and t.ended > t.first_step]
     out: dict[int, dict[str, float]] = {}

@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.sweep_stats import summarize_sweep, table, trial_times  # noqa: E402
+from bench.sweep_stats import step_ms_by_regime, summarize_sweep, table, train_points, trial_times  # noqa: E402
 
 WORK = Path(os.environ.get("BENCH_WORK", "/tmp/gatesweep-bench"))
 SINGLE = Path("runs") / ".bench-single"
@@ -208,6 +208,9 @@ def main() -> int:
               if d.is_dir() and (d / "trial.json").is_file() and not d.name.startswith(".")]
     res["sweep"] = {"exit_code": code} | summarize_sweep(trials, t0, t1, res["single"], sampler.summary(t0, t1))
     res["sweep"]["notes"] = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("note:")]
+    res["sweep"]["step_ms_by_regime"] = step_ms_by_regime(
+        trials, {t.trial_id: train_points(Path("runs") / name / t.trial_id) for t in trials},
+        prep.trials[0].config.run.val_every)
     if t_end - time.time() > 1.3 * res["single"]["wall_s"]:  # the comparator once more: its own spread
         res["single_repeat"] = single_run(a.spec, a.overrides, env, t_end - time.time(), tag="-repeat")
         print(f"[single again] {res['single_repeat']}", flush=True)

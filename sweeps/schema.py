@@ -185,8 +185,8 @@ class LocalOptions(Section):
     max_parallel: Pos | None = Field(default=None, description=(
         "trials at a time (default: every GPU slot, trials_per_gpu per GPU; 1 on a machine without GPUs)"))
     trials_per_gpu: PosOrAuto | None = Field(default=None, description=(
-        "single-GPU trials sharing one GPU; auto (default): 2 while its free memory holds them; "
-        "each GPU starts one trial at a time (the next once the last has taken its first step)"))
+        "single-GPU trials per GPU; auto (default): one trains, the next is launched just in time (about a "
+        "start-up before it ends) if the GPU's free memory holds it; N: N at a time, started one by one"))
     warm_start: StrictBool | None = Field(default=None, description=(
         "fork single-process trials from one process that has already imported torch and its compiler "
         "(default; on GPUs too); false: every trial starts as a fresh process"))

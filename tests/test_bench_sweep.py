@@ -14,6 +14,7 @@ from bench.sweep_stats import (
     TrialTimes,
     concurrency,
     covered,
+    step_ms_by_regime,
     summarize_sweep,
     table,
     throughput,
@@ -100,3 +101,20 @@ def test_summary_files_a_sweep_call_and_adds_its_ratio(tmp_path: Path):
     assert s["sweep"]["forked_startup_s_median"] == 8.5 and s["sweep"]["gpu_busy"] == 0.93
     assert s["targets_met"]["sweep>=0.9"] is False and s["scaling_efficiency"] == {"2": 0.9}
     assert (results / "2026-12-05-h200-sweep" / "sweep_results.json").is_file()
+
+
+def test_step_times_by_what_shares_the_card():
+    # a: launched 0, steps from 10 to 40; b: launched 20, first step 30, ends 50
+    a = TrialTimes("a", "", 0.0, 10.0, 40.0, 0, 0, "FINISHED", None, 10.0, None, None)
+    b = TrialTimes("b", "", 20.0, 30.0, 50.0, 0, 0, "FINISHED", None, 10.0, None, None)
+    points = {"a": [(10.0 + i, i + 1) for i in range(10)]  # 1 s steps alone, 10-20 s
+              + [(21.0 + 2 * i, 12 + i) for i in range(5)]  # 2 s steps beside b's start-up, 21-29 s
+              + [(31.0 + 3 * i, 17 + i) for i in range(3)],  # 3 s steps with b training, 31-37 s
+              "b": [(30.5 + 3 * i, i + 1) for i in range(3)]}
+    r = step_ms_by_regime([a, b], points, val_every=0)
+    assert r["1 training, 0 starting"] == {"steps": 9, "median_ms": 1000.0}
+    assert r["1 training, 1 starting"]["median_ms"] == 2000.0
+    assert r["2 training, 0 starting"]["median_ms"] == 3000.0
+    # a validation between two steps (step % val_every == 0) is no step time
+    assert step_ms_by_regime([a], {"a": [(11.0, 49), (12.0, 50), (20.0, 51)]}, 50) == \
+        {"1 training, 0 starting": {"steps": 1, "median_ms": 1000.0}}
