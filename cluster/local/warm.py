@@ -102,8 +102,10 @@ class WarmTrainer:
                 self.ready = bool(msg["ready"])
                 self.why = str(msg.get("why") or msg.get("note") or "")
                 if self.why:  # e.g. imports that loaded the CUDA driver or started threads on a GPU machine
-                    print(f"note: warm trainer: {'forks trials; ' if self.ready else 'trials start fresh: '}{self.why}",
-                          file=sys.stderr)
+                    from trainer.console import note
+
+                    note(f"note: warm trainer: {'forks trials; ' if self.ready else 'trials start fresh: '}{self.why}",
+                         err=True)
             elif "started" in msg:
                 self._started.append(int(msg["started"]))
             elif "exited" in msg:
