@@ -121,17 +121,18 @@ def targets(steps: int, ours: dict) -> tuple[list[Job], Job, list[Job]]:
     baseline of this call: defaults (its start-up is the warm start), the gates with targets, the
     headwise GEMM placements, coordinate-descent tuning, the baseline again (the spread between two runs
     of one version)."""
-    def mk(label: str, gate: str = "none", est: float = 28, base: str = "", n: int = steps, **kw: object) -> Job:
+    def mk(label: str, gate: str = "none", est: float = 20 + 0.15 * steps, base: str = "", n: int = steps,
+           **kw: object) -> Job:
         g, extra = GATES[gate]
         return Job(label, "ours", ours | extra | kw, "ours", steps=n, gate=g, est_s=est, baseline=base)
 
     fam = [("none", {}), ("headwise", {}), ("elementwise", {}), ("headwise", {"gate_gemm": "fused_pad64"}),
            ("none", {"cd_tuning": True})]
     primes = [mk(f"prime-{g}" + "".join(f"-{k}={v}" for k, v in kw.items()), g, n=2, **kw) for g, kw in fam]
-    ref = Job("ref-cold", "ref", cache="ref", steps=steps, est_s=230)
+    ref = Job("ref-cold", "ref", cache="ref", steps=steps, est_s=225 + 0.16 * steps)
     measured = [mk("ours-none-warm"), mk("ours-headwise", "headwise"), mk("ours-elementwise", "elementwise"),
-                mk("cand-headwise-fused_pad64", "headwise", base="ours-headwise", gate_gemm="fused_pad64"),
                 mk("cand-none-cd_tuning", base="ours-none-warm", cd_tuning=True),
+                mk("cand-headwise-fused_pad64", "headwise", base="ours-headwise", gate_gemm="fused_pad64"),
                 mk("cand-none-repeat", base="ours-none-warm", seed=1),
                 mk("cand-headwise-separate_pad8", "headwise", est=60, base="ours-headwise", gate_gemm="separate_pad8")]
     return primes, ref, measured

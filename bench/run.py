@@ -119,7 +119,7 @@ def run_job(job: Job, gpu_ids: list[int], train: str, val: str, peak_tflops: flo
     note = next((ln.split(": ", 1)[1] for ln in out_text.splitlines() if "first step done" in ln), "")
     phases = startup_breakdown(note, first)
     res = Result(job.label, job.kind, job.gate, job.gpus, round(first or float("nan"), 1), round(stats.step_ms_median, 2),
-                 round(stats.step_ms_spread, 3), round(tps), round(mfu, 4), stats.peak_mib, stats.final_val_loss,
+                 round(stats.step_ms_spread, 3), round(tps) if tps == tps else tps, round(mfu, 4), stats.peak_mib, stats.final_val_loss,
                  proc.returncode, job.overrides, job.cache, tail if proc.returncode else "", note, job.baseline,
                  job.batch, phases)
     print(f"[{job.label}] exit={proc.returncode} startup={res.startup_s}s step={res.step_ms}ms "

@@ -6,7 +6,7 @@
 #                                              .gpu/data/offline_*.bin (the real-text shards)
 #   bash bench/throughput_session.sh targets   the trainer's targets: our graph families compiled at once, the
 #                                              reference alone (cold), then ours one at a time (bench/run.py --plan
-#                                              targets, 64x1024 tokens, 40 steps); needs the reference script
+#                                              targets, 64x1024 tokens, 80 steps); needs the reference script
 #                                              ($REF, default .ref/train_gpt2.py)
 # Outputs in $OUT; file them with
 #   python3 bench/summary.py <targets OUT> --name h200-targets --sweep <sweep OUT>
@@ -31,7 +31,8 @@ case $part in
   targets)
     REF=${REF:-.ref/train_gpt2.py}
     [ -f "$REF" ] || { echo "no reference script at $REF" | tee -a "$LOG"; exit 2; }
-    timeout $(( CALL_S - $(el) )) python3 bench/run.py --plan targets --steps 40 --lanes 0 --ref "$REF" \
+    # 80 steps: the first ~15 timed steps of a fresh process run ~7% slow (2026-12-04: 40 were too few)
+    timeout $(( CALL_S - $(el) )) python3 bench/run.py --plan targets --steps ${STEPS:-80} --lanes 0 --ref "$REF" \
       --budget $(( CALL_S - 30 - $(el) )) --out "$OUT" ${BENCH_DRY_RUN:+--dry-run} >>"$LOG" 2>&1 ;;
   *) echo "unknown part $part (sweep|targets)"; exit 2 ;;
 esac
