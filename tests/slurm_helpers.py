@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 
+from cluster.common.sbatch_options import SlurmOptions
 from cluster.common.trialdir import local_status
 from cluster.slurm.job import TrialJob
 from cluster.slurm.launch import job_env
-from cluster.slurm.sbatch import SlurmOptions, executor_params, setup_lines
+from cluster.slurm.sbatch import executor_params, setup_lines
 from sweeps.spec import Resources
 from trainer.record import read_json
 

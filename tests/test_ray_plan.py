@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from cluster.common.search import Asha, parse_search, sample_points, search_trials
 from cluster.errors import BackendError
 from cluster.ray.on_slurm import RaySlurmJob, sbatch_text, size_allocation
 from cluster.ray.plan import check_fits, trial_resources
-from cluster.ray.space import Asha, parse_search, sample_points, search_trials
 from cluster.ray.summary import TrialOutcome, best_rows, parent_params_metrics
 from gatesweep.cli import main as cli_main
 from sweeps.errors import SpecError

@@ -28,6 +28,7 @@ from typing import Any
 
 from cluster.common.delivery import deliver, deliver_pending
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
+from cluster.common.search import METRIC, MODE, SearchPlan, parse_search, search_trials
 from cluster.common.state import DONE, TrialState, known_runs, split
 from cluster.common.store import LEAKY_ENV, SweepStore
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, local_status, trial_dir, write_trial_json
@@ -42,7 +43,6 @@ from cluster.ray.plan import (
     ray_options,
     trial_resources,
 )
-from cluster.ray.space import METRIC, MODE, SearchPlan, parse_search, search_trials
 from cluster.ray.summary import log_search, report
 from sweeps.errors import SpecError
 from sweeps.mlflow_runs import is_server

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.common.sbatch_options import STRING_OPTS, resolve_options, sbatch_directive
 from cluster.ray.plan import ray_options
-from cluster.slurm.sbatch import STRING_OPTS, resolve_options, sbatch_directive
 from sweeps.spec import SweepSpec
 
 MAX_GPUS_PER_NODE = 8

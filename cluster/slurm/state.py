@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 from cluster.common.trialdir import RUNS_ROOT, TrialLock, trial_dir
@@ -96,6 +95,3 @@ class SlurmView:
         jid = self.ids.get(run_dir)
         return f"job {jid} {self.states.get(jid, '?')}" if jid else ""
 
-
-def slurm_alive(trials: list[Trial], root: Path = RUNS_ROOT) -> Callable[[Path], bool]:
-    return SlurmView(trials, root).alive
