@@ -140,6 +140,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# a requeued job (lost node, scontrol requeue) starts again once its last credential has expired:
+# 30 s instead of Slurm's 120 s keeps node-loss recovery short; a step launch here takes < 1 s
+AuthInfo=cred_expire=30
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 StateSaveLocation=$ROOT/state

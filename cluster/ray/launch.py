@@ -46,8 +46,14 @@ from cluster.ray.plan import (
 from cluster.ray.summary import log_search, report
 from sweeps.errors import SpecError
 from sweeps.mlflow_runs import is_server
+from trainer.record import write_json
 
 NODE_WAIT_S = 300.0
+# A trial whose actor died (its node lost, its process killed) is started again, up to this many times, on
+# any node with room: it resumes from its trainer checkpoint in the run dir (a shared filesystem), ASHA
+# keeps its rungs (the scheduler lives in this driver). A trial whose trainer failed is not retried.
+MAX_TRIAL_RESTARTS = 3
+ASHA_RUNGS = "asha_rungs.json"
 
 
 def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, overrides: list[str] | tuple[str, ...] = (),
@@ -172,7 +178,7 @@ def _fit(name: str, plan: SearchPlan, states: list[TrialState], store: SweepStor
                                         trial_dirname_creator=lambda t: str(t.config["trial"]["trial_id"])),
             run_config=tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(opts.storage_path), verbose=0, callbacks=[callback],
-                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_RESTARTS),
                                       checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
         # `kill PID` stops a search like Ctrl-C: Tune stops the trials, they record KILLED and resume on
         # rerun. Set after ray.init, whose own SIGTERM handler aborts the process.
@@ -181,6 +187,8 @@ def _fit(name: str, plan: SearchPlan, states: list[TrialState], store: SweepStor
             tuner.fit()
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if scheduler is not None:  # what ASHA judged each trial by: see EarlyStopASHA.rungs
+                write_json(opts.storage_path / ASHA_RUNGS, {"rungs": scheduler.rungs()})
         callback.settle(wait_s=60.0)
     return set(callback.ended)
 
