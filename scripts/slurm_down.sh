@@ -35,7 +35,8 @@ if pid_running "$ROOT/run/slurmctld.pid" slurmctld; then
   for _ in $(seq 1 50); do [ -z "$(squeue -h -t R,CG,PD 2>/dev/null)" ] && break; sleep 0.1; done
 fi
 # each daemon takes 1-2 s to exit: stop them in three waves (slurmdbd flushes to MariaDB last)
-for f in "$ROOT"/run/slurmd*.pid; do stop_pidfile "$f" slurmd & done
+# slurmd.pid (one node) or slurmd-<node>.pid (several); not slurmd*.pid, which would take slurmdbd.pid
+for f in "$ROOT"/run/slurmd.pid "$ROOT"/run/slurmd-*.pid; do [ -e "$f" ] && stop_pidfile "$f" slurmd & done
 stop_pidfile "$ROOT/run/slurmctld.pid" slurmctld &
 wait
 if [ -f "$ROOT/etc/net.env" ]; then  # job steps a dead slurmd left behind go with their node

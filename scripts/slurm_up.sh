@@ -52,7 +52,7 @@ wait_for() {  # wait_for <seconds> <what> <cmd...>: poll until cmd succeeds
 }
 # shellcheck source=scripts/pidfile.sh
 . "$(dirname "${BASH_SOURCE[0]}")/pidfile.sh"
-alive() { pid_running "$1" "$(basename "$1" .pid)"; }   # alive <dir>/<daemon>.pid
+alive() { local n; n=$(basename "$1" .pid); pid_running "$1" "${n%%-*}"; }  # alive <dir>/<daemon>[-<node>].pid
 stop_pidfile() {  # stop_pidfile <pidfile>: SIGTERM, wait up to 10 s, then SIGKILL
   alive "$1" || { rm -f "$1"; return 0; }
   local pid; pid=$(cat "$1"); kill "$pid"
@@ -71,7 +71,7 @@ start_daemon() {
 }
 show_logs() {
   sinfo -N -l >&2 || true; scontrol show node >&2 || true
-  for f in "$ROOT"/log/slurmctld.log "$ROOT"/log/slurmd*.log "$ROOT"/log/slurmdbd.log "$DB"/error.log; do
+  for f in "$ROOT"/log/slurmctld.log "$ROOT"/log/slurmd.log "$ROOT"/log/slurmd-*.log "$ROOT"/log/slurmdbd.log "$DB"/error.log; do
     [ -f "$f" ] && { echo "---- tail $f" >&2; tail -n 30 "$f" >&2; }
   done
   return 0
@@ -197,7 +197,7 @@ export SLURM_CONF=$CONF
   # listen there
   [ "$NODES" = 1 ] || echo "export GATESWEEP_SERVICE_HOST=$LOGIN_ADDR"
 } > "$ROOT/env.sh"
-slurmd_pidfiles() { ls "$ROOT"/run/slurmd*.pid 2>/dev/null || true; }
+slurmd_pidfiles() { ls "$ROOT"/run/slurmd.pid "$ROOT"/run/slurmd-*.pid 2>/dev/null || true; }  # not slurmdbd.pid
 if [ "$changed" = 1 ]; then
   for f in $(slurmd_pidfiles) "$ROOT/run/slurmctld.pid"; do
     if alive "$f"; then log "config changed: restarting slurmctld + slurmd"; break; fi
