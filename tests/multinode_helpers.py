@@ -24,8 +24,9 @@ def node_addr(node: str) -> str:
 
 
 def node_state(node: str) -> str:
-    return subprocess.run(["sinfo", "-h", "-N", "-n", node, "-o", "%t"], capture_output=True,
-                          text=True).stdout.split("\n")[0].strip()
+    """Slurm's state of the node, e.g. IDLE, MIXED, DOWN+COMPLETING (scontrol's spelling)."""
+    out = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True, check=True).stdout
+    return next(f.split("=", 1)[1] for f in out.split() if f.startswith("State="))
 
 
 def netns_pids(node: str) -> list[int]:
@@ -64,6 +65,10 @@ def _has_env(pid: int, marker: str) -> bool:
 def mark_down(node: str, reason: str) -> None:
     """What slurmctld does when a node stops answering (SlurmdTimeout), without the wait."""
     subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", f"reason={reason}"], check=True)
+    deadline = time.monotonic() + 30
+    while "DOWN" not in node_state(node):
+        assert time.monotonic() < deadline, f"{node} is {node_state(node)}, not DOWN"
+        time.sleep(0.2)
 
 
 def restore_nodes(cluster: SlurmCluster) -> None:
