@@ -77,7 +77,7 @@ def _directives(job: RaySlurmJob) -> list[str]:
 
 def sbatch_text(job: RaySlurmJob) -> str:
     ray = shlex.quote(str(Path(job.python).parent / "ray"))
-    start_opts = f'--num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus={job.gpus_per_node} --include-dashboard=false --block'
+    start_opts = f'--num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus={job.gpus_per_node} --block'
     # /tmp is node-local on most clusters; a name per node also keeps nodes apart where it is shared
     head_temp, node_temp = ('--temp-dir="/tmp/ray-$SLURM_JOB_ID-' + node + '"' for node in ("$head", "$node"))
     run = [f'"$PY" -m gatesweep run {shlex.quote(job.spec_path)} --backend ray',
@@ -112,7 +112,7 @@ def sbatch_text(job: RaySlurmJob) -> str:
         "# A head on loopback is a one-machine cluster: Ray's single-machine mode keeps every server on it.",
         'case "$head_ip" in 127.*) export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0;; esac',
         f"port=$(({RAY_PORT_BASE} + SLURM_JOB_ID % 10000))  # two searches on one node must not collide",
-        f'srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$head" "$RAY" start --head --node-ip-address="$head_ip" --port=$port {start_opts} {head_temp} &',
+        f'srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$head" "$RAY" start --head --node-ip-address="$head_ip" --port=$port --include-dashboard=false {start_opts} {head_temp} &',
         f'for _ in $(seq {HEAD_WAIT_S // 2}); do "$RAY" status --address="$head_ip:$port" >/dev/null 2>&1 && break; sleep 2; done',
         'for node in "${nodes[@]:1}"; do',
         f'  srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$node" "$RAY" start --address="$head_ip:$port" --node-ip-address="$(node_ip "$node")" {start_opts} {node_temp} &',
