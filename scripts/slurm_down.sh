@@ -39,11 +39,7 @@ fi
 for f in "$ROOT"/run/slurmd.pid "$ROOT"/run/slurmd-*.pid; do [ -e "$f" ] && stop_pidfile "$f" slurmd & done
 stop_pidfile "$ROOT/run/slurmctld.pid" slurmctld &
 wait
-if [ -f "$ROOT/etc/net.env" ]; then  # job steps a dead slurmd left behind go with their node
-  net_down
-  hosts_remove "$ROOT"
-  rm -f "$ROOT/etc/net.env"
-fi
+test_hosts_down "$ROOT"  # several nodes: job steps a dead slurmd left behind go with their node
 if [ -e "$ROOT/run/munged.ours" ]; then
   stop_pidfile /run/munge/munged.pid munged &
   rm -f "$ROOT/run/munged.ours"

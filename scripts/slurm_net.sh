@@ -75,6 +75,27 @@ net_down() {
   fi
 }
 
+# test_hosts_up <root> <n>: namespaces, bridge, /etc/hosts lines and per-node spool dirs of n nodes;
+# nodes of an earlier, larger cluster go; net.env records what slurm_down.sh removes
+test_hosts_up() {
+  local root=$1 n=$2 ns i
+  for ns in $(our_namespaces); do
+    [ "${ns#"$NODE_PREFIX"}" -le "$n" ] || { kill_node "$ns"; ip link del "$ns-h" 2>/dev/null; ip netns del "$ns"; }
+  done
+  net_up "$n"
+  hosts_write "$root" "$n"
+  printf 'SLURM_NODE_PREFIX=%q\nSLURM_NET_PREFIX=%q\n' "$NODE_PREFIX" "$NET" > "$root/etc/net.env"
+  for i in $(seq 1 "$n"); do mkdir -p "$root/spool/$(node_name "$i")"; done
+}
+
+# test_hosts_down <root>: every process left on the nodes, the namespaces, the bridge, the hosts lines
+test_hosts_down() {
+  [ -f "$1/etc/net.env" ] || return 0
+  net_down
+  hosts_remove "$1"
+  rm -f "$1/etc/net.env"
+}
+
 # /etc/hosts: written in place (it may be a bind mount that a rename would not replace), under a lock
 hosts_write() {  # hosts_write <root> <n>: replace this root's block with the login host and n nodes
   local root=$1 n=$2 i marker; marker=$(hosts_marker "$root")

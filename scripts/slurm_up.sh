@@ -77,6 +77,14 @@ show_logs() {
   return 0
 }
 
+# sticky too: the node names and net of this root's running cluster (slurm_down.sh removes them by these)
+if [ -f "$ROOT/etc/net.env" ]; then
+  given_prefix=${SLURM_NODE_PREFIX:-} given_net=${SLURM_NET_PREFIX:-}
+  # shellcheck disable=SC1091
+  . "$ROOT/etc/net.env"
+  [ "${given_prefix:-$SLURM_NODE_PREFIX}${given_net:-$SLURM_NET_PREFIX}" = "$SLURM_NODE_PREFIX$SLURM_NET_PREFIX" ] ||
+    die "$ROOT's cluster has nodes ${SLURM_NODE_PREFIX}N on $SLURM_NET_PREFIX.0/24: run slurm_down.sh before changing them"
+fi
 # shellcheck source=scripts/slurm_net.sh
 . "$(dirname "${BASH_SOURCE[0]}")/slurm_net.sh"
 if [ "$NODES" = 1 ]; then
@@ -207,17 +215,9 @@ fi
 
 # ---------------------------------------------------------------- test hosts (several nodes)
 if [ "$NODES" = 1 ]; then
-  if [ -n "$(our_namespaces)" ]; then net_down; fi   # a multi-node cluster of this root ran before
-  hosts_remove "$ROOT" >/dev/null
+  test_hosts_down "$ROOT" >/dev/null  # a multi-node cluster of this root ran before
 else
-  for ns in $(our_namespaces); do  # nodes of an earlier, larger cluster
-    [ "${ns#"$NODE_PREFIX"}" -le "$NODES" ] || { kill_node "$ns"; ip link del "$ns-h" 2>/dev/null; ip netns del "$ns"; }
-  done
-  net_up "$NODES"
-  hosts_write "$ROOT" "$NODES"
-  # what slurm_down.sh removes, whatever its own environment says
-  printf 'SLURM_NODE_PREFIX=%q\nSLURM_NET_PREFIX=%q\n' "$NODE_PREFIX" "$NET" > "$ROOT/etc/net.env"
-  for node in "${NODE_NAMES[@]}"; do mkdir -p "$ROOT/spool/$node"; done
+  test_hosts_up "$ROOT" "$NODES"
   log "test hosts ready: ${NODE_NAMES[*]} on $NET.0/24 (bridge $BRIDGE, login host $LOGIN_HOST $LOGIN_ADDR)"
 fi
 
