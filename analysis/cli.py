@@ -51,7 +51,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     from analysis import render
     from analysis.fetch import fetch_runs
-    from analysis.sequential import annotate_for_spec
+    from analysis.seq_table import annotate_for_spec
     from analysis.table import compat_table, stage_table
     from sweeps.errors import NoRunsError
 
@@ -73,8 +73,8 @@ def table_main(argv: Sequence[str] | None = None) -> int:
             raise SpecError("--columns applies to --compat only; drop it or add --compat")
         histories = None if args.no_time else _curves(runs, args.tracking_uri)
         runs, histories = _retime(runs, histories, args.step_times)
-        numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories),
-                                    target.spec, tracking_uri=args.tracking_uri)
+        numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories,
+                                                per_seed=True), target.spec, tracking_uri=args.tracking_uri)
         note = "\n\n".join(t for t in (render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
         headers = render.DISPLAY_HEADERS
         df = numeric if args.format == "csv" else render.display_table(numeric)
@@ -94,13 +94,15 @@ def table_main(argv: Sequence[str] | None = None) -> int:
 def power_main(argv: Sequence[str] | None = None) -> int:
     p = _parser("power", "Seeds per configuration needed to detect a loss difference, from a stage's spread.")
     p.add_argument("--effect-pct", type=float, default=0.5, help="difference to detect, %% of the baseline loss")
-    p.add_argument("--alpha", type=float, default=0.05, help="family-wise level over the stage's comparisons")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="family-wise level over the stage's comparisons (default 0.05; a sequential spec's p_adj)")
     p.add_argument("--power", type=float, default=0.8, help="target power")
     p.add_argument("--sd", type=float, default=None,
                    help="spread to plan with instead of the stage's (SD of per-seed differences when paired)")
     args = p.parse_args(argv)
     for name, value, ok in (("--effect-pct", args.effect_pct, args.effect_pct > 0),
-                            ("--alpha", args.alpha, 0 < args.alpha < 1), ("--power", args.power, 0 < args.power < 1),
+                            ("--alpha", args.alpha, args.alpha is None or 0 < args.alpha < 1),
+                            ("--power", args.power, 0 < args.power < 1),
                             ("--sd", args.sd, args.sd is None or args.sd > 0)):
         if not ok:
             raise SpecError(f"{name} {value}: out of range (effect-pct > 0, 0 < alpha, power < 1, sd > 0)")
@@ -110,6 +112,10 @@ def power_main(argv: Sequence[str] | None = None) -> int:
     from trainer.errors import DataError
 
     target = _target(args)
+    seq = _sequential_of(args.spec) if args.spec is not None else None
+    if seq is not None and args.alpha is not None and args.alpha != seq[0].alpha:
+        raise SpecError(f"--alpha {args.alpha:g}: a sequential spec decides at its seeds.stop.p_adj "
+                        f"({seq[0].alpha:g}); drop --alpha or change p_adj in {args.spec}")
     runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
     pairs, base_mean, n_now = power.stage_inputs(stage_table(runs, stages=target.stages, per_seed=True))
     if not pairs:
@@ -119,11 +125,35 @@ def power_main(argv: Sequence[str] | None = None) -> int:
         spread = power.Spread(args.sd, 0, spread.paired)
     if not spread.sd > 0:
         raise DataError(f"{target.label}: the spread is undefined (fewer than 2 seeds per comparison); pass --sd")
-    plan = power.plan(spread, baseline_mean=base_mean, effect_pct=args.effect_pct, alpha=args.alpha,
-                      target=args.power, comparisons=len(pairs), n_now=n_now)
-    print(power.describe(target.label, spread, plan, effect_pct=args.effect_pct, alpha=args.alpha,
-                         target=args.power, given_sd=args.sd is not None), end="")
+    if seq is None:
+        alpha = 0.05 if args.alpha is None else args.alpha
+        plan = power.plan(spread, baseline_mean=base_mean, effect_pct=args.effect_pct, alpha=alpha,
+                          target=args.power, comparisons=len(pairs), n_now=n_now)
+        print(power.describe(target.label, spread, plan, effect_pct=args.effect_pct, alpha=alpha,
+                             target=args.power, given_sd=args.sd is not None), end="")
+        return 0
+    _print_sequential_plan(target.label, spread, seq, args, base_mean=base_mean, n_now=n_now)
     return 0
+
+
+def _sequential_of(spec_path: Path):
+    """(the spec's sequential design, its number of comparisons), or None for a fixed-seeds spec."""
+    from sweeps.sequential import baseline_pairs
+    from sweeps.spec import design_points, load_spec
+
+    spec = load_spec(spec_path)
+    if spec.sequential is None:
+        return None
+    pairs = baseline_pairs([p for p, _ in design_points(spec)], spec.base_dict)
+    return spec.sequential, sum(j is not None for j in pairs.values())
+
+
+def _print_sequential_plan(label: str, spread, seq, args: argparse.Namespace, *, base_mean: float, n_now: int) -> None:
+    from analysis import seq_power
+
+    design, comparisons = seq
+    print(seq_power.report(label, spread, design, comparisons=comparisons, n_now=n_now, base_mean=base_mean,
+                           effect_pct=args.effect_pct, target=args.power, given_sd=args.sd is not None), end="")
 
 
 def report_main(argv: Sequence[str] | None = None) -> int:
@@ -269,13 +299,13 @@ def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None,
                   step_times: Path | None = None) -> list[Path]:
     from analysis import plots, render
     from analysis.report import render_report
-    from analysis.sequential import annotate_for_spec
+    from analysis.seq_table import annotate_for_spec
     from analysis.table import compat_table, stage_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, hist = _retime(runs, _curves(runs, tracking_uri), step_times)
     assert hist is not None  # _curves always gives a frame (empty without histories)
-    numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=adjust, histories=hist),
+    numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=adjust, histories=hist, per_seed=True),
                                 target.spec, tracking_uri=tracking_uri)
     compat = compat_table(runs, stages=target.stages)
     files = {"table.md": render.to_markdown(render.display_table(numeric), render.DISPLAY_HEADERS),

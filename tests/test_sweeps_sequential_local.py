@@ -117,7 +117,8 @@ def test_a_rerun_starts_nothing_and_plan_shows_the_looks(sweep):
 def test_the_table_says_which_rows_stopped_when_and_why(sweep):
     cwd, name, _ = sweep
     from analysis.fetch import fetch_runs
-    from analysis.sequential import annotate, decisions_for_spec
+    from analysis.seq_table import annotate
+    from analysis.sequential import decisions_for_spec
     from analysis.table import stage_table
 
     runs = fetch_runs([f"gs-{name}"], tracking_uri=f"sqlite:///{cwd}/mlflow.db")
