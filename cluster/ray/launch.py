@@ -1,6 +1,6 @@
 """Ray Tune backend: a spec's `search:` as Tune trials under ASHA (thin executor over ray_* builders).
 
-run_ray: sample the search's trials (ray_space) -> the same checks, stale cleanup and MLflow parent
+run_ray: sample the search's trials (cluster.common.search) -> the same checks, stale cleanup and MLflow parent
 and child runs as the local backend (one child run per trial id, reused) -> one Tuner over the
 trials (ray_trainable runs each in its actor) -> the best value per design point, printed and
 logged to the parent run.
