@@ -109,6 +109,7 @@ command -v sbatch    >/dev/null || pkgs+=(slurm-client)
 command -v munged    >/dev/null || pkgs+=(munge)
 command -v slurmdbd  >/dev/null || pkgs+=(slurmdbd)
 command -v mariadbd  >/dev/null || pkgs+=(mariadb-server)
+[ "$NODES" = 1 ] || command -v ip >/dev/null || pkgs+=(iproute2)  # the test hosts: netns, veth, bridge
 if [ ${#pkgs[@]} -gt 0 ]; then
   log "apt-get install ${pkgs[*]}"
   # One apt at a time across our scripts (services-up may run them together); the packages'
