@@ -143,8 +143,10 @@ class MlflowServer:
         return [str(mlflow_exe), "server", "--backend-store-uri", self.backend_uri,
                 "--artifacts-destination", str(self.artifact_root),  # proxied, as scripts/mlflow_up.sh
                 "--host", self.host, "--port", str(self.port), "--workers", "1",
-                # MLflow's DNS-rebinding guard accepts only localhost and RFC 1918 Host headers by default
-                *([] if self.host == LOOPBACK else ["--allowed-hosts", f"{self.host}:{self.port},{self.host}"])]
+                # MLflow's guards accept only localhost and RFC 1918 Host headers (DNS rebinding) and
+                # localhost origins (CORS: the UI's own requests) by default
+                *([] if self.host == LOOPBACK else ["--allowed-hosts", f"{self.host}:{self.port},{self.host}",
+                                                   "--cors-allowed-origins", f"http://{self.host}:{self.port}"])]
 
     def start(self, timeout_s: float = MLFLOW_HEALTH_TIMEOUT_S) -> float:
         """Start the server and wait for /health; returns the seconds it took."""
