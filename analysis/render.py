@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 import shutil
@@ -182,19 +183,21 @@ def to_csv(df: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
-def to_console(df: pd.DataFrame, *, title: str = "", note: str = "", width: int | None = None) -> str:
+def to_console(df: pd.DataFrame, *, title: str = "", note: str = "", width: int | None = None,
+               headers: dict[str, str] | None = None) -> str:
     """A boxed table via rich when installed, else aligned plain text. `width`: the terminal's (default).
-    A table wider than that keeps its natural width (no cell is ever cut); the note below wraps at it."""
+    A table wider than that keeps its natural width (no cell is ever cut); the note below wraps at it.
+    (`gatesweep table` on a terminal shows analysis.console_table's fitted view; this is its --wide.)"""
     width = width or shutil.get_terminal_size().columns
-    headers = [DISPLAY_HEADERS.get(str(c), str(c)) for c in df.columns]
+    names = [(headers or DISPLAY_HEADERS).get(str(c), str(c)) for c in df.columns]
     rows = [[str(v) for v in row] for row in df.itertuples(index=False)]
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        return _plain(headers, rows, title, note)
+        return _plain(names, rows, title, note)
     table = Table(title=title or None)
-    for h in headers:
+    for h in names:
         table.add_column(h, no_wrap=True)
     for r in rows:
         table.add_row(*r)
@@ -205,6 +208,20 @@ def to_console(df: pd.DataFrame, *, title: str = "", note: str = "", width: int 
         paragraphs = [textwrap.fill(p, width) for line in note.splitlines() for p in [line]]
         buf.write("\n".join(paragraphs) + "\n")
     return buf.getvalue()
+
+
+def to_json(df: pd.DataFrame, *, title: str = "") -> str:
+    """{"table": title, "columns": [...], "rows": [{column: value}]}: numbers as numbers, NaN as null."""
+    rows = [{str(k): _json_value(v) for k, v in zip(df.columns, row, strict=True)} for row in df.itertuples(index=False)]
+    return json.dumps({"table": title, "columns": [str(c) for c in df.columns], "rows": rows}, indent=1) + "\n"
+
+
+def _json_value(v: object) -> object:
+    if hasattr(v, "item"):  # numpy scalars
+        v = v.item()  # type: ignore[union-attr]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
 
 
 def _plain(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str, note: str) -> str:

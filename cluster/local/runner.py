@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from cluster.errors import BackendError
 from cluster.local.outage import OFFLINE_ENV, Outage
 from cluster.local.warm import WarmError, WarmProc, WarmTrainer
 from sweeps.mlflow_runs import is_server
+from trainer.console import detail, note
 from trainer.main import EXIT_CODES
 
 STATUS_OF_EXIT: dict[int, str] = {int(v): k for k, v in EXIT_CODES.items() if k != "EARLY_STOPPED"}
@@ -131,11 +133,14 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
         try:
             proc = warm.start([str(trial_json)], env, os.getcwd(), (log.fileno(), lock._fd))
         except WarmError as e:
-            print(f"note: trial {s.trial.trial_id} starts as a fresh process ({e})", file=sys.stderr)
+            note(f"note: trial {s.trial.trial_id} starts as a fresh process ({e})", err=True)
+    how = f"forked from the warm trainer (pid {warm.proc.pid if warm else '?'})" if proc is not None else "fresh process"
     if proc is None:
         proc = subprocess.Popen(trainer_command(trial_json, nproc), stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, pass_fds=(lock._fd,),
                                 preexec_fn=functools.partial(die_with_parent, os.getpid()))
+    detail(f"start trial {s.trial.trial_id} ({_label(s)}): pid {proc.pid}, {how}: "
+           f"{shlex.join(trainer_command(trial_json, nproc))} > {s.run_dir / 'stdout.log'}")
     return _Running(s, proc, gpus, lock, time.monotonic(), log)
 
 
