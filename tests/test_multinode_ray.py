@@ -36,15 +36,15 @@ SEARCH = {"num_iterations": 160, "val_every": 10, "warmdown_iters": 20, "checkpo
 ASHA = {"type": "asha", "grace_period": 20, "reduction_factor": 2, "max_t": 160}  # rungs at steps 20, 40, 80
 
 
-def _start_ray(node: str, marker: str, temp: str, *, head: str | None, port: int) -> subprocess.Popen:
+def _start_ray(node: str, marker: str, temp: str, log: Path, *, head: str | None, port: int) -> subprocess.Popen:
     """`ray start --block` on the test host `node` (1 CPU, 1 fake GPU: one trial per node at a time)."""
     where = ["--head", f"--port={port}", "--include-dashboard=false"] if head is None else [f"--address={head}"]
     argv = [RAY, "start", *where, f"--node-ip-address={node_addr(node)}", "--num-cpus=1", "--num-gpus=1",
             "--object-store-memory=100000000", f"--temp-dir={temp}", "--block"]
     env = dict(os.environ, GS_TEST_RAY_NODE=marker, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    log = open(f"{temp}.log", "wb")
-    return subprocess.Popen(on_node(node, argv), env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(log, "wb") as out:
+        return subprocess.Popen(on_node(node, argv), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def _host(run_dir: Path) -> str | None:
@@ -73,12 +73,13 @@ def test_multinode_ray_search_loses_no_trial_when_a_worker_node_dies(multinode, 
     temps = [f"/tmp/gsr{tag}h", f"/tmp/gsr{tag}w"]  # unix socket paths: at most 107 bytes
     port = random.randrange(30000, 40000)  # in the head's own network namespace
     address = f"{node_addr(head_node)}:{port}"
-    procs = [_start_ray(head_node, f"{tag}-head", temps[0], head=None, port=port)]
+    procs = [_start_ray(head_node, f"{tag}-head", temps[0], tmp_path / "ray-head.log", head=None, port=port)]
     driver = None
     try:
         wait_until(lambda: subprocess.run(on_node(head_node, [RAY, "status", f"--address={address}"]),
                                           capture_output=True).returncode == 0, 180, "the Ray head")
-        procs.append(_start_ray(worker_node, f"{tag}-worker", temps[1], head=address, port=port))
+        procs.append(_start_ray(worker_node, f"{tag}-worker", temps[1], tmp_path / "ray-worker.log", head=address,
+                                port=port))
         log = open(root / "driver.log", "wb")
         env = dict(os.environ, RAY_AUTH_MODE="disabled")
         driver = subprocess.Popen(on_node(head_node, [sys.executable, "-m", "gatesweep", "run", str(spec), "--backend",
