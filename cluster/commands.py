@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.backend import RunOptions, launcher
+from cluster.common.command import trainer_command
 from cluster.common.compile_cache import cache_env, graph_families, mark_warm, megacache_path
 from cluster.common.prepare import (
     Prepared,
@@ -21,7 +22,6 @@ from cluster.common.prepare import (
 from cluster.common.state import counts
 from cluster.common.store import SWEEP_RECORDS, SweepStore, clean_env, sync_sweep_record
 from cluster.common.trialdir import RUNS_ROOT
-from cluster.local.runner import trainer_command
 from sweeps.errors import SpecError
 from sweeps.expand import Trial, gpu_hours
 from sweeps.text_table import text_table

@@ -84,7 +84,7 @@ def _parser() -> Parser:
     s.add_argument("--timeout-min", type=int, default=None, metavar="MIN",
                    help="slurm: time limit per job in minutes (overrides backend.slurm.timeout_min)")
     s.add_argument("--max-requeues", type=int, default=None, metavar="N",
-                   help="slurm: requeues after a stop signal (overrides backend.slurm.max_requeues)")
+                   help="slurm: requeues of a job (stop signal, lost node; overrides backend.slurm.max_requeues)")
     s.add_argument("--array-parallelism", type=int, default=None, metavar="N",
                    help="slurm: array tasks running at once (overrides backend.slurm.array_parallelism)")
     s.add_argument("--looks", type=int, default=None, metavar="N",

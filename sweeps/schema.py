@@ -199,7 +199,8 @@ class SlurmOptions(Section):
     constraint: Text | None = None
     timeout_min: Pos | None = Field(default=None, description="time limit per job (default resources.timeout_min)")
     array_parallelism: Pos | None = Field(default=None, description="array tasks running at once (default 256)")
-    max_requeues: NonNeg | None = Field(default=None, description="requeues after a stop signal (default 3)")
+    max_requeues: NonNeg | None = Field(default=None, description="requeues of a job: after a stop signal, a lost "
+                                         "node or `scontrol requeue` (default 3)")
     max_array_size: Pos | None = Field(default=None, description="default: the cluster's MaxArraySize")
     signal_delay_s: Pos | None = Field(default=None, description="SIGUSR2 this long before the time limit (default 90)")
     extra: Annotated[dict[str, Any], BeforeValidator(_sbatch_extra)] | None = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -180,7 +181,8 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
         log = RunLog(out / "logs" / f"{run_id}.txt", header(flat, sha, dirty, smi_text)) if env.is_main else None
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         tracker.log_params(flat)
-        tracker.set_tags({"git_sha": sha + ("-dirty" if dirty else ""), "gpu_name": gpu,
+        # host: rank 0's machine, of this attempt (a requeued trial may end on another node than it began)
+        tracker.set_tags({"git_sha": sha + ("-dirty" if dirty else ""), "gpu_name": gpu, "host": socket.gethostname(),
                           "n_gpus": str(env.world_size), "gatesweep.run_uid": run_id})
     if state is not None and log:
         log.line(f"resumed from step {start_step} ({ckpt_dir / checkpoint.LATEST})")

@@ -8,13 +8,14 @@ import signal
 import sys
 from typing import Any
 
+from cluster.common.command import trainer_command
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.progress import failures, outcome_line
 from cluster.common.state import DONE, known_runs, split
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
 from cluster.common.ui_links import ui_lines
 from cluster.local.packing import default_parallel
-from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, trainer_command, visible_gpus
+from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, visible_gpus
 from cluster.local.warm import WarmTrainer
 from sweeps.expand import gpu_hours
 from trainer.console import note

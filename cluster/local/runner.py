@@ -1,7 +1,7 @@
 """Local backend: each trial is a torchrun (or plain python) process on this machine, or a fork of
 the sweep's warm trainer (warm.py) for single-process trials.
 
-Pure builders (`trainer_command`; the packing policy in packing.py) plus a thin executor (`run_trials`).
+Pure builders (the packing policy in packing.py; the command is cluster.common.command's) plus a thin executor (`run_trials`).
 Trials run up to `max_parallel` at a time on the CPU, or on GPUs through CUDA_VISIBLE_DEVICES: single-GPU
 trials packed and staggered per GPU (packing.py), multi-GPU trials on disjoint sets. Each trial holds its lock (inherited fd) and dies with the launcher
 (PR_SET_PDEATHSIG -> SIGTERM -> the trainer checkpoints; a forked trial through the warm process,
@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.common.command import trainer_command
 from cluster.common.compile_cache import cache_env, cache_is_cold, family_key, warm_families
 from cluster.common.delivery import deliver, undelivered
 from cluster.common.process import die_with_parent
@@ -50,11 +51,6 @@ STATUS_OF_EXIT: dict[int, str] = {int(v): k for k, v in EXIT_CODES.items() if k 
 TAKEN = "TAKEN"  # run_trials' result for a trial another launcher runs, or ran since this one read the records
 
 
-def trainer_command(trial_json: Path, nproc: int, python: str = sys.executable) -> list[str]:
-    if nproc <= 1:
-        return [python, "-m", "trainer", str(trial_json)]
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "trainer", str(trial_json)]
 
 
 @dataclass
