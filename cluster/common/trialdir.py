@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.common.compile_cache import megacache_path
+from cluster.common.runs_fs import check_runs_filesystem
 from sweeps.expand import Trial
 from trainer.record import read_json, write_json
 
@@ -53,11 +54,13 @@ def write_trial_json(trial: Trial, run_dir: Path, *, backend: str, overrides: di
 
 def check_runs_writable(spec: str, root: Path = RUNS_ROOT) -> None:
     """Refuse (StorageError, exit 2) before anything is written when the spec's run directories cannot
-    be: trial.json, the records and the locks live there."""
+    be, or when their filesystem keeps locks per host (cluster.common.runs_fs): trial.json, the records
+    and the locks live there."""
     from trainer.paths import check_writable
 
     check_writable(root / spec, None, fix="make it writable (every trial's record and lock lives there) or run "
                                           "from a directory where runs/ can be written")
+    check_runs_filesystem(root / spec)  # its locks must hold across hosts
 
 
 def local_status(run_dir: Path) -> tuple[str, str]:
