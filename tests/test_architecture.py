@@ -106,6 +106,7 @@ def test_each_backend_is_a_sub_package_with_a_launcher_and_a_docstring():
     (r"get_close_matches\(|did you mean \{' or '", "trainer/config.py"),
     (r"config_hash\(cfg\)", "sweeps/expand.py"),
     (r"""['"]  ['"]\.join\(.*ljust\(""", "sweeps/text_table.py"),
+    (r"""\(['"]=['"], ['"]\+['"], ['"]-['"], ['"]@['"]""", "trainer/csvsafe.py"),  # OWASP's CSV-injection rule
 ])
 def test_a_concept_is_written_once(pattern: str, home: str):
     """Code (not docs) that spells the concept lives in its one home (mlflow_sync's own find_run aside)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from trainer.config import RunConfig, TrainConfig
 from trainer.errors import ConfigError, StorageError
+from trainer.runlog import RESULTS_FIX, results_file_problem
 from trainer.yamlsafe import short
 
 ALLOW_ENV = "GATESWEEP_ALLOW_OUTSIDE_PATHS"
@@ -39,16 +40,20 @@ def inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
 
 def confine(cfg: TrainConfig, *, source: str, root: str | os.PathLike[str] | None = None,
             environ: Mapping[str, str] | None = None) -> None:
-    """Raise ConfigError if out_dir or results_csv leaves `root` (default: the working directory)."""
-    if (os.environ if environ is None else environ).get(ALLOW_ENV, "") == "1":
-        return
+    """Raise ConfigError if out_dir or results_csv leaves `root` (default: the working directory), or if
+    results_csv is not a results table the project owns (trainer.runlog.results_file_problem)."""
+    allowed = (os.environ if environ is None else environ).get(ALLOW_ENV, "") == "1"
     root = Path.cwd() if root is None else Path(root)
-    for key in WRITTEN_KEYS:
+    for key in WRITTEN_KEYS if not allowed else ():
         value = getattr(cfg.run, key)
         if not inside(value, root):
             default = getattr(RunConfig(), key)
             raise ConfigError(f"{source}: {key}={short(value, 300)} is outside the project directory {root}; use a path "
                               f"inside it (e.g. {key}={default}), or set {ALLOW_ENV}=1 to write there on purpose")
+    # a file inside the project can still be one a shell runs (.venv/bin/activate): results_csv must be ours
+    problem = results_file_problem(cfg.run.results_csv, None if allowed else root)
+    if problem:
+        raise ConfigError(f"{source}: results_csv={short(cfg.run.results_csv, 300)} {problem}; {RESULTS_FIX}")
 
 
 def check_writable(path: str | os.PathLike[str], key: str | None, *, fix: str | None = None) -> None:
