@@ -43,7 +43,7 @@ def read_utf8(path: Path) -> str:
 
 def check_columns(header: list[str], source: str) -> None:
     for col in header:
-        if not _COLUMN_RE.match(col):
+        if not _COLUMN_RE.fullmatch(col):
             raise DataError(f"{source}:1: column name {_cut(col)!r} is not a plain name (letters, digits, "
                             "_ . -, starting with a letter or _, at most 250); rename the column")
 
@@ -56,13 +56,13 @@ def check_field(value: str, column: str, source: str, line: int) -> None:
 
 def check_run_id(run_id: str, source: str, line: int) -> None:
     """A run id names its log file (<logs>/<run_id>.txt): a plain name, as the trainer's run_id."""
-    if not RUN_ID_RE.match(run_id):
+    if not RUN_ID_RE.fullmatch(run_id):
         raise DataError(f"{source}:{line}: run_id {_cut(run_id)!r} is not a plain name (letters, digits, "
                         "'_', '.', '-'; at most 128; it names <run_id>.txt logs); fix the id")
 
 
 def check_stage(stage: str, where: str) -> None:
-    if not _STAGE_RE.match(stage):
+    if not _STAGE_RE.fullmatch(stage):
         raise DataError(f"{where}: stage {_cut(stage)!r} is not a plain name (letters, digits and _ . : / + - "
                         "space, starting with a letter, digit or _; at most 128); rename the stage")
 

@@ -146,7 +146,7 @@ def _chain(ctx: _Ctx, m: Mapping[str, Any], field_path: str) -> Chain:
     select = m.get("select", "best")
     if select not in ("best", "worst"):
         raise ctx.error(f"{field_path}.select", f"{select!r} is not one of best, worst")
-    if not isinstance(m["from"], str) or not NAME_RE.match(m["from"]):
+    if not isinstance(m["from"], str) or not NAME_RE.fullmatch(m["from"]):
         raise ctx.error(f"{field_path}.from", f"expected a stage name (letters, digits, '_', '.', '-'), "
                                               f"got {m['from']!r}")
     where = ctx.mapping(m.get("where"), f"{field_path}.where")

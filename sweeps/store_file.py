@@ -19,15 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.errors import StoreFileError
+from trainer.record import sqlite_path
 
 CREATING = ".creating-"  # <dir>/.<name>.creating-<pid>: a store being migrated (a leftover is a dead creator's)
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The file of a `sqlite:///` URI (relative to the working directory), else None."""
-    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
-        return None
-    return Path(urllib.parse.unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
 
 
 def ensure_store(uri: str) -> None:

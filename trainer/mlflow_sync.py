@@ -3,7 +3,11 @@
 `sync_record` is the one delivery routine: the in-process Forwarder calls it in a loop while a run
 trains, and `gatesweep sync DIR` calls it afterwards. Progress (the MLflow run id, the byte offset of
 delivered metric lines, delivered artifacts, the status sent) lives in `track/mlflow.json`, so a
-record is never delivered twice and an interrupted delivery continues where it stopped.
+record is never delivered twice and an interrupted delivery continues where it stopped. That progress
+holds for one store only: `store_id` names it (a sqlite file's identity, or a server's experiment and
+its creation time), and a record meets a store that is not that one (moved aside and made anew, restored
+from a backup, another server) is delivered to it again from the start, to the run with its
+`gatesweep.run_uid` found there, else a new one - exactly once, as MLflow keeps one copy of a point.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainer.record import TERMINAL, read_json, record_pending, write_json
+from trainer.record import KEPT_ON_NEW_STORE, TERMINAL, file_store_id, read_json, record_pending, write_json
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,41 @@ def find_run(client: MlflowClient, experiment_id: str, key: str, value: str) -> 
     return runs[0].info.run_id if runs else None
 
 
-def _resolve_run(client: MlflowClient, root: Path, state: dict) -> str:
+_SERVER_IDS: dict[tuple[str, str], str] = {}  # (server URI, experiment id) -> its identity, asked once per process
+
+
+def store_id(client: MlflowClient, uri: str | None, experiment_id: str | None) -> str | None:
+    """The identity of the store a record goes to (see the module's docstring); None for a server before
+    the record has an experiment there."""
+    fid = file_store_id(uri)
+    if fid is not None or not experiment_id:
+        return fid
+    key = (str(uri), str(experiment_id))
+    if key not in _SERVER_IDS:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp = client.get_experiment(experiment_id)
+            _SERVER_IDS[key] = f"{uri}#{experiment_id}@{exp.creation_time}"
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return f"{uri}#{experiment_id}@missing"
+    return _SERVER_IDS[key]
+
+
+def _same_store(client: MlflowClient, uri: str | None, state: dict) -> dict:
+    """`state` if its delivery went to the store at `uri`, else a fresh start for this store."""
+    if not state.get("run_id"):
+        return state
+    if state.get("store_id") == store_id(client, uri, state.get("experiment_id")):
+        return state
+    log.warning("%s: the MLflow store at %s is not the one this record was delivered to (moved aside, made anew "
+                "or restored since): delivering the whole record to it again", state.get("run_id"), uri)
+    return {k: v for k, v in state.items() if k in KEPT_ON_NEW_STORE}
+
+
+def _resolve_run(client: MlflowClient, root: Path, state: dict, uri: str | None) -> str:
     if state.get("run_id"):
         return state["run_id"]
     tags = read_json(root / "tags.json") or {}
@@ -64,7 +102,7 @@ def _resolve_run(client: MlflowClient, root: Path, state: dict) -> str:
         run = client.create_run(exp_id, tags={"gatesweep.run_uid": uid},
                                 run_name=tags.get("mlflow.runName") or None)
         run_id = run.info.run_id
-    state.update(run_id=run_id, experiment_id=exp_id)
+    state.update(run_id=run_id, experiment_id=exp_id, store_id=store_id(client, uri, exp_id))
     write_json(root / "mlflow.json", state)
     return run_id
 
@@ -118,8 +156,10 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
     root = Path(root)
     state_path = root / "mlflow.json"
     state = read_json(state_path) or {}
-    client = MlflowClient(record_uri(root, tracking_uri))
-    run_id = _resolve_run(client, root, state)
+    uri = record_uri(root, tracking_uri)
+    client = MlflowClient(uri)
+    state = _same_store(client, uri, state)
+    run_id = _resolve_run(client, root, state, uri)
     delivered = 0
 
     params = read_json(root / "params.json") or {}
@@ -194,9 +234,17 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
     return {"run_id": run_id, "metrics_delivered": delivered, "status": st}
 
 
-def pending(root: str | os.PathLike[str]) -> bool:
-    """True if the record holds anything MLflow has not received."""
-    return record_pending(Path(root))
+def pending(root: str | os.PathLike[str], uri: str | None = None, *, ask_server: bool = False) -> bool:
+    """True if the record holds anything the store at `uri` (default: the record's) has not received.
+    `ask_server`: also ask a server whether it is still the store the record went to (once per
+    experiment and process); a sqlite file's identity is read from the file."""
+    if record_pending(Path(root), uri):
+        return True
+    target = record_uri(root, uri)
+    if not ask_server or file_store_id(target) is not None:
+        return False
+    state = read_json(Path(root) / "mlflow.json") or {}
+    return state.get("store_id") != store_id(MlflowClient(target), target, state.get("experiment_id"))
 
 
 class Forwarder:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,9 @@ log = logging.getLogger(__name__)
 TERMINAL = ("FINISHED", "FAILED", "KILLED", "EARLY_STOPPED")
 DONE = ("FINISHED", "EARLY_STOPPED")
 """A trial with one of these statuses is finished and never runs again (EARLY_STOPPED: on purpose)."""
+# What track/mlflow.json keeps of a delivery when the store it went to is replaced (its store_id no longer
+# matches): only where the record goes; everything it says was delivered was delivered elsewhere.
+KEPT_ON_NEW_STORE = ("tracking_uri",)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -75,11 +80,67 @@ def repair_tail(path: Path) -> None:
         log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted write", path, dropped)
 
 
-def record_pending(root: Path) -> bool:
-    """Whether a record (`track/`) holds anything MLflow has not received, from its JSON files alone (no
-    mlflow import): a run not created yet, undelivered metric lines, or an end status not sent."""
+def sqlite_path(uri: str | None) -> Path | None:
+    """The file of a `sqlite:///` URI (relative to the working directory), else None."""
+    if not uri or not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    return Path(urllib.parse.unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
+
+
+_CREATED: dict[tuple[int, int], str] = {}  # (device, inode) -> creation time of the store in that file
+
+
+def file_store_id(uri: str | None) -> str | None:
+    """The identity of a sqlite store's file, which changes whenever the store is replaced - moved aside
+    and made anew, deleted and made anew, restored from a copy: its device and inode, and the creation
+    time MLflow wrote into it when it made the store (an inode number is reused after a delete).
+    "absent" while there is no file; None for a store that is not a file (a server: trainer.mlflow_sync
+    asks it) or one that cannot be read (the store's own check names it)."""
+    path = sqlite_path(uri)
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "absent"
+    except OSError:
+        return None
+    key = (st.st_dev, st.st_ino)
+    if key not in _CREATED:
+        try:
+            con = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True)
+            try:
+                row = con.execute("SELECT min(creation_time) FROM experiments").fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error:  # not made yet, busy, or damaged: no identity to remember
+            return None
+        _CREATED[key] = str(row[0] if row else None)
+    return f"sqlite:{st.st_dev}:{st.st_ino}:{_CREATED[key]}"
+
+
+def record_pending(root: Path, uri: str | None = None) -> bool:
+    """Whether a record (`track/`) holds anything the store at `uri` (default: the one it names) has not
+    received, from its JSON files and the store's file alone (no mlflow import): a run not created yet,
+    undelivered metric lines, an end status not sent - or everything, when it went to another store
+    (another URI, or a sqlite file that was replaced since: moved aside, restored, made anew)."""
     state = read_json(root / "mlflow.json") or {}
+    target = uri or state.get("tracking_uri")
+    if uri and state.get("tracking_uri") and state["tracking_uri"] != uri:
+        return True
+    if state.get("run_id") and (sid := file_store_id(target)) is not None and state.get("store_id") != sid:
+        return True
     size = complete_size(root / "metrics.jsonl")  # a torn last line is never delivered: not pending
     st = (read_json(root / "status.json") or {}).get("status", "")
     return (not state.get("run_id") or int(state.get("metrics_offset", 0)) < size
             or (st in TERMINAL and state.get("status_sent") != st))
+
+
+def delivered_run_id(root: Path, uri: str) -> str | None:
+    """The MLflow run the record (`track/`) was delivered to in the store at `uri`, if it was (the same
+    URI and, for a sqlite file, the same file: record_pending's rule); None otherwise."""
+    state = read_json(root / "mlflow.json") or {}
+    if not state.get("run_id") or state.get("tracking_uri") != uri:
+        return None
+    sid = file_store_id(uri)
+    return state["run_id"] if sid is None or state.get("store_id") == sid else None

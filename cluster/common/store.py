@@ -235,7 +235,11 @@ class SweepStore:
         state = self.note_uri(run_dir)
         known = (existing or {}).get(trial.trial_id)
         run_id = known.run_id if known else None
-        if run_id is None and state.get("run_id") and state.get("experiment_id") == self.experiment_id:
+        from trainer.mlflow_sync import store_id
+
+        here = store_id(self.client, self.uri, self.experiment_id)  # a run id means something in one store only
+        if run_id is None and state.get("run_id") and state.get("experiment_id") == self.experiment_id \
+                and state.get("store_id") == here:
             run_id = state["run_id"]
         tags = {"gatesweep.kind": "trial", "trial_id": trial.trial_id, "spec": trial.spec, "stage": trial.stage,
                 "seed": str(trial.seed), "backend": backend, "status": "QUEUED", "label": trial.label,
@@ -248,10 +252,10 @@ class SweepStore:
         else:
             for k, v in tags.items():
                 self.client.set_tag(run_id, k, v)
-        if state.get("run_id") != run_id:
-            state = {}  # a record delivered to another run starts over for this one
+        if state.get("run_id") != run_id or state.get("store_id") != here:
+            state = {}  # a record delivered to another run (or store) starts over for this one
         state.pop("status_sent", None)  # the tag says QUEUED again: the attempt's end must be sent, even if unchanged
-        state.update(tracking_uri=self.uri, run_id=run_id, experiment_id=self.experiment_id)
+        state.update(tracking_uri=self.uri, run_id=run_id, experiment_id=self.experiment_id, store_id=here)
         write_json(track / "mlflow.json", state)
         return run_id
 

@@ -179,7 +179,7 @@ def _deliver(s: TrialState, store: SweepStore, *, ended: bool, outage: Outage | 
     or not tried during an outage (then _redeliver tries)."""
     if not store.enabled or (is_server(store.uri) and not ended):
         return True
-    if is_server(store.uri) and not undelivered(s.run_dir):
+    if is_server(store.uri) and not undelivered(s.run_dir, store.uri):
         return True
     if outage is not None and outage.active:
         return False
