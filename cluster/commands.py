@@ -98,6 +98,7 @@ def _run(prep: Prepared, *, backend: str | None, dry_run: bool, max_parallel: in
         raise SpecError(f"--check asks sbatch whether the jobs would be accepted: it applies to --backend slurm, "
                         f"not {chosen.name}; drop it or use --dry-run")
     chosen.available(opts)
+    prep.store.check_spec(spec.name, spec.path, RUNS_ROOT / spec.name)  # one spec file per name
     if dry_run:
         for note in prep.notes:
             print(f"# resolved: {note}")

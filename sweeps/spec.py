@@ -291,6 +291,13 @@ def _check_comparisons(spec: SweepSpec) -> None:
                     [" ".join(f"{k}={v}" for k, v in p.items()) or "base" for p in points])
 
 
+def spec_file_id(path: str | os.PathLike[str]) -> str:
+    """Which spec file this is, the same from any checkout of the project: its path relative to the
+    project (the working directory), symlinks resolved; absolute if it lies elsewhere."""
+    real, root = Path(os.path.realpath(path)), Path(os.path.realpath(os.getcwd()))
+    return real.relative_to(root).as_posix() if real.is_relative_to(root) else str(real)
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     p = Path(path)
     if not p.is_file():

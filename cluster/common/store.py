@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.chain import trial_id_tags
-from sweeps.errors import TrackingError
+from sweeps.errors import SpecError, TrackingError
 from sweeps.expand import Trial
 from sweeps.mlflow_runs import resolve_uri, search_all
 from sweeps.store_file import ensure_store, file_error
 from trainer.record import read_json, write_json
 
+SPEC_MARK = ".spec"  # <runs>/<spec>/.spec: the spec file (sweeps.spec.spec_file_id) that owns the name
+SPEC_TAG = "gatesweep.spec_file."  # + spec name: the same, as a tag of the experiment
 SWEEP_RECORDS = ".sweeps"  # <runs>/<spec>/.sweeps/<parent run id>.json: a sweep run's undelivered end
 OPEN_MARK = ".open"  # <runs>/<spec>/.sweeps/<parent run id>.open: "host pid" of a sweep run not ended yet
 # Env vars that a parent process (or mlflow.set_experiment) may have set and that would send child
@@ -121,6 +123,36 @@ class SweepStore:
                     out[tid] = RunState(r.info.run_id, r.data.tags.get("status") or r.info.status)
         return out
 
+    # ------------------------------------------------------------ one spec file per name
+    def check_spec(self, spec: str, spec_path: str, record_dir: Path, *, claim: bool = False) -> None:
+        """A spec's name keys its runs (runs/<name>/, the `spec` tag the tables select by): refuse a second
+        spec file under a name that another one already uses - in this project's runs/, else (a fresh
+        checkout) in the experiment. `claim`: record this file as the name's owner in both."""
+        from sweeps.spec import spec_file_id
+
+        mine, mark = spec_file_id(spec_path), record_dir / SPEC_MARK
+        owner = mark.read_text().strip() if mark.is_file() else self._experiment_tag(SPEC_TAG + spec)
+        if owner and owner != mine:
+            raise SpecError(f"{spec_path}: name: '{spec}' is already the name of the spec {owner} (runs in "
+                            f"{record_dir}/, experiment '{self.experiment}'); two spec files with one name share "
+                            f"their runs and tables: give this one a name of its own (e.g. name: {spec}-2), or if "
+                            f"it is {owner} moved or renamed, write its path ({mine}) into {mark}")
+        if not claim:
+            return
+        record_dir.mkdir(parents=True, exist_ok=True)
+        if owner != mine:
+            mark.write_text(mine + "\n")
+        if self.enabled:
+            self.client.set_experiment_tag(self.experiment_id, SPEC_TAG + spec, mine)
+
+    def _experiment_tag(self, key: str) -> str | None:
+        """A tag of the experiment, if it exists and the store answers (else the local mark decides)."""
+        try:
+            exp_id = self._existing_experiment_id() if self.enabled else None
+            return self.client.get_experiment(exp_id).tags.get(key) if exp_id else None
+        except Exception:  # noqa: BLE001 - an unreachable or damaged store is reported by the step that needs it
+            return None
+
     # ------------------------------------------------------------ parent run
     def start_parent(self, *, spec: str, stage: str, backend: str, n_trials: int, spec_path: str,
                      trial_ids: Sequence[str] = (), record_dir: Path | None = None) -> str | None:
@@ -128,6 +160,8 @@ class SweepStore:
         tell a finished stage from a half-run one (sweeps.chain). `record_dir` (runs/<spec>) gets a mark
         while the run is open: a rerun that finds the mark of a dead launcher retires its sweep run
         without searching the store first."""
+        if record_dir is not None and self.parent_id is None:
+            self.check_spec(spec, spec_path, record_dir, claim=True)
         if not self.enabled:
             return None
         ids = trial_id_tags(trial_ids) if trial_ids else {}
