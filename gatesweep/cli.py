@@ -162,10 +162,13 @@ def _dispatch(argv: list[str]) -> int:
 
             return train_main(rest, prog="gatesweep train")
         from analysis import cli as analysis_cli
+        from sweeps.mlflow_runs import resolve_uri
+        from sweeps.store_file import store_errors
 
         rest += ["--tracking-uri", uri] if uri is not None else []
-        return {"table": analysis_cli.table_main, "report": analysis_cli.report_main,
-                "power": analysis_cli.power_main, "import": analysis_cli.import_main}[command](rest)
+        with store_errors(resolve_uri(uri)):  # a damaged sqlite store: one line, exit 2, as for run and sync
+            return {"table": analysis_cli.table_main, "report": analysis_cli.report_main,
+                    "power": analysis_cli.power_main, "import": analysis_cli.import_main}[command](rest)
     parser = _parser()
     _autocomplete(parser)
     # key=value overrides may come after options too (`run SPEC --backend local lr=...`)

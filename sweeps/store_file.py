@@ -15,10 +15,13 @@ import fcntl
 import os
 import sqlite3
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sweeps.errors import StoreFileError
+from trainer.errors import GatesweepError
 from trainer.record import sqlite_path
 
 CREATING = ".creating-"  # <dir>/.<name>.creating-<pid>: a store being migrated (a leftover is a dead creator's)
@@ -54,9 +57,33 @@ def damaged(path: Path, why: str) -> StoreFileError:
                           "restore it from a backup, then run again")
 
 
+@contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """Around a command that only reads the store (`table`, `report`): a sqlite file that is damaged,
+    half-migrated or of an older schema is the one line `run` and `sync` give (StoreFileError, exit 2),
+    not a sqlalchemy traceback; errors that do not come from the store pass through."""
+    path = sqlite_path(uri)
+    if path is not None and path.exists():
+        check_file(path)  # not a database at all: named before MLflow retries it
+    try:
+        yield
+    except GatesweepError:
+        raise
+    except Exception as e:
+        err = file_error(uri, e) if type(e).__module__.split(".")[0] in _STORE_MODULES else None
+        if err is None:
+            raise
+        raise err from None
+
+
+_STORE_MODULES = ("sqlalchemy", "sqlite3", "alembic", "mlflow")
+
+
 def file_error(uri: str, e: BaseException) -> StoreFileError | None:
     """The error to raise when MLflow failed on a sqlite store's file itself (damaged, half-migrated,
     an older schema), or None when `e` is something else."""
+    if isinstance(e, StoreFileError):  # named already (ensure_store): wrapping it again repeats it
+        return e
     path = sqlite_path(uri)
     text = str(e)
     if path is None or "locked" in text:  # not a file store, or busy (not damaged)
