@@ -67,6 +67,9 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
 def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: bool, max_parallel: int | None,
         uri: str | None, wait: bool, slurm_opts: dict[str, Any], max_looks: int | None = None,
         check: bool = False, as_json: bool = False) -> int:
+    from trainer.record import sync_timeout
+
+    sync_timeout()  # every trainer reads it: a bad value is one line here, not one failure per trial
     prep = prepare(spec_path, overrides, uri)  # chained values are read once per command
     if not as_json:
         return _run(prep, backend=backend, dry_run=dry_run, max_parallel=max_parallel, wait=wait,

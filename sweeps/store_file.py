@@ -12,6 +12,7 @@ a damaged one for a while); MLflow's errors about a sqlite store name the file a
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import urllib.parse
@@ -112,7 +113,10 @@ def _create(path: Path) -> None:
             leftover.unlink(missing_ok=True)
         tmp = path.parent / f".{path.name}{CREATING}{os.getpid()}"
         try:
-            _migrate(tmp)
+            try:
+                _migrate(tmp)
+            except Exception as e:
+                raise (_quoted_path_error(path, e) or e) from None
             os.replace(tmp, path)
         finally:
             for f in (tmp, tmp.with_name(tmp.name + "-journal")):
@@ -121,11 +125,27 @@ def _create(path: Path) -> None:
         os.close(fd)
 
 
+def _quoted_path_error(path: Path, e: Exception) -> StoreFileError | None:
+    """MLflow writes the default artifact root (./mlruns, made absolute) into an SQL statement with
+    Python's repr(): a working directory holding both ' and " gives a syntax error."""
+    cwd = os.getcwd()
+    if not ("'" in cwd and '"' in cwd and "syntax error" in str(e)):
+        return None
+    return StoreFileError(f"{path}: MLflow cannot create a sqlite store from this directory: its path ({cwd[:200]}) "
+                          "holds both ' and \" and MLflow writes it into SQL unescaped; run from a directory whose "
+                          "path lacks one of them, or track to a server (MLFLOW_TRACKING_URI=http://HOST:PORT)")
+
+
 def _migrate(tmp: Path) -> None:
     """MLflow's own creation of a store (tables, migrations, the Default experiment), into `tmp`."""
     from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
 
     uri = f"sqlite:///{tmp.resolve()}"
-    store: Any = _get_sqlalchemy_store(uri, None)
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    db_log.disabled = True  # it logs a failed statement in full; the caller raises one line about it
+    try:
+        store: Any = _get_sqlalchemy_store(uri, None)
+    finally:
+        db_log.disabled = False
     store.engine.dispose()  # no connection may outlive the rename
     getattr(type(store), "_engine_map", {}).pop(uri, None)

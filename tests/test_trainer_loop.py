@@ -51,6 +51,20 @@ def test_nonfinite_loss_fails_the_run_with_exit_1_and_no_result(tmp_path: Path):
     assert summary["final_step"] == 2 and np.isnan(summary["final_val_loss"])  # the last step it started
 
 
+def test_an_update_that_overflows_float32_fails_the_run_as_non_finite(tmp_path: Path):
+    """Issue #25: learning_rate=1e38 made AdamW raise "value cannot be converted to type float without
+    overflow" (lr / bias correction > float32 max): FAILED with a raw RuntimeError as the reason. Now it
+    ends like learning_rate=1e20 does: FAILED, non-finite, exit 1, no result row."""
+    cfg = data_cfg(tmp_path, num_iterations=10, warmdown_iters=2, val_every=5)
+    rc = main(cli_args(cfg) + ["learning_rate=1e38"])
+    assert rc == 1
+    status = read_json(tmp_path / "out" / "track" / "status.json")
+    assert status["status"] == "FAILED"
+    assert status["reason"] == ("non-finite update at step 1: learning_rate=1e+38 overflows the optimizer's "
+                                "float32 arithmetic")
+    assert not (tmp_path / "experiments" / "results.csv").exists()
+
+
 def _diverge(rank: int, world: int, cfg) -> tuple[str, str]:
     env = DistEnv(rank=rank, local_rank=rank, world_size=world, device=torch.device("cpu"))
     s = train(cfg, NullTracker(), env=env)

@@ -14,6 +14,7 @@ from trainer.config import SECTIONS, TrainConfig
 from trainer.errors import ExitCode, GatesweepError
 from trainer.overrides import resolve
 from trainer.paths import STORAGE_ERRNOS, check_writable, confine, storage_error
+from trainer.record import sync_timeout
 from trainer.runlog import start_nvidia_smi
 from trainer.startup import StartupClock
 from trainer.tracking import NullTracker, Tracker, make_tracker
@@ -83,6 +84,7 @@ def main(argv: list[str], prog: str = "python -m trainer") -> int:
             confine(cfg, source=source)  # out_dir and results_csv stay inside the project directory
             check_writable(cfg.run.out_dir, "out_dir")
             check_writable(cfg.run.results_csv, "results_csv")
+            sync_timeout()  # GATESWEEP_SYNC_TIMEOUT is read at the run's end: a bad value is refused now
         if cfg.run.device != "cpu" and os.environ.get("RANK", "0") == "0" and shutil.which("nvidia-smi"):
             startup.nvidia_smi = start_nvidia_smi()  # for the run log; runs while torch is imported
         with startup.phase("import torch"):

@@ -24,7 +24,15 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainer.record import KEPT_ON_NEW_STORE, TERMINAL, file_store_id, read_json, record_pending, write_json
+from trainer.record import (
+    KEPT_ON_NEW_STORE,
+    TERMINAL,
+    file_store_id,
+    read_json,
+    record_pending,
+    sync_timeout,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +261,7 @@ class Forwarder:
     def __init__(self, root: str | os.PathLike[str], uri: str, *, interval: float = 2.0,
                  final_timeout: float | None = None):
         self.root, self.uri, self.interval = Path(root), uri, interval
-        self.final_timeout = (float(os.environ.get("GATESWEEP_SYNC_TIMEOUT", "30"))
-                              if final_timeout is None else final_timeout)
+        self.final_timeout = sync_timeout() if final_timeout is None else final_timeout
         # Fail fast instead of MLflow's default minutes of HTTP retries; we retry ourselves.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")

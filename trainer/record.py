@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from trainer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +148,20 @@ def delivered_run_id(root: Path, uri: str) -> str | None:
         return None
     sid = file_store_id(uri)
     return state["run_id"] if sid is None or state.get("store_id") == sid else None
+
+
+SYNC_TIMEOUT_ENV = "GATESWEEP_SYNC_TIMEOUT"
+
+
+def sync_timeout(environ: Mapping[str, str] | None = None, default: float = 30.0) -> float:
+    """Seconds a trainer spends delivering its record at its end ($GATESWEEP_SYNC_TIMEOUT): a finite
+    number >= 0 (`nan` made the trainer wait forever, `abc` was a traceback)."""
+    raw = (os.environ if environ is None else environ).get(SYNC_TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw.strip() else default
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"environment variable {SYNC_TIMEOUT_ENV}={raw[:40]!r} is not a number of seconds >= 0; "
+                          f"set it to e.g. {SYNC_TIMEOUT_ENV}=30 (0: one attempt) or unset it")
+    return value

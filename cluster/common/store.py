@@ -160,9 +160,9 @@ class SweepStore:
         tell a finished stage from a half-run one (sweeps.chain). `record_dir` (runs/<spec>) gets a mark
         while the run is open: a rerun that finds the mark of a dead launcher retires its sweep run
         without searching the store first."""
-        if record_dir is not None and self.parent_id is None:
-            self.check_spec(spec, spec_path, record_dir, claim=True)
         if not self.enabled:
+            if record_dir is not None:
+                self.check_spec(spec, spec_path, record_dir, claim=True)
             return None
         ids = trial_id_tags(trial_ids) if trial_ids else {}
         if self._held is not None and self.parent_id:
@@ -175,6 +175,8 @@ class SweepStore:
                 "spec_path": spec_path, "gatesweep.host": socket.gethostname(), "gatesweep.pid": str(os.getpid())} | ids
         run = self.client.create_run(self.experiment_id, run_name=f"sweep-{spec}-{backend}", tags=tags)
         self.parent_id = run.info.run_id
+        if record_dir is not None:  # the store took the sweep: this spec file now owns its name
+            self.check_spec(spec, spec_path, record_dir, claim=True)
         if record_dir is not None:
             self._record_dir = record_dir / SWEEP_RECORDS
             self._record_dir.mkdir(parents=True, exist_ok=True)
