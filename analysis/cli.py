@@ -155,8 +155,7 @@ def report_main(argv: Sequence[str] | None = None) -> int:
 
 def _storage_error(e: OSError, out_dir: Path) -> Exception:
     """StorageError (exit 2) for a write the disk refused (full, read-only, no permission); else `e`."""
-    from trainer.errors import StorageError
-    from trainer.paths import STORAGE_ERRNOS
+    from trainer.errors import STORAGE_ERRNOS, StorageError
 
     if e.errno not in STORAGE_ERRNOS:
         return e

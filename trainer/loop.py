@@ -34,8 +34,9 @@ from trainer.build import (
 from trainer.clock import TrainClock
 from trainer.config import TrainConfig
 from trainer.diagnostics import diagnose
-from trainer.errors import StorageError
+from trainer.errors import STORAGE_ERRNOS, StorageError
 from trainer.loader import ShardLoader
+from trainer.paths import storage_error
 from trainer.runlog import RunLog, append_result, git_info, header, start_nvidia_smi, train_line, val_line
 from trainer.schedule import lr_factor
 from trainer.signals import StopRequest
@@ -110,7 +111,10 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, *, on_val: ValCallba
         with StopRequest() as stop:
             return _train(cfg, tracker, env, run_id, stop, on_val, startup)
     except BaseException as e:
-        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}")
+        reason = f"{type(e).__name__}: {e}"
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:  # a full disk: what to do, not a raw error
+            reason = str(storage_error(e, out))
+        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", reason)
         raise
     finally:
         if own_env:

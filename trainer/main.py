@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainer.config import SECTIONS, TrainConfig
-from trainer.errors import ExitCode, GatesweepError
+from trainer.errors import STORAGE_ERRNOS, ExitCode, GatesweepError
 from trainer.overrides import resolve
-from trainer.paths import STORAGE_ERRNOS, check_writable, confine, storage_error
+from trainer.paths import check_writable, confine, storage_error
 from trainer.record import sync_timeout
 from trainer.runlog import start_nvidia_smi
 from trainer.startup import StartupClock

@@ -24,6 +24,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from trainer.errors import STORAGE_ERRNOS
 from trainer.record import (
     KEPT_ON_NEW_STORE,
     TERMINAL,
@@ -99,7 +100,25 @@ def _same_store(client: MlflowClient, uri: str | None, state: dict) -> dict:
     return {k: v for k, v in state.items() if k in KEPT_ON_NEW_STORE}
 
 
-def _resolve_run(client: MlflowClient, root: Path, state: dict, uri: str | None) -> str:
+class _Progress:
+    """track/mlflow.json, saved after each step of a delivery. A disk that refuses the write (full,
+    read-only) does not stop the delivery: what was sent stays sent (MLflow keeps one copy of a point, so
+    the next delivery sending it again is harmless) and the run still gets its end status."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.error: OSError | None = None
+
+    def save(self, state: dict) -> None:
+        try:
+            write_json(self.path, state)
+        except OSError as e:
+            if e.errno not in STORAGE_ERRNOS:
+                raise
+            self.error = e
+
+
+def _resolve_run(client: MlflowClient, root: Path, state: dict, uri: str | None, progress: _Progress) -> str:
     if state.get("run_id"):
         return state["run_id"]
     tags = read_json(root / "tags.json") or {}
@@ -111,7 +130,7 @@ def _resolve_run(client: MlflowClient, root: Path, state: dict, uri: str | None)
                                 run_name=tags.get("mlflow.runName") or None)
         run_id = run.info.run_id
     state.update(run_id=run_id, experiment_id=exp_id, store_id=store_id(client, uri, exp_id))
-    write_json(root / "mlflow.json", state)
+    progress.save(state)
     return run_id
 
 
@@ -167,7 +186,8 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
     uri = record_uri(root, tracking_uri)
     client = MlflowClient(uri)
     state = _same_store(client, uri, state)
-    run_id = _resolve_run(client, root, state, uri)
+    progress = _Progress(state_path)
+    run_id = _resolve_run(client, root, state, uri, progress)
     delivered = 0
 
     params = read_json(root / "params.json") or {}
@@ -177,13 +197,13 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         for i in range(0, len(todo), 100):  # MLflow: at most 100 params per batch
             client.log_batch(run_id, params=todo[i:i + 100])
         state.update(params_digest=_digest(params), params_sent=sorted(params))
-        write_json(state_path, state)
+        progress.save(state)
 
     tags = read_json(root / "tags.json") or {}
     if tags and state.get("tags_digest") != _digest(tags):
         client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in sorted(tags.items())])
         state["tags_digest"] = _digest(tags)
-        write_json(state_path, state)
+        progress.save(state)
 
     offset = int(state.get("metrics_offset", 0))
     points, new_offset, damaged = _complete_lines(root / "metrics.jsonl", offset)
@@ -197,10 +217,10 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         delivered += len(chunk)
         state["metrics_offset"] = chunk[-1][1]  # only past what was delivered
         state["metrics_sent"] = int(state.get("metrics_sent", 0)) + len(chunk)
-        write_json(state_path, state)
+        progress.save(state)
     if new_offset != int(state.get("metrics_offset", 0)):  # trailing unreadable lines
         state["metrics_offset"] = new_offset
-        write_json(state_path, state)
+        progress.save(state)
 
     summary = read_json(root / "summary.json") or {}
     if summary and state.get("summary_digest") != _digest(summary):
@@ -211,7 +231,7 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         if metrics:
             client.log_batch(run_id, metrics=metrics)
         state["summary_digest"] = _digest(summary)
-        write_json(state_path, state)
+        progress.save(state)
 
     sent_artifacts = state.setdefault("artifacts", {})
     art_dir = root / "artifacts"
@@ -222,7 +242,7 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         if sent_artifacts.get(f.name) != stamp:
             client.log_artifact(run_id, str(f))
             sent_artifacts[f.name] = stamp
-            write_json(state_path, state)
+            progress.save(state)
 
     status = read_json(root / "status.json") or {}
     st = status.get("status", "")
@@ -233,13 +253,19 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
             client.set_tag(run_id, key, str(status["reason"])[:5000])
         client.set_terminated(run_id, _MLFLOW_STATUS[st], end_time=int(status.get("time", time.time()) * 1000))
         state["status_sent"] = st
-        write_json(state_path, state)
+        progress.save(state)
     elif st == "RUNNING" and state.get("status_sent") not in (None, "RUNNING"):
         client.update_run(run_id, status="RUNNING")  # a resumed attempt of a finished/killed run
         client.set_tag(run_id, "status", "RUNNING")
         state["status_sent"] = "RUNNING"
-        write_json(state_path, state)
-    return {"run_id": run_id, "metrics_delivered": delivered, "status": st}
+        progress.save(state)
+    if progress.error is not None:
+        e = progress.error
+        log.warning("%s: delivered to MLflow, but the delivery's progress could not be saved (%s: %s); free space "
+                    "or make it writable: until then each delivery sends the record again (MLflow keeps one copy "
+                    "of each point)", root, state_path, e.strerror)
+    return {"run_id": run_id, "metrics_delivered": delivered, "status": st,
+            "progress_saved": progress.error is None}
 
 
 def pending(root: str | os.PathLike[str], uri: str | None = None, *, ask_server: bool = False) -> bool:
@@ -269,13 +295,14 @@ class Forwarder:
         self._thread = threading.Thread(target=self._loop, name="mlflow-forwarder", daemon=True)
         self.errors = 0
         self._last_error = ""
+        self._saved = True  # the last delivery could save its progress (else the record looks pending forever)
 
     def start(self) -> None:
         self._thread.start()
 
     def _attempt(self) -> bool:
         try:
-            sync_record(self.root, self.uri)
+            self._saved = sync_record(self.root, self.uri)["progress_saved"]
             return True
         except Exception as e:  # noqa: BLE001 - tracking must never kill training
             self.errors += 1
@@ -300,8 +327,8 @@ class Forwarder:
             return
         deadline = time.monotonic() + self.final_timeout
         while True:
-            if self._attempt() and not pending(self.root):
-                return
+            if self._attempt() and (not self._saved or not pending(self.root)):
+                return  # delivered (a disk that refused the progress file was said by sync_record)
             if time.monotonic() > deadline:
                 log.warning("MLflow unreachable: %s stays local; deliver it with `gatesweep sync %s`",
                             self.root, self.root)

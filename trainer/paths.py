@@ -14,7 +14,6 @@ inside: it was placed by the project's owner, not by a spec.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,8 +24,6 @@ from trainer.runlog import RESULTS_FIX, results_file_problem
 from trainer.yamlsafe import short
 
 ALLOW_ENV = "GATESWEEP_ALLOW_OUTSIDE_PATHS"
-# OSErrors that mean "this storage cannot take the write": the user can fix them, the run can resume.
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 WRITTEN_KEYS = ("out_dir", "results_csv")
 
 

@@ -114,18 +114,20 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
                                   tags=launch_tags(store.parent_id, gpus, trials_per_gpu))
     if store.enabled:
         why = "found unreachable moments ago"
+        failed = outage.active
         if outage.active:
             store.note_uri(s.run_dir)
         else:
             try:
                 store.ensure_child(s.trial, s.run_dir, backend="local", existing=existing)
             except Exception as e:  # noqa: BLE001 - a tracking outage must not stop the sweep
-                outage.seen()
-                why = type(e).__name__
-        if outage.active:
-            print(f"warning: MLflow unreachable while starting trial {s.trial.trial_id} ({why}); it trains anyway "
-                  f"and its record is delivered when the server is back (or by `gatesweep sync {s.run_dir}`)",
-                  file=sys.stderr)
+                failed, why = True, f"{type(e).__name__}: {str(e)[:150]}"
+                if is_server(store.uri):  # a file store is no server that went away: it says what failed
+                    outage.seen()
+        if failed:
+            what = "unreachable" if is_server(store.uri) else f"store {store.uri} failed"
+            print(f"warning: MLflow {what} while starting trial {s.trial.trial_id} ({why}); it trains anyway "
+                  f"and its record is delivered later (or by `gatesweep sync {s.run_dir}`)", file=sys.stderr)
     env = base_env(Path(s.run_dir).parent, cpu=not gpus) | (OFFLINE_ENV if outage.active else {})
     env["GATESWEEP_TRACKING"] = "mlflow" if is_server(store.uri) else "local"
     if gpus:
@@ -184,7 +186,7 @@ def _deliver(s: TrialState, store: SweepStore, *, ended: bool, outage: Outage | 
     if outage is not None and outage.active:
         return False
     ok = deliver(s.run_dir, store, quiet=quiet)
-    if not ok and outage is not None:
+    if not ok and outage is not None and is_server(store.uri):  # a file store did not "go away"
         outage.seen()
     return ok
 
@@ -193,7 +195,8 @@ def _redeliver(undelivered: list[TrialState], store: SweepStore, outage: Outage)
     """Retry ended trials' records; the first failure ends the pass (the server is still away)."""
     for i, s in enumerate(undelivered):
         if not _deliver(s, store, ended=True, quiet=True):
-            outage.seen()
+            if is_server(store.uri):
+                outage.seen()
             return undelivered[i:]
     outage.over()
     return []
