@@ -212,10 +212,10 @@ def _sync(tracks: list[Path], sweeps: list[Path], uri: str | None) -> dict[str, 
     n_ok = n_fail = 0
     for t in tracks:
         try:
-            if not pending(t, uri, ask_server=True):  # a server is asked whether it is still the record's store
+            target = resolve_uri(record_uri(t, uri))
+            if not pending(t, target, ask_server=True):  # a server is asked whether it is still the record's store
                 report["up_to_date"].append(str(t))
                 continue
-            target = resolve_uri(record_uri(t, uri))
             ensure_store(target)  # a new sqlite store is made whole and by one process, as for `run`
             res = sync_record(t, target)
             report["delivered"][str(t)] = res

@@ -25,10 +25,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from trainer.errors import STORAGE_ERRNOS
+from trainer.mlflow_sqlite import metric_writer
 from trainer.record import (
     KEPT_ON_NEW_STORE,
     TERMINAL,
     file_store_id,
+    metric_chunks,
     read_json,
     record_pending,
     sync_timeout,
@@ -130,45 +132,10 @@ def _resolve_run(client: MlflowClient, root: Path, state: dict, uri: str | None,
                                 run_name=tags.get("mlflow.runName") or None)
         run_id = run.info.run_id
     state.update(run_id=run_id, experiment_id=exp_id, store_id=store_id(client, uri, exp_id))
+    if uri:
+        state["tracking_uri"] = uri  # the store these ids belong to (record_pending compares it)
     progress.save(state)
     return run_id
-
-
-def _point(line: bytes) -> tuple[dict | None, bool]:
-    """(metric point or None, whether the line was damaged). A line that a torn write merged into
-    (`{"key": "lr", "va{"key": ...}`: a point cut short by a full disk or a crash, then the next one
-    appended after it) still ends with the next point whole: that point is kept, the fragment dropped."""
-    for start in (0, line.rfind(b'{"key"')):
-        if start < 0:
-            continue
-        try:
-            p = json.loads(line[start:])
-        except ValueError:
-            continue
-        if isinstance(p, dict) and {"key", "value", "step", "ts"} <= p.keys():
-            return p, start > 0
-    return None, True
-
-
-def _complete_lines(path: Path, offset: int) -> tuple[list[tuple[dict, int]], int, int]:
-    """(metric points after `offset`, each with the byte offset just past its line; the offset past the
-    last complete line; damaged lines). A trailing line still being written is left for later."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return [], offset, 0
-    points, damaged, pos = [], 0, offset
-    for line in data[: data.rfind(b"\n") + 1].splitlines(keepends=True):
-        pos += len(line)
-        if not line.strip():
-            continue
-        p, bad = _point(line)
-        damaged += bad
-        if p is not None:
-            points.append((p, pos))
-    return points, pos, damaged
 
 
 def record_uri(root: str | os.PathLike[str], explicit: str | None = None) -> str | None:
@@ -205,22 +172,22 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         state["tags_digest"] = _digest(tags)
         progress.save(state)
 
-    offset = int(state.get("metrics_offset", 0))
-    points, new_offset, damaged = _complete_lines(root / "metrics.jsonl", offset)
+    # streamed: BATCH points at a time from bounded reads, progress saved after each (a record of 10^6
+    # lines is delivered in the memory of one batch, and an interrupted delivery continues from there)
+    send = metric_writer(client, uri, run_id)
+    damaged = 0
+    for chunk, end, bad in metric_chunks(root / "metrics.jsonl", int(state.get("metrics_offset", 0)), BATCH):
+        if chunk:
+            send(chunk)
+            delivered += len(chunk)
+            state["metrics_sent"] = int(state.get("metrics_sent", 0)) + len(chunk)
+        damaged += bad
+        state["metrics_offset"] = end  # only past what was delivered
+        state["metrics_damaged"] = int(state.get("metrics_damaged", 0)) + bad
+        progress.save(state)
     if damaged:
         log.warning("%s: %d damaged line(s) (a write cut short by a full disk or a crash): their fragments are "
                     "dropped, every whole point is delivered", root / "metrics.jsonl", damaged)
-        state["metrics_damaged"] = int(state.get("metrics_damaged", 0)) + damaged
-    for i in range(0, len(points), BATCH):
-        chunk = points[i:i + BATCH]
-        client.log_batch(run_id, metrics=[Metric(p["key"], p["value"], p["ts"], p["step"]) for p, _ in chunk])
-        delivered += len(chunk)
-        state["metrics_offset"] = chunk[-1][1]  # only past what was delivered
-        state["metrics_sent"] = int(state.get("metrics_sent", 0)) + len(chunk)
-        progress.save(state)
-    if new_offset != int(state.get("metrics_offset", 0)):  # trailing unreadable lines
-        state["metrics_offset"] = new_offset
-        progress.save(state)
 
     summary = read_json(root / "summary.json") or {}
     if summary and state.get("summary_digest") != _digest(summary):

@@ -10,7 +10,7 @@ import math
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,57 @@ def complete_size(path: Path) -> int:
                 return start + cut + 1
             pos = start
     return 0
+
+
+READ_BLOCK = 1 << 20  # bytes of metrics.jsonl read at a time: a delivery's memory does not grow with the record
+
+
+def metric_chunks(path: Path, offset: int, batch: int) -> Iterator[tuple[list[dict], int, int]]:
+    """The metric points of the complete lines after byte `offset`, streamed: (at most `batch` points,
+    the offset just past the last line they came from, damaged lines among those lines), reading
+    READ_BLOCK bytes at a time. A trailing line still being written is left for later; a last chunk
+    may hold no point (only damaged lines to step over)."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        f.seek(offset)
+        pos = last = offset
+        rest, points, damaged = b"", [], 0
+        while block := f.read(READ_BLOCK):
+            data = rest + block
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            for line in data[:cut].splitlines(keepends=True):
+                pos += len(line)
+                if not line.strip():
+                    continue
+                p, bad = _point(line)
+                damaged += bad
+                if p is not None:
+                    points.append(p)
+                if len(points) == batch:
+                    yield points, pos, damaged
+                    points, damaged, last = [], 0, pos
+        if points or damaged or pos != last:
+            yield points, pos, damaged
+
+
+def _point(line: bytes) -> tuple[dict | None, bool]:
+    """(metric point or None, whether the line was damaged). A line that a torn write merged into
+    (`{"key": "lr", "va{"key": ...}`: a point cut short by a full disk or a crash, then the next one
+    appended after it) still ends with the next point whole: that point is kept, the fragment dropped."""
+    for start in (0, line.rfind(b'{"key"')):
+        if start < 0:
+            continue
+        try:
+            p = json.loads(line[start:])
+        except ValueError:
+            continue
+        if isinstance(p, dict) and {"key", "value", "step", "ts"} <= p.keys():
+            return p, start > 0
+    return None, True
 
 
 def repair_tail(path: Path) -> None:
