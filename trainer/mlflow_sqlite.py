@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Callable
 from typing import Any
 
 from trainer.record import sqlite_path
@@ -29,20 +28,36 @@ _LATEST = ("INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run
 BIG = 1.7976931348623157e308  # MLflow stores +-inf as the largest double (SQL has no inf)
 
 
-def metric_writer(client: Any, uri: str | None, run_id: str) -> Callable[[list[dict]], None]:
-    """A function that delivers a batch of metric points (dicts: key, value, step, ts) to the run."""
+LOG_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+BULK_BATCH = 20_000  # points per transaction of the bulk path (each commit syncs the file)
+
+
+class Writer:
+    """Delivers batches of at most `batch` metric points (dicts: key, value, step, ts) to one run."""
+
+    batch = LOG_BATCH
+
+    def __init__(self, client: Any, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def __call__(self, points: list[dict]) -> None:
+        from mlflow.entities import Metric
+
+        self.client.log_batch(self.run_id, metrics=[Metric(p["key"], p["value"], p["ts"], p["step"]) for p in points])
+
+    def close(self) -> None:
+        pass
+
+
+def metric_writer(client: Any, uri: str | None, run_id: str) -> Writer:
+    """The bulk writer for a sqlite store that has MLflow's tables as this module knows them, else log_batch."""
     path = sqlite_path(uri)
     if path is not None and path.exists():
         con = sqlite3.connect(path, timeout=60, isolation_level=None)
         if _usable(con, run_id):
             return _BulkWriter(con, run_id)
         con.close()
-    from mlflow.entities import Metric
-
-    def send(points: list[dict]) -> None:
-        client.log_batch(run_id, metrics=[Metric(p["key"], p["value"], p["ts"], p["step"]) for p in points])
-
-    return send
+    return Writer(client, run_id)
 
 
 def _usable(con: sqlite3.Connection, run_id: str) -> bool:
@@ -55,19 +70,23 @@ def _usable(con: sqlite3.Connection, run_id: str) -> bool:
     return metrics == METRIC_COLUMNS and latest == LATEST_COLUMNS and run == ("active",)
 
 
-class _BulkWriter:
+class _BulkWriter(Writer):
+    batch = BULK_BATCH
+
     def __init__(self, con: sqlite3.Connection, run_id: str):
         self.con, self.run_id = con, run_id
         self.keys: set[str] = set()  # names checked by MLflow's own rule once each
 
+    def close(self) -> None:
+        self.con.close()
+
     def __call__(self, points: list[dict]) -> None:
-        rows, latest = [], {}
-        for p in points:
-            row = self._row(p)
-            rows.append(row)
-            key, value, ts, _, step, is_nan = row
-            if key not in latest or (step, ts, value) > (latest[key][3], latest[key][2], latest[key][1]):
-                latest[key] = (key, value, ts, step, is_nan, self.run_id)
+        rows = [self._row(p) for p in points]
+        latest: dict[str, tuple] = {}
+        for key, value, ts, run, step, is_nan in rows:
+            old = latest.get(key)
+            if old is None or (step, ts, value) > (old[3], old[2], old[1]):
+                latest[key] = (key, value, ts, step, is_nan, run)
         self.con.execute("BEGIN IMMEDIATE")
         try:
             self.con.executemany(_INSERT, rows)
@@ -84,9 +103,11 @@ class _BulkWriter:
 
             _validate_metric(key, value, ts, step)
             self.keys.add(key)
-        if not (isinstance(value, (int, float)) and isinstance(ts, int) and isinstance(step, int)) \
-                or isinstance(value, bool) or ts < 0:
+        if type(value) not in _NUMBER or type(ts) is not int or type(step) is not int or ts < 0:
             raise ValueError(f"metric point {p!r}: value must be a number, ts and step integers (ts >= 0)")
-        is_nan = math.isnan(value)
-        value = 0.0 if is_nan else max(-BIG, min(BIG, float(value)))
-        return key, value, ts, self.run_id, step, int(is_nan)
+        if value != value:  # NaN: MLflow keeps 0 and the flag
+            return key, 0.0, ts, self.run_id, step, 1
+        return key, (value if -BIG <= value <= BIG else math.copysign(BIG, value)), ts, self.run_id, step, 0
+
+
+_NUMBER = (float, int)

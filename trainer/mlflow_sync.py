@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "gatesweep-adhoc"
 _MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "KILLED": "KILLED", "EARLY_STOPPED": "FINISHED"}
-BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
 def _digest(obj: Any) -> str:
@@ -172,19 +171,22 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         state["tags_digest"] = _digest(tags)
         progress.save(state)
 
-    # streamed: BATCH points at a time from bounded reads, progress saved after each (a record of 10^6
+    # streamed: a batch of points at a time from bounded reads, progress saved after each (a record of 10^6
     # lines is delivered in the memory of one batch, and an interrupted delivery continues from there)
     send = metric_writer(client, uri, run_id)
     damaged = 0
-    for chunk, end, bad in metric_chunks(root / "metrics.jsonl", int(state.get("metrics_offset", 0)), BATCH):
-        if chunk:
-            send(chunk)
-            delivered += len(chunk)
-            state["metrics_sent"] = int(state.get("metrics_sent", 0)) + len(chunk)
-        damaged += bad
-        state["metrics_offset"] = end  # only past what was delivered
-        state["metrics_damaged"] = int(state.get("metrics_damaged", 0)) + bad
-        progress.save(state)
+    try:
+        for chunk, end, bad in metric_chunks(root / "metrics.jsonl", int(state.get("metrics_offset", 0)), send.batch):
+            if chunk:
+                send(chunk)
+                delivered += len(chunk)
+                state["metrics_sent"] = int(state.get("metrics_sent", 0)) + len(chunk)
+            damaged += bad
+            state["metrics_offset"] = end  # only past what was delivered
+            state["metrics_damaged"] = int(state.get("metrics_damaged", 0)) + bad
+            progress.save(state)
+    finally:
+        send.close()
     if damaged:
         log.warning("%s: %d damaged line(s) (a write cut short by a full disk or a crash): their fragments are "
                     "dropped, every whole point is delivered", root / "metrics.jsonl", damaged)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import sys
@@ -11,9 +12,11 @@ from typing import Any
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import DONE, known_runs, split
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
+from cluster.local.outage import call_deadline
 from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, trainer_command, visible_gpus
 from cluster.local.warm import WarmTrainer
 from sweeps.expand import gpu_hours
+from sweeps.mlflow_runs import is_server
 from trainer.cores import check_cpu_ranks
 from trainer.errors import ExitCode
 
@@ -55,7 +58,10 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
     warm = start_warm(RUNS_ROOT / spec.name, cpu=not gpus,
                       enabled=nproc == 1 and len(todo) > 1 and (wanted is True or (wanted is None and not gpus)))
     try:
-        return _run(prep, todo, done, states, warm, gpus, parallel=parallel, nproc=nproc, per_gpu=per_gpu)
+        # every request to a tracking server has a deadline while the sweep runs: a hung server (stopped,
+        # overloaded) must not hold up scheduling (cluster/local/outage.py)
+        with call_deadline() if is_server(prep.store.uri) else contextlib.nullcontext():
+            return _run(prep, todo, done, states, warm, gpus, parallel=parallel, nproc=nproc, per_gpu=per_gpu)
     finally:
         if warm is not None:
             warm.close()
