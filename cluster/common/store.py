@@ -184,14 +184,17 @@ class SweepStore:
         self.client.log_param(self.parent_id, "n_trials", n_trials)
         return self.parent_id
 
-    def finish_parent(self, status: str, record_dir: Path | None = None) -> None:
+    def finish_parent(self, status: str, record_dir: Path | None = None, *, reachable: bool = True) -> None:
         """End the sweep run. If the server is away, the status waits in `record_dir/.sweeps/` for
-        `gatesweep sync` (an outage must not hide the sweep's result or leave the run RUNNING)."""
+        `gatesweep sync` (an outage must not hide the sweep's result or leave the run RUNNING).
+        `reachable=False`: the launcher knows it is away (a request of the sweep failed): not asked again."""
         if self._held is not None:  # one step of a longer sweep: the end comes from one_parent()
             self._held.append(status)
             return
         if self.enabled and self.parent_id:
             try:
+                if not reachable:
+                    raise TimeoutError("the tracking server stopped answering during the sweep")
                 self.client.set_terminated(self.parent_id, status)
             except Exception as e:  # noqa: BLE001 - connection errors come in many types
                 where = "the next run of this spec marks it KILLED"

@@ -12,7 +12,7 @@ from typing import Any
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.state import DONE, known_runs, split
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
-from cluster.local.outage import call_deadline
+from cluster.local.outage import Outage, call_deadline
 from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, trainer_command, visible_gpus
 from cluster.local.warm import WarmTrainer
 from sweeps.expand import gpu_hours
@@ -78,11 +78,12 @@ def _run(prep: Prepared, todo: list, done: list, states: list, warm: WarmTrainer
     store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path,
                        trial_ids=[t.trial_id for t in prep.trials], record_dir=RUNS_ROOT / spec.name)
     status = "FINISHED"
+    outage = Outage()
     # `kill PID` (SIGTERM) stops a sweep like Ctrl-C: trials checkpoint, records and the sweep run say KILLED
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = run_trials(todo, store, max_parallel=parallel, nproc=nproc, title=spec.name, existing=existing,
-                             gpus=gpus, trials_per_gpu=per_gpu, warm=warm)
+                             gpus=gpus, trials_per_gpu=per_gpu, warm=warm, outage=outage)
     except KeyboardInterrupt:
         status = "KILLED"
         print("interrupted: running trials were stopped and marked KILLED; rerun the same command to resume",
@@ -90,7 +91,7 @@ def _run(prep: Prepared, todo: list, done: list, states: list, warm: WarmTrainer
         return ExitCode.INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
-        store.finish_parent(status, RUNS_ROOT / spec.name)
+        store.finish_parent(status, RUNS_ROOT / spec.name, reachable=not outage.active)
     elsewhere = [k for k, v in results.items() if v == TAKEN]
     if elsewhere:
         print(f"{len(elsewhere)} trial(s) were taken by another launcher meanwhile; leaving them to it")

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 CALL_DEADLINE_S = 5
-LAUNCHED_SYNC_TIMEOUT_S = 5.0
+LAUNCHED_SYNC_TIMEOUT_S = 2.0
 # The trainer's final delivery during an outage: one attempt without retries (a refused connection fails
 # at once, a hung server after the request's timeout).
 OFFLINE_ENV = {"GATESWEEP_SYNC_TIMEOUT": "0", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",

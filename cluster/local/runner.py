@@ -236,11 +236,13 @@ def check_local(nproc: int, *, max_parallel: int, trials_per_gpu: int, gpus: lis
 
 def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, nproc: int,
                title: str, existing: dict, device: str | None = None, gpus: list[int] | None = None,
-               trials_per_gpu: int = 1, warm: WarmTrainer | None = None) -> dict[str, str]:
+               trials_per_gpu: int = 1, warm: WarmTrainer | None = None, outage: Outage | None = None
+               ) -> dict[str, str]:
     """Run `todo` and return {trial_id: final status}. `trials_per_gpu` > 1 shares each GPU between
     that many single-GPU trials (small models that leave a GPU mostly idle). `warm`: once it has
     imported (waited for: it started before the store's set-up), single-process trials are forked
-    from it (see warm.py); if it cannot fork, they start fresh."""
+    from it (see warm.py); if it cannot fork, they start fresh. `outage`: the caller's view of a tracking
+    server that stopped answering (cluster/local/outage.py), kept up to date here."""
     gpus = visible_gpus() if gpus is None else gpus
     check_local(nproc, max_parallel=max_parallel, trials_per_gpu=trials_per_gpu,
                 gpus=[] if device == "cpu" else gpus)
@@ -250,7 +252,7 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
     running: list[_Running] = []
     results: dict[str, str] = {}
     undelivered: list[TrialState] = []
-    outage = Outage()
+    outage = outage or Outage()
     # a server's records go by the courier, off this loop's path; a file store's by this loop (single writer)
     courier = Courier(store, outage) if store.enabled and is_server(store.uri) else None
     # GPU trials compile: with a cold cache, start one trial alone and the rest once it has taken its
