@@ -250,6 +250,9 @@ def pending(root: str | os.PathLike[str], uri: str | None = None, *, ask_server:
     return state.get("store_id") != store_id(MlflowClient(target), target, state.get("experiment_id"))
 
 
+STOP_GRACE_S = 1.0  # beyond final_timeout, for the attempt in flight when the run ends
+
+
 class Forwarder:
     """Background delivery while training; a failing server only delays delivery."""
 
@@ -265,6 +268,7 @@ class Forwarder:
         self.errors = 0
         self._last_error = ""
         self._saved = True  # the last delivery could save its progress (else the record looks pending forever)
+        self.delivered = False
 
     def start(self) -> None:
         self._thread.start()
@@ -285,21 +289,21 @@ class Forwarder:
         delay = self.interval
         while not self._stop.wait(delay):
             delay = self.interval if self._attempt() else min(delay * 2, 30.0)
-
-    def stop(self) -> None:
-        self._stop.set()
-        # an attempt in flight ends first (two at once could deliver a batch twice); one that hangs on
-        # an unresponsive server leaves the record local
-        self._thread.join(timeout=max(self.final_timeout, 1.0))
-        if self._thread.is_alive():
-            log.warning("MLflow unresponsive: %s stays local; deliver it with `gatesweep sync %s`", self.root, self.root)
-            return
+        # the run has ended (its status is written): what is left, until final_timeout. Here, in this
+        # thread, so that stop() waits no longer than that even when a request hangs (a stopped server
+        # accepts the connection and answers nothing); one attempt at a time, never two at once.
         deadline = time.monotonic() + self.final_timeout
         while True:
             if self._attempt() and (not self._saved or not pending(self.root)):
-                return  # delivered (a disk that refused the progress file was said by sync_record)
+                self.delivered = True  # (a disk that refused the progress file was said by sync_record)
+                return
             if time.monotonic() > deadline:
-                log.warning("MLflow unreachable: %s stays local; deliver it with `gatesweep sync %s`",
-                            self.root, self.root)
                 return
             time.sleep(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.final_timeout + STOP_GRACE_S)
+        if not self.delivered:
+            log.warning("MLflow %s: %s stays local; deliver it with `gatesweep sync %s`",
+                        "unresponsive" if self._thread.is_alive() else "unreachable", self.root, self.root)

@@ -33,7 +33,7 @@ from cluster.common.store import SweepStore, clean_env
 from cluster.common.trialdir import TrialLock, local_status, set_local_status, write_trial_json
 from cluster.errors import BackendError
 from cluster.local.courier import Courier
-from cluster.local.outage import LAUNCHED_SYNC_TIMEOUT_S, OFFLINE_ENV, Outage
+from cluster.local.outage import LAUNCHED_SYNC_TIMEOUT_S, OFFLINE_ENV, Outage, trainer_http_env
 from cluster.local.warm import WarmError, WarmProc, WarmTrainer
 from sweeps.mlflow_runs import is_server
 from trainer.main import EXIT_CODES
@@ -131,7 +131,7 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
             what = "unreachable" if is_server(store.uri) else f"store {store.uri} failed"
             print(f"warning: MLflow {what} while starting trial {s.trial.trial_id} ({why}); it trains anyway "
                   f"and its record is delivered later (or by `gatesweep sync {s.run_dir}`)", file=sys.stderr)
-    env = base_env(Path(s.run_dir).parent, cpu=not gpus) | (OFFLINE_ENV if outage.active else {})
+    env = base_env(Path(s.run_dir).parent, cpu=not gpus) | trainer_http_env() | (OFFLINE_ENV if outage.active else {})
     env["GATESWEEP_TRACKING"] = "mlflow" if is_server(store.uri) else "local"
     if is_server(store.uri):  # what a trainer cannot deliver at its end, the courier does: it need not wait long
         env["GATESWEEP_SYNC_TIMEOUT"] = str(min(sync_timeout(env), LAUNCHED_SYNC_TIMEOUT_S))
