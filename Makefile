@@ -64,7 +64,7 @@ demo: $(STAMP) data/synth/synth.json
 	$(GS) run sweeps/demo.yaml --backend local; \
 	$(GS) table sweeps/demo.yaml; \
 	$(PY) -c "import json; d = json.load(open('data/synth/synth.json')); print(f\"(synthetic source: Bayes-optimal val loss {d['entropy_nats_per_token']:.3f} nats/token, ln(vocab) = {d['ln_vocab']:.3f})\")"; \
-	echo "demo took $$(( $$(date +%s) - start ))s after setup; open the runs with: make mlflow-ui  (http://127.0.0.1:5000)"
+	echo "demo took $$(( $$(date +%s) - start ))s after setup; see the runs with: make mlflow-ui, then the MLflow UI links above"
 
 # ---------------------------------------------------------------- study stages
 # WAIT=1 blocks with the progress display (slurm); DRY_RUN=1 prints what would be submitted
@@ -97,6 +97,7 @@ report: $(STAMP)
 
 # ---------------------------------------------------------------- services
 mlflow-ui: $(STAMP)  ## the project's own store (sqlite:///mlflow.db) on http://127.0.0.1:$(or $(PORT),5000)
+	@echo "MLflow UI: http://127.0.0.1:$(or $(PORT),5000)/#/experiments?workflowType=machine_learning (Model training view; a sweep prints links to its trials and decision table)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlruns \
 	  --host 127.0.0.1 --port $(or $(PORT),5000)
 

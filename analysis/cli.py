@@ -15,11 +15,13 @@ from pathlib import Path
 
 from sweeps.errors import SpecError
 from sweeps.mlflow_runs import DEFAULT_URI
+from trainer.cli_parser import Parser
+from trainer.errors import ExitCode
 
 URI_HELP = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})"
 
-FORMATS = ("md", "csv", "console")
-_EXT = {"md": "md", "csv": "csv", "console": "txt"}
+FORMATS = ("md", "csv", "console", "json")
+_EXT = {"md": "md", "csv": "csv", "console": "txt", "json": "json"}
 
 
 @dataclass(frozen=True)
@@ -30,28 +32,42 @@ class Target:
     experiments: list[str] | None
     stages: list[str] | None
     spec: str | None
+    about: str = ""  # the spec's description: what the table is of (the demo's says what to expect)
 
 
-def table_main(argv: Sequence[str] | None = None) -> int:
+def table_parser() -> Parser:
     p = _parser("table", "Seed-averaged table of a stage: statistics vs the none-gate baseline.")
     p.add_argument("--format", choices=FORMATS, default="console",
-                   help="console (a box on a terminal, Markdown when piped; default), md or csv")
+                   help="console (a box that fits the terminal, Markdown when piped; default), md, csv or json")
+    p.add_argument("--json", action="store_true", help="the same as --format json: every column, as numbers")
+    p.add_argument("--wide", action="store_true",
+                   help="console: every column at its natural width (default: the first columns, and what fits)")
     p.add_argument("--compat", action="store_true",
                    help="the study's columns only: keys, seeds, final_loss, train_time")
-    p.add_argument("--columns", help="with --compat: comma-separated output columns, in order")
+    p.add_argument("--columns", help="comma-separated columns, in order (names as in --wide's or --format csv's "
+                                     "table; with --compat the study's)")
     p.add_argument("--out", type=Path, help="write the table into this directory instead of stdout")
     p.add_argument("--skip-empty", action="store_true",
-                   help="no runs yet (no store, experiment or trial runs): say so and exit 0 instead of 2")
+                   help=f"no runs yet (no store, experiment or trial runs): say so and exit 0 instead of "
+                        f"{int(ExitCode.NO_INPUT)}")
     _add_adjust(p)
     p.add_argument("--no-time", action="store_true",
                    help="skip the time-matched columns (they read every finished run's val curve)")
     _add_step_times(p)
     p.add_argument("--log", action="store_true",
                    help="also log the decision table and per-configuration metrics on the stage's sweep run")
-    args = p.parse_args(argv)
+    return p
+
+
+def table_main(argv: Sequence[str] | None = None) -> int:
+    args = table_parser().parse_args(argv)
+    if args.json:
+        if args.format not in ("console", "json"):
+            raise SpecError(f"--json and --format {args.format} ask for two formats; give one of them")
+        args.format = "json"
     from analysis import render
     from analysis.fetch import fetch_runs
-    from analysis.sequential import annotate_for_spec
+    from analysis.seq_table import annotate_for_spec
     from analysis.table import compat_table, stage_table
     from sweeps.errors import NoRunsError
 
@@ -67,20 +83,25 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         if args.log:
             raise SpecError("--log writes the statistics table; drop --compat")
         df = compat_table(runs, stages=target.stages, columns=_split(args.columns))
-        note, headers = "", None
+        note, headers, numeric = "", None, None
     else:
-        if args.columns:
-            raise SpecError("--columns applies to --compat only; drop it or add --compat")
         histories = None if args.no_time else _curves(runs, args.tracking_uri)
         runs, histories = _retime(runs, histories, args.step_times)
-        numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories),
-                                    target.spec, tracking_uri=args.tracking_uri)
-        note = "\n\n".join(t for t in (render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
+        numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories,
+                                                per_seed=True), target.spec, tracking_uri=args.tracking_uri)
+        about = f"{target.spec}: {target.about}" if target.about else ""
+        note = "\n\n".join(t for t in (about, render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
         headers = render.DISPLAY_HEADERS
-        df = numeric if args.format == "csv" else render.display_table(numeric)
+        df = numeric if args.format in ("csv", "json") else render.display_table(numeric)
+        if args.columns:
+            from analysis.console_table import HEADERS, pick
+
+            df = pick(numeric, df, _split(args.columns) or [], csv=args.format in ("csv", "json"))
+            headers = HEADERS
         if args.log:
             _log_decision(target, numeric, args.adjust, args.tracking_uri)
-    text = _render(df, args.format, title=target.label, note=note, headers=headers)
+    fit = numeric if not (args.wide or args.columns) else None  # the terminal's columns are chosen for it
+    text = _render(df, args.format, title=target.label, note=note, headers=headers, fit=fit)
     if args.out:
         path = args.out / f"{_slug(target.label)}_{'compat' if args.compat else 'table'}.{_EXT[args.format]}"
         try:
@@ -94,16 +115,22 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def power_main(argv: Sequence[str] | None = None) -> int:
+def power_parser() -> Parser:
     p = _parser("power", "Seeds per configuration needed to detect a loss difference, from a stage's spread.")
     p.add_argument("--effect-pct", type=float, default=0.5, help="difference to detect, %% of the baseline loss")
-    p.add_argument("--alpha", type=float, default=0.05, help="family-wise level over the stage's comparisons")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="family-wise level over the stage's comparisons (default 0.05; a sequential spec's p_adj)")
     p.add_argument("--power", type=float, default=0.8, help="target power")
     p.add_argument("--sd", type=float, default=None,
                    help="spread to plan with instead of the stage's (SD of per-seed differences when paired)")
-    args = p.parse_args(argv)
+    return p
+
+
+def power_main(argv: Sequence[str] | None = None) -> int:
+    args = power_parser().parse_args(argv)
     for name, value, ok in (("--effect-pct", args.effect_pct, args.effect_pct > 0),
-                            ("--alpha", args.alpha, 0 < args.alpha < 1), ("--power", args.power, 0 < args.power < 1),
+                            ("--alpha", args.alpha, args.alpha is None or 0 < args.alpha < 1),
+                            ("--power", args.power, 0 < args.power < 1),
                             ("--sd", args.sd, args.sd is None or args.sd > 0)):
         if not ok:
             raise SpecError(f"{name} {value}: out of range (effect-pct > 0, 0 < alpha, power < 1, sd > 0)")
@@ -113,6 +140,10 @@ def power_main(argv: Sequence[str] | None = None) -> int:
     from trainer.errors import DataError
 
     target = _target(args)
+    seq = _sequential_of(args.spec) if args.spec is not None else None
+    if seq is not None and args.alpha is not None and args.alpha != seq[0].alpha:
+        raise SpecError(f"--alpha {args.alpha:g}: a sequential spec decides at its seeds.stop.p_adj "
+                        f"({seq[0].alpha:g}); drop --alpha or change p_adj in {args.spec}")
     runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
     pairs, base_mean, n_now = power.stage_inputs(stage_table(runs, stages=target.stages, per_seed=True))
     if not pairs:
@@ -122,20 +153,48 @@ def power_main(argv: Sequence[str] | None = None) -> int:
         spread = power.Spread(args.sd, 0, spread.paired)
     if not spread.sd > 0:
         raise DataError(f"{target.label}: the spread is undefined (fewer than 2 seeds per comparison); pass --sd")
-    plan = power.plan(spread, baseline_mean=base_mean, effect_pct=args.effect_pct, alpha=args.alpha,
-                      target=args.power, comparisons=len(pairs), n_now=n_now)
-    print(power.describe(target.label, spread, plan, effect_pct=args.effect_pct, alpha=args.alpha,
-                         target=args.power, given_sd=args.sd is not None), end="")
+    if seq is None:
+        alpha = 0.05 if args.alpha is None else args.alpha
+        plan = power.plan(spread, baseline_mean=base_mean, effect_pct=args.effect_pct, alpha=alpha,
+                          target=args.power, comparisons=len(pairs), n_now=n_now)
+        print(power.describe(target.label, spread, plan, effect_pct=args.effect_pct, alpha=alpha,
+                             target=args.power, given_sd=args.sd is not None), end="")
+        return 0
+    _print_sequential_plan(target.label, spread, seq, args, base_mean=base_mean, n_now=n_now)
     return 0
 
 
-def report_main(argv: Sequence[str] | None = None) -> int:
+def _sequential_of(spec_path: Path):
+    """(the spec's sequential design, its number of comparisons), or None for a fixed-seeds spec."""
+    from sweeps.sequential import baseline_pairs
+    from sweeps.spec import design_points, load_spec
+
+    spec = load_spec(spec_path)
+    if spec.sequential is None:
+        return None
+    pairs = baseline_pairs([p for p, _ in design_points(spec)], spec.base_dict)
+    return spec.sequential, sum(j is not None for j in pairs.values())
+
+
+def _print_sequential_plan(label: str, spread, seq, args: argparse.Namespace, *, base_mean: float, n_now: int) -> None:
+    from analysis import seq_power
+
+    design, comparisons = seq
+    print(seq_power.report(label, spread, design, comparisons=comparisons, n_now=n_now, base_mean=base_mean,
+                           effect_pct=args.effect_pct, target=args.power, given_sd=args.sd is not None), end="")
+
+
+def report_parser() -> Parser:
     p = _parser("report", "Write reports/<stage>/README.md with tables and figures.")
     p.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
     p.add_argument("--no-attach", action="store_true", help="do not upload to the sweep's parent run")
     _add_adjust(p)
     _add_step_times(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    args = report_parser().parse_args(argv)
     from analysis.fetch import fetch_runs
 
     target = _target(args)
@@ -163,8 +222,8 @@ def _storage_error(e: OSError, out_dir: Path) -> Exception:
                         "elsewhere with --out DIR, then run the command again")
 
 
-def import_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gatesweep import", description=(
+def import_parser() -> Parser:
+    p = Parser(prog="gatesweep import", description=(
         "Import a legacy results CSV (and logs/<run_id>.txt) as MLflow runs in the trainer's schema; or "
         "attach val curves (a curve CSV: run_id, step, val_loss, train_time_ms) or a folder of "
         "<run_id>.txt logs to runs imported before."))
@@ -173,7 +232,11 @@ def import_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stage", help="with a results CSV: stage of every row (else the CSV's 'stage' column)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default gatesweep-import)")
     p.add_argument("--tracking-uri", default=None, metavar="URI", help=URI_HELP)
-    args = p.parse_args(argv)
+    return p
+
+
+def import_main(argv: Sequence[str] | None = None) -> int:
+    args = import_parser().parse_args(argv)
     from analysis.importer import DEFAULT_EXPERIMENT, import_histories, import_results, is_curves_file
 
     experiment = args.experiment or DEFAULT_EXPERIMENT
@@ -189,12 +252,12 @@ def import_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def read_spec_target(path: Path) -> tuple[str, str | None, str]:
-    """(name, stage, experiment) of a spec, validated like every other command's spec."""
+def read_spec_target(path: Path) -> tuple[str, str | None, str, str]:
+    """(name, stage, experiment, description) of a spec, validated like every other command's spec."""
     from sweeps.spec import load_spec
 
     spec = load_spec(path)
-    return spec.name, spec.stage or None, spec.experiment
+    return spec.name, spec.stage or None, spec.experiment, spec.description
 
 
 def _log_decision(target: Target, table, adjust: str, tracking_uri: str | None) -> None:
@@ -251,8 +314,8 @@ def _add_adjust(p: argparse.ArgumentParser) -> None:
                    help="multiplicity adjustment of p across the table's comparisons (default holm)")
 
 
-def _parser(cmd: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"gatesweep {cmd}", description=description)
+def _parser(cmd: str, description: str) -> Parser:
+    p = Parser(prog=f"gatesweep {cmd}", description=description)
     p.add_argument("spec", nargs="?", type=Path, help="sweep spec YAML (name, stage, tracking.experiment)")
     p.add_argument("--stage", action="append", help="stage name; repeat to stack stage blocks")
     p.add_argument("--experiment", action="append", help="MLflow experiment (repeatable; default: all)")
@@ -262,36 +325,46 @@ def _parser(cmd: str, description: str) -> argparse.ArgumentParser:
 
 def _target(args: argparse.Namespace) -> Target:
     if args.spec is not None:
-        name, stage, experiment = read_spec_target(args.spec)
+        name, stage, experiment, about = read_spec_target(args.spec)
         stages = args.stage or ([stage] if stage else None)
         # reports/<stage>/ as the study's layout; the spec name when the spec has no stage
-        return Target(stage or name, args.experiment or [experiment], stages, name)
+        return Target(stage or name, args.experiment or [experiment], stages, name, about)
     if not args.stage:
         raise SpecError("give a spec file or --stage NAME (e.g. gatesweep table --stage stage1)")
     return Target("+".join(args.stage), args.experiment, list(args.stage), None)
 
 
-def _render(df, fmt_name: str, *, title: str, note: str, headers) -> str:
+def _render(df, fmt_name: str, *, title: str, note: str, headers, fit=None) -> str:
+    """`fit`: the numeric statistics table, when the console's columns are to fit the terminal."""
     from analysis import render
 
     if fmt_name == "csv":
         return render.to_csv(df)
+    if fmt_name == "json":
+        return render.to_json(df, title=title)
     if fmt_name == "md" or not sys.stdout.isatty():  # console: a box on a terminal, Markdown into a pipe or file
         return render.to_markdown(df, headers) + (f"\n{note}\n" if note else "")
-    return render.to_console(df, title=title, note=note)
+    if fit is not None:
+        import shutil
+
+        from analysis import console_table
+
+        width = shutil.get_terminal_size().columns
+        return console_table.render(console_table.fit(fit, df, width), title=title, note=note, width=width)
+    return render.to_console(df, title=title, note=note, headers=headers)
 
 
 def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None, adjust: str,
                   step_times: Path | None = None) -> list[Path]:
     from analysis import plots, render
     from analysis.report import render_report
-    from analysis.sequential import annotate_for_spec
+    from analysis.seq_table import annotate_for_spec
     from analysis.table import compat_table, stage_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, hist = _retime(runs, _curves(runs, tracking_uri), step_times)
     assert hist is not None  # _curves always gives a frame (empty without histories)
-    numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=adjust, histories=hist),
+    numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=adjust, histories=hist, per_seed=True),
                                 target.spec, tracking_uri=tracking_uri)
     compat = compat_table(runs, stages=target.stages)
     files = {"table.md": render.to_markdown(render.display_table(numeric), render.DISPLAY_HEADERS),

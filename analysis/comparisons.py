@@ -4,6 +4,10 @@ Baseline. For each row, the group with ``attn_gate == "none"`` that agrees on th
 keys except the gate columns (so learning rate and iterations must match); preferring the same
 stage, then equal gate columns, then the first in row order. Found by a keyed lookup, one pass.
 
+Pairing (analysis.stats.compare). A row is tested against its baseline on the seeds both ran when at
+least 2 are common (`n_pairs` of them: Δ, its CI and p are over those pairs), Welch otherwise
+(`n_pairs` 0); `low_n` also flags a paired test on fewer than 3 pairs.
+
 Multiplicity. `p_adj` adjusts the p-values of all comparison rows of one table together (rows with
 a defined p; baseline rows have none), Holm by default; `p_time_adj` does the same for the
 time-matched comparisons, a second family.
@@ -17,13 +21,13 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.stats import adjust_p, compare_many
+from analysis.stats import MIN_SEEDS, adjust_p, compare_many
 from analysis.timematch import Curve, baseline_point, time_matched
 from sweeps.select import clean
 
 GATE_COLUMNS = frozenset({"attn_gate", "gate_pos", "gate_act"})
 BASELINE_GATE = "none"
-COMPARISON_COLUMNS = ("delta", "delta_ci_low", "delta_ci_high", "delta_pct", "p_value", "p_adj", "test")
+COMPARISON_COLUMNS = ("delta", "delta_ci_low", "delta_ci_high", "delta_pct", "p_value", "p_adj", "test", "n_pairs")
 TIME_COLUMNS = ("loss_at_base_time", "delta_time", "delta_time_ci_low", "delta_time_ci_high", "p_time",
                 "p_time_adj", "time_note")
 # per-row helper columns stage_table keeps while comparing: seed -> final loss / run id / train time
@@ -46,6 +50,8 @@ def add_comparisons(
     step = _step_cells(rows, base)
     table[list(COMPARISON_COLUMNS)] = pd.DataFrame(step, index=table.index, columns=list(COMPARISON_COLUMNS))
     table["p_adj"] = adjust_p(table["p_value"].tolist(), adjust)
+    # a paired test on fewer than MIN_SEEDS common seeds has 1 degree of freedom, whatever the rows' n
+    table["low_n"] = table["low_n"] | ((table["n_pairs"] > 0) & (table["n_pairs"] < MIN_SEEDS))
     timed = _time_cells(rows, base, curves)
     table[list(TIME_COLUMNS)] = pd.DataFrame(timed, index=table.index, columns=list(TIME_COLUMNS))
     table["p_time_adj"] = adjust_p(table["p_time"].tolist(), adjust)
@@ -76,17 +82,17 @@ def _step_cells(rows: Mapping[str, list], base: list[int | None]) -> list[tuple]
     pairs, asked = [], []
     for k, j in enumerate(base):
         if j is None:
-            out.append((*_NAN5[:4], math.nan, math.nan, ""))
+            out.append((*_NAN5[:4], math.nan, math.nan, "", 0))
         elif j == k:
             # a baseline whose runs all failed cannot anchor a comparison: say so in the row
             label = "baseline" if rows["n"][k] else "baseline (no finished runs)"
-            out.append((*_NAN5[:4], math.nan, math.nan, label))
+            out.append((*_NAN5[:4], math.nan, math.nan, label, 0))
         else:
             out.append(())
             pairs.append((dict(rows["_values"][k]), dict(rows["_values"][j])))
             asked.append(k)
     for k, c in zip(asked, compare_many(pairs), strict=True):
-        out[k] = (c.delta, c.ci_low, c.ci_high, c.delta_pct, c.p_value, math.nan, c.test)
+        out[k] = (c.delta, c.ci_low, c.ci_high, c.delta_pct, c.p_value, math.nan, c.test, c.n_pairs)
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 from trainer.errors import DataError
 
@@ -64,10 +65,22 @@ def format_loss(value: float) -> str:
 
 
 def format_signed(value: float, decimals: int = 4, suffix: str = "") -> str:
-    """A difference with an explicit sign ("+0.0021", "-0.49%")."""
+    """A difference with an explicit sign ("+0.0021", "-0.49%"); a nonzero one too small for `decimals`
+    in scientific notation ("+3.1e-05", never "+0.0000")."""
     if value is None or math.isnan(value):
         return ""
-    return f"{value:+.{decimals}f}{suffix}"
+    text = f"{value:+.{decimals}f}"
+    return f"{text if value == 0 or text.strip('+-0.') else f'{value:+.2g}'}{suffix}"
+
+
+def format_spread(value: float, decimals: int = 4) -> str:
+    """A std or CI half-width: `decimals` places, below 1e-3 in scientific notation ("4.2e-04", not
+    "0.0004" or "0.0000"), exactly 0 as "0"; empty where undefined."""
+    if value is None or math.isnan(value):
+        return ""
+    if value == 0:
+        return "0"
+    return format(value, ".1e" if abs(value) < 1e-3 else f".{decimals}f")
 
 
 def format_p(value: float) -> str:
@@ -75,6 +88,19 @@ def format_p(value: float) -> str:
     if value is None or math.isnan(value):
         return ""
     return format(value, ".3g")
+
+
+def format_ordered(values: Sequence[float], digits: int = 3) -> list[str]:
+    """Numbers that are compared in one sentence ("p=0.00291 <= 0.00292"), printed with one number of
+    significant digits: the fewest, at least `digits`, at which values that differ print differently.
+    Rounding to k significant digits is monotone, so the printed numbers then order exactly as the
+    values do - "0.00291 <= 0.0029" (a level of 0.0029206 at 2 digits) cannot happen. Equal values print
+    equal; NaN prints as "". 17 digits always suffice (Python's round-trip precision)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    k = digits
+    while k < 17 and len({float(format(v, f".{k}g")) for v in finite}) < len(set(finite)):
+        k += 1
+    return [format(float(v), f".{k}g") if v is not None and math.isfinite(v) else "" for v in values]
 
 
 def format_value(value: object) -> str:

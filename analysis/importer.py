@@ -117,10 +117,9 @@ def import_results(
 
 
 def _experiment_id(client, uri: str, name: str) -> str:
-    exp = call(uri, client.get_experiment_by_name, name)
-    if exp is not None:
-        return exp.experiment_id
-    return call(uri, client.create_experiment, name)
+    from trainer.mlflow_sync import ensure_experiment
+
+    return call(uri, ensure_experiment, client, name)
 
 
 def _parent_run(client, uri: str, exp_id: str, spec: str, stage: str) -> str:

@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.comparisons import clean, find_baselines
-from analysis.sequential import SEQ_COLUMN
-from analysis.table import FINISHED, STAT_COLUMNS, config_label, group_runs, key_columns, rows_where
+from analysis.table import FINISHED, NOT_KEYS, config_label, group_runs, key_columns, rows_where
 
 Arrays = dict[str, np.ndarray]
 MAX_CONFIGS = 12  # configurations a report figure draws at most, their baselines aside
@@ -186,12 +185,12 @@ def _finished(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _key_cols(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c not in STAT_COLUMNS and c != "stage"]
+    return [c for c in table.columns if c not in NOT_KEYS and c != "stage"]
 
 
 def table_keys(table: pd.DataFrame) -> list[str]:
     """The stage table's configuration columns (what its rows' labels are made of)."""
-    return [c for c in _key_cols(table) if c != SEQ_COLUMN]
+    return _key_cols(table)
 
 
 def _figure():

@@ -8,7 +8,8 @@ and sd = the pooled within-configuration SD.
 
 Level. The tables adjust p over the m comparisons of a stage (Holm). Holm's first step is
 Bonferroni's α/m and no later step is stricter, so planning at α/m is the conservative choice
-(slightly more seeds than Holm may end up needing).
+(slightly more seeds than Holm may end up needing). A spec with sequential seeds is planned for its
+group-sequential design instead (analysis.seq_power: the looks, the spending and Holm's start level).
 
 Power (two-sided, statsmodels' noncentral-t power functions): with effect d = Δ / sd, paired:
 df = n - 1, noncentrality λ = d·√n; unpaired: df = 2n - 2, λ = d·√(n/2); power = P(T' > t_{1-α'/2})
@@ -47,7 +48,7 @@ def pooled_spread(comparisons: Sequence[tuple[Mapping[object, float], Mapping[ob
     """(group values, baseline values) by seed for each comparison of a stage -> the pooled SD."""
     paired = [(g, b) for g, b in comparisons if is_paired(g, b)]
     if paired:
-        samples = [[g[s] - b[s] for s in g] for g, b in paired]
+        samples = [[g[s] - b[s] for s in g if s in b] for g, b in paired]  # the common seeds (stats.compare)
     else:
         groups = {id(x): x for pair in comparisons for x in pair}  # a shared baseline counts once
         samples = [list(x.values()) for x in groups.values()]
@@ -142,17 +143,22 @@ def stage_inputs(table: pd.DataFrame) -> tuple[list[tuple[dict, dict]], float, i
     return values, base_mean, n_now
 
 
-def describe(label: str, spread: Spread, p: Plan, *, effect_pct: float, alpha: float, target: float,
-             given_sd: bool) -> str:
-    """The `gatesweep power` report: one fact per line, the seed count in 'N seeds'."""
+def header(label: str, spread: Spread, *, comparisons: int, n_now: int, given_sd: bool) -> str:
+    """The first two lines of `gatesweep power`: the stage's comparisons and the spread planned with."""
     design = "paired (same seeds: one-sample t on per-seed differences)" if spread.paired else \
         "unpaired (two-sample t, equal seeds per configuration)"
     what = "SD of per-seed differences" if spread.paired else "within-configuration SD"
     source = "given with --sd" if given_sd else f"pooled over the stage's comparisons, {spread.df} df"
+    return (f"{label}: {comparisons} comparison(s), {design}; {n_now} seeds per configuration now\n"
+            f"spread: {what} = {spread.sd:.5f} ({source})")
+
+
+def describe(label: str, spread: Spread, p: Plan, *, effect_pct: float, alpha: float, target: float,
+             given_sd: bool) -> str:
+    """The `gatesweep power` report: one fact per line, the seed count in 'N seeds'."""
     need = f"{p.seeds} seeds" if p.seeds else f"more than {MAX_SEEDS} seeds"
     lines = [
-        f"{label}: {p.comparisons} comparison(s), {design}; {p.n_now} seeds per configuration now",
-        f"spread: {what} = {spread.sd:.5f} ({source})",
+        header(label, spread, comparisons=p.comparisons, n_now=p.n_now, given_sd=given_sd),
         f"level: alpha {alpha:g} / {p.comparisons} = {p.alpha_each:.4g} per comparison (Bonferroni, the "
         f"conservative side of Holm); power {target:g}",
         f"to detect {effect_pct:g}% of the baseline loss ({p.effect:.4f} of {p.effect / effect_pct * 100:.4f}): "

@@ -11,8 +11,9 @@ ROW_ORDER_NOTE = (
 STATS_NOTE = (
     "Statistics over FINISHED runs only: mean and sample std (ddof=1) of the final val loss, ci95 = "
     "Student-t 95% half-width; Δ vs the `attn_gate=none` row with the same learning rate / iterations; "
-    "p and the Δ 95% CI from a paired t-test when both rows ran the same seeds (>= 2), Welch's t-test "
-    "otherwise."
+    "Δ, p and the Δ 95% CI from a paired t-test on the seeds both rows ran when at least 2 are common "
+    "(n pairs), Welch's t-test otherwise. For a spec with sequential seeds, the rows the design compared "
+    "are decided by the design (its verdict and repeated CI; analysis/seq_table.py), not by p adj."
 )
 
 

@@ -1,5 +1,6 @@
 """Sequential seeds: when to stop adding seeds to a comparison, without inflating false positives. Pure
-(numpy/scipy), except `decisions_for_spec`, the one reader of a sweep's decision log.
+(numpy/scipy), except `decisions_for_spec`, the one reader of a sweep's decision log (what the stage
+table makes of it: analysis.seq_table).
 
 Design. A configuration gets seeds in planned looks n_1 < n_2 < ... < n_K = max; information fraction
 t_k = n_k / max. At look k each open comparison (a gated configuration vs its `attn_gate: none`
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 from scipy.special import stdtr
 
+from analysis.fmt import format_ordered
 from analysis.seq_bounds import fractions_of, t_levels
 
 OPEN, DECIDED, UNDECIDED = "open", "decided", "undecided"
@@ -76,12 +78,23 @@ class Decision:
     history: list[Look] = field(default_factory=list)
 
     def text(self, num_looks: int) -> str:
-        if self.status == DECIDED:
-            return f"decided at look {self.look} (n={self.n}): p={self.p:.3g} <= {self.threshold:.2g}"
-        if self.status == UNDECIDED:
-            p = f"p={self.p:.3g}" if math.isfinite(self.p) else "p undefined (no spread in the differences)"
-            return f"undecided at max n={self.n}: {p} > {self.threshold:.2g}"
-        return f"open (look {self.look} of {num_looks})"
+        return decision_text(self.status, self.look, self.stopped_at, self.n, self.p, self.threshold, num_looks)
+
+
+def decision_text(status: str, look: int, stopped_at: int, n: int, p: float, threshold: float, num_looks: int) -> str:
+    """A decision in words: "decided at look 3 (n=6): p=2.97e-05 <= 0.00292"; after Holm recycling raised
+    the level of an earlier look's data, "decided at look 3 (data of look 2, n=4, crossed after Holm
+    recycling): ..."; "undecided at max n=8: p=0.473 > 0.0409"; "open (look 2 of 4)". p and the level
+    carry the digits that show their order (analysis.fmt.format_ordered)."""
+    p_text, level = format_ordered([p, threshold])
+    if status == DECIDED:
+        when = (f"look {stopped_at} (data of look {look}, n={n}, crossed after Holm recycling)"
+                if stopped_at and stopped_at != look else f"look {look} (n={n})")
+        return f"decided at {when}: p={p_text} <= {level}"
+    if status == UNDECIDED:
+        p_text = f"p={p_text}" if math.isfinite(p) else "p undefined (no spread in the differences)"
+        return f"undecided at max n={n}: {p_text} > {level}"
+    return f"open (look {look} of {num_looks})"
 
 
 @dataclass
@@ -124,13 +137,15 @@ class Outcome:
 
 
 def p_value(group: Mapping[Any, float], baseline: Mapping[Any, float]) -> float:
-    """The table's two-sided test (analysis.stats.compare): paired t by seed when both ran the same seeds
-    (at least 2), else Welch; NaN when undefined. Written out with scipy.special because the rule runs it
-    thousands of times in its simulation; tests hold it equal to scipy.stats' t-tests."""
+    """The table's two-sided test (analysis.stats.compare): paired t on the seeds both ran when at least
+    2 are common, else Welch; NaN when undefined. Written out with scipy.special because the rule runs it
+    thousands of times in its simulation; tests hold it equal to scipy.stats' t-tests and to the table's.
+    (The rule itself always passes both sides the same seeds, those of one look.)"""
     g = {k: float(v) for k, v in group.items() if _finite(v)}
     b = {k: float(v) for k, v in baseline.items() if _finite(v)}
-    if set(g) == set(b) and len(g) >= 2:
-        d = np.array([g[k] - b[k] for k in g])
+    common = [k for k in g if k in b]
+    if len(common) >= 2:
+        d = np.array([g[k] - b[k] for k in common])
         return _t_p(float(d.mean()), float(d.var(ddof=1)) / len(d), len(d) - 1.0)
     if len(g) >= 2 and len(b) >= 2:
         x, y = np.array(list(g.values())), np.array(list(b.values()))
@@ -225,56 +240,7 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-# ---------------------------------------------------------------- the table's column
-SEQ_COLUMN = "seq_stop"
-
-
-def annotate(table: Any, log: Mapping[str, Any]) -> Any:
-    """A copy of a stage table (analysis.table.stage_table) with `seq_stop`: for a compared row what the
-    rule decided ("decided at look 2 (n=4): p=0.003 <= 0.0071", "undecided at max n=8: ...",
-    "open (look 2 of 4)"), for a baseline row the seeds it has run to, else ''. `log` is a sweep's
-    decision log (runs/<spec>/sequential.json; see decisions_for_spec)."""
-    out = table.copy()
-    out[SEQ_COLUMN] = [row_text(dict(row), log) for _, row in out.iterrows()]
-    return out
-
-
-def row_text(row: Mapping[str, Any], log: Mapping[str, Any]) -> str:
-    comparisons = log.get("comparisons", [])
-    for c in comparisons:
-        if _same_config(row, c.get("config") or {}):
-            return str(c["text"])
-    for c in comparisons:
-        if _same_config(row, c.get("baseline_config") or {}):
-            return f"baseline (n={log.get('required', {}).get(c['baseline'], '?')})"
-    return ""
-
-
-def _same_config(row: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
-    """The row is this configuration: every config key the table shows has the same value."""
-    shown = [k for k in config if k in row and k not in _TABLE_STATS]
-    return "attn_gate" in shown and all(_same_value(row[k], config[k]) for k in shown)
-
-
-_TABLE_STATS = frozenset({"stage", "n", "failed", "early_stopped", "final_val_loss", "std", "ci95", "best_val_loss",
-                          "train_time_ms", "ms_per_step", "delta", "delta_pct", "p_value", "test", SEQ_COLUMN})
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return str(a).lower() == str(b).lower()
-    try:
-        return math.isclose(float(a), float(b), rel_tol=1e-9)
-    except (TypeError, ValueError):
-        return str(a) == str(b)
-
-
-def annotate_for_spec(table: Any, spec: str | Path | None, *, tracking_uri: str | None = None) -> Any:
-    """The table with `seq_stop` when `spec` (file or name) ran with sequential seeds; else unchanged."""
-    log = decisions_for_spec(spec, tracking_uri=tracking_uri) if spec else None
-    return annotate(table, log) if log else table
-
-
+# ---------------------------------------------------------------- the decision log
 def decisions_for_spec(spec: str | Path, *, runs_root: str | Path = "runs",
                        tracking_uri: str | None = None) -> dict[str, Any] | None:
     """The decision log of a spec's sequential sweep, or None for a spec without one. `spec`: the spec

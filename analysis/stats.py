@@ -1,10 +1,16 @@
 """Per-group statistics over seeds and the test of a group against its baseline. Pure functions.
 
 `summarize` gives n, mean, sample std (ddof=1) and the 95% CI half-width with Student's t.
-`compare` gives the difference to a baseline, its 95% CI and a two-sided p-value: a paired t-test
-when both groups ran exactly the same seeds (at least 2), because seed-matched runs share the data
-order and init noise; Welch's unequal-variance t-test otherwise. The CI is scipy's
-`confidence_interval()` of that same test, so CI and p always agree (the CI excludes 0 iff p < 0.05).
+`compare` gives the difference to a baseline, its 95% CI and a two-sided p-value. Pairing: runs of
+the same seed share the data order and init noise, so a group is compared with its baseline on the
+seeds both ran, when there are at least 2 (a paired t-test on those per-seed differences; the rest
+of either group's seeds do not enter the comparison); Welch's unequal-variance t-test over all seeds
+only when fewer than 2 are common. Groups of different sizes are common in a sequential design: an
+arm that stopped at 6 seeds meets a baseline that ran on to 8, and the paired test on the 6 common
+seeds is the one the design decided with (analysis.sequential.p_value). Δ is then the mean of the
+`n_pairs` per-seed differences - mean(group) - mean(baseline) over the common seeds, not the
+difference of the two rows' own means. The CI is scipy's `confidence_interval()` of the same test,
+so CI and p always agree (the CI excludes 0 iff p < 0.05).
 `adjust_p` corrects the p-values of one table's comparisons for multiplicity (Holm by default).
 Undefined quantities are NaN, never 0.
 """
@@ -25,6 +31,7 @@ WELCH = "welch"
 UNDEFINED = "n/a"
 NAN = float("nan")
 MIN_SEEDS = 3  # below this a paired test has 1 degree of freedom: flagged in every table
+MIN_PAIRS = 2  # common seeds needed for the paired test (1 degree of freedom)
 ADJUST_METHODS = {"holm": "holm", "bh": "fdr_bh", "none": None}  # --adjust name -> statsmodels method
 
 
@@ -38,12 +45,13 @@ class Summary:
 
 @dataclass(frozen=True)
 class Comparison:
-    delta: float  # mean(group) - mean(baseline)
-    delta_pct: float  # 100 * delta / mean(baseline)
+    delta: float  # mean(group) - mean(baseline), over the common seeds when paired
+    delta_pct: float  # 100 * delta / mean(baseline), the baseline's mean over the same seeds
     p_value: float
     test: str  # PAIRED, WELCH or UNDEFINED
     ci_low: float = NAN  # 95% CI of delta, from the same test as p_value
     ci_high: float = NAN
+    n_pairs: int = 0  # seeds the paired test ran on (0: not paired)
 
 
 def summarize(values: Sequence[float]) -> Summary:
@@ -68,7 +76,8 @@ def compare(group: Mapping[object, float], baseline: Mapping[object, float]) -> 
     """Compare a group's per-seed values with the baseline's; both map seed -> value.
 
     Seeds are keys, so a group cannot hold one seed twice; callers with unknown seeds pass unique
-    placeholders, which never match and so fall back to Welch.
+    placeholders, which never match and so fall back to Welch. Values that are not finite (a run
+    without a final loss) take no part, so their seeds are not common.
     """
     return compare_many([(group, baseline)])[0]
 
@@ -84,11 +93,13 @@ def compare_many(pairs: Sequence[tuple[Mapping[object, float], Mapping[object, f
         if not g or not b:
             out[k] = Comparison(NAN, NAN, NAN, UNDEFINED)
             continue
+        seeds = common_seeds(g, b)
+        if len(seeds) >= MIN_PAIRS:
+            g, b = {s: g[s] for s in seeds}, {s: b[s] for s in seeds}  # Δ on the pairs, as the test
         g_mean, b_mean = float(np.mean(list(g.values()))), float(np.mean(list(b.values())))
         delta = g_mean - b_mean
         delta_pct = 100.0 * delta / b_mean if b_mean != 0 else NAN
-        if is_paired(g, b):
-            seeds = sorted(g, key=repr)
+        if len(seeds) >= MIN_PAIRS:
             batch = (PAIRED, len(seeds)), ([g[s] for s in seeds], [b[s] for s in seeds])
         elif len(g) >= 2 and len(b) >= 2:
             batch = (WELCH, len(g), len(b)), (list(g.values()), list(b.values()))
@@ -98,15 +109,20 @@ def compare_many(pairs: Sequence[tuple[Mapping[object, float], Mapping[object, f
         batches.setdefault(batch[0], []).append((k, delta, delta_pct, *batch[1]))
     for (test, *_), items in batches.items():
         p, lo, hi = _t_tests(test, np.array([x for *_, x, _ in items], float), np.array([y for *_, y in items], float))
-        for row, (k, delta, delta_pct, _, _) in enumerate(items):
-            out[k] = Comparison(delta, delta_pct, float(p[row]), test, float(lo[row]), float(hi[row]))
+        for row, (k, delta, delta_pct, x, _) in enumerate(items):
+            pairs_n = len(x) if test == PAIRED else 0
+            out[k] = Comparison(delta, delta_pct, float(p[row]), test, float(lo[row]), float(hi[row]), pairs_n)
     return out  # type: ignore[return-value]
 
 
+def common_seeds(group_seeds: Iterable[object], baseline_seeds: Iterable[object]) -> list[object]:
+    """The seeds both ran, in one fixed order (by repr: seeds may be ints or placeholders)."""
+    return sorted(set(group_seeds) & set(baseline_seeds), key=repr)
+
+
 def is_paired(group_seeds: Iterable[object], baseline_seeds: Iterable[object]) -> bool:
-    """The paired test applies: both ran exactly the same (at least 2) seeds."""
-    g, b = set(group_seeds), set(baseline_seeds)
-    return g == b and len(g) >= 2
+    """The paired test applies: at least MIN_PAIRS seeds in common (it runs on those)."""
+    return len(common_seeds(group_seeds, baseline_seeds)) >= MIN_PAIRS
 
 
 def adjust_p(p_values: Sequence[float], method: str = "holm") -> list[float]:

@@ -16,7 +16,8 @@ KILLED, RUNNING, missing) is counted as `failed`.
 
 Comparisons. Each row against its `attn_gate == "none"` baseline: Δ with its 95% CI, raw and
 multiplicity-adjusted p, and, given the runs' histories, the time-matched Δ (analysis.comparisons).
-`low_n` flags rows with fewer than 3 finished seeds (a paired test with 1 degree of freedom).
+`low_n` flags rows with fewer than 3 finished seeds, or whose paired test ran on fewer than 3 common
+seeds (a paired test with 1 degree of freedom).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ GROUP_COLUMNS = (
 )
 STAT_COLUMNS = GROUP_COLUMNS + COMPARISON_COLUMNS + TIME_COLUMNS
 SEED_VALUES = "seed_values"
+# a spec with sequential seeds: the design's verdict and its repeated CI (filled by analysis.seq_table)
+SEQ_COLUMNS = ("seq_verdict", "seq_stop", "rci_low", "rci_high", "rci_look", "rci_n", "rci_level")
+NOT_KEYS = frozenset((*STAT_COLUMNS, *SEQ_COLUMNS, SEED_VALUES))  # the rest of a table's columns are its keys
 
 
 def varying_columns(runs: pd.DataFrame, candidates: Sequence[str] = CONFIG_COLUMNS) -> list[str]:

@@ -13,8 +13,10 @@ conservative; one that favours the baseline may overstate the slower run's handi
 
 The baseline's point per seed is (its final train time, its final loss): the last point of its curve
 when the curve is complete, else the run's summary `train_time_ms` and `final_val_loss`. When the
-seeds pair (`stats.is_paired`), each run is read at its own seed's baseline time; otherwise every
-run is read at the mean of the baseline's final times.
+seeds pair (`stats.is_paired`: at least 2 seeds in common, the paired test's condition), each run of a
+common seed is read at its own seed's baseline time, and a run of a seed the baseline did not run at
+the mean of the baseline's final times (it enters the row's mean, not the paired test); without
+pairing every run is read at that mean.
 """
 
 from __future__ import annotations
@@ -93,12 +95,10 @@ def time_matched(
     base_loss = {s: loss for s, (_, loss) in base.items()}
     if not runs or not base:
         return {}, base_loss, ""
-    if is_paired(runs, base):
-        targets = {s: base[s][0] for s in runs}
-    else:
-        times = [t for t, _ in base.values() if math.isfinite(t)]
-        mean_t = float(np.mean(times)) if times else math.nan
-        targets = {s: mean_t for s in runs}
+    times = [t for t, _ in base.values() if math.isfinite(t)]
+    mean_t = float(np.mean(times)) if times else math.nan
+    paired = is_paired(runs, base)
+    targets = {s: base[s][0] if paired and s in base else mean_t for s in runs}
     values, reasons = {}, []
     for seed, run_id in runs.items():
         curve = curves.get(run_id) if run_id else None

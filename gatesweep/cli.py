@@ -1,6 +1,7 @@
 """`gatesweep`: one entry point. argv is parsed here; the work happens in the packages.
 
-Global options (`--tracking-uri`, `--version`) are accepted before or after any subcommand. Every
+Global options (gatesweep.global_options: `--tracking-uri`, `--json`, `-v`, `-q`, `-V`, `-h`) are accepted
+before or after any subcommand; argv errors name the closest valid word (trainer.cli_parser). Every
 user error (GatesweepError) prints one line and exits with its kind's code (trainer.errors.ExitCode:
 2 bad input, 66 nothing to analyse yet, 69 store or cluster unreachable); 1 means some trials failed,
 75 a resumable stop, 130 an interrupt. A closed stdout (`| head`) ends the command quietly.
@@ -11,10 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from gatesweep import global_options
+from gatesweep.global_options import HELP, UsageError
 from sweeps.mlflow_runs import DEFAULT_URI
+from trainer.cli_parser import Parser
+from trainer.config import did_you_mean
+from trainer.console import set_verbosity, verbosity
 from trainer.errors import ExitCode, GatesweepError
 
 DELEGATED = {  # parsed by their own packages (see _dispatch); listed here so that --help shows them
@@ -40,22 +47,28 @@ def version() -> str:
         return "unknown (not installed; run make setup)"
 
 
-def _parser() -> argparse.ArgumentParser:
-    # one shared parent: the global options parse the same before or after the subcommand
-    shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--tracking-uri", metavar="URI", default=argparse.SUPPRESS, help=URI_HELP)
-    p = argparse.ArgumentParser(prog="gatesweep", parents=[shared],
-                                description="Attention-gating sweeps on the ModernArch GPT.",
-                                epilog="exit codes: 0 ok, 1 some trials failed, 2 bad input, 66 no runs yet, "
-                                       "69 tracking store or cluster unreachable, 75 resumable stop, 130 interrupted")
+def _parser() -> Parser:
+    p = Parser(prog="gatesweep", description="Attention-gating sweeps on the ModernArch GPT.",
+               epilog=f"{HELP}.\nexit codes: 0 ok, 1 some trials failed, 2 bad input, 66 no runs yet, "
+                      "69 tracking store or cluster unreachable, 75 resumable stop, 130 interrupted",
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    # listed for -h and shell completion; global_options.split() takes them out of argv wherever they stand
+    p.add_argument("--tracking-uri", metavar="URI", default=argparse.SUPPRESS, help=URI_HELP)
+    p.add_argument("--json", action="store_true", help="machine-readable output (plan, run, status, sync, table)")
+    p.add_argument("-v", "--verbose", action="count", help="details and tracebacks (-vv: library debug logs)")
+    p.add_argument("-q", "--quiet", action="store_true", help="results, warnings and errors only")
     p.add_argument("-V", "--version", action="version", version=f"gatesweep {version()}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
-    s = sub.add_parser("plan", parents=[shared], help="the trial table, GPU-hour estimate and what is finished")
+    def command(name: str, text: str, **kwargs: Any) -> Parser:
+        return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", epilog=HELP + ".",
+                              **kwargs)
+
+    s = command("plan", "the trial table, GPU-hour estimate and what is finished", strict=False)
     _spec_args(s)
     s.add_argument("--json", action="store_true", help="print the trials as JSON (id, config, status)")
 
-    s = sub.add_parser("run", parents=[shared], help="run a spec's trials on a backend")
+    s = command("run", "run a spec's trials on a backend", strict=False)
     _spec_args(s)
     s.add_argument("--backend", choices=("local", "slurm", "ray"), default=None,
                    help="where the trials run (default: the spec's backend.default, else local)")
@@ -79,24 +92,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true",
                    help="print {trial_id: {status, job_id}} as JSON when done; progress goes to stderr")
 
-    s = sub.add_parser("status", parents=[shared], help="per-trial state from the tracking store (and squeue)")
+    s = command("status", "per-trial state from the tracking store (and squeue)", strict=False)
     _spec_args(s)
     s.add_argument("--json", action="store_true", help="print the trials' states as JSON")
 
-    s = sub.add_parser("sync", parents=[shared], help="deliver local run records to MLflow (e.g. from GPU nodes)")
+    s = command("sync", "deliver local run records to MLflow (e.g. from GPU nodes)")
     s.add_argument("paths", nargs="*", help="run dirs, track dirs or roots (default: runs/)")
     s.add_argument("--json", action="store_true", help="print what was delivered as JSON")
 
-    s = sub.add_parser("warmup", parents=[shared], help="fill a sweep's compile cache with its first trial's graphs")
+    s = command("warmup", "fill a sweep's compile cache with its first trial's graphs", strict=False)
     _spec_args(s)
 
-    s = sub.add_parser("schema", help="print the JSON Schema of a sweep spec (for editors: yaml-language-server)")
+    command("schema", "print the JSON Schema of a sweep spec (for editors: yaml-language-server)")
 
-    s = sub.add_parser("completion", help="print the shell completion script (eval it in ~/.bashrc)")
+    s = command("completion", "print the shell completion script (eval it in ~/.bashrc)")
     s.add_argument("shell", nargs="?", default="bash", choices=("bash", "zsh", "fish", "tcsh"),
                    help="the shell (default bash)")
     for name, text in DELEGATED.items():
-        sub.add_parser(name, help=text, add_help=False)
+        sub.add_parser(name, help=text, add_help=False,
+                       usage="%(prog)s [CONFIG.yaml|trial.json] [key=value ...]" if name == "train" else None)
     return p
 
 
@@ -113,96 +127,109 @@ def _complete_keys(prefix: str, **_: Any) -> list[str]:
     return [k + "=" for k in override_keys() if k.startswith(prefix)]
 
 
-def _split_global(argv: list[str]) -> tuple[list[str], str | None]:
-    """Lift `--tracking-uri URI` out of argv wherever it stands (for the delegated commands)."""
-    rest, uri, i = [], None, 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--tracking-uri" and i + 1 < len(argv):
-            uri, i = argv[i + 1], i + 2
-            continue
-        if a.startswith("--tracking-uri="):
-            uri = a.split("=", 1)[1]
-        else:
-            rest.append(a)
-        i += 1
-    return rest, uri
+JSON_COMMANDS = ("plan", "run", "status", "sync", "table")
+NO_STORE = ("data", "schema", "completion")  # commands that consult no tracking store
 
 
-def _command_index(argv: list[str]) -> int | None:
-    """Position of the subcommand: the first word that is not a global option or its value."""
-    i = 0
-    while i < len(argv):
-        if argv[i] == "--tracking-uri":
-            i += 2
-        elif argv[i].startswith("-"):
-            i += 1
-        else:
-            return i
-    return None
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, Parser]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    return dict(sub.choices)
+
+
+def _applies(g: global_options.Globals, command: str) -> None:
+    """Refuse a global option the command has no use for (exit 2), naming the way that works."""
+    if g.json and command not in JSON_COMMANDS:
+        raise UsageError(f"--json does not apply to `{command}`; it has no JSON output (commands with one: "
+                         f"{', '.join(JSON_COMMANDS)})", command)
+    if g.tracking_uri is not None and command in NO_STORE:
+        raise UsageError(f"--tracking-uri does not apply to `{command}`: it reads no tracking store", command)
 
 
 def _dispatch(argv: list[str]) -> int:
-    at = _command_index(argv)
-    command = argv[at] if at is not None else None
-    if command in DELEGATED:
-        rest, uri = _split_global(argv[at + 1:])  # type: ignore[operator]
-        _, before = _split_global(argv[:at])
-        uri = uri or before
-        if command in ("data", "train"):
-            if uri is not None:
-                print(f"error: --tracking-uri does not apply to `{command}`; set MLFLOW_TRACKING_URI instead",
-                      file=sys.stderr)
-                return ExitCode.BAD_INPUT
-            if command == "data":
-                from trainer import data_cli
-
-                return data_cli.main(rest)
-            from trainer.main import main as train_main
-
-            return train_main(rest, prog="gatesweep train")
-        from analysis import cli as analysis_cli
-        from sweeps.mlflow_runs import resolve_uri
-        from sweeps.store_file import store_errors
-
-        rest += ["--tracking-uri", uri] if uri is not None else []
-        with store_errors(resolve_uri(uri)):  # a damaged sqlite store: one line, exit 2, as for run and sync
-            return {"table": analysis_cli.table_main, "report": analysis_cli.report_main,
-                    "power": analysis_cli.power_main, "import": analysis_cli.import_main}[command](rest)
+    g, command, rest = global_options.split(argv)
+    set_verbosity(g.verbosity)
+    if g.version:
+        print(f"gatesweep {version()}")
+        return ExitCode.OK
     parser = _parser()
     _autocomplete(parser)
-    # key=value overrides may come after options too (`run SPEC --backend local lr=...`)
-    args, extra = parser.parse_known_args(argv)
-    stray = [e for e in extra if e.startswith("-") or "=" not in e]
-    if stray or (extra and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
-    if extra:
+    commands = _subcommands(parser)
+    if command is None:
+        if g.help:
+            parser.print_help()
+            return ExitCode.OK
+        raise UsageError("no command given; e.g. gatesweep plan sweeps/demo.yaml")
+    if command not in commands:
+        raise UsageError(f"unknown command {command!r}{did_you_mean(command, list(commands))}")
+    _applies(g, command)
+    rest = (["--help"] if g.help else []) + rest + (["--json"] if g.json else [])
+    uri = g.tracking_uri
+    if command in DELEGATED:
+        return _delegate(command, rest, uri, g.verbosity)
+    args, extra = commands[command].parse_known_args(rest)
+    if extra:  # key=value overrides may come after options too (`run SPEC --backend local lr=...`)
+        stray = [e for e in extra if e.startswith("-") or "=" not in e]
+        if stray:
+            commands[command].error(commands[command].unknown_arguments(stray))
         args.overrides = list(args.overrides) + extra
-    uri = getattr(args, "tracking_uri", None)
-    if args.command == "schema":
-        from sweeps.schema import json_schema
+    if command == "schema":
+        from sweeps.json_schema import json_schema
 
         print(json_schema())
         return ExitCode.OK
-    if args.command == "completion":
+    if command == "completion":
         return _print_completion(args.shell)
-    from cluster import commands
+    from cluster import commands as run_commands
 
-    if args.command == "plan":
-        return commands.plan(args.spec, args.overrides, as_json=args.json, uri=uri)
-    if args.command == "run":
+    if command == "plan":
+        return run_commands.plan(args.spec, args.overrides, as_json=args.json, uri=uri)
+    if command == "run":
         slurm_opts = {k: getattr(args, k) for k in ("partition", "account", "qos", "constraint", "timeout_min",
                                                    "max_requeues", "array_parallelism") if getattr(args, k) is not None}
-        return commands.run(args.spec, args.overrides, backend=args.backend, dry_run=args.dry_run,
-                            max_parallel=args.max_parallel, uri=uri, wait=args.wait, slurm_opts=slurm_opts,
-                            max_looks=args.looks, check=args.check, as_json=args.json)
-    if args.command == "status":
-        return commands.status(args.spec, args.overrides, uri=uri, as_json=args.json)
-    if args.command == "sync":
-        return commands.sync(args.paths, uri, as_json=args.json)
-    if args.command == "warmup":
-        return commands.warmup(args.spec, args.overrides, uri)
-    raise AssertionError(args.command)
+        return run_commands.run(args.spec, args.overrides, backend=args.backend, dry_run=args.dry_run,
+                                max_parallel=args.max_parallel, uri=uri, wait=args.wait, slurm_opts=slurm_opts,
+                                max_looks=args.looks, check=args.check, as_json=args.json)
+    if command == "status":
+        return run_commands.status(args.spec, args.overrides, uri=uri, as_json=args.json)
+    if command == "sync":
+        return run_commands.sync(args.paths, uri, as_json=args.json)
+    if command == "warmup":
+        return run_commands.warmup(args.spec, args.overrides, uri)
+    raise AssertionError(command)
+
+
+def _delegate(command: str, rest: list[str], uri: str | None, verbosity: int) -> int:
+    """The commands whose own packages parse their arguments (DELEGATED)."""
+    if command == "data":
+        from trainer import data_cli
+
+        return data_cli.main(rest)
+    if command == "train":
+        if uri is not None:  # the trainer reads the URI where a launcher puts it: the environment
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+        from trainer.main import main as train_main
+
+        return train_main(rest, prog="gatesweep train", verbosity=verbosity)
+    from analysis import cli as analysis_cli
+    from sweeps.mlflow_runs import resolve_uri
+    from sweeps.store_file import store_errors
+
+    rest += ["--tracking-uri", uri] if uri is not None else []
+    with store_errors(resolve_uri(uri)):  # a damaged sqlite store: one line, exit 2, as for run and sync
+        return {"table": analysis_cli.table_main, "report": analysis_cli.report_main,
+                "power": analysis_cli.power_main, "import": analysis_cli.import_main}[command](rest)
+
+
+def _usage_error(e: UsageError) -> int:
+    """argv errors found before a parser ran: the same two lines as the parsers' own errors."""
+    from analysis import cli as analysis_cli
+    from trainer import data_cli
+
+    parser = _parser()
+    own = {"table": analysis_cli.table_parser, "report": analysis_cli.report_parser,
+           "power": analysis_cli.power_parser, "import": analysis_cli.import_parser, "data": data_cli._parser}
+    target = own[e.command]() if e.command in own else _subcommands(parser).get(e.command or "", parser)
+    target.error(str(e))  # exits 2
 
 
 def _autocomplete(parser: argparse.ArgumentParser) -> None:
@@ -234,7 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _dispatch(argv)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
+    except UsageError as e:
+        return _usage_error(e)
     except GatesweepError as e:
+        if verbosity() > 0:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

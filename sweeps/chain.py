@@ -37,6 +37,29 @@ class Chain:
     fallback: Any = None
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """A chained value and where it came from (plan and dry runs print `note`)."""
+
+    value: Any
+    note: str
+
+
+def chain_note(chain: Chain, key: str, value: Any, runs: list[dict[str, Any]], why_none: str) -> str:
+    """`learning_rate=0.00468 is the fallback: stage 'stage2' has no runs ...` or where the value came from."""
+    where = " where " + ", ".join(f"{k}={v}" for k, v in chain.where) if chain.where else ""
+    if not runs:
+        return (f"{key}={value} is the fallback: stage '{chain.source}' {why_none}; once it has run, {key} is "
+                f"taken from its {chain.select} {chain.metric}{where}")
+    return f"{key}={value}: the {chain.select} {chain.metric} of stage '{chain.source}'{where} ({len(runs)} runs)"
+
+
+def resolve_from(runs: list[dict[str, Any]], chain: Chain, key: str, expected: set[str] | None = None,
+                 why_none: str = "has no runs in the tracking store") -> Resolved:
+    value = select_value(runs, chain, key, expected)
+    return Resolved(value, chain_note(chain, key, value, runs, why_none))
+
+
 def check_complete(runs: list[dict[str, Any]], source: str, key: str, expected: set[str] | None) -> None:
     """Refuse a source stage with runs still queued, running or killed, or (when its last sweep's trial
     ids are known) with trials of that sweep that never ended."""
@@ -106,7 +129,7 @@ def mlflow_resolver(read: StageReader) -> Callable[[Chain, str], Any]:
             raise TrackingError(f"{key}: chained from stage '{chain.source}', but the tracking store cannot be "
                                 f"read ({type(e).__name__}: {str(e)[:200]}); start it (make mlflow-up), set "
                                 f"MLFLOW_TRACKING_URI, or override {key}=...") from None
-        return select_value(runs, chain, key, expected)
+        return resolve_from(runs, chain, key, expected)
 
     return resolve
 
@@ -150,6 +173,6 @@ def empty_store_resolver() -> Callable[[Chain, str], Any]:
     """For a store that does not exist yet (a sqlite file not created): no stage has runs."""
 
     def resolve(chain: Chain, key: str) -> Any:
-        return select_value([], chain, key)
+        return resolve_from([], chain, key, why_none="has no runs (the tracking store does not exist yet)")
 
     return resolve

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sweeps.chain import Chain
+from sweeps.chain import Chain, Resolved, chain_note
 from sweeps.errors import SpecError
 from sweeps.spec import Resources, SweepSpec, design_points
 from sweeps.time_of import TimeOf, TimeResolver, no_store_time_resolver
@@ -63,7 +63,8 @@ class Trial:
 
 def _no_chains(chain: Chain, key: str) -> Any:
     if chain.fallback is not None:
-        return chain.fallback
+        return Resolved(chain.fallback, chain_note(chain, key, chain.fallback, [], "was not looked up (no tracking "
+                                                                                   "store consulted)"))
     raise SpecError(f"{key}: chained from stage '{chain.source}' but no tracking store was consulted and no "
                     f"fallback is given; run `gatesweep plan` with MLFLOW_TRACKING_URI set or override {key}=...")
 
@@ -85,9 +86,14 @@ def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
         if isinstance(value, Chain):
             if (value, key) not in chain_cache:
                 try:
-                    chain_cache[(value, key)] = resolve_chain(value, key)
+                    got = resolve_chain(value, key)
                 except SpecError as e:  # the resolver knows the key, not the file
                     raise SpecError(f"{spec.path}: {e}") from None
+                if isinstance(got, Resolved):
+                    got, note = got.value, got.note
+                    if notes is not None and note not in notes:
+                        notes.append(note)
+                chain_cache[(value, key)] = got
             return chain_cache[(value, key)]
         return value
 

@@ -1,15 +1,15 @@
 """The one schema of a sweep spec (pydantic v2): every section, backend.* included, checked when the spec
-is loaded, by every command. `gatesweep schema` prints it as JSON Schema, so an editor with
-yaml-language-server completes and checks specs (`# yaml-language-server: $schema=spec.schema.json`).
+is loaded, by every command. `gatesweep schema` prints it as JSON Schema (sweeps.json_schema, which adds
+the trainer keys' types), so an editor with yaml-language-server completes and checks specs
+(`# yaml-language-server: $schema=spec.schema.json`).
 
 Trainer keys inside base/grid/include/exclude are checked against trainer/config.py by sweeps.spec
-(types, choices, "did you mean" hints); this schema only says they are mappings of keys to values.
+(types, choices, "did you mean" hints); this model only says they are mappings of keys to values.
 `check(data, path)` reports every problem at once, each with its field path and the fix.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -362,13 +362,6 @@ def _fields_at(loc: list[Any]) -> list[str]:
                    "scheduler": Scheduler, "seeds": SequentialSeeds, "stop": Stop}.get(str(p))
         model = section
     return list(model.model_fields) if model is not None else []
-
-
-def json_schema() -> str:
-    schema = Spec.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "gatesweep sweep spec"
-    return json.dumps(schema, indent=1)
 
 
 def override_keys() -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from analysis.cli import import_main, table_main
-from analysis.decision import TABLE_ARTIFACT, config_metrics, decision_frame, metric_key, verdict
+from analysis.decision import TABLE_ARTIFACT, config_metrics, decision_frame, direction, metric_key, verdict
 from analysis.fetch import find_sweep_run
 from analysis.table import stage_table
 from sweeps.errors import NoRunsError, SpecError
@@ -31,20 +31,31 @@ def test_decision_frame_of_study_stage1():
     e = frame.loc["elementwise/sigmoid"]
     assert (e["mean"], e["ci_low"], e["ci_high"]) == pytest.approx(
         (3.515899, 3.515899 - 0.007817, 3.515899 + 0.007817), abs=2e-6)
-    assert (e["delta_ci_low"], e["delta_ci_high"], e["p_adj"]) == (-0.02254, -0.012394, 0.058193)
+    # p-values to 6 significant digits (rounding to 6 decimals would print a p of 3.6e-06 as 4e-06)
+    assert (e["delta_ci_low"], e["delta_ci_high"], e["p_adj"]) == (-0.02254, -0.012394, 0.0581934)
     assert e["decision"] == "undecided (p adj 0.0582)" and bool(e["low_n"]) is True
+    assert (e["verdict"], e["interval"], e["n_pairs"]) == ("undecided", "95% CI, paired on 2 seeds", 2)
     assert frame.loc["none/sigmoid", "decision"] == "baseline" and frame.loc["none/sigmoid", "p_adj"] == ""
+    assert frame.loc["none/sigmoid", "verdict"] == "baseline" and frame.loc["none/sigmoid", "n_pairs"] == ""
+    # the UI shows the first columns without scrolling: the comparison, its verdict, Δ with its interval
+    assert list(frame.reset_index().columns[:7]) == ["config", "verdict", "delta", "delta_ci_low", "delta_ci_high",
+                                                     "interval", "decision"]
     metrics = config_metrics(frame.reset_index())
-    assert metrics["cfg/elementwise-sigmoid/p_adj"] == 0.058193 and metrics["cfg/none-sigmoid/n"] == 2.0
-    assert "cfg/none-sigmoid/p_adj" not in metrics
-    # 5 configs x (mean, ci_low, ci_high, n) + 4 comparisons x (delta, ci_low, ci_high, p_adj); no time columns
-    assert len(metrics) == 5 * 4 + 4 * 4
+    assert metrics["cfg/elementwise-sigmoid/p_adj"] == 0.0581934 and metrics["cfg/none-sigmoid/n"] == 2.0
+    assert "cfg/none-sigmoid/p_adj" not in metrics and "cfg/none-sigmoid/n_pairs" not in metrics
+    # 5 configs x (mean, ci_low, ci_high, n) + 4 comparisons x (n_pairs, delta, ci_low, ci_high, p_adj); no time
+    assert len(metrics) == 5 * 4 + 4 * 5
 
 
 def test_verdict_and_metric_key():
     assert verdict(-0.02, 0.0015, "paired") == "lower loss than baseline (p adj 0.0015)"
     assert verdict(0.01, 0.01, "welch") == "higher loss than baseline (p adj 0.01)"
     assert verdict(-0.02, 0.058, "paired") == "undecided (p adj 0.058)"
+    # a p adj just below 0.05 never prints as 0.05 beside "lower loss"
+    assert verdict(-0.02, 0.049996, "paired") == "lower loss than baseline (p adj 0.049996)"
+    assert [direction(-0.02, 0.01, "paired"), direction(0.02, 0.01, "welch"), direction(-0.02, 0.06, "paired"),
+            direction(-0.02, math.nan, "n/a"), direction(math.nan, math.nan, "baseline")] == \
+        ["better", "worse", "undecided", "no test", "baseline"]
     assert verdict(-0.02, math.nan, "n/a") == "no test (fewer than 2 seeds)"
     assert verdict(math.nan, math.nan, "") == "no baseline"
     assert verdict(math.nan, math.nan, "baseline (no finished runs)") == "baseline (no finished runs)"
@@ -101,7 +112,7 @@ def test_table_log_puts_the_decision_on_the_sweep_run_and_the_ui_shows_it(mlflow
     assert e["delta_time_ci_low"] < 0 < e["delta_time_ci_high"]
     m = run.data.metrics
     assert m["cfg/elementwise/mean"] == e["mean"] and m["cfg/elementwise/ci_low"] == e["ci_low"]
-    assert m["cfg/elementwise/p_adj"] == pytest.approx(0.001527) and "cfg/none/p_adj" not in m
+    assert m["cfg/elementwise/p_adj"] == pytest.approx(0.00152692) and "cfg/none/p_adj" not in m
     readme = Path(client.download_artifacts(parent, "decision/README.md", str(tmp_path))).read_text()
     assert "| elementwise " in readme and "How to read" in readme
 
@@ -112,7 +123,9 @@ def test_table_log_puts_the_decision_on_the_sweep_run_and_the_ui_shows_it(mlflow
         if "lower loss than baseline" in text:
             break
     assert "View as table" in text and "delta_time_ci_low" in text
-    assert "elementwise 3.272271 3.269461 3.27508 3 lower loss than baseline (p adj 0.00153)" in text
+    # the verdict columns first: comparison, verdict, Δ with its interval, the decision in words
+    assert ("elementwise better -0.020428 -0.023867 -0.01699 95% CI, paired on 3 seeds lower loss than baseline "
+            "(p adj 0.00153) 3 3 3.272271 3.269461 3.27508") in text
     png = tmp_path / "parent_run_decision.png"
     chromium(url, f"--screenshot={png}")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000

@@ -8,17 +8,16 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import stats
 from scipy.stats import t as student_t
 
+from analysis.fmt import format_ordered
 from analysis.sequential import (
     DECIDED,
     OPEN,
     UNDECIDED,
     Design,
-    annotate,
     decide,
     decisions_for_spec,
     p_value,
@@ -70,7 +69,8 @@ def test_a_clear_effect_is_decided_at_the_look_it_crosses_and_the_rest_waits():
     assert out.looks_done == 2 and not out.finished
     assert (h.status, h.look, h.n, h.stopped_at) == (DECIDED, 2, 4, 2)
     assert h.alpha_j == 0.05 / 2 and h.threshold == pytest.approx(levels[1])
-    assert h.text(4) == f"decided at look 2 (n=4): p={h.p:.3g} <= {h.threshold:.2g}"
+    p_text, level = format_ordered([h.p, h.threshold])
+    assert h.text(4) == f"decided at look 2 (n=4): p={p_text} <= {level}"
     assert (c.status, c.look) == (OPEN, 3)
     assert c.text(4) == "open (look 3 of 4)"
     # headwise keeps its 4 seeds; const and its baseline need the third look's 6
@@ -93,7 +93,7 @@ def test_a_rejection_recycles_its_alpha_to_the_other_comparison():
     alone = decide(DESIGN, SEEDS, {"none": base, "a": a, "c": pair_with_p(0.9, SEEDS)[0]},
                    {"a": "none", "c": "none"})
     assert alone.decisions["a"].status == UNDECIDED  # alpha / 2 each, nothing rejected to recycle
-    assert alone.decisions["a"].text(4) == f"undecided at max n=8: p={between:.3g} > {half:.2g}"
+    assert alone.decisions["a"].text(4) == "undecided at max n=8: p={} > {}".format(*format_ordered([between, half]))
     both = decide(DESIGN, SEEDS, {"none": base, "a": a, "b": b}, {"a": "none", "b": "none"})
     assert both.decisions["b"].status == DECIDED and both.decisions["b"].alpha_j == 0.025
     assert both.decisions["a"].status == DECIDED and both.decisions["a"].alpha_j == 0.05
@@ -112,24 +112,7 @@ def test_the_log_is_strict_json_with_the_configurations():
     assert back["design"]["looks"] == [2, 4, 6, 8] and back["required"] == {"headwise": 4, "none": 4}
 
 
-# ---------------------------------------------------------------- the table column
-def test_annotate_adds_the_decision_to_each_row():
-    table = pd.DataFrame({"attn_gate": ["const", "headwise", "none"], "learning_rate": [0.02, 0.02, 0.02],
-                          "n": [4, 2, 4], "final_val_loss": [3.1, 3.0, 3.05]})
-    log = {"required": {"none": 4, "headwise": 2, "const": 4}, "comparisons": [
-        {"baseline": "none", "text": "decided at look 1 (n=2): p=1e-05 <= 1.5e-05",
-         "config": {"attn_gate": "headwise", "learning_rate": 0.02, "n_layer": 2}, "baseline_config":
-             {"attn_gate": "none", "learning_rate": 0.02, "n_layer": 2}},
-        {"baseline": "none", "text": "open (look 3 of 4)", "config": {"attn_gate": "const", "learning_rate": 0.02},
-         "baseline_config": {"attn_gate": "none", "learning_rate": 0.02}}]}
-    out = annotate(table, log)
-    assert out["seq_stop"].tolist() == ["open (look 3 of 4)", "decided at look 1 (n=2): p=1e-05 <= 1.5e-05",
-                                        "baseline (n=4)"]
-    assert "seq_stop" not in table.columns  # a copy
-    other_lr = table.assign(learning_rate=0.03)
-    assert annotate(other_lr, log)["seq_stop"].tolist() == ["", "", ""]
-
-
+# ---------------------------------------------------------------- the decision log
 def test_decisions_for_spec_reads_the_sweeps_log(tmp_path: Path):
     (tmp_path / "spec.yaml").write_text("name: seqdemo\nstage: s\n")
     assert decisions_for_spec(tmp_path / "spec.yaml", runs_root=tmp_path / "runs") is None
@@ -223,5 +206,6 @@ def test_a_raised_level_applies_to_earlier_looks_too():
     assert db.history[0].p > half and (db.status, db.look, db.alpha_j) == (DECIDED, 2, 0.025)
     assert da.history[1].p > 0.9
     assert (da.status, da.look, da.n, da.stopped_at, da.alpha_j) == (DECIDED, 1, 2, 2, 0.05)
-    assert da.text(2).startswith("decided at look 1 (n=2)")
+    # the decision was reached at look 2, on the data of look 1: the text says both
+    assert da.text(2).startswith("decided at look 2 (data of look 1, n=2, crossed after Holm recycling): p=")
     assert out.required() == {"a": 4, "b": 4, "none": 4}  # it ran 4 seeds before it stopped

@@ -39,14 +39,52 @@ def test_compare_uses_paired_t_when_seeds_match_and_pairs_by_seed():
     assert c.delta_pct == pytest.approx(100 * c.delta / np.mean(list(base.values())))
 
 
-@pytest.mark.parametrize("gate_seeds", [(1, 2, 4), (1, 2), (7, 8, 9)])
-def test_compare_falls_back_to_welch_unless_all_seeds_match(gate_seeds):
+@pytest.mark.parametrize("gate_seeds", [(1, 2, 4), (1, 2), (2, 3)])
+def test_compare_pairs_on_the_seeds_both_ran(gate_seeds):
+    """A group that ran a subset (or another set) of the baseline's seeds is tested paired on the
+    common ones: Δ is the mean of those differences, the CI and p are ttest_rel's over them."""
+    base = {1: 3.30, 2: 3.31, 3: 3.29}
+    group = dict(zip(gate_seeds, [3.27, 3.28, 3.26]))
+    common = sorted(set(group) & set(base))
+    c = compare(group, base)
+    g, b = [group[s] for s in common], [base[s] for s in common]
+    res = sps.ttest_rel(g, b)
+    ci = res.confidence_interval(0.95)
+    assert (c.test, c.n_pairs) == (PAIRED, len(common))
+    assert c.p_value == pytest.approx(res.pvalue, rel=1e-12)
+    assert (c.ci_low, c.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-12)
+    assert c.delta == pytest.approx(np.mean(g) - np.mean(b), rel=1e-12)
+    assert c.delta_pct == pytest.approx(100 * c.delta / np.mean(b), rel=1e-12)
+
+
+def test_a_six_seed_arm_against_an_eight_seed_baseline_is_paired_on_six():
+    """The sequential design's case: Δ is over the 6 pairs, not mean(6 seeds) - mean(8 seeds)."""
+    base = dict(enumerate([3.5645, 3.5930, 3.5754, 3.5841, 3.5691, 3.5467, 3.5730, 3.5837]))
+    arm = dict(enumerate([3.4797, 3.4963, 3.4691, 3.4819, 3.5058, 3.4525]))
+    c = compare(arm, base)
+    d = [arm[s] - base[s] for s in range(6)]
+    assert (c.test, c.n_pairs) == (PAIRED, 6)
+    assert c.p_value == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue, rel=1e-12)
+    assert c.delta == pytest.approx(np.mean(d), rel=1e-12)
+    assert c.delta != pytest.approx(np.mean(list(arm.values())) - np.mean(list(base.values())), rel=1e-3)
+
+
+@pytest.mark.parametrize("gate_seeds", [(1, 4, 5), (7, 8, 9), (7, 8)])
+def test_compare_falls_back_to_welch_below_two_common_seeds(gate_seeds):
     base = {1: 3.30, 2: 3.31, 3: 3.29}
     values = [3.27, 3.28, 3.26][: len(gate_seeds)]
     c = compare(dict(zip(gate_seeds, values)), base)
     expected = sps.ttest_ind(values, list(base.values()), equal_var=False).pvalue
-    assert c.test == WELCH
+    assert (c.test, c.n_pairs) == (WELCH, 0)
     assert c.p_value == pytest.approx(expected)
+    assert c.delta == pytest.approx(np.mean(values) - np.mean(list(base.values())))
+
+
+def test_a_seed_without_a_finite_value_is_not_common():
+    base = {1: 3.30, 2: 3.31, 3: 3.29}
+    c = compare({1: 3.27, 2: float("nan"), 3: 3.26}, base)
+    assert (c.test, c.n_pairs) == (PAIRED, 2)
+    assert c.p_value == pytest.approx(sps.ttest_rel([3.27, 3.26], [3.30, 3.29]).pvalue)
 
 
 def test_compare_single_run_has_delta_but_no_test():
@@ -121,3 +159,25 @@ def test_adjust_p_leaves_undefined_out_of_the_family():
     assert adjust_p([]) == [] and math.isnan(adjust_p([math.nan])[0])
     with pytest.raises(ValueError, match="holm, bh, none"):
         adjust_p([0.1], "bonferroni")
+
+
+def test_every_user_of_the_pairing_rule_pairs_on_the_common_seeds():
+    """sequential.p_value (the design's test) equals the table's; power pools the differences over the
+    common seeds; the time-matched reading takes each common seed at its own baseline time."""
+    from analysis import power
+    from analysis.sequential import p_value
+    from analysis.timematch import Curve, time_matched
+
+    base = {0: 3.30, 1: 3.31, 2: 3.29, 3: 3.305}
+    arm = {0: 3.27, 1: 3.285, 2: 3.262}  # stopped at 3 seeds, the baseline went on to 4
+    assert p_value(arm, base) == pytest.approx(compare(arm, base).p_value, rel=1e-12)
+    assert p_value(arm, base) == pytest.approx(sps.ttest_rel([3.27, 3.285, 3.262], [3.30, 3.31, 3.29]).pvalue, rel=1e-12)
+    spread = power.pooled_spread([(arm, base)])
+    assert spread.paired and spread.df == 2
+    assert spread.sd == pytest.approx(np.std([-0.03, -0.025, -0.028], ddof=1))
+    curve = Curve(np.array([0.0, 4000.0]), np.array([5.0, 3.0]), True)
+    curves = {"r0": curve, "r1": curve, "r9": curve}
+    points = {0: (1000.0, 4.6), 1: (2000.0, 4.4), 2: (3000.0, 4.2)}
+    values, _, note = time_matched({0: "r0", 1: "r1", 9: "r9"}, points, curves)
+    # seeds 0 and 1 at their own baseline's time; seed 9 (no baseline run) at the mean, 2000 ms
+    assert note == "" and values == pytest.approx({0: 4.5, 1: 4.0, 9: 4.0})

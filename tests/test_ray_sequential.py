@@ -20,7 +20,7 @@ from trainer.synth import write_synth_dataset
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 BASE = {"preset": "tiny", "n_embd": 32, "sequence_length": 64, "batch_size": 8, "device_batch_size": 8,
-        "val_tokens": 2048, "num_iterations": 2, "warmdown_iters": 1, "val_every": 0, "learning_rate": 1e-6,
+        "val_tokens": 2048, "num_iterations": 2, "warmdown_iters": 1, "val_every": 0, "learning_rate": 1e-50,
         "train_files": "data/synth/synth_train_*.bin", "val_files": "data/synth/synth_val_*.bin"}
 
 

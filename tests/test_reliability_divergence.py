@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
@@ -34,7 +35,6 @@ def test_diverging_trial_fails_cleanly_and_the_sweep_continues(tmp_path: Path, m
     env = cli_env(mlflow_server.uri)
     res = gatesweep(["run", "spec.yaml"], tmp_path, env)
     assert res.returncode == 1, res.stdout + res.stderr  # not every trial finished
-    assert res.stdout.splitlines()[-1] == f"sweep {name}: 1 finished, 1 not (FAILED); records in runs/{name}"
     by_lr = {}
     for d in trial_dirs(tmp_path, name):
         lr = float(re.search(r'"learning_rate": ([^,\n]+)', (d / "trial.json").read_text())[1])
@@ -43,6 +43,10 @@ def test_diverging_trial_fails_cleanly_and_the_sweep_continues(tmp_path: Path, m
     st = local_status(bad)
     m = re.fullmatch(r"non-finite loss at step (\d+)", st["reason"])
     assert st["status"] == "FAILED" and m, st
+    # the sweep's last line says which trial did not finish and why (issue #24 item 8)
+    label = json.loads((bad / "trial.json").read_text())["trial"]["label"]
+    assert res.stdout.splitlines()[-1] == (f"sweep {name}: 1 finished, 1 not (FAILED {bad.name} ({label} seed=0): "
+                                           f"{st['reason']}); records in runs/{name}")
     step = int(m[1])
     assert 1 <= step <= 20
     log = (bad / "logs" / f"{bad.name}.txt").read_text()

@@ -258,11 +258,15 @@ TRAINER_TINY = ["preset=tiny", "vocab_size=64", "n_embd=32", "n_head=2", "sequen
     ("run_id=a/b", "run_id='a/b' must be a plain name"),
 ])
 def test_a_config_cannot_write_outside_the_project(tmp_path: Path, override: str, expect: str):
-    """A trainer started by hand and a spec (file or command line) alike: refused with one line naming the
-    key, before anything is written; nothing appears outside the project."""
+    """A trainer's config file and a spec (file or command line) alike: refused with one line naming the
+    key, before anything is written; nothing appears outside the project. (A path typed as key=value on
+    the trainer's own command line is the person's choice: test_paths_typed_on_the_trainers_command_line.)"""
     project, outside = _project(tmp_path), tmp_path / "outside"
     override, expect = override.format(outside=outside), expect.format(outside=outside)
-    runs = [subprocess.run([PYTHON, "-m", "trainer", *TRAINER_TINY, override], cwd=project, env=cli_env(),
+    key, _, value = override.partition("=")
+    (project / "mine.yaml").write_text(yaml.safe_dump({key: value}))
+    trainer = ["mine.yaml"] if not key == "run_id" else [override]  # run_id: a plain name, typed or not
+    runs = [subprocess.run([PYTHON, "-m", "trainer", *trainer, *TRAINER_TINY], cwd=project, env=cli_env(),
                            capture_output=True, text=True, timeout=120),
             gatesweep(["plan", "spec.yaml", override], project, cli_env())]
     if not override.startswith("run_id"):  # a spec's run_id is the trial id: not a spec key
@@ -285,6 +289,36 @@ def test_writing_outside_the_project_on_purpose(tmp_path: Path):
                          cwd=project, env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (outside / "r.csv").read_text().splitlines()[1].startswith('"far",')
+
+
+def test_paths_typed_on_the_trainers_command_line_and_under_configured_roots(tmp_path: Path):
+    """Issue #24 item 7: what the person running the command chose is theirs - a path typed as key=value on
+    the trainer's command line, and for specs too anything under $SCRATCH or GATESWEEP_OUTPUT_ROOTS."""
+    project, scratch = _project(tmp_path), tmp_path / "scratch"
+    env = cli_env(GATESWEEP_TRACKING="local")
+    env.pop("SCRATCH", None)
+    env.pop("GATESWEEP_OUTPUT_ROOTS", None)
+    res = subprocess.run([PYTHON, "-m", "trainer", *TRAINER_TINY, "run_id=typed", f"out_dir={scratch}/o",
+                          f"results_csv={scratch}/typed.csv"], cwd=project, env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (scratch / "o" / "logs" / "typed.txt").is_file() and (scratch / "o" / "track" / "status.json").is_file()
+    assert (scratch / "typed.csv").read_text().splitlines()[1].startswith('"typed",')
+    # a spec's path outside the project: refused, unless it lies under a configured root
+    spec = yaml.safe_load((project / "spec.yaml").read_text())
+    spec["base"]["results_csv"] = f"{scratch}/sweep.csv"
+    (project / "far.yaml").write_text(yaml.safe_dump(spec))
+    refused = gatesweep(["plan", "far.yaml"], project, env)
+    assert refused.returncode == 2 and "is outside the project directory" in refused.stderr
+    assert "GATESWEEP_OUTPUT_ROOTS" in refused.stderr
+    elsewhere = cli_env(GATESWEEP_TRACKING="local", GATESWEEP_OUTPUT_ROOTS=f"/nonexistent:{tmp_path / 'other'}")
+    assert gatesweep(["plan", "far.yaml"], project, elsewhere).returncode == 2
+    listed = cli_env(GATESWEEP_TRACKING="local", GATESWEEP_OUTPUT_ROOTS=f"/nonexistent:{scratch}")
+    assert gatesweep(["plan", "far.yaml"], project, listed).returncode == 0
+    run = gatesweep(["run", "far.yaml", "--backend", "local"], project, cli_env(GATESWEEP_TRACKING="local",
+                                                                                SCRATCH=str(scratch)))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len((scratch / "sweep.csv").read_text().splitlines()) == 2  # the trial's row, under $SCRATCH
 
 
 def test_notes_reach_results_csv_as_one_quoted_field(tmp_path: Path):

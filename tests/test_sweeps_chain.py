@@ -193,3 +193,27 @@ def test_plan_on_a_missing_sqlite_store_creates_nothing(tmp_path: Path):
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)[0]["config"]["learning_rate"] == 0.00468
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.mlflow
+def test_plan_says_whether_a_chained_value_is_the_fallback(tmp_path: Path, mlflow_server):
+    """Issue #24 item 8: a chained learning rate that is the spec's fallback (the source stage has not run)
+    looks like any other number in the trial table; plan says which it is."""
+    ran, never = unique("stage2"), unique("stage2")
+    _log_stage(mlflow_server.uri, ran, STAGE2)
+    env = cli_env(mlflow_server.uri)
+    for stage, line in (
+            (ran, f"resolved: learning_rate=0.00432: the best final_val_loss of stage '{ran}' where "
+                  f"attn_gate=elementwise ({len(STAGE2)} runs)"),
+            (never, f"resolved: learning_rate=0.00468 is the fallback: stage '{never}' has no runs in the tracking "
+                    f"store; once it has run, learning_rate is taken from its best final_val_loss where "
+                    f"attn_gate=elementwise")):
+        (tmp_path / "spec.yaml").write_text(
+            "name: chained\nbase: {preset: tiny, learning_rate: {from: " + stage
+            + ", where: {attn_gate: elementwise}, fallback: 0.00468}}\nseeds: [0]\n")
+        res = gatesweep(["plan", "spec.yaml"], tmp_path, env)
+        assert res.returncode == 0 and line in res.stdout.splitlines(), res.stdout
+        dry = gatesweep(["run", "spec.yaml", "--dry-run", "--backend", "local"], tmp_path, env)
+        assert f"# {line}" in dry.stdout.splitlines(), dry.stdout
+    res = gatesweep(["plan", "spec.yaml"], tmp_path, cli_env())  # the default sqlite store, not created yet
+    assert f"stage '{never}' has no runs (the tracking store does not exist yet)" in res.stdout

@@ -84,7 +84,8 @@ def test_dry_run_prints_local_commands_and_writes_nothing(spec_dir, mlflow_serve
     for i, t in enumerate(trials):
         assert lines[2 * i] == f"# trial {i} {t.trial_id} {t.label} seed={t.seed}"
         assert shlex.split(lines[2 * i + 1]) == [PYTHON, "-m", "trainer", f"runs/{name}/{t.trial_id}/trial.json"]
-    assert lines[-1] == "4 trials, up to 2 at a time; 0.0 GPU-hours estimated"
+    assert lines[-1] == ("4 trial(s) to run (0 finished and 0 running elsewhere skipped), up to 2 at a time; "
+                         "0.0 GPU-hours estimated")
     assert cwd_snapshot(cwd) == before  # no runs/, no trial.json, no mlflow.db
     assert count_all_runs(mlflow_server.uri) == runs_before
     assert client(mlflow_server.uri).get_experiment_by_name(f"gs-{name}") is None
@@ -96,7 +97,8 @@ def test_dry_run_of_a_multi_gpu_spec_uses_torchrun(tmp_path: Path):
     cmds = [shlex.split(ln) for ln in res.stdout.splitlines() if not ln.startswith("#")][:-1]
     assert len(cmds) == 16
     assert all(c[:5] == [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8"] for c in cmds)
-    assert res.stdout.splitlines()[-1] == "16 trials, up to 1 at a time; 5.1 GPU-hours estimated"
+    assert res.stdout.splitlines()[-1] == ("16 trial(s) to run (0 finished and 0 running elsewhere skipped), up to 1 "
+                                           "at a time; 5.1 GPU-hours estimated")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -2,9 +2,10 @@
 the real CLI in a fresh directory, a real sqlite MLflow store.
 
 The design makes the outcome certain without depending on luck: two comparisons, each with its own
-baseline. At learning rate 1e-6 and 2 steps the gate cannot act (the attention output projection starts
-at zero), so on the plain path (`fast: false`; the fast paths' batched Muon rounds differently once the
-graphs differ) const and none end bitwise equal: no spread, never decided, seeds go on to max. At 0.1
+baseline. At learning rate 1e-50 no parameter ever moves (every update underflows float32; proved in
+tests/test_trainer_frozen_lr.py), so the attention output projection stays at its zero init, the gate
+cannot act, and const and none end bitwise equal on any CPU: no spread, never decided, seeds go on to max.
+(At 1e-6 the tie depended on the CPU's float32 rounding: AVX-512 and AVX2 kernels differed.) At 0.1
 the const gate is worse by ~0.014 nats at every seed (sd ~0.003): p = 0.002 at the first look's 4 seeds
 against a Pocock level of 0.019, decided there, and neither it nor its baseline gets another seed.
 """
@@ -26,13 +27,13 @@ BASE = {"preset": "tiny", "n_embd": 32, "sequence_length": 64, "batch_size": 8, 
         "val_tokens": 2048, "num_iterations": 2, "warmdown_iters": 1, "val_every": 0, "fast": False,
         "train_files": "data/synth/synth_train_*.bin", "val_files": "data/synth/synth_val_*.bin"}
 SEEDS = {"initial": [0, 1, 2, 3], "add": [4, 5], "max": 6, "stop": {"p_adj": 0.05, "spending": "pocock"}}
-FLAT, STEEP = "attn_gate=const learning_rate=1e-06", "attn_gate=const learning_rate=0.1"
+FLAT, STEEP = "attn_gate=const learning_rate=1e-50", "attn_gate=const learning_rate=0.1"
 
 
 def write_workdir(root: Path, name: str, **extra) -> Path:
     write_synth_dataset(root / "data" / "synth", train_tokens=200_000, val_tokens=16_384, num_train_shards=1)
     spec = {"name": name, "stage": name, "base": BASE, "grid": {"attn_gate": ["none", "const"],
-                                                                 "learning_rate": [1e-6, 0.1]},
+                                                                 "learning_rate": [1e-50, 0.1]},
             "seeds": SEEDS, "resources": {"nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10},
             "tracking": {"experiment": f"gs-{name}"},
             "backend": {"default": "local", "local": {"max_parallel": 2}}} | extra
@@ -61,12 +62,12 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
 def test_seeds_are_added_only_where_undecided_and_the_sweep_stops(sweep):
     cwd, name, res = sweep
     assert seeds_run(cwd, name) == {
-        "attn_gate=none learning_rate=1e-06": [0, 1, 2, 3, 4, 5], FLAT: [0, 1, 2, 3, 4, 5],
+        "attn_gate=none learning_rate=1e-50": [0, 1, 2, 3, 4, 5], FLAT: [0, 1, 2, 3, 4, 5],
         "attn_gate=none learning_rate=0.1": [0, 1, 2, 3], STEEP: [0, 1, 2, 3]}
     out = res.stdout
     assert "look 1: 16 trial(s) needed by now" in out and "look 2: 20 trial(s) needed by now" in out
     assert f"{STEEP} vs attn_gate=none learning_rate=0.1: decided at look 1 (n=4): p=" in out
-    assert f"{FLAT} vs attn_gate=none learning_rate=1e-06: undecided at max n=6: p undefined" in out
+    assert f"{FLAT} vs attn_gate=none learning_rate=1e-50: undecided at max n=6: p undefined" in out
     assert "every comparison stopped; 20 of 24 planned trials were needed" in out
 
 
@@ -116,23 +117,24 @@ def test_a_rerun_starts_nothing_and_plan_shows_the_looks(sweep):
 def test_the_table_says_which_rows_stopped_when_and_why(sweep):
     cwd, name, _ = sweep
     from analysis.fetch import fetch_runs
-    from analysis.sequential import annotate, decisions_for_spec
+    from analysis.seq_table import annotate
+    from analysis.sequential import decisions_for_spec
     from analysis.table import stage_table
 
     runs = fetch_runs([f"gs-{name}"], tracking_uri=f"sqlite:///{cwd}/mlflow.db")
     table = annotate(stage_table(runs), decisions_for_spec(cwd / "spec.yaml", runs_root=cwd / "runs"))
     rows = {(r["attn_gate"], r["learning_rate"]): r["seq_stop"] for _, r in table.iterrows()}
     assert rows[("const", 0.1)].startswith("decided at look 1 (n=4): p=")
-    assert rows[("const", 1e-6)].startswith("undecided at max n=6")
-    assert rows[("none", 0.1)] == "baseline (n=4)" and rows[("none", 1e-6)] == "baseline (n=6)"
+    assert rows[("const", 1e-50)].startswith("undecided at max n=6")
+    assert rows[("none", 0.1)] == "baseline (n=4)" and rows[("none", 1e-50)] == "baseline (n=6)"
     n = {(r["attn_gate"], r["learning_rate"]): r["n"] for _, r in table.iterrows()}
-    assert n[("const", 0.1)] == 4 and n[("const", 1e-6)] == 6
-    assert math.isnan(table.set_index(["attn_gate", "learning_rate"]).loc[("const", 1e-6), "p_value"])
+    assert n[("const", 0.1)] == 4 and n[("const", 1e-50)] == 6
+    assert math.isnan(table.set_index(["attn_gate", "learning_rate"]).loc[("const", 1e-50), "p_value"])
 
 
 def test_a_dry_run_shows_the_looks_and_the_first_look_and_writes_nothing(tmp_path: Path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(
-        {"name": "dry", "base": BASE, "grid": {"attn_gate": ["none", "const"], "learning_rate": [1e-6, 0.1]},
+        {"name": "dry", "base": BASE, "grid": {"attn_gate": ["none", "const"], "learning_rate": [1e-50, 0.1]},
          "seeds": SEEDS, "resources": {"nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1}}))
     res = gatesweep(["run", "spec.yaml", "--dry-run"], tmp_path, cli_env(SQLITE))
     assert res.returncode == 0, res.stderr

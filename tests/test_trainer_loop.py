@@ -176,11 +176,11 @@ def test_a_nan_in_an_early_micro_batch_fails_that_step(tmp_path: Path, monkeypat
 
 def test_runs_started_by_hand_keep_separate_records(tmp_path: Path):
     """Two `python -m trainer` runs in one out_dir (the reference's logs/ and experiments/) get a
-    record each under runs/adhoc/<run_id>/track: nothing merges into one record or one MLflow run."""
+    record each under runs/manual/<run_id>/track: nothing merges into one record or one MLflow run."""
     cfg = data_cfg(tmp_path, num_iterations=3, warmdown_iters=1)
     args = cli_args(cfg) + ["run_id="]
     assert main(args) == 0 and main(args) == 0
-    records = sorted((tmp_path / "out" / "runs" / "adhoc").glob("*/track"))
+    records = sorted((tmp_path / "out" / "runs" / "manual").glob("*/track"))
     assert len(records) == 2
     for rec in records:
         assert read_json(rec / "status.json")["status"] == "FINISHED"

@@ -255,9 +255,9 @@ def close_matches(word: str, options: Sequence[str], n: int = 3, cutoff: float =
     return difflib.get_close_matches(word, list(options), n=n, cutoff=cutoff)
 
 
-def did_you_mean(word: str, options: Sequence[str], n: int = 2) -> str:
+def did_you_mean(word: str, options: Sequence[str], n: int = 2, cutoff: float = 0.6) -> str:
     """` (did you mean 'a' or 'b'?)`, or '' when nothing is close (spec, schema and search messages)."""
-    close = close_matches(word, options, n=n)
+    close = close_matches(word, options, n=n, cutoff=cutoff)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 

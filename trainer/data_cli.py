@@ -5,11 +5,11 @@ Errors are raised (DataError); the top-level CLI prints them and exits 2.
 
 from __future__ import annotations
 
-import argparse
+from trainer.cli_parser import Parser
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gatesweep data", description="Make or fetch token shards.")
+def _parser() -> Parser:
+    p = Parser(prog="gatesweep data", description="Make or fetch token shards.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="synthetic shards with a known Bayes-optimal loss (tiny CPU runs)")

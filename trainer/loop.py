@@ -181,6 +181,8 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
                           "n_gpus": str(env.world_size), "gatesweep.run_uid": run_id})
     if state is not None and log:
         log.line(f"resumed from step {start_step} ({ckpt_dir / checkpoint.LATEST})")
+    if state is not None and env.is_main:  # on the console too: a rerun that resumes says so
+        logger.info(f"run {run_id}: resumed from step {start_step} of {N} ({ckpt_dir / checkpoint.LATEST})")
     if cache_note and env.is_main:  # console lines, as the reference prints its own; the log keeps its format
         logger.info(cache_note)
     t_setup = time.perf_counter()

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.config import SECTIONS, TrainConfig
-from trainer.errors import STORAGE_ERRNOS, ExitCode, GatesweepError
+from trainer.config import SECTIONS, TrainConfig, did_you_mean
+from trainer.errors import STORAGE_ERRNOS, ConfigError, ExitCode, GatesweepError
 from trainer.overrides import resolve
 from trainer.paths import check_writable, confine, storage_error
-from trainer.record import sync_timeout
+from trainer.record import record_run_ids, sync_timeout
 from trainer.runlog import start_nvidia_smi
 from trainer.startup import StartupClock
 from trainer.tracking import NullTracker, Tracker, make_tracker
@@ -44,18 +44,43 @@ def trial_tags(meta: dict) -> dict[str, str]:
     return tags
 
 
+MANUAL_ROOT = Path("runs") / "manual"  # hand runs' own directories, beside the launchers' runs/<spec>/
+
+
+def hand_run_dirs(cfg: TrainConfig, meta: dict, env: DistEnv) -> tuple[TrainConfig, Path]:
+    """(config, record directory) of this run. A launcher's trial writes into its own out_dir. A run
+    started by hand gets a directory of its own, so that two runs never merge into one record (nor one
+    MLflow run on `gatesweep sync`): with out_dir the project directory (the default) everything goes to
+    runs/manual/<run_id>/ (logs, checkpoints, track/, curve.csv), where the same run_id resumes; without
+    a run_id, in an out_dir the person chose, the record goes to <out_dir>/runs/manual/<run_id>/track."""
+    out = Path(cfg.run.out_dir)
+    if "trial_id" in meta:
+        return cfg, out / "track"
+    from trainer.loop import shared_run_id
+
+    given = bool(cfg.run.run_id)
+    cfg = cfg.override({"run_id": shared_run_id(cfg, env)}, source="run id")
+    if os.path.abspath(out) == os.getcwd():
+        own = MANUAL_ROOT / cfg.run.run_id
+        return cfg.override({"out_dir": str(own)}, source="hand run"), own / "track"
+    if not given:
+        return cfg, out / MANUAL_ROOT / cfg.run.run_id / "track"
+    _refuse_shared_record(out / "track", cfg.run.run_id)
+    return cfg, out / "track"
+
+
+def _refuse_shared_record(root: Path, run_id: str) -> None:
+    """A record another run id wrote into is not this run's: refuse before anything is written."""
+    others = [r for r in record_run_ids(root) if r != run_id]
+    if others:
+        raise ConfigError(f"out_dir={root.parent}: its record {root} belongs to run {others[0]}; run_id={run_id} "
+                          f"would merge into it. Use run_id={others[0]} to resume that run, another out_dir, or "
+                          "leave out_dir out (each hand run then gets runs/manual/<run_id>/)")
+
+
 def open_record(cfg: TrainConfig, meta: dict, argv: list[str], env: DistEnv) -> tuple[TrainConfig, Tracker]:
     """The run's tracker (rank 0), tagged with the trial, with the config file as an artifact."""
-    root = Path(cfg.run.out_dir) / "track"  # a launcher's trial: out_dir is the trial's own directory
-    if "trial_id" not in meta and not cfg.run.run_id:
-        # a run started by hand without a run_id shares out_dir with every other such run (the
-        # reference's logs/ and experiments/): its record gets a directory of its own, so two runs
-        # never merge into one record (and one MLflow run on `gatesweep sync runs/`). A run given
-        # a run_id keeps out_dir/track, where a restart with the same run_id resumes it.
-        from trainer.loop import shared_run_id
-
-        cfg = cfg.override({"run_id": shared_run_id(cfg, env)}, source="run id")
-        root = Path(cfg.run.out_dir) / "runs" / "adhoc" / cfg.run.run_id / "track"
+    cfg, root = hand_run_dirs(cfg, meta, env)
     tracker = make_tracker(root) if env.is_main else NullTracker()
     tracker.set_tags(trial_tags(meta))
     for arg in argv:  # the resolved config file (trial.json / YAML) travels with the run
@@ -64,10 +89,19 @@ def open_record(cfg: TrainConfig, meta: dict, argv: list[str], env: DistEnv) -> 
     return cfg, tracker
 
 
-def main(argv: list[str], prog: str = "python -m trainer") -> int:
+OPTIONS = ("-h", "--help", "--help-config", "--print-config")
+
+
+def main(argv: list[str], prog: str = "python -m trainer", verbosity: int = 0) -> int:
+    """verbosity: -1 warnings only (gatesweep train -q), 0 the console lines, 1 debug logs too (-v)."""
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE.format(prog=prog))
         return ExitCode.OK
+    stray = [a for a in argv if a.startswith("-") and "=" not in a and a not in OPTIONS]
+    if stray:  # else "--dryrun" would be read as a config file's name
+        print(f"error: {prog}: unknown option {stray[0]}{did_you_mean(stray[0], OPTIONS, n=1, cutoff=0.7)}\n"
+              f"usage: {prog} [CONFIG.yaml|trial.json] [key=value ...]  ({prog} -h for every option)", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     if "--help-config" in argv:
         from trainer.config_help import help_text
 
@@ -76,12 +110,14 @@ def main(argv: list[str], prog: str = "python -m trainer") -> int:
     if "--print-config" in argv:
         return _print_config([a for a in argv if a != "--print-config"])
     startup = StartupClock()  # where start-up time goes: one console line after the first step
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
     try:
         with startup.phase("config"):
             cfg, meta = resolve(argv)  # a bad config fails here, before torch is imported (~3 s)
             source = next((a for a in argv if "=" not in a), "command line")
-            confine(cfg, source=source)  # out_dir and results_csv stay inside the project directory
+            # out_dir and results_csv stay inside the project (or a configured root), unless typed here
+            confine(cfg, source=source, typed=frozenset(a.split("=", 1)[0].strip().rsplit(".", 1)[-1] for a in argv if "=" in a))
             check_writable(cfg.run.out_dir, "out_dir")
             check_writable(cfg.run.results_csv, "results_csv")
             sync_timeout()  # GATESWEEP_SYNC_TIMEOUT is read at the run's end: a bad value is refused now

@@ -24,7 +24,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainer.errors import STORAGE_ERRNOS
+from trainer.errors import STORAGE_ERRNOS, DataError
 from trainer.mlflow_sqlite import metric_writer
 from trainer.record import (
     KEPT_ON_NEW_STORE,
@@ -33,6 +33,7 @@ from trainer.record import (
     metric_chunks,
     read_json,
     record_pending,
+    record_run_ids,
     sync_timeout,
     write_json,
 )
@@ -47,14 +48,22 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# MLflow's experiment kind: these experiments hold training runs, not GenAI traces (sweeps.mlflow_ui says
+# what the 3.17 UI does with it)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id; created (or restored) as a training-runs experiment if need be."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND[0] not in exp.tags:  # made before gatesweep set the kind; never overrides a choice
+            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -147,6 +156,11 @@ def record_uri(root: str | os.PathLike[str], explicit: str | None = None) -> str
 def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -> dict[str, Any]:
     """Deliver whatever of the record MLflow lacks. Raises on connection errors (callers retry)."""
     root = Path(root)
+    writers = record_run_ids(root)
+    if len(writers) > 1:  # their points would interleave in one MLflow run (train_loss 1..45, then 1..5)
+        raise DataError(f"{root}: this record holds {len(writers)} runs ({', '.join(writers)}), not one; delivering "
+                        "it would merge them into one MLflow run. Nothing was sent: keep the runs apart (each hand "
+                        "run gets runs/manual/<run_id>/) and rerun them, or move this record aside")
     state_path = root / "mlflow.json"
     state = read_json(state_path) or {}
     uri = record_uri(root, tracking_uri)

@@ -7,9 +7,11 @@ resolved against the working directory - the project root, for the CLI and for e
 jobs and Ray workers run in the launcher's directory) - and refused with the key and the fix when
 they leave it. (`run_id`, a file name under out_dir, is checked in trainer.config: a plain name.)
 
-GATESWEEP_ALLOW_OUTSIDE_PATHS=1 turns the check off, for layouts that keep outputs elsewhere on
-purpose (e.g. an absolute path on a scratch filesystem). A symlink inside the project counts as
-inside: it was placed by the project's owner, not by a spec.
+What the person running the command chose is not confined: a path typed as key=value on the trainer's
+own command line (`python -m trainer out_dir=/scratch/me/run1`), and anything under a configured root -
+$SCRATCH (a cluster's scratch filesystem) and every directory in GATESWEEP_OUTPUT_ROOTS (os.pathsep-
+separated) - for specs too. GATESWEEP_ALLOW_OUTSIDE_PATHS=1 turns the check off altogether. A symlink
+inside the project counts as inside: it was placed by the project's owner, not by a spec.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from trainer.runlog import RESULTS_FIX, results_file_problem
 from trainer.yamlsafe import short
 
 ALLOW_ENV = "GATESWEEP_ALLOW_OUTSIDE_PATHS"
+ROOTS_ENV = "GATESWEEP_OUTPUT_ROOTS"
 WRITTEN_KEYS = ("out_dir", "results_csv")
 
 
@@ -35,22 +38,37 @@ def inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
     return Path(os.path.realpath(full)).is_relative_to(os.path.realpath(root))  # root reached via a symlink
 
 
+def output_roots(environ: Mapping[str, str]) -> list[Path]:
+    """The configured roots outside the project where runs may write: $SCRATCH, GATESWEEP_OUTPUT_ROOTS."""
+    listed = environ.get(ROOTS_ENV, "").split(os.pathsep) + [environ.get("SCRATCH", "")]
+    return [Path(p) for p in listed if p.strip() and Path(p).is_absolute()]
+
+
 def confine(cfg: TrainConfig, *, source: str, root: str | os.PathLike[str] | None = None,
-            environ: Mapping[str, str] | None = None) -> None:
-    """Raise ConfigError if out_dir or results_csv leaves `root` (default: the working directory), or if
-    results_csv is not a results table the project owns (trainer.runlog.results_file_problem)."""
-    allowed = (os.environ if environ is None else environ).get(ALLOW_ENV, "") == "1"
+            environ: Mapping[str, str] | None = None, typed: frozenset[str] = frozenset()) -> None:
+    """Raise ConfigError if out_dir or results_csv leaves `root` (default: the working directory) and
+    every configured root, or if results_csv is not a results table the project owns
+    (trainer.runlog.results_file_problem). `typed`: keys the person gave on the command line - theirs to
+    choose where, though results_csv must still be a results table."""
+    env = os.environ if environ is None else environ
+    allowed = env.get(ALLOW_ENV, "") == "1"
     root = Path.cwd() if root is None else Path(root)
+    roots = output_roots(env)
     for key in WRITTEN_KEYS if not allowed else ():
         value = getattr(cfg.run, key)
-        if not inside(value, root):
-            default = getattr(RunConfig(), key)
-            raise ConfigError(f"{source}: {key}={short(value, 300)} is outside the project directory {root}; use a path "
-                              f"inside it (e.g. {key}={default}), or set {ALLOW_ENV}=1 to write there on purpose")
-    # a file inside the project can still be one a shell runs (.venv/bin/activate): results_csv must be ours
-    problem = results_file_problem(cfg.run.results_csv, None if allowed else root)
+        if key in typed or inside(value, root) or any(inside(Path(root, value), r) for r in roots):
+            continue
+        default = getattr(RunConfig(), key)
+        configured = f" or under {', '.join(map(str, roots))}" if roots else ""
+        raise ConfigError(f"{source}: {key}={short(value, 300)} is outside the project directory {root}{configured}; "
+                          f"use a path inside it (e.g. {key}={default}), add its filesystem to {ROOTS_ENV} (e.g. "
+                          f"{ROOTS_ENV}=$SCRATCH), type it on the trainer's command line, or set {ALLOW_ENV}=1")
+    # inside the project is not enough: a file there can be one a shell runs (.venv/bin/activate)
+    value = cfg.run.results_csv
+    located = not allowed and "results_csv" not in typed and inside(value, root)
+    problem = results_file_problem(value, root, located=located)
     if problem:
-        raise ConfigError(f"{source}: results_csv={short(cfg.run.results_csv, 300)} {problem}; {RESULTS_FIX}")
+        raise ConfigError(f"{source}: results_csv={short(value, 300)} {problem}; {RESULTS_FIX}")
 
 
 def check_writable(path: str | os.PathLike[str], key: str | None, *, fix: str | None = None) -> None:

@@ -151,6 +151,28 @@ def repair_tail(path: Path) -> None:
         log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted write", path, dropped)
 
 
+RUN_IDS = "run_ids.json"  # every run id that wrote into the record, in order (one, unless two runs shared it)
+RUN_UID_TAG = "gatesweep.run_uid"
+
+
+def note_run_id(root: Path, run_id: str) -> list[str]:
+    """Add `run_id` to the record's list of writers; the list after it."""
+    ids = (read_json(root / RUN_IDS) or {}).get("run_ids", [])
+    if run_id not in ids:
+        ids.append(run_id)
+        write_json(root / RUN_IDS, {"run_ids": ids})
+    return ids
+
+
+def record_run_ids(root: Path) -> list[str]:
+    """The run ids that wrote into a record (older records without the list: the one in tags.json)."""
+    ids = (read_json(root / RUN_IDS) or {}).get("run_ids")
+    if ids:
+        return list(ids)
+    uid = (read_json(root / "tags.json") or {}).get(RUN_UID_TAG)
+    return [uid] if uid else []
+
+
 def sqlite_path(uri: str | None) -> Path | None:
     """The file of a `sqlite:///` URI (relative to the working directory), else None."""
     if not uri or not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):

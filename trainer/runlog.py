@@ -144,21 +144,23 @@ def row_text(row: dict[str, Any]) -> str:
     return redact(buf.getvalue())  # notes are user text
 
 
-def results_file_problem(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> str | None:
-    """Why `path` is not a results table this project owns, or None. Being inside the project is not
-    enough (`results_csv: .venv/bin/activate` appended a row that a shell then ran): a results file is a
-    `.csv` that is not hidden, not executable, a regular file holding our header when it exists (the
-    link's target too, for a symlink), and - with `root` (the project: confinement on) - under its
-    experiments/ or runs/."""
+def results_file_problem(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *,
+                         located: bool = False) -> str | None:
+    """Why `path` (relative to `root`, default the working directory) is not a results table this
+    project owns, or None. Being inside the project is not enough (`results_csv: .venv/bin/activate`
+    appended a row that a shell then ran): a results file is a `.csv` that is not hidden, not executable,
+    a regular file holding our header when it exists (the link's target too, for a symlink), and -
+    `located` (a path the project confines) - under root's experiments/ or runs/."""
+    root = root or os.getcwd()
     p = Path(path)
-    full = Path(os.path.abspath(Path(root or os.getcwd(), p)))
+    full = Path(os.path.abspath(Path(root, p)))
     real = Path(os.path.realpath(full))
     for name in dict.fromkeys((full.name, real.name)):  # a symlink's target too
         if not name.lower().endswith(".csv"):
             return "is not a .csv file" + (f" (a link to {real})" if name == real.name != full.name else "")
         if name.startswith("."):
             return "is a hidden file"
-    if root is not None:
+    if located:
         parts = _below(full, Path(os.path.abspath(root))) or _below(real, Path(os.path.realpath(root)))
         if parts is None or len(parts) < 2 or parts[0] not in RESULTS_DIRS:
             return "is not under the project's experiments/ or runs/"

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainer.record import TERMINAL, read_json, repair_tail, write_json
+from trainer.record import RUN_UID_TAG, TERMINAL, note_run_id, read_json, repair_tail, write_json
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class LocalTracker:
         write_json(self.root / "params.json", merged)
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        if RUN_UID_TAG in tags:  # who writes here: `gatesweep sync` refuses a record two runs wrote into
+            note_run_id(self.root, str(tags[RUN_UID_TAG]))
         merged = {**(read_json(self.root / "tags.json") or {}), **{k: redact(str(v)) for k, v in tags.items()}}
         write_json(self.root / "tags.json", merged)
 

@@ -15,6 +15,7 @@ from sweeps.chain import Chain, empty_store_resolver, mlflow_resolver, stage_rea
 from sweeps.expand import Trial, expand
 from sweeps.spec import SweepSpec, apply_spec_overrides, load_spec
 from sweeps.time_of import TimeOf, mlflow_time_resolver
+from trainer.console import note
 from trainer.overrides import parse_kv
 
 
@@ -116,12 +117,12 @@ def recover(states: list[TrialState], store: SweepStore, spec: str, *, root: Pat
         return
     delivered, failed = deliver_pending(states, store)
     if delivered:
-        print(f"delivered {delivered} ended trial record(s) that a previous launcher had not sent to MLflow")
+        note(f"delivered {delivered} ended trial record(s) that a previous launcher had not sent to MLflow")
     marks = dead_launcher_marks(root / spec)
     if failed or not (search or delivered or marks):
         return
     if store.retire_stale_parents(spec, root / spec):
-        print("a sweep run left RUNNING by a dead launcher was marked KILLED")
+        note("a sweep run left RUNNING by a dead launcher was marked KILLED")
 
 
 __all__ = ["Prepared", "prepare", "with_search", "preflight_trials", "states_for", "retire_stale", "recover",

@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cluster.common.trialdir import local_status
+from trainer.console import quiet
+
 
 def last_step(run_dir: Path) -> int | None:
     """The newest step in a trial's metrics record (reads only the file's tail)."""
@@ -37,6 +40,25 @@ def eta_seconds(durations: list[float], remaining: int, running_elapsed: list[fl
     return left_running + mean * remaining / max(parallel, 1)
 
 
+def outcome_line(title: str, results: dict[str, str], bad: list[tuple[str, str, str]], *, skipped: int = 0,
+                 limit: int = 3) -> str:
+    """A sweep's last line: how many finished and, for the trials that did not, which, how they ended and
+    why - `bad` holds (trial, status, reason) - the first `limit` of them, then a count."""
+    told = [f"{status} {trial}: {reason[:300] or 'no reason recorded'}" for trial, status, reason in bad[:limit]]
+    more = f"; {len(bad) - limit} more: gatesweep status shows them" if len(bad) > limit else ""
+    return (f"sweep {title}: {len(results) - len(bad) - skipped} finished, {len(bad)} not "
+            f"({'; '.join(told) + more if told else '-'})")
+
+
+def failures(states: list[Any], bad: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(trial, status, reason) of the trials in `bad` ({trial_id: status}), the reason from their records."""
+    out = []
+    for s in sorted((s for s in states if s.trial.trial_id in bad), key=lambda s: s.trial.index):
+        t = s.trial
+        out.append((f"{t.trial_id} ({t.label or '-'} seed={t.seed})", bad[t.trial_id], local_status(s.run_dir)[1]))
+    return out
+
+
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -54,7 +76,8 @@ class Progress:
         self.running: dict[str, tuple[float, Path, int]] = {}  # label -> (start, run_dir, num_iterations)
         self._last_plain = ""
         self._live: Any = None
-        if getattr(self.stream, "isatty", lambda: False)():
+        self.silent = quiet()  # -q: the command's result lines only
+        if not self.silent and getattr(self.stream, "isatty", lambda: False)():
             try:
                 from rich.live import Live
 
@@ -113,6 +136,8 @@ class Progress:
 
     def _plain(self, force: bool = False) -> None:
         line = self.summary()
+        if self.silent:
+            return
         if force or line != self._last_plain:
             print(line, file=self.stream, flush=True)
             self._last_plain = line

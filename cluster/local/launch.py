@@ -10,13 +10,16 @@ import sys
 from typing import Any
 
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
+from cluster.common.progress import failures, outcome_line
 from cluster.common.state import DONE, known_runs, split
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
+from cluster.common.ui_links import ui_lines
 from cluster.local.outage import Outage, call_deadline
 from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, trainer_command, visible_gpus
 from cluster.local.warm import WarmTrainer
 from sweeps.expand import gpu_hours
 from sweeps.mlflow_runs import is_server
+from trainer.console import note
 from trainer.cores import check_cpu_ranks
 from trainer.errors import ExitCode
 
@@ -30,25 +33,21 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
     gpus = visible_gpus()  # once: on a GPU machine each call runs nvidia-smi
     check_local(nproc, max_parallel=parallel, trials_per_gpu=per_gpu, gpus=gpus)
     if dry_run:
-        for t in prep.trials:
-            d = trial_dir(t)
-            print(f"# trial {t.index} {t.trial_id} {t.label} seed={t.seed}")
-            print(shlex.join(trainer_command(d / "trial.json", nproc)))  # safe to paste into a shell
-        print(f"{len(prep.trials)} trials, up to {parallel} at a time; "
-              f"{gpu_hours(prep.trials, spec.estimate_ms_per_step):.1f} GPU-hours estimated")
-        return ExitCode.OK
+        return _dry_run(prep, nproc, parallel)
     if not gpus:
         check_cpu_ranks(nproc)  # what each trial's ranks would say, said once and before anything is written
     check_runs_writable(spec.name)
     states = states_for(prep)
     todo, done, busy = split(states)
     if done:
-        print(f"skipping {len(done)} finished trial(s)")
+        note(f"skipping {len(done)} finished trial(s)")
     if busy:
-        print(f"{len(busy)} trial(s) are running in another process; leaving them alone")
+        note(f"{len(busy)} trial(s) are running in another process; leaving them alone")
     store = prep.store
     if not todo:
         recover(states, store, spec.name, search=False)
+        for line in ui_lines(store, spec.name):
+            note(line)
         print(f"nothing to run: {len(done)}/{len(states)} trials finished")
         return ExitCode.OK
     preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
@@ -72,7 +71,7 @@ def _run(prep: Prepared, todo: list, done: list, states: list, warm: WarmTrainer
     spec, store = prep.spec, prep.store
     stale = retire_stale(states, store)
     if stale:
-        print(f"{stale} trial(s) left RUNNING by a dead process: marked KILLED, running again")
+        note(f"{stale} trial(s) left RUNNING by a dead process: marked KILLED, running again")
     recover(states, store, spec.name)
     existing = known_runs(states)
     store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path,
@@ -96,9 +95,26 @@ def _run(prep: Prepared, todo: list, done: list, states: list, warm: WarmTrainer
     if elsewhere:
         print(f"{len(elsewhere)} trial(s) were taken by another launcher meanwhile; leaving them to it")
     bad = {k: v for k, v in results.items() if v not in DONE and k not in elsewhere}
-    print(f"sweep {spec.name}: {len(results) - len(bad) - len(elsewhere)} finished, {len(bad)} not "
-          f"({', '.join(sorted(set(bad.values()))) or '-'}); records in {RUNS_ROOT / spec.name}")
+    for line in ui_lines(store, spec.name, store.parent_id):
+        note(line)
+    print(outcome_line(spec.name, results, failures(states, bad), skipped=len(elsewhere))
+          + f"; records in {RUNS_ROOT / spec.name}")
     return ExitCode.OK if not bad else ExitCode.TRIALS_FAILED
+
+
+def _dry_run(prep: Prepared, nproc: int, parallel: int) -> int:
+    """What a real run would start: finished trials skipped and trials running elsewhere left alone, as
+    the run itself (and Slurm's dry run) decides from the local records; nothing is written."""
+    prep.store.enabled = False  # a dry run creates nothing, not even an empty sqlite store
+    todo, done, busy = split(states_for(prep))
+    for s in todo:
+        t = s.trial
+        print(f"# trial {t.index} {t.trial_id} {t.label} seed={t.seed}" + (f" ({s.status}: runs again)" if s.status else ""))
+        print(shlex.join(trainer_command(trial_dir(t) / "trial.json", nproc)))  # safe to paste into a shell
+    todo_trials = [s.trial for s in todo]
+    print(f"{len(todo)} trial(s) to run ({len(done)} finished and {len(busy)} running elsewhere skipped), up to "
+          f"{parallel} at a time; {gpu_hours(todo_trials, prep.spec.estimate_ms_per_step):.1f} GPU-hours estimated")
+    return ExitCode.OK
 
 
 def _interrupt(signum: int, frame: Any) -> None:

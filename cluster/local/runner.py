@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,7 @@ from cluster.local.courier import Courier
 from cluster.local.outage import LAUNCHED_SYNC_TIMEOUT_S, OFFLINE_ENV, Outage, trainer_http_env
 from cluster.local.warm import WarmError, WarmProc, WarmTrainer
 from sweeps.mlflow_runs import is_server
+from trainer.console import detail, note
 from trainer.main import EXIT_CODES
 from trainer.record import sync_timeout
 
@@ -144,11 +146,14 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
         try:
             proc = warm.start([str(trial_json)], env, os.getcwd(), (log.fileno(), lock._fd))
         except WarmError as e:
-            print(f"note: trial {s.trial.trial_id} starts as a fresh process ({e})", file=sys.stderr)
+            note(f"note: trial {s.trial.trial_id} starts as a fresh process ({e})", err=True)
+    how = f"forked from the warm trainer (pid {warm.proc.pid if warm else '?'})" if proc is not None else "fresh process"
     if proc is None:
         proc = subprocess.Popen(trainer_command(trial_json, nproc), stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, pass_fds=(lock._fd,),
                                 preexec_fn=functools.partial(die_with_parent, os.getpid()))
+    detail(f"start trial {s.trial.trial_id} ({_label(s)}): pid {proc.pid}, {how}: "
+           f"{shlex.join(trainer_command(trial_json, nproc))} > {s.run_dir / 'stdout.log'}")
     return _Running(s, proc, gpus, lock, time.monotonic(), log)
 
 

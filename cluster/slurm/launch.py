@@ -47,6 +47,7 @@ from cluster.slurm.sbatch import (
     setup_lines,
 )
 from cluster.slurm.snapshot import content_hash, git_sha, snapshot_dir, source_root, take_snapshot
+from cluster.slurm.state import controller_down
 from sweeps.expand import Trial, gpu_hours
 from sweeps.mlflow_runs import is_server
 from sweeps.text_table import text_table
@@ -238,6 +239,9 @@ def test_only(prep: Prepared, trials: list[Trial], options: SlurmOptions, sweep_
                 raise BackendUnavailable(f"sbatch --test-only did not answer ({e}); is slurmctld reachable "
                                          "(scontrol ping)?") from None
         if res.returncode != 0:
+            down = controller_down("sbatch --test-only", res.stderr, written="nothing was written or submitted")
+            if down is not None:
+                raise down
             why = next((ln.split("error:", 1)[1].strip() for ln in res.stderr.splitlines() if "error:" in ln),
                        res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}")
             raise BackendError(f"{prep.spec.path}: sbatch --test-only refused job array {k}/{len(plans)} ({why}); "
@@ -294,8 +298,11 @@ def submit(prep: Prepared, todo: list[TrialState], options: SlurmOptions, sweep_
             jobs = ex.submit_array([job(s) for s in states])
         except FailedJobError as e:
             failed = [s for p in plans[k:] for s in (by_id[t.trial_id] for t in p.trials)]
+            down = controller_down("sbatch", str(e), written=f"{len(out)} trial(s) were submitted, rerun to submit the rest")
             for s in failed:
                 set_local_status(s.run_dir, "FAILED", f"sbatch refused the job: {str(e).strip()[:300]}")
+            if down is not None:
+                raise down from None
             raise BackendError(f"sbatch refused the job ({str(e).strip().splitlines()[-1][:300] if str(e).strip() else e}); "
                                f"check partition/account/qos/constraint (backend.slurm.* or --partition ...); "
                                f"{len(out)} trial(s) were submitted, rerun to submit the rest") from None

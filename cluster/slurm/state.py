@@ -7,13 +7,14 @@ is pending or running in squeue (a requeued job keeps its id), or while a local 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from cluster.common.trialdir import RUNS_ROOT, TrialLock, trial_dir
-from cluster.errors import BackendError
+from cluster.errors import BackendError, BackendUnavailable
 from sweeps.expand import Trial
 from trainer.record import read_json
 
@@ -29,6 +30,21 @@ def job_ids(trials: list[Trial], root: Path = RUNS_ROOT) -> dict[Path, str]:
         if info and info.get("job_id"):
             out[d] = str(info["job_id"])
     return out
+
+
+# What Slurm's client commands print when slurmctld does not answer (after their own retries, ~10 s).
+CONTROLLER_DOWN = ("Unable to contact slurm controller", "Socket timed out on send/recv")
+
+
+def controller_down(command: str, stderr: str, *, written: str = "") -> BackendUnavailable | None:
+    """The error to raise (exit 69) when `stderr` of a Slurm client says the controller is unreachable,
+    else None: a down slurmctld is not a partition or account typo, and waiting or restarting it fixes it."""
+    line = next((ln.strip() for ln in stderr.splitlines() if any(m in ln for m in CONTROLLER_DOWN)), "")
+    if not line:
+        return None
+    conf = os.environ.get("SLURM_CONF", "the default slurm.conf")
+    return BackendUnavailable(f"the Slurm controller is unreachable ({command}: {line}); check that slurmctld runs "
+                              f"(`scontrol ping`, SLURM_CONF={conf}) and run again" + (f"; {written}" if written else ""))
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -51,6 +67,9 @@ def squeue_states(ids: list[str]) -> dict[str, str]:
     if res.returncode != 0:
         if "Invalid job id" in res.stderr:  # every id is gone from the controller (MinJobAge passed)
             return {}
+        down = controller_down("squeue", res.stderr)
+        if down is not None:
+            raise down
         raise BackendError(f"squeue failed ({res.stderr.strip()[:200]}); is slurmctld reachable (scontrol ping)?")
     states = {}
     for line in res.stdout.splitlines():

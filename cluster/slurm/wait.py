@@ -13,7 +13,8 @@ import sys
 import time
 
 from cluster.common.delivery import deliver_locked
-from cluster.common.progress import Progress
+from cluster.common.progress import Progress, outcome_line
+from cluster.common.progress import failures as why_not_finished
 from cluster.common.state import DONE, TrialState
 from cluster.common.store import SweepStore
 from cluster.common.trialdir import local_status, set_local_status
@@ -101,6 +102,5 @@ def wait_for(followed: list[tuple[TrialState, str]], store: SweepStore, *, title
                   "a rerun with --wait follows them again", file=sys.stderr)
             raise
     bad = {k: v for k, v in results.items() if v not in DONE}
-    print(f"sweep {title}: {len(results) - len(bad)} finished, {len(bad)} not "
-          f"({', '.join(sorted(set(bad.values()))) or '-'})")
+    print(outcome_line(title, results, why_not_finished([s for s, _ in followed], bad)))
     return not bad
