@@ -3,7 +3,8 @@ records of ended trials to the server, so that the launcher's loop - start trial
 never waits on it (a hung server answers nothing; each request then costs CALL_DEADLINE_S).
 
 While the outage (cluster/local/outage.py) is on, the courier holds its queue and probes the server
-every PROBE_S; the first answer ends the outage. Each trial stays locked until its record is delivered
+every PROBE_S; the first answer ends the outage. At the sweep's end each record left gets one more try
+(after one more probe) and what the server still does not take is left to `gatesweep sync`. Each trial stays locked until its record is delivered
 (or the sweep ends), so no other launcher delivers it at the same time. A file store (sqlite) has no
 courier: the launcher is its single writer and a file does not hang.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from typing import Any
 
@@ -19,7 +22,8 @@ from cluster.common.delivery import deliver
 from cluster.common.trialdir import TrialLock
 from cluster.local.outage import Outage
 
-PROBE_S = 5.0
+PROBE_S = 5.0  # seconds between probes while the server is away
+PROBE_TIMEOUT_S = 2.0
 
 
 class Courier:
@@ -51,28 +55,42 @@ class Courier:
         return left
 
     def _loop(self) -> None:
+        tried_at_close: set[int] = set()
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
-                if not self._queue or (self._closing and self.outage.active):
-                    return
-                state, lock = self._queue[0]
+                if not self._queue or id(self._queue[0]) in tried_at_close:
+                    return  # at the sweep's end every record left has had its last try
+                item, closing = self._queue[0], self._closing
+            if closing:
+                tried_at_close.add(id(item))
             if self.outage.active and not self._answers():
+                if closing:
+                    return  # still away at the end: `gatesweep sync` delivers later
                 self._pause()
                 continue
+            state, lock = item
+            with self._cond:
+                self._queue.popleft()
             if deliver(state.run_dir, self.store, quiet=True):
-                with self._cond:
-                    self._queue.popleft()
                 lock.release()
-            else:
-                self.outage.seen()
+                continue
+            self.outage.seen()  # and the record waits at the back of the queue (one bad record blocks none)
+            with self._cond:
+                self._queue.append(item)
+            if not closing:
+                self._pause()
 
     def _answers(self) -> bool:
-        """One cheap request: does the server answer again? (ends the outage if so)."""
+        """Does the server answer again (any HTTP response to /health, within PROBE_TIMEOUT_S)? Ends the
+        outage if so. A request of its own, not MLflow's: quick even while MLflow's requests would hang."""
         try:
-            self.store.client.get_experiment(self.store.experiment_id)
-        except Exception:  # noqa: BLE001 - any failure means: still away
+            with urllib.request.urlopen(f"{self.store.uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+                pass
+        except urllib.error.HTTPError:
+            pass  # it answered (an error page is an answer: a proxy, an auth layer)
+        except (OSError, ValueError):
             return False
         self.outage.over()
         return True
