@@ -12,21 +12,25 @@ DRY_RUN ?=
 ARGS ?=
 PYTEST_ARGS ?=
 export SLURM_ROOT ?= /tmp/gatesweep-slurm
+# the test cluster's nodes: test hosts with their own address each (scripts/slurm_net.sh); NODES=1: localhost
+NODES ?= 3
+export SLURM_NODES ?= $(NODES)
 export MLFLOW_ROOT ?= /tmp/gatesweep-mlflow
 export RAY_AUTH_MODE ?= disabled
 export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT ?= true
 # pip's local index config prints one warning per package; keep the output readable.
 PIP_QUIET := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
-.PHONY: help setup test lint demo data-synth services-down status test-slurm test-reliability test-ray stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep \
+.PHONY: help setup test lint demo data-synth services-down status test-slurm test-multinode test-reliability test-ray stage1-sweep stage2-sweep stage2_5-sweep stage3-sweep \
         lr-search tables report mlflow-ui mlflow-up mlflow-down slurm-up slurm-down services-up bench clean
 
 help:
 	@echo "make demo     tiny stage-1 sweep on CPU (synthetic data, local MLflow), then the stage table"
 	@echo "make test     set up and run the whole test suite (real Slurm, MLflow server, Ray)"
 	@echo "make stage{1,2,2_5,3}-sweep BACKEND=local|slurm|ray [DRY_RUN=1] [ARGS='key=value ...']"
-	@echo "make lr-search [DRY_RUN=1] | tables | report SPEC=... | status SPEC=... | mlflow-ui | mlflow-up | slurm-up | slurm-down"
-	@echo "make lint | bench (GPU machine) | test-slurm | test-ray | test-reliability"
+	@echo "make lr-search [DRY_RUN=1] | tables | report SPEC=... | status SPEC=... | mlflow-ui | mlflow-up"
+	@echo "make slurm-up [NODES=3] | slurm-down   (the test cluster: NODES test hosts, 8 fake GPUs each)"
+	@echo "make lint | bench (GPU machine) | test-slurm | test-multinode | test-ray | test-reliability"
 
 # ---------------------------------------------------------------- environment
 $(STAMP): pyproject.toml
@@ -82,6 +86,9 @@ test-ray: $(STAMP) services-up
 
 test-slurm: $(STAMP)
 	@bash scripts/slurm_up.sh && source $(SLURM_ROOT)/env.sh && $(PY) -m pytest -q -ra tests/test_slurm_*.py $(PYTEST_ARGS)
+
+test-multinode: $(STAMP)  ## several hosts: needs NODES >= 3
+	@bash scripts/slurm_up.sh && source $(SLURM_ROOT)/env.sh && $(PY) -m pytest -q -ra -k multinode $(PYTEST_ARGS)
 
 lr-search: $(STAMP) data/synth/synth.json
 	$(GS) run sweeps/lr_search.yaml --backend ray $(if $(DRY_RUN),--dry-run) $(ARGS)

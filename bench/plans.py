@@ -112,6 +112,32 @@ def single_card(plan: str, steps: int, ours: dict, work: Path) -> list[Job]:
             mk("cand-none-model-cd", est=120, base="ours-none", compile_mode="model", cd_tuning=True)]
 
 
+def targets(steps: int, ours: dict) -> tuple[list[Job], Job, list[Job]]:
+    """Issue #22's trainer targets on one card: (primes, reference, measured jobs).
+
+    Primes compile our graph families at once (2 steps each, not measured) so that every measured job
+    is a warm start; then the reference runs alone, cold (its compile, coordinate-descent tuning
+    included, has the card to itself); then our jobs one at a time in priority order, each against a
+    baseline of this call: defaults (its start-up is the warm start), the gates with targets, the
+    headwise GEMM placements, coordinate-descent tuning, the baseline again (the spread between two runs
+    of one version)."""
+    def mk(label: str, gate: str = "none", est: float = 20 + 0.15 * steps, base: str = "", n: int = steps,
+           **kw: object) -> Job:
+        g, extra = GATES[gate]
+        return Job(label, "ours", ours | extra | kw, "ours", steps=n, gate=g, est_s=est, baseline=base)
+
+    fam = [("none", {}), ("headwise", {}), ("elementwise", {}), ("headwise", {"gate_gemm": "fused_pad64"}),
+           ("none", {"cd_tuning": True})]
+    primes = [mk(f"prime-{g}" + "".join(f"-{k}={v}" for k, v in kw.items()), g, n=2, **kw) for g, kw in fam]
+    ref = Job("ref-cold", "ref", cache="ref", steps=steps, est_s=225 + 0.16 * steps)
+    measured = [mk("ours-none-warm"), mk("ours-headwise", "headwise"), mk("ours-elementwise", "elementwise"),
+                mk("cand-none-cd_tuning", base="ours-none-warm", cd_tuning=True),
+                mk("cand-headwise-fused_pad64", "headwise", base="ours-headwise", gate_gemm="fused_pad64"),
+                mk("cand-none-repeat", base="ours-none-warm", seed=1),
+                mk("cand-headwise-separate_pad8", "headwise", est=60, base="ours-headwise", gate_gemm="separate_pad8")]
+    return primes, ref, measured
+
+
 def study_jobs(steps: int, ours: dict) -> list[Job]:
     """The study config (32 x 1024 tokens on the offline corpus) per gate variant, one at a time."""
     return [Job(f"study-{name}", "ours", ours | GATES[name][1] | {"device_batch_size": 32}, "study",

@@ -13,13 +13,12 @@ here, and its options section `backend.<name>` in the spec schema (`sweeps/schem
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from cluster.errors import BackendError
-
-if TYPE_CHECKING:
-    from cluster.common.prepare import Prepared
 
 BACKENDS = ("local", "slurm", "ray")
 
@@ -46,12 +45,28 @@ class Launcher(Protocol):
         """Raise BackendError if this backend cannot run here (missing package, no scheduler)."""
         ...
 
-    def run(self, prep: Prepared, opts: RunOptions) -> int:
-        """Run or submit prep.trials; the process exit code (0 ok, 1 some trials failed, 130 interrupted)."""
+    def run(self, prep: Any, opts: RunOptions) -> int:
+        """Run or submit prep.trials (a cluster.common.prepare.Prepared: typed loosely here, so that this
+        registry, which cluster.common consults, imports nothing of it); the process exit code (0 ok,
+        1 some trials failed, 130 interrupted)."""
         ...
+
+    # optional: job_alive(trials, root) -> Callable[[Path], bool] | None, for a backend whose trials run
+    # as scheduler jobs outside any process here (see jobs_alive)
 
 
 def launcher(name: str) -> Launcher:
     if name not in BACKENDS:
         raise BackendError(f"unknown backend '{name}'; choose {', '.join(BACKENDS)}")
     return importlib.import_module(f"cluster.{name}").LAUNCHER
+
+
+def jobs_alive(trials: list[Any], root: Path) -> Callable[[Path], bool] | None:
+    """Whether a scheduler job of any backend still holds a trial (by its run directory), or None when
+    no backend has a job for these trials. Without it a local or Ray launcher would take a trial queued
+    in Slurm for stale, mark it KILLED and run it beside the job."""
+    checks = [check for name in BACKENDS if (probe := getattr(launcher(name), "job_alive", None)) is not None
+              and (check := probe(trials, root)) is not None]
+    if not checks:
+        return None
+    return lambda run_dir: any(check(run_dir) for check in checks)

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.backend import RunOptions, launcher
-from cluster.common.compile_cache import cache_env, megacache_path
+from cluster.common.command import trainer_command
+from cluster.common.compile_cache import cache_env, graph_families, mark_warm, megacache_path
 from cluster.common.prepare import (
     Prepared,
     prepare,
@@ -21,7 +22,6 @@ from cluster.common.prepare import (
 from cluster.common.state import counts
 from cluster.common.store import SWEEP_RECORDS, SweepStore, clean_env, sync_sweep_record
 from cluster.common.trialdir import RUNS_ROOT
-from cluster.local.runner import trainer_command
 from sweeps.errors import SpecError
 from sweeps.expand import Trial, gpu_hours
 from sweeps.text_table import text_table
@@ -238,31 +238,41 @@ def _sync(tracks: list[Path], sweeps: list[Path], uri: str | None) -> dict[str, 
     return report
 
 
-def warmup_trial(trial: Trial, sweep_dir: Path) -> int:
-    """Fill the sweep's compile cache: the first trial's graphs, 2 steps, one val batch; and save
-    what it compiled as the sweep's portable cache (megacache.bin) for nodes with empty caches."""
+def warmup_trial(trial: Trial, sweep_dir: Path, family: int = 1) -> subprocess.Popen:
+    """Start filling the sweep's compile cache with one graph family: `trial`'s graphs, 2 steps, one val
+    batch. The first family also saves what it compiled as the sweep's portable cache (megacache.bin)
+    for nodes with empty caches."""
     d = trial.config.data
     nproc = max(trial.resources.gpus_per_node, 1) * trial.resources.nodes
-    out = sweep_dir / ".warmup"
+    out = sweep_dir / (".warmup" if family == 1 else f".warmup-{family}")
+    mega = str(megacache_path(sweep_dir)) if family == 1 else ""
     cfg = trial.config.flat() | {"num_iterations": 2, "warmup_iters": 0, "warmdown_iters": 0, "val_every": 0,
                                  "val_tokens": d.device_batch_size * d.sequence_length * nproc,
                                  "out_dir": str(out), "run_id": "warmup", "results_csv": str(out / "results.csv"),
-                                 "compile_cache": "", "save_compile_cache": str(megacache_path(sweep_dir))}
+                                 "compile_cache": "", "save_compile_cache": mega}
     out.mkdir(parents=True, exist_ok=True)
     (out / "trial.json").write_text(json.dumps({"config": cfg, "trial": {}}))
     env = clean_env() | cache_env(sweep_dir) | {"GATESWEEP_TRACKING": "local"}
     import shutil
 
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return subprocess.call(trainer_command(out / "trial.json", nproc), env=env)
+    return subprocess.Popen(trainer_command(out / "trial.json", nproc), env=env)
 
 
 def warmup(spec_path: str, overrides: list[str], uri: str | None) -> int:
+    """Compile every graph family of the spec (trials that differ in more than seeds, learning rates and
+    schedule lengths), all at once: a sweep's trials then load graphs instead of compiling them."""
     prep = prepare(spec_path, overrides, uri, use_store=False)
-    code = warmup_trial(prep.trials[0], RUNS_ROOT / prep.spec.name)
     sweep_dir = RUNS_ROOT / prep.spec.name
+    families = [prep.trials[i] for i in graph_families([t.config.flat() for t in prep.trials])]
+    procs = [warmup_trial(t, sweep_dir, k) for k, t in enumerate(families, 1)]
+    codes = [p.wait() for p in procs]
+    code = max(codes)
+    # trials of these families then start no compile worker pool (trainer key compile_threads=1)
+    mark_warm(sweep_dir, [t.config.flat() for t, c in zip(families, codes) if c == 0])
     mega = megacache_path(sweep_dir)
-    print(f"warmup {'done' if code == 0 else f'failed (exit {code})'}: cache in "
+    print(f"warmup {'done' if code == 0 else f'failed (exit {code})'}: {len(families)} graph "
+          f"famil{'y' if len(families) == 1 else 'ies'} ({', '.join(t.label or 'base' for t in families)}); cache in "
           f"{cache_env(sweep_dir)['TORCHINDUCTOR_CACHE_DIR']}"
           + (f", portable cache {mega}" if mega.is_file() else ""))
     return code

@@ -84,7 +84,7 @@ def _parser() -> Parser:
     s.add_argument("--timeout-min", type=int, default=None, metavar="MIN",
                    help="slurm: time limit per job in minutes (overrides backend.slurm.timeout_min)")
     s.add_argument("--max-requeues", type=int, default=None, metavar="N",
-                   help="slurm: requeues after a stop signal (overrides backend.slurm.max_requeues)")
+                   help="slurm: requeues of a job (stop signal, lost node; overrides backend.slurm.max_requeues)")
     s.add_argument("--array-parallelism", type=int, default=None, metavar="N",
                    help="slurm: array tasks running at once (overrides backend.slurm.array_parallelism)")
     s.add_argument("--looks", type=int, default=None, metavar="N",
@@ -100,7 +100,8 @@ def _parser() -> Parser:
     s.add_argument("paths", nargs="*", help="run dirs, track dirs or roots (default: runs/)")
     s.add_argument("--json", action="store_true", help="print what was delivered as JSON")
 
-    s = command("warmup", "fill a sweep's compile cache with its first trial's graphs", strict=False)
+    s = command("warmup", "fill a sweep's compile cache: every graph family of its trials, compiled at once",
+                strict=False)
     _spec_args(s)
 
     command("schema", "print the JSON Schema of a sweep spec (for editors: yaml-language-server)")

@@ -139,6 +139,14 @@ def _list(what: str) -> Any:
 
 
 Pos = Annotated[int, BeforeValidator(_min_int(1)), WithJsonSchema({"type": "integer", "minimum": 1})]
+
+
+def _pos_or_auto(v: Any) -> Any:
+    return v if v == "auto" else _min_int(1)(v)
+
+
+PosOrAuto = Annotated[int | Literal["auto"], BeforeValidator(_pos_or_auto),
+                      WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]})]
 NonNeg = Annotated[int, BeforeValidator(_min_int(0)), WithJsonSchema({"type": "integer", "minimum": 0})]
 Positive = Annotated[float, BeforeValidator(_min_number(above=0)), WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
 NonNegNumber = Annotated[float, BeforeValidator(_min_number(least=0)), WithJsonSchema({"type": "number", "minimum": 0})]
@@ -174,11 +182,14 @@ class Estimate(Section):
 
 
 class LocalOptions(Section):
-    max_parallel: Pos | None = Field(default=None, description="trials at a time (default 1)")
-    trials_per_gpu: Pos | None = Field(default=None, description="single-GPU trials sharing one GPU (default 1)")
+    max_parallel: Pos | None = Field(default=None, description=(
+        "trials at a time (default: every GPU slot, trials_per_gpu per GPU; 1 on a machine without GPUs)"))
+    trials_per_gpu: PosOrAuto | None = Field(default=None, description=(
+        "single-GPU trials per GPU; auto (default): one trains, the next is launched just in time (about a "
+        "start-up before it ends) if the GPU's free memory holds it; N: N at a time, started one by one"))
     warm_start: StrictBool | None = Field(default=None, description=(
-        "fork single-process trials from one process that has already imported torch (~2 s less per "
-        "trial); default: on CPU-only machines; true: GPU trials too; false: every trial starts fresh"))
+        "fork single-process trials from one process that has already imported torch and its compiler "
+        "(default; on GPUs too); false: every trial starts as a fresh process"))
 
 
 class SlurmOptions(Section):
@@ -188,7 +199,8 @@ class SlurmOptions(Section):
     constraint: Text | None = None
     timeout_min: Pos | None = Field(default=None, description="time limit per job (default resources.timeout_min)")
     array_parallelism: Pos | None = Field(default=None, description="array tasks running at once (default 256)")
-    max_requeues: NonNeg | None = Field(default=None, description="requeues after a stop signal (default 3)")
+    max_requeues: NonNeg | None = Field(default=None, description="requeues of a job: after a stop signal, a lost "
+                                         "node or `scontrol requeue` (default 3)")
     max_array_size: Pos | None = Field(default=None, description="default: the cluster's MaxArraySize")
     signal_delay_s: Pos | None = Field(default=None, description="SIGUSR2 this long before the time limit (default 90)")
     extra: Annotated[dict[str, Any], BeforeValidator(_sbatch_extra)] | None = Field(

@@ -3,7 +3,8 @@
 Fixtures (see tests/services.py for the helpers behind them):
   mlflow_server  (session)  MlflowServer: .uri .root .port .stop() .start(); MLFLOW_TEST_URI reuses a server
   mlflow_env     (function) str: the tracking URI, exported as MLFLOW_TRACKING_URI, experiment/run env cleared
-  slurm_cluster  (session)  SlurmCluster: .partition .root .conf; SLURM_CONF exported; fails (never skips)
+  slurm_cluster  (session)  SlurmCluster: .partition .root .conf .nodes; its env.sh exported; fails (never skips)
+  multinode      (session)  SlurmCluster of at least 3 nodes (make slurm-up NODES=3); fails (never skips)
   short_tmp      (function) Path: /tmp/gsXXXX, short enough for Ray's 107-byte unix socket paths
 """
 
@@ -20,6 +21,8 @@ from typing import Any
 import pytest
 
 from tests.services import MlflowServer, SlurmCluster, SlurmUpError, ensure_slurm
+
+MULTINODE_MIN = 3
 
 # `mlflow.set_experiment()` writes MLFLOW_EXPERIMENT_ID into os.environ and child processes (Ray
 # workers, sbatch --export=ALL) inherit it: runs then land in the wrong experiment.
@@ -41,8 +44,8 @@ def _test_environment() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real `mlflow server` on 127.0.0.1 (free port, fresh sqlite DB and artifact root) for the
-    whole session, killed with its process tree at the end. MLFLOW_TEST_URI=http://... uses that
+    """A real `mlflow server` on services.service_host() (loopback, or the multi-node test cluster's
+    address of this host; a free port, fresh sqlite DB and artifact root) for the whole session, killed with its process tree at the end. MLFLOW_TEST_URI=http://... uses that
     server instead (then stop()/start() raise NotManagedError)."""
     external = os.environ.get("MLFLOW_TEST_URI")
     if external:
@@ -110,8 +113,20 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     if failure:  # outside the except block: no "during handling ... another exception" noise
         pytest.fail(failure, pytrace=False)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLURM_CONF", cluster.conf)
+        for key, value in cluster.env:  # SLURM_CONF; with several nodes GATESWEEP_SERVICE_HOST too
+            mp.setenv(key, value)
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def multinode(slurm_cluster: SlurmCluster) -> SlurmCluster:
+    """The project's Slurm with at least 3 nodes (test hosts with their own addresses). A test that is
+    about several hosts fails on a single-node cluster: it must never pass by not running."""
+    if len(slurm_cluster.nodes) < MULTINODE_MIN:
+        pytest.fail(f"this test needs a Slurm cluster of >= {MULTINODE_MIN} nodes, the partition "
+                    f"{slurm_cluster.partition} has {list(slurm_cluster.nodes)}: run `make slurm-up NODES=3` "
+                    f"(SLURM_ROOT={slurm_cluster.root}) and `source {slurm_cluster.root}/env.sh`", pytrace=False)
+    return slurm_cluster
 
 
 @pytest.fixture

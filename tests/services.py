@@ -21,6 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 LOOPBACK = "127.0.0.1"
+# The project's multi-node test cluster puts its nodes in network namespaces: a job there reaches this
+# host only at the cluster's bridge address, which scripts/slurm_up.sh exports in its env.sh.
+SERVICE_HOST_ENV = "GATESWEEP_SERVICE_HOST"
 DEFAULT_SLURM_ROOT = "/tmp/gatesweep-slurm"
 CHROMIUM = "/usr/bin/chromium"
 MLFLOW_HEALTH_TIMEOUT_S = 120.0  # a cold first start of `mlflow server` took 26 s on 2 cores
@@ -28,6 +31,17 @@ USABLE_NODE_STATES = {"idle", "mix", "alloc"}
 
 
 # ---------------------------------------------------------------- generic
+
+
+def service_host() -> str:
+    """Where the tests' servers listen: loopback, or the multi-node cluster's address of this host
+    (the only address its nodes reach; still no interface but the test bridge)."""
+    if os.environ.get(SERVICE_HOST_ENV):
+        return os.environ[SERVICE_HOST_ENV]
+    root = Path(os.environ.get("SLURM_ROOT") or DEFAULT_SLURM_ROOT)  # its env.sh not sourced (yet)
+    if os.environ.get("SLURM_CONF", str(root / "etc" / "slurm.conf")) == str(root / "etc" / "slurm.conf"):
+        return cluster_env(root).get(SERVICE_HOST_ENV) or LOOPBACK
+    return LOOPBACK
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -90,7 +104,8 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 class MlflowServer:
-    """A real `mlflow server` (sqlite backend, local artifact root) on 127.0.0.1.
+    """A real `mlflow server` (sqlite backend, local artifact root) on service_host(): 127.0.0.1, or
+    the multi-node test cluster's bridge address of this host.
 
     `stop()` and `start()` keep the port, the database and the artifacts, so a test can take the
     server away and bring it back. Built with `uri=` it wraps a server that someone else runs
@@ -100,8 +115,8 @@ class MlflowServer:
     def __init__(self, root: Path | None = None, *, port: int | None = None, uri: str | None = None):
         self.managed = uri is None
         self.root = Path(root) if root is not None else None
-        self.host = LOOPBACK
-        self.port = port or (free_port() if self.managed else 0)
+        self.host = service_host()
+        self.port = port or (free_port(self.host) if self.managed else 0)
         self.uri = uri.rstrip("/") if uri else f"http://{self.host}:{self.port}"
         self.log_path = self.root / "server.log" if self.root else None
         self._proc: subprocess.Popen | None = None
@@ -127,7 +142,11 @@ class MlflowServer:
         mlflow_exe = Path(sys.executable).parent / "mlflow"
         return [str(mlflow_exe), "server", "--backend-store-uri", self.backend_uri,
                 "--artifacts-destination", str(self.artifact_root),  # proxied, as scripts/mlflow_up.sh
-                "--host", self.host, "--port", str(self.port), "--workers", "1"]
+                "--host", self.host, "--port", str(self.port), "--workers", "1",
+                # MLflow's guards accept only localhost and RFC 1918 Host headers (DNS rebinding) and
+                # localhost origins (CORS: the UI's own requests) by default
+                *([] if self.host == LOOPBACK else ["--allowed-hosts", f"{self.host}:{self.port},{self.host}",
+                                                   "--cors-allowed-origins", f"http://{self.host}:{self.port}"])]
 
     def start(self, timeout_s: float = MLFLOW_HEALTH_TIMEOUT_S) -> float:
         """Start the server and wait for /health; returns the seconds it took."""
@@ -179,6 +198,8 @@ class SlurmCluster:
     partition: str  # the default partition (what sinfo marks with "*")
     root: Path  # SLURM_ROOT of the project's cluster (state, logs); unused for an external cluster
     conf: str  # SLURM_CONF for the clients
+    nodes: tuple[str, ...] = ()  # the default partition's nodes, in Slurm's order
+    env: tuple[tuple[str, str], ...] = ()  # what the cluster's env.sh exports (SLURM_CONF, GATESWEEP_SERVICE_HOST)
 
 
 class SlurmUpError(RuntimeError):
@@ -248,7 +269,26 @@ def ensure_slurm(root: Path | None = None) -> SlurmCluster:
         if not _usable(state):
             raise SlurmUpError(f"slurm_up.sh succeeded but sinfo shows no usable node: {state}\n{output}")
     assert state is not None
-    return SlurmCluster(partition=default_partition(state), root=root, conf=conf)
+    partition = default_partition(state)
+    env = cluster_env(root) if conf == own_conf else {"SLURM_CONF": conf}
+    return SlurmCluster(partition=partition, root=root, conf=conf, nodes=partition_nodes(conf, partition),
+                        env=tuple(sorted(env.items())))
+
+
+def cluster_env(root: Path) -> dict[str, str]:
+    """The `export K=V` lines of the project's cluster's env.sh (written by scripts/slurm_up.sh)."""
+    try:
+        lines = (root / "env.sh").read_text().splitlines()
+    except OSError:
+        return {"SLURM_CONF": str(root / "etc" / "slurm.conf")}
+    pairs = (ln.removeprefix("export ").split("=", 1) for ln in lines if ln.startswith("export "))
+    return {k: v for k, v in pairs}
+
+
+def partition_nodes(conf: str, partition: str) -> tuple[str, ...]:
+    out = subprocess.run(["sinfo", "-h", "-N", "-p", partition, "-o", "%N"], env=dict(os.environ, SLURM_CONF=conf),
+                         capture_output=True, text=True, timeout=60)
+    return tuple(dict.fromkeys(out.stdout.split()))  # -N lists a node once per partition
 
 
 # ---------------------------------------------------------------- headless Chromium

@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 
+from cluster.common.sbatch_options import SlurmOptions
 from cluster.common.trialdir import local_status
 from cluster.slurm.job import TrialJob
 from cluster.slurm.launch import job_env
-from cluster.slurm.sbatch import SlurmOptions, executor_params, setup_lines
+from cluster.slurm.sbatch import executor_params, setup_lines
 from sweeps.spec import Resources
 from trainer.record import read_json
 
@@ -128,8 +129,10 @@ import json, os, sys
 from pathlib import Path
 import cluster.slurm.job, trainer
 keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-        "CUDA_VISIBLE_DEVICES", "GATESWEEP_GIT_SHA", "TORCHINDUCTOR_CACHE_DIR", "MLFLOW_RUN_ID")
+        "CUDA_VISIBLE_DEVICES", "GATESWEEP_GIT_SHA", "TORCHINDUCTOR_CACHE_DIR", "MLFLOW_RUN_ID",
+        "SLURMD_NODENAME", "SLURM_JOB_NODELIST")
 seen = {k: os.environ.get(k) for k in keys}
+seen["hostname"] = __import__("socket").gethostname()
 seen |= {"cluster": cluster.slurm.job.__file__, "trainer": trainer.__file__, "mark": MARK}
 Path(sys.argv[1], "rank%s.json" % os.environ["RANK"]).write_text(json.dumps(seen))
 """

@@ -98,6 +98,29 @@ def test_each_backend_is_a_sub_package_with_a_launcher_and_a_docstring():
             assert ast.get_docstring(ast.parse(path.read_text())), path
 
 
+BACKEND_PACKAGES = ("local", "slurm", "ray")
+
+
+def test_backends_do_not_know_each_other():
+    """A backend imports no other backend and cluster.common imports none (#23 item 6): what two of them
+    need (the trainer command, the search space, the sbatch options) lives in cluster.common; the one
+    question every launcher asks of the others' schedulers (is a trial's job alive?) goes through the
+    registry (cluster.backend.jobs_alive), which imports backends by name only."""
+    from cluster.backend import BACKENDS
+
+    assert set(BACKEND_PACKAGES) == set(BACKENDS)
+
+    def package(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 and parts[0] == "cluster" and parts[1] in (*BACKENDS, "common") else None
+
+    crossing = sorted((m, d) for m, deps in GRAPH.items() for d in deps
+                      if package(m) and package(d) in BACKENDS and package(d) != package(m))
+    assert crossing == []
+    assert "cluster.local.runner" not in GRAPH["cluster.ray.child"]
+    assert "cluster.common.command" in GRAPH["cluster.ray.child"]
+
+
 @pytest.mark.parametrize(("pattern", "home"), [
     (r"sqlite:///mlflow\.db", "sweeps/mlflow_runs.py"),
     (r"PR_SET_PDEATHSIG", "cluster/common/process.py"),

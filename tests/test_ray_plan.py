@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from cluster.common.search import Asha, parse_search, sample_points, search_trials
 from cluster.errors import BackendError
 from cluster.ray.on_slurm import RaySlurmJob, sbatch_text, size_allocation
 from cluster.ray.plan import check_fits, trial_resources
-from cluster.ray.space import Asha, parse_search, sample_points, search_trials
 from cluster.ray.summary import TrialOutcome, best_rows, parent_params_metrics
 from gatesweep.cli import main as cli_main
 from sweeps.errors import SpecError
@@ -167,16 +167,17 @@ unset MLFLOW_EXPERIMENT_ID MLFLOW_EXPERIMENT_NAME MLFLOW_RUN_ID MLFLOW_PARENT_RU
 export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"  # no telemetry calls from compute nodes
 mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 head=${nodes[0]}
-# The head's address as Slurm knows it (NodeAddr), as an IPv4 address for Ray.
-head_addr=$(scontrol show node "$head" | tr ' ' '\\n' | sed -n 's/^NodeAddr=//p')
-head_ip=$(getent ahostsv4 "$head_addr" | awk 'NR==1{print $1}')
+# Each node's address as Slurm knows it (NodeAddr), as an IPv4 address for Ray: Ray's own guess (the
+# interface of the default route) can be another network than the one the nodes share.
+node_ip() { getent ahostsv4 "$(scontrol show node "$1" | tr ' ' '\\n' | sed -n 's/^NodeAddr=//p')" | awk 'NR==1{print $1}'; }
+head_ip=$(node_ip "$head")
 # A head on loopback is a one-machine cluster: Ray's single-machine mode keeps every server on it.
 case "$head_ip" in 127.*) export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0;; esac
 port=$((20000 + SLURM_JOB_ID % 10000))  # two searches on one node must not collide
-srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$head" "$RAY" start --head --node-ip-address="$head_ip" --port=$port --num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus=8 --include-dashboard=false --temp-dir="/tmp/ray-$SLURM_JOB_ID" --block &
+srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$head" "$RAY" start --head --node-ip-address="$head_ip" --port=$port --include-dashboard=false --num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus=8 --block --temp-dir="/tmp/ray-$SLURM_JOB_ID-$head" &
 for _ in $(seq 60); do "$RAY" status --address="$head_ip:$port" >/dev/null 2>&1 && break; sleep 2; done
 for node in "${nodes[@]:1}"; do
-  srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$node" "$RAY" start --address="$head_ip:$port" --num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus=8 --include-dashboard=false --temp-dir="/tmp/ray-$SLURM_JOB_ID" --block &
+  srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$node" "$RAY" start --address="$head_ip:$port" --node-ip-address="$(node_ip "$node")" --num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus=8 --block --temp-dir="/tmp/ray-$SLURM_JOB_ID-$node" &
 done
 # The driver waits until backend.ray.nodes nodes have joined, then runs the search on them.
 code=0

@@ -26,8 +26,8 @@ from mlflow.tracking import MlflowClient
 
 from analysis.fetch import fetch_runs
 from analysis.table import stage_table
+from cluster.common.search import parse_search, search_trials
 from cluster.common.trialdir import local_status
-from cluster.ray.space import parse_search, search_trials
 from gatesweep.cli import main as cli_main
 from sweeps.expand import expand
 from sweeps.spec import load_spec

@@ -1,7 +1,7 @@
 """The Ray-on-Slurm recipe for real: the sbatch text `--dry-run` prints, submitted to the project's
-single-node Slurm (NodeAddr 127.0.0.1, fake GPUs). The job starts a Ray head with `srun ray start`
-(token auth on, every server on loopback), runs the search driver against it, and Slurm ends Ray
-with the job. One node, so the worker loop is empty here; the golden test covers its text."""
+Slurm (fake GPUs). The job starts a Ray head with `srun ray start` (token auth on), runs the search
+driver against it, and Slurm ends Ray with the job. One node here, so the worker loop is empty; the
+recipe on two nodes (a worker per node by srun): test_multinode_ray.py; its text: the golden test."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import stat
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -60,7 +61,8 @@ def test_sbatch_recipe_runs_the_search_on_a_slurm_allocation(slurm_cluster, tmp_
             time.sleep(0.5)
         assert not left, f"Ray processes of job {job} still running: {left}"
     finally:
-        shutil.rmtree(f"/tmp/ray-{job}", ignore_errors=True)
+        for temp in Path("/tmp").glob(f"ray-{job}-*"):  # one per node
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_sbatch_recipe_in_a_path_with_spaces_is_accepted_by_sbatch(slurm_cluster, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.services import free_port
+from tests.services import free_port, service_host
 from tests.sweep_helpers import (
     PYTHON,
     REPO,
@@ -61,9 +61,18 @@ def _listening(port: int) -> set[str]:
 LOOPBACK_V4 = "0100007F"  # 127.0.0.1, little-endian
 
 
+def _hex_v4(addr: str) -> str:
+    return "".join(f"{int(b):02X}" for b in reversed(addr.split(".")))
+
+
 @pytest.mark.mlflow
-def test_the_test_server_listens_on_loopback_only(mlflow_server):
-    assert _listening(mlflow_server.port) == {LOOPBACK_V4}
+def test_the_test_server_listens_on_loopback_or_the_test_bridge_only(mlflow_server):
+    """127.0.0.1, or with the multi-node test cluster its bridge address of this host (198.18.x.1, the
+    only address its nodes reach) - never 0.0.0.0 or the machine's own interface."""
+    host = service_host()
+    assert host == "127.0.0.1" or (host.startswith("198.18.") and host.endswith(".1")), host
+    assert _hex_v4("127.0.0.1") == LOOPBACK_V4
+    assert _listening(mlflow_server.port) == {_hex_v4(host)}
 
 
 @pytest.mark.mlflow

@@ -85,16 +85,17 @@ def test_slurm_up_brings_back_a_node_left_drained(slurm_cluster):
     slurm_up resumes it instead of failing with "Slurm node is not idle". (DRAIN here: unlike DOWN it
     kills no job that another test might still have on the node.)"""
     env = {**os.environ, "SLURM_CONF": slurm_cluster.conf, "SLURM_ROOT": str(slurm_cluster.root)}
-    subprocess.run(["scontrol", "update", "NodeName=localhost", "State=DRAIN", "Reason=test"], env=env, check=True)
+    node = slurm_cluster.nodes[-1]
+    subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", "Reason=test"], env=env, check=True)
     try:
-        state = subprocess.run(["sinfo", "-h", "-n", "localhost", "-o", "%t"], env=env, capture_output=True,
+        state = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], env=env, capture_output=True,
                                text=True).stdout.strip()
         assert state.startswith("drain")
         up = subprocess.run(["bash", str(SCRIPTS / "slurm_up.sh")], env=env, capture_output=True, text=True)
         assert up.returncode == 0, up.stdout + up.stderr
         assert "State=RESUME" in up.stdout
     finally:
-        subprocess.run(["scontrol", "update", "NodeName=localhost", "State=RESUME"], env=env, capture_output=True)
-    state = subprocess.run(["sinfo", "-h", "-n", "localhost", "-o", "%t"], env=env, capture_output=True,
+        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], env=env, capture_output=True)
+    state = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], env=env, capture_output=True,
                            text=True).stdout.strip()
     assert state in ("idle", "mix", "alloc")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import MlflowServer, SlurmCluster, chromium_dump_dom, http_ok
+from tests.services import MlflowServer, SlurmCluster, chromium_dump_dom, http_ok, service_host
 
 # ---------------------------------------------------------------- MLflow
 
@@ -36,8 +36,8 @@ def _log_run(uri: str, run_name: str, num_steps: int = 5) -> tuple[str, str]:
 
 
 @pytest.mark.mlflow
-def test_mlflow_server_health_on_loopback(mlflow_server: MlflowServer):
-    assert mlflow_server.uri.startswith("http://127.0.0.1:")
+def test_mlflow_server_health_on_the_service_host(mlflow_server: MlflowServer):
+    assert mlflow_server.uri.startswith(f"http://{service_host()}:")
     assert http_ok(f"{mlflow_server.uri}/health")
 
 
@@ -129,9 +129,9 @@ def _sacct_state(job_id: str, timeout_s: float = 30.0) -> str:
 @pytest.mark.slurm
 def test_slurm_node_advertises_16_cpus_and_8_gpus(slurm_cluster: SlurmCluster):
     assert os.environ["SLURM_CONF"] == slurm_cluster.conf
-    out = subprocess.run(["sinfo", "-h", "-N", "-p", slurm_cluster.partition, "-o", "%N %c %G %t"],
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out[:3] == ["localhost", "16", "gpu:8"], out
+    out = subprocess.run(["sinfo", "-h", "-N", "-p", slurm_cluster.partition, "-o", "%N %c %G"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert sorted(out) == sorted(f"{node} 16 gpu:8" for node in slurm_cluster.nodes) and out, out  # every node
 
 
 @pytest.mark.slurm
@@ -176,7 +176,8 @@ def test_submitit_8_tasks_with_8_gpus(slurm_cluster: SlurmCluster, tmp_path: Pat
     assert sorted(r["global_rank"] for r in reports) == list(range(8))
     assert sorted(r["local_rank"] for r in reports) == list(range(8))
     assert len({r["pid"] for r in reports}) == 8
-    assert {r["num_tasks"] for r in reports} == {8} and {r["hostname"] for r in reports} == {"localhost"}
+    assert {r["num_tasks"] for r in reports} == {8} and len({r["hostname"] for r in reports}) == 1  # one node
+    assert reports[0]["hostname"] in slurm_cluster.nodes
     assert all(r["cuda"] == "0,1,2,3,4,5,6,7" for r in reports), [r["cuda"] for r in reports]
     assert _sacct_state(job.job_id) == "COMPLETED"
 

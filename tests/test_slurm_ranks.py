@@ -25,7 +25,9 @@ def test_eight_tasks_are_eight_ranks_with_one_gpu_each(slurm_cluster, tmp_path, 
     assert [s["RANK"] for s in seen] == [str(r) for r in range(8)]
     assert {s["LOCAL_RANK"] for s in seen} == {str(r) for r in range(8)}
     assert {(s["WORLD_SIZE"], s["LOCAL_WORLD_SIZE"]) for s in seen} == {("8", "8")}
-    assert len({(s["MASTER_ADDR"], s["MASTER_PORT"]) for s in seen}) == 1 and seen[0]["MASTER_ADDR"] == "localhost"
+    assert len({(s["MASTER_ADDR"], s["MASTER_PORT"]) for s in seen}) == 1
+    assert seen[0]["MASTER_ADDR"] == seen[0]["SLURMD_NODENAME"] == seen[0]["hostname"]  # the node, by its name
+    assert seen[0]["MASTER_ADDR"] in slurm_cluster.nodes
     assert sorted(s["CUDA_VISIBLE_DEVICES"] for s in seen) == [str(g) for g in range(8)]  # one distinct GPU each
     # the job runs the code snapshot with the sweep's provenance and compile cache
     for s in seen:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from cluster.common.sbatch_options import resolve_options
 from cluster.slurm.launch import DEPENDENCY_PLACEHOLDER, estimate_line, plan_arrays
 from cluster.slurm.sbatch import (
     chunks,
     executor_params,
     parse_max_array_size,
-    resolve_options,
     sbatch_text,
     setup_lines,
 )

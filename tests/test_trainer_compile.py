@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.trainer_helpers import data_cfg, single_env
 from trainer.loop import train
@@ -31,3 +32,26 @@ def test_compiled_run_matches_eager(tmp_path: Path, eager: list, mode: str):
     for (_, got), (_, want) in zip(s.val_history, eager):
         assert got == pytest.approx(want, abs=2e-3)  # fused kernels round differently; Muon's bf16 NS amplifies
     assert s.val_history[-1][1] < s.val_history[0][1]
+
+
+def test_compile_threads_reaches_inductor_before_anything_compiles():
+    """compile_threads=1 (set by the local launcher for trials whose graphs are cached) must be in
+    inductor's config when the first compile starts its worker pool; 0 leaves inductor's default."""
+    import torch._inductor.config as inductor_config
+
+    from trainer.build import build_model, compile_model
+    from trainer.config import TrainConfig
+    from trainer.errors import ConfigError
+
+    before = inductor_config.compile_threads
+    cfg = TrainConfig.from_flat({"preset": "tiny", "compile_threads": 0})
+    compile_model(cfg, build_model(cfg, torch.device("cpu")))  # wraps only: nothing compiles yet
+    assert inductor_config.compile_threads == before
+    try:
+        cfg = cfg.override({"compile_threads": 1})
+        compile_model(cfg, build_model(cfg, torch.device("cpu")))
+        assert inductor_config.compile_threads == 1
+    finally:
+        inductor_config.compile_threads = before
+    with pytest.raises(ConfigError, match="compile_threads=-1 must be >= 0"):
+        TrainConfig.from_flat({"compile_threads": -1})

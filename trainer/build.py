@@ -115,6 +115,8 @@ def compile_model(cfg: TrainConfig, model: GPT) -> nn.Module:
     import torch._inductor.config as inductor_config
 
     inductor_config.coordinate_descent_tuning = cfg.run.cd_tuning
+    if cfg.run.compile_threads:  # before the first compile: that is when inductor starts its worker pool
+        inductor_config.compile_threads = cfg.run.compile_threads
     mode = None if cfg.run.inductor_mode == "default" else cfg.run.inductor_mode
     if cfg.run.compile_mode == "model":
         return torch.compile(model, mode=mode)  # type: ignore[return-value]

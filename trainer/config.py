@@ -128,6 +128,10 @@ class RunConfig:
     save_compile_cache: str = ""
     """Write the portable compile cache (what this run compiled) to this file at the end of the run;
     `gatesweep warmup` sets it. Nothing is written when every graph came from a warm cache."""
+    compile_threads: int = 0
+    """Inductor's compile worker processes (0: inductor's default, about one per core). 1 compiles in this
+    process and starts no worker pool (a fresh Python per worker at the first compile, even when every
+    graph is a cache hit): the local launcher sets it for trials whose graphs its sweep has compiled."""
     cd_tuning: bool = False
     """Inductor coordinate-descent tuning of kernel configs (the reference turns it on). Costs compile
     time once; the sweep's shared compile cache keeps the tuned configs for later trials."""
@@ -230,7 +234,7 @@ NON_IDENTITY_KEYS = frozenset({
     "device", "compile", "compile_mode", "checkpoint_every", "save_final", "out_dir", "run_id",
     "results_csv", "notes", "log_every", "diag_every", "diag_batch", "fused_proj", "ce_chunks",
     "muon_batched", "cd_tuning", "sdpa_backend", "fast", "gate_gemm", "inductor_mode", "compile_cache",
-    "save_compile_cache",
+    "save_compile_cache", "compile_threads",
 })
 # What `fast` sets: key -> (value when true, value when false = the reference's path).
 FAST_PATHS: dict[str, tuple[Any, Any]] = {"fused_proj": (True, False), "ce_chunks": (8, 1),
@@ -345,7 +349,7 @@ def validate(cfg: TrainConfig, *, source: str = "config") -> None:
                           "'_', '.', '-'; at most 128): it names files under out_dir")
     if o.learning_rate <= 0:
         raise ConfigError(f"{source}: learning_rate={o.learning_rate} must be > 0 (the study uses 0.0036)")
-    for key in ("warmup_iters", "warmdown_iters", "val_every", "checkpoint_every", "diag_every"):
+    for key in ("warmup_iters", "warmdown_iters", "val_every", "checkpoint_every", "diag_every", "compile_threads"):
         value = getattr(getattr(cfg, FIELD_SECTION[key]), key)
         if value < 0:
             raise ConfigError(f"{source}: {key}={value} must be >= 0")

@@ -47,7 +47,7 @@ def diagnose(model: GPT, idx: Tensor) -> dict[str, float]:
             gf = g.float()
             out[f"diag/gate_mean/layer_{i:02d}"] = gf.mean().item()
             out[f"diag/gate_sparsity/layer_{i:02d}"] = (gf < SPARSE_BELOW).float().mean().item()
-        x = block(x)
+        x = block.forward(x)  # eager: a compiled block would compile once more for this batch shape
         out[f"diag/max_act/layer_{i:02d}"] = x.float().abs().amax(dim=(-2, -1)).mean().item()
     for metric in ("first_token_attn", "gate_mean", "gate_sparsity", "max_act"):
         vals = [v for k, v in out.items() if k.startswith(f"diag/{metric}/")]

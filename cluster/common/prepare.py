@@ -50,7 +50,7 @@ def with_search(prep: Prepared) -> Prepared:
     trials that `plan` and `status` must show."""
     if not prep.spec.search:
         return prep
-    from cluster.ray.space import parse_search, search_trials
+    from cluster.common.search import parse_search, search_trials
 
     return Prepared(prep.spec, search_trials(parse_search(prep.spec), prep.trials), prep.store, prep.overrides,
                     prep.notes)

@@ -12,20 +12,33 @@ from cluster.common.trialdir import local_status
 from trainer.console import quiet
 
 
+def _tail(run_dir: Path) -> list[bytes]:
+    try:
+        with open(run_dir / "track" / "metrics.jsonl", "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
 def last_step(run_dir: Path) -> int | None:
     """The newest step in a trial's metrics record (reads only the file's tail)."""
-    path = run_dir / "track" / "metrics.jsonl"
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - 4096))
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return None
-    for line in reversed(lines):
+    for line in reversed(_tail(run_dir)):
         try:
             return int(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            continue
+    return None
+
+
+def last_train_point(run_dir: Path) -> tuple[float, int] | None:
+    """(unix time, step) of the newest train_loss point (the file's tail only): a trial's pace."""
+    for line in reversed(_tail(run_dir)):
+        try:
+            p = json.loads(line)
+            if p["key"] == "train_loss":
+                return p["ts"] / 1000, int(p["step"])
         except (ValueError, KeyError):
             continue
     return None

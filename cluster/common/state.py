@@ -56,16 +56,16 @@ def collect(trials: list[Trial], store: SweepStore | None, *, root: Path = RUNS_
 
 
 def _default_alive(trials: list[Trial], local: dict[str, tuple[str, str]], root: Path) -> Callable[[Path], bool]:
-    """A trial is alive while a process holds its lock or, for one submitted to Slurm, while its job is
-    live in squeue: without the Slurm check a local or Ray launcher would take a queued Slurm trial for
-    stale, mark it KILLED and run it beside the job."""
-    queued = [t for t in trials if local[t.trial_id][0] in ("RUNNING", "QUEUED")
-              and (trial_dir(t, root) / "slurm.json").exists()]
-    if queued:
-        from cluster.slurm.state import slurm_alive
+    """A trial is alive while a process holds its lock or a scheduler's job runs it (asked through the
+    backend registry: this package knows no backend)."""
+    from cluster.backend import jobs_alive
 
-        return slurm_alive(queued, root)
-    return lambda d: TrialLock(d).held_elsewhere()
+    def locked(d: Path) -> bool:
+        return TrialLock(d).held_elsewhere()
+
+    queued = [t for t in trials if local[t.trial_id][0] in ("RUNNING", "QUEUED")]
+    jobs = jobs_alive(queued, root) if queued else None
+    return locked if jobs is None else (lambda d: jobs(d) or locked(d))
 
 
 def known_runs(states: list[TrialState]) -> dict[str, RunState]:

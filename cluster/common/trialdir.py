@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.common.compile_cache import megacache_path
+from cluster.common.runs_fs import check_runs_filesystem
 from sweeps.expand import Trial
 from trainer.record import read_json, write_json
 
@@ -55,7 +56,8 @@ def write_trial_json(trial: Trial, run_dir: Path, *, backend: str, overrides: di
 
 def check_runs_writable(spec: str, root: Path = RUNS_ROOT) -> None:
     """Refuse (StorageError, exit 2) before anything is written when the spec's run directories cannot
-    be: trial.json, the records and the locks live there."""
+    be, or when their filesystem keeps locks per host (cluster.common.runs_fs): trial.json, the records
+    and the locks live there."""
     from trainer.errors import StorageError
     from trainer.paths import check_writable
 
@@ -67,6 +69,7 @@ def check_runs_writable(spec: str, root: Path = RUNS_ROOT) -> None:
             what = f"a symlink to {os.readlink(path)}, which does not exist" if path.is_symlink() else "not a directory"
             raise StorageError(f"{path}: {what} (the run directory of trial {entry.name}); remove it (rm {path}) "
                                "or restore what it pointed to, then run again")
+    check_runs_filesystem(root / spec)  # its locks must hold across hosts
 
 
 def local_status(run_dir: Path) -> tuple[str, str]:

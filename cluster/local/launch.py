@@ -9,13 +9,15 @@ import signal
 import sys
 from typing import Any
 
+from cluster.common.command import trainer_command
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
 from cluster.common.progress import failures, outcome_line
 from cluster.common.state import DONE, known_runs, split
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
 from cluster.common.ui_links import ui_lines
 from cluster.local.outage import Outage, call_deadline
-from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, trainer_command, visible_gpus
+from cluster.local.packing import default_parallel
+from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, visible_gpus
 from cluster.local.warm import WarmTrainer
 from sweeps.expand import gpu_hours
 from sweeps.mlflow_runs import is_server
@@ -27,13 +29,13 @@ from trainer.errors import ExitCode
 def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int:
     spec = prep.spec
     local = spec.backend_options("local")
-    parallel = int(local.get("max_parallel", 1)) if max_parallel is None else max_parallel
+    parallel = local.get("max_parallel") if max_parallel is None else max_parallel
     nproc = max(spec.resources.gpus_per_node, 1) * spec.resources.nodes
-    per_gpu = int(local.get("trials_per_gpu", 1))
+    per_gpu = local.get("trials_per_gpu")  # a number, "auto" or None (= auto on GPUs)
     gpus = visible_gpus()  # once: on a GPU machine each call runs nvidia-smi
     check_local(nproc, max_parallel=parallel, trials_per_gpu=per_gpu, gpus=gpus)
     if dry_run:
-        return _dry_run(prep, nproc, parallel)
+        return _dry_run(prep, nproc, default_parallel(parallel, gpus, nproc, per_gpu))
     if not gpus:
         check_cpu_ranks(nproc)  # what each trial's ranks would say, said once and before anything is written
     check_runs_writable(spec.name)
@@ -51,11 +53,10 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
         print(f"nothing to run: {len(done)}/{len(states)} trials finished")
         return ExitCode.OK
     preflight_trials([s.trial for s in todo], spec.path)  # data and batch arithmetic, before anything is written
-    # GPU trials fork only when asked: the fork path is tested on CPUs here, and a GPU trial's start is
-    # dominated by compiling anyway
-    wanted = local.get("warm_start")
+    # single-process trials fork from the warm trainer unless switched off (on GPUs too: measured in
+    # bench/results/*-h200-sweep; a warm process that cannot fork safely says why and trials start fresh)
     warm = start_warm(RUNS_ROOT / spec.name, cpu=not gpus,
-                      enabled=nproc == 1 and len(todo) > 1 and (wanted is True or (wanted is None and not gpus)))
+                      enabled=nproc == 1 and len(todo) > 1 and local.get("warm_start") is not False)
     try:
         # every request to a tracking server has a deadline while the sweep runs: a hung server (stopped,
         # overloaded) must not hold up scheduling (cluster/local/outage.py)

@@ -1,9 +1,9 @@
 """Local backend: each trial is a torchrun (or plain python) process on this machine, or a fork of
 the sweep's warm trainer (warm.py) for single-process trials.
 
-Pure builders (`trainer_command`, `GpuPool`) plus a thin executor (`run_trials`). Trials run up to
-`max_parallel` at a time, packed onto free GPUs through CUDA_VISIBLE_DEVICES (or on the CPU when
-the machine has none). Each trial holds its lock (inherited fd) and dies with the launcher
+Pure builders (the packing policy in packing.py; the command is cluster.common.command's) plus a thin executor (`run_trials`).
+Trials run up to `max_parallel` at a time on the CPU, or on GPUs through CUDA_VISIBLE_DEVICES: single-GPU
+trials packed and staggered per GPU (packing.py), multi-GPU trials on disjoint sets. Each trial holds its lock (inherited fd) and dies with the launcher
 (PR_SET_PDEATHSIG -> SIGTERM -> the trainer checkpoints; a forked trial through the warm process,
 which dies with the launcher), so a killed launcher never leaves an orphan writing into a trial.
 Ctrl-C stops the trials cleanly and marks them KILLED.
@@ -16,7 +16,6 @@ import functools
 import os
 import select
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,17 +23,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.common.compile_cache import cache_env, cache_is_cold
+from cluster.common.command import trainer_command
+from cluster.common.compile_cache import cache_env, cache_is_cold, family_key, warm_families
 from cluster.common.delivery import deliver
 from cluster.common.delivery import undelivered as _undelivered
 from cluster.common.process import die_with_parent
-from cluster.common.progress import Progress, last_step
+from cluster.common.progress import Progress, last_step, last_train_point
 from cluster.common.state import TrialState
 from cluster.common.store import SweepStore, clean_env
 from cluster.common.trialdir import TrialLock, local_status, set_local_status, write_trial_json
 from cluster.errors import BackendError
 from cluster.local.courier import Courier
 from cluster.local.outage import LAUNCHED_SYNC_TIMEOUT_S, OFFLINE_ENV, Outage, trainer_http_env
+from cluster.local.packing import (
+    GpuPool,
+    MemoryReader,
+    Packer,
+    default_parallel,
+    share_of,
+    take_gpus,
+    visible_gpus,
+)
 from cluster.local.warm import WarmError, WarmProc, WarmTrainer
 from sweeps.mlflow_runs import is_server
 from trainer.console import detail, note
@@ -45,41 +54,6 @@ STATUS_OF_EXIT: dict[int, str] = {int(v): k for k, v in EXIT_CODES.items() if k 
 TAKEN = "TAKEN"  # run_trials' result for a trial another launcher runs, or ran since this one read the records
 
 
-def trainer_command(trial_json: Path, nproc: int, python: str = sys.executable) -> list[str]:
-    if nproc <= 1:
-        return [python, "-m", "trainer", str(trial_json)]
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "trainer", str(trial_json)]
-
-
-class GpuPool:
-    """Hands out disjoint sets of GPU ids; trials wait until enough are free."""
-
-    def __init__(self, gpus: list[int]):
-        self.free = list(gpus)
-        self.total = len(gpus)
-
-    def take(self, n: int) -> list[int] | None:
-        if n > self.total:
-            raise ValueError(f"a trial needs {n} GPUs but this machine has {self.total}")
-        if len(self.free) < n:
-            return None
-        taken, self.free = self.free[:n], self.free[n:]
-        return taken
-
-    def give(self, gpus: list[int]) -> None:
-        self.free = sorted(self.free + gpus)
-
-
-def visible_gpus() -> list[int]:
-    """GPU ids this launcher may use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [int(x) for x in env.split(",") if x.strip().isdigit()]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
-    return list(range(sum(1 for line in out.splitlines() if line.startswith("GPU "))))
 
 
 @dataclass
@@ -90,6 +64,7 @@ class _Running:
     lock: TrialLock
     start: float
     log: object
+    key: int = 0  # the packer's handle (single-GPU trials)
 
 
 def launch_tags(parent_id: str | None, gpus: list[int], trials_per_gpu: int) -> dict[str, str] | None:
@@ -105,8 +80,8 @@ SHARED_TAG = "gatesweep.gpu_shared"  # read back by analysis.fetch (analysis.ste
 
 
 def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, device: str | None,
-           existing: dict, outage: Outage, trials_per_gpu: int = 1, warm: WarmTrainer | None = None
-           ) -> _Running | None:
+           existing: dict, outage: Outage, trials_per_gpu: int = 1, warm: WarmTrainer | None = None,
+           compiled: set[str] | None = None) -> _Running | None:
     lock = TrialLock(s.run_dir)
     if not lock.acquire():
         return None  # another launcher runs it right now
@@ -114,8 +89,10 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
     if now and now != s.status:  # another launcher ran it since this one read the records
         lock.release()
         return None
-    trial_json = write_trial_json(s.trial, s.run_dir, backend="local",
-                                  overrides={"device": device} if device else None,
+    overrides: dict = {"device": device} if device else {}
+    if compiled and family_key(s.trial.config.flat()) in compiled:
+        overrides["compile_threads"] = 1  # its graphs are cached: no compile worker pool next to training trials
+    trial_json = write_trial_json(s.trial, s.run_dir, backend="local", overrides=overrides or None,
                                   tags=launch_tags(store.parent_id, gpus, trials_per_gpu))
     if store.enabled:
         why = "found unreachable moments ago"
@@ -225,12 +202,13 @@ def _wait(running: list[_Running], timeout: float) -> None:
             os.close(fd)
 
 
-def check_local(nproc: int, *, max_parallel: int, trials_per_gpu: int, gpus: list[int]) -> None:
+def check_local(nproc: int, *, max_parallel: int | None, trials_per_gpu: int | str | None, gpus: list[int]
+                ) -> None:
     """Launch options this machine cannot honour: raised before any run or record is created."""
-    if max_parallel < 1:
+    if max_parallel is not None and max_parallel < 1:
         raise BackendError(f"max_parallel={max_parallel}: a sweep runs at least 1 trial at a time; "
                            "pass --max-parallel N with N >= 1")
-    if trials_per_gpu > 1 and nproc > 1:
+    if isinstance(trials_per_gpu, int) and trials_per_gpu > 1 and nproc > 1:
         raise BackendError(f"trials_per_gpu={trials_per_gpu} needs single-GPU trials (this spec uses {nproc} "
                            "GPUs per trial); set backend.local.trials_per_gpu=1")
     if gpus and nproc > len(gpus):
@@ -239,20 +217,25 @@ def check_local(nproc: int, *, max_parallel: int, trials_per_gpu: int, gpus: lis
                            "resources.gpus_per_node or use --backend slurm")
 
 
-def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, nproc: int,
+def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int | None, nproc: int,
                title: str, existing: dict, device: str | None = None, gpus: list[int] | None = None,
-               trials_per_gpu: int = 1, warm: WarmTrainer | None = None, outage: Outage | None = None
-               ) -> dict[str, str]:
-    """Run `todo` and return {trial_id: final status}. `trials_per_gpu` > 1 shares each GPU between
-    that many single-GPU trials (small models that leave a GPU mostly idle). `warm`: once it has
-    imported (waited for: it started before the store's set-up), single-process trials are forked
-    from it (see warm.py); if it cannot fork, they start fresh. `outage`: the caller's view of a tracking
-    server that stopped answering (cluster/local/outage.py), kept up to date here."""
+               trials_per_gpu: int | str | None = 1, warm: WarmTrainer | None = None,
+               outage: Outage | None = None) -> dict[str, str]:
+    """Run `todo` and return {trial_id: final status}. Single-GPU trials are packed per GPU by
+    packing.Packer: up to `trials_per_gpu` at a time (`auto`: as many as memory holds, at most
+    packing.AUTO_SHARE), a new one only once the GPU's last started trial has taken its first step.
+    `max_parallel` caps the trials running at once (None: every GPU slot; on the CPU, 1). `warm`: once
+    it has imported (waited for: it started before the store's set-up), single-process trials are
+    forked from it (see warm.py); if it cannot fork, they start fresh. `outage`: the caller's view of a
+    tracking server that stopped answering (cluster/local/outage.py), kept up to date here."""
     gpus = visible_gpus() if gpus is None else gpus
     check_local(nproc, max_parallel=max_parallel, trials_per_gpu=trials_per_gpu,
                 gpus=[] if device == "cpu" else gpus)
-    pool = GpuPool([g for g in gpus for _ in range(trials_per_gpu)])
-    use_gpus = pool.total > 0 and device != "cpu"
+    use_gpus = bool(gpus) and device != "cpu"
+    share, check_memory = share_of(trials_per_gpu)
+    packer = Packer(list(gpus), share, check_memory, jit=check_memory) if use_gpus and nproc == 1 else None
+    pool = GpuPool(list(gpus)) if use_gpus and packer is None else None
+    max_parallel = default_parallel(max_parallel, list(gpus) if use_gpus else [], nproc, trials_per_gpu)
     queue = list(todo)
     running: list[_Running] = []
     results: dict[str, str] = {}
@@ -260,10 +243,14 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
     outage = outage or Outage()
     # a server's records go by the courier, off this loop's path; a file store's by this loop (single writer)
     courier = Courier(store, outage) if store.enabled and is_server(store.uri) else None
+    memory = MemoryReader()
     # GPU trials compile: with a cold cache, start one trial alone and the rest once it has taken its
     # first step, so they load its graphs from the sweep's shared cache instead of all compiling.
     warming = use_gpus and len(todo) > 1 and cache_is_cold(Path(todo[0].run_dir).parent)
     last_delivery = last_retry = 0.0
+    keys = iter(range(1, 1 << 62))
+    # graph families in the compile cache: warmed by `gatesweep warmup`, or a trial of theirs has stepped
+    compiled = warm_families(Path(todo[0].run_dir).parent) if todo else set()
     if warm is not None:
         warm.wait_ready()
     with Progress(title, len(todo), parallel=max_parallel) as progress:
@@ -272,17 +259,28 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                 if warming and running:  # released once the first trial has stepped (or ended)
                     first = running[0]
                     warming = first.proc.poll() is None and (last_step(first.state.run_dir) or 0) < 1
+                if packer is not None:
+                    for r in running:
+                        if r.key in packer.starting and (last_step(r.state.run_dir) or 0) >= 1:
+                            packer.stepped(r.key, time.time())
+                            compiled.add(family_key(r.state.trial.config.flat()))
+                        elif r.key not in packer.starting and packer.jit:
+                            packer.progress(r.key, last_train_point(r.state.run_dir))
                 while queue and len(running) < max_parallel and not (warming and running):
-                    taken = pool.take(nproc) if use_gpus else []
+                    taken = take_gpus(packer, pool, memory, nproc) if use_gpus else []
                     if taken is None:
                         break
                     s = queue.pop(0)
                     r = _start(s, store, taken, nproc=nproc, device=device, existing=existing, outage=outage,
-                               trials_per_gpu=trials_per_gpu, warm=warm)
+                               trials_per_gpu=share if packer is not None else 1, warm=warm, compiled=compiled)
                     if r is None:  # another launcher runs it, or ran it meanwhile
-                        pool.give(taken)
+                        if pool is not None:
+                            pool.give(taken)
                         results[s.trial.trial_id] = TAKEN
                         continue
+                    if packer is not None:
+                        r.key = next(keys)
+                        packer.add(r.key, taken[0], time.time(), s.trial.config.run.num_iterations)
                     running.append(r)
                     progress.started(_label(r.state), r.state.run_dir, r.state.trial.config.run.num_iterations)
                 ended = False
@@ -294,7 +292,10 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int, 
                     running.remove(r)
                     status, _ = _final_status(r, code)
                     r.log.close()  # type: ignore[attr-defined]
-                    pool.give(r.gpus)
+                    if packer is not None:
+                        packer.remove(r.key)
+                    elif pool is not None:
+                        pool.give(r.gpus)
                     if courier is not None and _undelivered(r.state.run_dir, store.uri):
                         courier.hand(r.state, r.lock)  # delivered under the trial's lock, which it then releases
                     else:

@@ -10,8 +10,11 @@ starts with everything imported. What a trial sees is what a fresh process would
 - the trial's environment and working directory. Only variables that nothing reads before the first
   step may differ from the warm process's own (PER_TRIAL_ENV); a trial whose environment differs in
   anything else (say TORCHINDUCTOR_*, which torch reads at import) starts as a fresh process.
-The warm process runs no torch op, starts no thread and never loads the CUDA driver (it checks after
-its imports and before each fork); multi-rank trials (torchrun) always start fresh.
+The warm process runs no torch op, starts no thread and never initializes the CUDA driver (it checks
+after its imports and before each fork; torch.cuda.is_available() goes through NVML there). If importing the
+compiler (torch._dynamo, inductor) makes it unsafe to fork, it starts again without those imports and
+the trials import them themselves; if torch alone does, trials start fresh and the launcher says why.
+Multi-rank trials (torchrun) always start fresh.
 
 Messages are JSON datagrams on a SOCK_SEQPACKET pair: launcher -> warm: {"argv", "env", "cwd"} with
 the log and lock descriptors; warm -> launcher: {"ready"}, {"started": pid} and {"exited": pid,
@@ -75,6 +78,7 @@ class WarmTrainer:
         self.sock.setblocking(False)
         self.ready = False
         self.alive = True
+        self.why = ""  # the warm process's reason not to fork (ready: false) or what it left out (a note)
         self.codes: dict[int, int] = {}
         self._started: list[int] = []
 
@@ -96,6 +100,12 @@ class WarmTrainer:
             msg = json.loads(data)
             if "ready" in msg:
                 self.ready = bool(msg["ready"])
+                self.why = str(msg.get("why") or msg.get("note") or "")
+                if self.why:  # e.g. imports that loaded the CUDA driver or started threads on a GPU machine
+                    from trainer.console import note
+
+                    note(f"note: warm trainer: {'forks trials; ' if self.ready else 'trials start fresh: '}{self.why}",
+                         err=True)
             elif "started" in msg:
                 self._started.append(int(msg["started"]))
             elif "exited" in msg:
@@ -201,23 +211,37 @@ class WarmProc:
 
 # ---- the warm process ------------------------------------------------------------------------------
 
-def serve(sock_fd: int) -> None:
+def serve(sock_fd: int, without_compiler: str = "") -> None:
+    """without_compiler: why an earlier start of this process had to drop the compiler's imports."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C; its death reaches us as SIGTERM
     sock = socket.socket(fileno=sock_fd)
     import importlib
 
     from trainer.startup import COMPILE_MODULES  # what a trainer imports before its first step
 
-    for name in ("torch", *COMPILE_MODULES, *TRAINER_MODULES):
+    # torch.cuda.is_available() through NVML, so that no import creates the CUDA driver here (a forked
+    # child could not use it); the trials get their own environment back
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    # numpy's OpenBLAS starts a thread per core when loaded (15 idle threads on a 16-core GPU machine), and
+    # a process with threads must not fork; the trainer never calls numpy's BLAS (torch has its own)
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    for name in ("torch", *TRAINER_MODULES):
         importlib.import_module(name)
-    if why := _unsafe_to_fork():
+    if not (why := _unsafe_to_fork()) and not without_compiler:
+        for name in COMPILE_MODULES:
+            importlib.import_module(name)
+        if dropped := _unsafe_to_fork():  # start again without them: forked trials import them themselves
+            sock.set_inheritable(True)
+            os.execv(sys.executable, [sys.executable, "-m", "cluster.local.warm", str(sock_fd),
+                                      f"after importing the compiler: {dropped}"])
+    if why:
         _send(sock, {"ready": False, "why": why})
         return
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    _send(sock, {"ready": True})
+    _send(sock, {"ready": True} | ({"note": f"compiler not preloaded ({without_compiler})"} if without_compiler else {}))
     while True:
         readable = select.select([sock, wake_r], [], [])[0]
         if wake_r in readable:
@@ -240,13 +264,16 @@ def serve(sock_fd: int) -> None:
 
 def _unsafe_to_fork() -> str:
     """Why this process must not fork trials ('' if it may): a second thread could hold a lock the child
-    copies; a loaded CUDA driver cannot be used again in a forked child."""
+    copies; an initialized CUDA driver cannot be used again in a forked child. Only initialization
+    counts: on a GPU machine `import torch` maps libcuda.so (seen on an H200, torch 2.11) without
+    initializing it, which a child may do itself; cuInit starts the driver's own threads, and torch's
+    lazy init is visible to torch.cuda.is_initialized()."""
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
         return f"{threads} threads after imports"
-    with open("/proc/self/maps") as f:
-        if "libcuda.so" in f.read():
-            return "the CUDA driver is loaded"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "CUDA is initialized"
     return ""
 
 
@@ -317,5 +344,5 @@ def _become_trial(req: dict[str, Any], fds: list[int], close: tuple[int, ...], p
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "")
     os._exit(0)  # torch's interpreter teardown costs ~0.7 s and writes nothing

@@ -1,6 +1,6 @@
 """Ray Tune backend: a spec's `search:` block (or its own trials) as Tune trials under ASHA.
 
-Owns the search space and its sampled trials (space.py), options and dry-run text (plan.py), the
+Owns the options and dry-run text (plan.py; the search space is cluster.common.search), the
 driver (launch.py), the trainable and its engines (trainable.py, child.py), the driver's callbacks
 (callbacks.py), the best value per design point (summary.py) and Ray on a Slurm allocation
 (on_slurm.py). Imports no Ray until a search runs.

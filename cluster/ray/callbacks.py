@@ -29,11 +29,24 @@ class EarlyStopASHA(ASHAScheduler):
     Tune stops the actor: the trial's cleanup then records EARLY_STOPPED; without a note a stopped
     trial was interrupted (KILLED, resumed on rerun)."""
 
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._ids: dict[str, str] = {}  # Tune's trial id -> gatesweep's
+
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        self._ids[trial.trial_id] = str(trial.config["trial"]["trial_id"])
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP and not result.get("done") and not result.get("replay"):
             write_early_stop_note(Path(trial.config["trial"]["run_dir"]), int(result.get("step", -1)))
         return decision
+
+    def rungs(self) -> list[dict[str, Any]]:
+        """Each rung's step and the val loss ASHA recorded there per gatesweep trial id (lowest step first):
+        a trial is recorded once per rung, when it first reports at or past the rung's step; a trial Tune
+        restarted (its node lost) is not judged again at a rung it passed."""
+        sign = float(self._metric_op or 1.0)  # the rungs hold metric_op * val_loss
+        return [{"step": int(step), "val_loss": {self._ids.get(t, t): float(v) * sign for t, v in sorted(recorded.items())}}
+                for bracket in self._brackets for step, recorded in reversed(bracket._rungs)]
 
 
 def ended_line(label: str, run_dir: Path, replayed: bool) -> str:

@@ -23,10 +23,10 @@ import time
 from collections import deque
 from pathlib import Path
 
+from cluster.common.command import trainer_command
 from cluster.common.process import die_with_parent
 from cluster.common.store import clean_env
 from cluster.common.trialdir import local_status, set_local_status
-from cluster.local.runner import trainer_command
 
 POLL_S = 0.2
 STOP_GRACE_S = 120.0  # SIGTERM -> the trainer checkpoints at its next step boundary and exits

@@ -1,6 +1,6 @@
 """Ray Tune backend: a spec's `search:` as Tune trials under ASHA (thin executor over ray_* builders).
 
-run_ray: sample the search's trials (ray_space) -> the same checks, stale cleanup and MLflow parent
+run_ray: sample the search's trials (cluster.common.search) -> the same checks, stale cleanup and MLflow parent
 and child runs as the local backend (one child run per trial id, reused) -> one Tuner over the
 trials (ray_trainable runs each in its actor) -> the best value per design point, printed and
 logged to the parent run.
@@ -28,6 +28,7 @@ from typing import Any
 
 from cluster.common.delivery import deliver, deliver_pending
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
+from cluster.common.search import METRIC, MODE, SearchPlan, parse_search, search_trials
 from cluster.common.state import DONE, TrialState, known_runs, split
 from cluster.common.store import LEAKY_ENV, SweepStore
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, local_status, trial_dir, write_trial_json
@@ -42,12 +43,17 @@ from cluster.ray.plan import (
     ray_options,
     trial_resources,
 )
-from cluster.ray.space import METRIC, MODE, SearchPlan, parse_search, search_trials
 from cluster.ray.summary import log_search, report
 from sweeps.errors import SpecError
 from sweeps.mlflow_runs import is_server
+from trainer.record import write_json
 
 NODE_WAIT_S = 300.0
+# A trial whose actor died (its node lost, its process killed) is started again, up to this many times, on
+# any node with room: it resumes from its trainer checkpoint in the run dir (a shared filesystem), ASHA
+# keeps its rungs (the scheduler lives in this driver). A trial whose trainer failed is not retried.
+MAX_TRIAL_RESTARTS = 3
+ASHA_RUNGS = "asha_rungs.json"
 
 
 def run_ray(prep: Prepared, *, dry_run: bool, max_parallel: int | None, overrides: list[str] | tuple[str, ...] = (),
@@ -172,7 +178,7 @@ def _fit(name: str, plan: SearchPlan, states: list[TrialState], store: SweepStor
                                         trial_dirname_creator=lambda t: str(t.config["trial"]["trial_id"])),
             run_config=tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(opts.storage_path), verbose=0, callbacks=[callback],
-                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_RESTARTS),
                                       checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)))
         # `kill PID` stops a search like Ctrl-C: Tune stops the trials, they record KILLED and resume on
         # rerun. Set after ray.init, whose own SIGTERM handler aborts the process.
@@ -181,6 +187,8 @@ def _fit(name: str, plan: SearchPlan, states: list[TrialState], store: SweepStor
             tuner.fit()
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if scheduler is not None:  # what ASHA judged each trial by: see EarlyStopASHA.rungs
+                write_json(opts.storage_path / ASHA_RUNGS, {"rungs": scheduler.rungs()})
         callback.settle(wait_s=60.0)
     return set(callback.ended)
 

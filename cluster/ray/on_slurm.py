@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cluster.common.sbatch_options import STRING_OPTS, resolve_options, sbatch_directive
 from cluster.ray.plan import ray_options
-from cluster.slurm.sbatch import STRING_OPTS, resolve_options, sbatch_directive
 from sweeps.spec import SweepSpec
 
 MAX_GPUS_PER_NODE = 8
@@ -77,8 +77,9 @@ def _directives(job: RaySlurmJob) -> list[str]:
 
 def sbatch_text(job: RaySlurmJob) -> str:
     ray = shlex.quote(str(Path(job.python).parent / "ray"))
-    start_opts = (f'--num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus={job.gpus_per_node} --include-dashboard=false '
-                  '--temp-dir="/tmp/ray-$SLURM_JOB_ID" --block')
+    start_opts = f'--num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus={job.gpus_per_node} --block'
+    # /tmp is node-local on most clusters; a name per node also keeps nodes apart where it is shared
+    head_temp, node_temp = ('--temp-dir="/tmp/ray-$SLURM_JOB_ID-' + node + '"' for node in ("$head", "$node"))
     run = [f'"$PY" -m gatesweep run {shlex.quote(job.spec_path)} --backend ray',
            'backend.ray.address="$head_ip:$port"', f"backend.ray.nodes={job.nodes}",
            *(shlex.quote(o) for o in job.overrides)]
@@ -104,16 +105,17 @@ def sbatch_text(job: RaySlurmJob) -> str:
         'export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"  # no telemetry calls from compute nodes',
         'mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
         'head=${nodes[0]}',
-        "# The head's address as Slurm knows it (NodeAddr), as an IPv4 address for Ray.",
-        'head_addr=$(scontrol show node "$head" | tr \' \' \'\\n\' | sed -n \'s/^NodeAddr=//p\')',
-        'head_ip=$(getent ahostsv4 "$head_addr" | awk \'NR==1{print $1}\')',
+        "# Each node's address as Slurm knows it (NodeAddr), as an IPv4 address for Ray: Ray's own guess (the",
+        "# interface of the default route) can be another network than the one the nodes share.",
+        'node_ip() { getent ahostsv4 "$(scontrol show node "$1" | tr \' \' \'\\n\' | sed -n \'s/^NodeAddr=//p\')" | awk \'NR==1{print $1}\'; }',
+        'head_ip=$(node_ip "$head")',
         "# A head on loopback is a one-machine cluster: Ray's single-machine mode keeps every server on it.",
         'case "$head_ip" in 127.*) export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0;; esac',
         f"port=$(({RAY_PORT_BASE} + SLURM_JOB_ID % 10000))  # two searches on one node must not collide",
-        f'srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$head" "$RAY" start --head --node-ip-address="$head_ip" --port=$port {start_opts} &',
+        f'srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$head" "$RAY" start --head --node-ip-address="$head_ip" --port=$port --include-dashboard=false {start_opts} {head_temp} &',
         f'for _ in $(seq {HEAD_WAIT_S // 2}); do "$RAY" status --address="$head_ip:$port" >/dev/null 2>&1 && break; sleep 2; done',
         'for node in "${nodes[@]:1}"; do',
-        f'  srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$node" "$RAY" start --address="$head_ip:$port" {start_opts} &',
+        f'  srun --nodes=1 --ntasks=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" -w "$node" "$RAY" start --address="$head_ip:$port" --node-ip-address="$(node_ip "$node")" {start_opts} {node_temp} &',
         "done",
         "# The driver waits until backend.ray.nodes nodes have joined, then runs the search on them.",
         "code=0",

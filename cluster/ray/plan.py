@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.common.search import METRIC, MODE, SearchPlan
 from cluster.common.trialdir import RUNS_ROOT
 from cluster.errors import BackendError
-from cluster.ray.space import METRIC, MODE, SearchPlan
 from sweeps.expand import Trial, gpu_hours
 from sweeps.schema import check_section
 from sweeps.spec import SweepSpec

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.common.search import SearchPlan, group_label
 from cluster.common.state import DONE
 from cluster.common.trialdir import local_status, trial_dir
-from cluster.ray.space import SearchPlan, group_label
 from sweeps.select import pick, seed_means
 from sweeps.text_table import text_table
 from trainer.record import read_json

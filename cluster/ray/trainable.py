@@ -243,14 +243,13 @@ class TrialTrainable(tune.Trainable):
         return result
 
     def _end(self, verdict: str) -> None:
-        """Finish the run; a run that did not end FINISHED/EARLY_STOPPED fails the Tune trial."""
+        """Finish the run. A run that ended FAILED (diverged, a bad config) ends its Tune trial normally,
+        its record saying why: Tune restarts only trials whose actor died (a lost node), and a failed
+        trainer would fail the same way again."""
         assert self.engine is not None
         self.ended = True
-        status, reason = self.engine.finish(verdict)
+        self.engine.finish(verdict)
         self._release()
-        if verdict == "end" and status not in DONE and not self.replay:
-            raise RuntimeError(f"trial {self.payload['trial_id']} ({self.payload['label']}) ended {status or 'without a status'}: "
-                               f"{reason}; see {self.run_dir}")
 
     def _release(self) -> None:
         if getattr(self, "lock", None) is not None:

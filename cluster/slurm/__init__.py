@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cluster.backend import RunOptions
+from cluster.common.trialdir import trial_dir
 from cluster.errors import BackendUnavailable
 
 
@@ -33,6 +36,16 @@ class SlurmLauncher:
         from cluster.slurm.launch import run_slurm
 
         return run_slurm(prep, dry_run=opts.dry_run, wait=opts.wait, opts=opts.slurm, check=opts.check)
+
+    def job_alive(self, trials: list[Any], root: Path) -> Callable[[Path], bool] | None:
+        """Trials submitted to Slurm (a slurm.json in the run directory): alive while squeue lists their
+        job as pending or running (one squeue call); None when none of them was submitted."""
+        submitted = [t for t in trials if (trial_dir(t, root) / "slurm.json").exists()]
+        if not submitted:
+            return None
+        from cluster.slurm.state import SlurmView
+
+        return SlurmView(submitted, root).job_live
 
 
 LAUNCHER = SlurmLauncher()

@@ -85,11 +85,31 @@ class TrialJob(Checkpointable):
         run_dir = Path(self.run_dir)
         if local_status(run_dir)[0] in DONE:  # a requeue that raced the trainer's end: nothing to do
             return {"trial_id": self.trial_id, "rank": job.global_rank, "status": local_status(run_dir)[0]}
+        # Slurm's own requeues (a lost node, `scontrol requeue`) restart this same pickled job without
+        # checkpoint(): SLURM_RESTART_COUNT counts them with the signal requeues, under one max_requeues
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        if restarts > self.max_requeues:
+            return self._refuse_restart(job.global_rank, job.job_id, restarts)
+        env = self._env()
+        # one line per rank in the job's log: where each rank runs and whom it rendezvouses with
+        print(f"gatesweep: trial {self.trial_id} rank {env['RANK']}/{env['WORLD_SIZE']} on {socket.gethostname()}, "
+              f"MASTER_ADDR={env['MASTER_ADDR']} MASTER_PORT={env['MASTER_PORT']}, attempt {restarts + 1}", flush=True)
         if job.global_rank == 0:
-            set_local_status(run_dir, "RUNNING", f"Slurm job {job.job_id} on {socket.gethostname()}, "
-                                                 f"attempt {self.requeues + 1}")
-        code = self._run_trainer(self._env())
+            hosts = ",".join(job.hostnames) if len(job.hostnames) > 1 else socket.gethostname()
+            set_local_status(run_dir, "RUNNING", f"Slurm job {job.job_id} on {hosts}, attempt {restarts + 1}")
+        code = self._run_trainer(env)
         return self._outcome(code, job.global_rank, job.job_id)
+
+    def _refuse_restart(self, rank: int, job_id: str, restarts: int) -> dict[str, Any]:
+        """Slurm requeued the job more often than max_requeues allows (a node that keeps failing it):
+        end here with the trial KILLED and its checkpoint kept; `gatesweep run` resubmits it."""
+        reason = (f"Slurm requeued job {job_id} {restarts} time(s) (a lost node, `scontrol requeue` or a stop "
+                  f"signal), more than max_requeues={self.max_requeues}; not run again here, its last checkpoint is "
+                  "kept: `gatesweep run` resubmits and resumes it")
+        if rank == 0:
+            set_local_status(Path(self.run_dir), "KILLED", reason)
+        print(f"gatesweep: {reason}", flush=True)
+        return {"trial_id": self.trial_id, "rank": rank, "status": "KILLED"}
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}

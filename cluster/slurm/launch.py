@@ -25,6 +25,7 @@ from typing import Any
 
 from cluster.common.compile_cache import cache_env
 from cluster.common.prepare import Prepared, preflight_trials, recover, retire_stale, states_for
+from cluster.common.sbatch_options import DEFAULT_MAX_ARRAY_SIZE, SlurmOptions, resolve_options
 from cluster.common.state import TrialState, known_runs, split
 from cluster.common.trialdir import (
     RUNS_ROOT,
@@ -36,13 +37,10 @@ from cluster.common.trialdir import (
 )
 from cluster.errors import BackendError, BackendUnavailable
 from cluster.slurm.sbatch import (
-    DEFAULT_MAX_ARRAY_SIZE,
-    SlurmOptions,
     chunks,
     executor_params,
     parse_max_array_size,
     ranks_per_node,
-    resolve_options,
     sbatch_text,
     setup_lines,
 )

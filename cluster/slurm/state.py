@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 from cluster.common.trialdir import RUNS_ROOT, TrialLock, trial_dir
@@ -115,6 +114,3 @@ class SlurmView:
         jid = self.ids.get(run_dir)
         return f"job {jid} {self.states.get(jid, '?')}" if jid else ""
 
-
-def slurm_alive(trials: list[Trial], root: Path = RUNS_ROOT) -> Callable[[Path], bool]:
-    return SlurmView(trials, root).alive

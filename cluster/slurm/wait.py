@@ -27,6 +27,9 @@ POLL_S = 5.0
 DELIVER_EVERY_S = 15.0
 ACCOUNTING_GRACE_S = 15.0  # sacct records of a just-ended job lag a few seconds
 MAX_SQUEUE_FAILURES = 10
+# job ends that stop a trial from outside (sacct states): the trial is KILLED (resumable), not FAILED
+RESUMABLE_ENDS = {"CANCELLED": "cancelled", "TIMEOUT": "time limit", "PREEMPTED": "preempted",
+                  "DEADLINE": "deadline", "NODE_FAIL": "a node of its allocation failed"}
 
 
 def _deliver(s: TrialState, store: SweepStore) -> None:
@@ -43,9 +46,14 @@ def _settle(s: TrialState, job_id: str, store: SweepStore, ended_at: float) -> s
     job_state = sacct_states([job_id]).get(job_id, "")
     if not job_state and time.monotonic() - ended_at < ACCOUNTING_GRACE_S:
         return None
-    status = "KILLED" if job_state in ("CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE") else "FAILED"
     log = (read_json(s.run_dir / "slurm.json") or {}).get("log", "the job's log")
-    reason = f"Slurm job {job_id} ended {job_state or '(state unknown)'} before the trainer recorded an outcome; see {log}"
+    if job_state in RESUMABLE_ENDS:  # not the trial's fault: its last checkpoint is kept
+        status = "KILLED"
+        reason = (f"Slurm job {job_id} ended {job_state} ({RESUMABLE_ENDS[job_state]}) before the trainer recorded "
+                  f"an outcome; its last checkpoint is kept: `gatesweep run` resubmits and resumes it; see {log}")
+    else:
+        status = "FAILED"
+        reason = f"Slurm job {job_id} ended {job_state or '(state unknown)'} before the trainer recorded an outcome; see {log}"
     set_local_status(s.run_dir, status, reason)
     if store.enabled and s.mlflow_run_id and is_server(store.uri):
         store.mark(s.mlflow_run_id, status, reason)
