@@ -6,7 +6,8 @@ such as attn_gate in none|headwise|elementwise|const, integer bounds, cross-fiel
 imported run holds only values a trainer run could have logged. Losses and times must be finite and
 >= 0: MLflow stores inf as 1.8e308 and a NaN summary makes a FINISHED run drop out of every table.
 Free text (notes, gpu_name, unknown columns) is kept as it is, bounded in length; the CSVs the
-toolkit writes neutralise spreadsheet formulas (`analysis.render.to_csv`).
+toolkit writes neutralise spreadsheet formulas (`trainer.csvsafe.safe_cell`, used by `analysis.render.to_csv`
+and the results.csv rows).
 """
 
 from __future__ import annotations

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from typing import Any
 
 from cluster.common.delivery import deliver
 from cluster.common.trialdir import TrialLock
-from cluster.local.outage import Outage
+from cluster.local.outage import Outage, answers
 
 PROBE_S = 5.0  # seconds between probes while the server is away
-PROBE_TIMEOUT_S = 2.0
 
 
 class Courier:
@@ -83,14 +80,8 @@ class Courier:
                 self._pause()
 
     def _answers(self) -> bool:
-        """Does the server answer again (any HTTP response to /health, within PROBE_TIMEOUT_S)? Ends the
-        outage if so. A request of its own, not MLflow's: quick even while MLflow's requests would hang."""
-        try:
-            with urllib.request.urlopen(f"{self.store.uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
-                pass
-        except urllib.error.HTTPError:
-            pass  # it answered (an error page is an answer: a proxy, an auth layer)
-        except (OSError, ValueError):
+        """Does the server answer again? Ends the outage if so."""
+        if not answers(self.store.uri):
             return False
         self.outage.over()
         return True

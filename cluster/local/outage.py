@@ -3,7 +3,8 @@ launcher sees it: tracking must never hold up scheduling.
 
 - Every request of the launcher has a deadline (CALL_DEADLINE_S, no retries, while a sweep runs: a
   hung server answers nothing, and the store's defaults wait 20 s three times per request).
-- The first request that fails or times out starts the outage: the launcher's loop asks the server
+- Before a trial's MLflow run is created, a quick probe (`answers`, 2 s) checks that the server
+  answers at all. The first probe or request that fails or times out starts the outage: the launcher's loop asks the server
   nothing more (trials start without their MLflow run, which the trainer or `gatesweep sync` creates;
   trainers get OFFLINE_ENV: one quick delivery attempt at their end, records stay local) until the
   courier (cluster/local/courier.py), which delivers ended trials' records from a thread of its own,
@@ -16,10 +17,13 @@ from __future__ import annotations
 
 import os
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 CALL_DEADLINE_S = 10
+PROBE_TIMEOUT_S = 2.0  # /health answers at once when the server is up; a hung one answers nothing
 LAUNCHED_SYNC_TIMEOUT_S = 1.0
 # The trainer's final delivery during an outage: one attempt without retries (a refused connection fails
 # at once, a hung server after the request's timeout).
@@ -73,3 +77,16 @@ def trainer_http_env() -> dict[str, str]:
     """A trainer's request settings: the user's (from before call_deadline), else TRAINER_HTTP_DEFAULTS."""
     user = _outer if _outer else os.environ
     return {k: user.get(k) or default for k, default in TRAINER_HTTP_DEFAULTS.items()}
+
+
+def answers(uri: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Does the server answer (any HTTP response to /health within `timeout`)? A request of its own, not
+    MLflow's: quick even where MLflow's requests would wait CALL_DEADLINE_S. An error page is an answer
+    (a proxy, an auth layer in front of the server)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False

@@ -34,7 +34,7 @@ from cluster.common.store import SweepStore, clean_env
 from cluster.common.trialdir import TrialLock, local_status, set_local_status, write_trial_json
 from cluster.errors import BackendError
 from cluster.local.courier import Courier
-from cluster.local.outage import LAUNCHED_SYNC_TIMEOUT_S, OFFLINE_ENV, Outage, trainer_http_env
+from cluster.local.outage import LAUNCHED_SYNC_TIMEOUT_S, OFFLINE_ENV, Outage, answers, trainer_http_env
 from cluster.local.packing import (
     GpuPool,
     MemoryReader,
@@ -96,6 +96,8 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
                                   tags=launch_tags(store.parent_id, gpus, trials_per_gpu))
     if store.enabled:
         why = "found unreachable moments ago"
+        if is_server(store.uri) and not outage.active and not answers(store.uri):
+            outage.seen()  # hung or gone: found in PROBE_TIMEOUT_S, not in a request's CALL_DEADLINE_S
         failed = outage.active
         if outage.active:
             store.note_uri(s.run_dir)
