@@ -4,9 +4,10 @@ never waits on it (a hung server answers nothing; each request then costs CALL_D
 
 While the outage (cluster/local/outage.py) is on, the courier holds its queue and probes the server
 every PROBE_S; the first answer ends the outage. At the sweep's end each record left gets one more try
-(after one more probe) and what the server still does not take is left to `gatesweep sync`. Each trial stays locked until its record is delivered
-(or the sweep ends), so no other launcher delivers it at the same time. A file store (sqlite) has no
-courier: the launcher is its single writer and a file does not hang.
+(after one more probe) and what the server still does not take is left to `gatesweep sync`. Each trial
+stays locked until its record is delivered (or the sweep ends), so no other launcher delivers it at the
+same time. A file store (sqlite) has no courier: the launcher is its single writer, and a file does not
+hang.
 """
 
 from __future__ import annotations
