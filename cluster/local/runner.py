@@ -294,6 +294,8 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int |
                     running.remove(r)
                     status, _ = _final_status(r, code)
                     r.log.close()  # type: ignore[attr-defined]
+                    if (last_step(r.state.run_dir) or 0) >= 1:  # it stepped (maybe between two looks): graphs cached
+                        compiled.add(family_key(r.state.trial.config.flat()))
                     if packer is not None:
                         packer.remove(r.key)
                     elif pool is not None:
