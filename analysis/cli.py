@@ -85,8 +85,11 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         cache.put(key, {"text": text})
     if args.out:
         path = args.out / f"{_slug(target.label)}_{'compat' if args.compat else 'table'}.{_EXT[args.format]}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        except OSError as e:
+            raise _storage_error(e, args.out) from None
         print(path)
     else:
         print(text, end="")
@@ -213,13 +216,26 @@ def report_main(argv: Sequence[str] | None = None) -> int:
                     lambda: cache.inputs(_options(args), asdict(target), args.step_times, decisions))
     written = folder.intact(key)  # a repeated call on an unchanged store: nothing to read or write
     if written is None:
-        written = _write_report(folder, target, args, decisions, key)
+        try:
+            written = _write_report(folder, target, args, decisions, key)
+        except OSError as e:  # a full disk while the figures are written: one line, like the trainer's
+            raise _storage_error(e, out_dir) from None
     print(out_dir / "README.md")
     if not args.no_attach:
         parent = _attach(target, written, args.tracking_uri)
         print(f"attached {len(written)} file(s) to sweep run {parent}" if parent
               else "no sweep run (tag gatesweep.kind=sweep) found; nothing attached")
     return 0
+
+
+def _storage_error(e: OSError, out_dir: Path) -> Exception:
+    """StorageError (exit 2) for a write the disk refused (full, read-only, no permission); else `e`."""
+    from trainer.errors import STORAGE_ERRNOS, StorageError
+
+    if e.errno not in STORAGE_ERRNOS:
+        return e
+    return StorageError(f"{e.filename or out_dir}: {e.strerror}; free space or make {out_dir} writable, or write "
+                        "elsewhere with --out DIR, then run the command again")
 
 
 def import_parser() -> Parser:

@@ -268,7 +268,7 @@ def call(uri: str, fn, *args):
 
 
 def _quoted(value: str, what: str) -> str:
-    if not _SAFE_VALUE.match(value):
+    if not _SAFE_VALUE.fullmatch(value):
         raise TrackingError(f"{what} {value!r} has characters MLflow filters cannot quote; "
                             "use letters, digits and . _ - : / +")
     return value

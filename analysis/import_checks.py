@@ -6,7 +6,8 @@ such as attn_gate in none|headwise|elementwise|const, integer bounds, cross-fiel
 imported run holds only values a trainer run could have logged. Losses and times must be finite and
 >= 0: MLflow stores inf as 1.8e308 and a NaN summary makes a FINISHED run drop out of every table.
 Free text (notes, gpu_name, unknown columns) is kept as it is, bounded in length; the CSVs the
-toolkit writes neutralise spreadsheet formulas (`analysis.render.to_csv`).
+toolkit writes neutralise spreadsheet formulas (`trainer.csvsafe.safe_cell`, used by `analysis.render.to_csv`
+and the results.csv rows).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def read_utf8(path: Path) -> str:
 
 def check_columns(header: list[str], source: str) -> None:
     for col in header:
-        if not _COLUMN_RE.match(col):
+        if not _COLUMN_RE.fullmatch(col):
             raise DataError(f"{source}:1: column name {_cut(col)!r} is not a plain name (letters, digits, "
                             "_ . -, starting with a letter or _, at most 250); rename the column")
 
@@ -56,13 +57,13 @@ def check_field(value: str, column: str, source: str, line: int) -> None:
 
 def check_run_id(run_id: str, source: str, line: int) -> None:
     """A run id names its log file (<logs>/<run_id>.txt): a plain name, as the trainer's run_id."""
-    if not RUN_ID_RE.match(run_id):
+    if not RUN_ID_RE.fullmatch(run_id):
         raise DataError(f"{source}:{line}: run_id {_cut(run_id)!r} is not a plain name (letters, digits, "
                         "'_', '.', '-'; at most 128; it names <run_id>.txt logs); fix the id")
 
 
 def check_stage(stage: str, where: str) -> None:
-    if not _STAGE_RE.match(stage):
+    if not _STAGE_RE.fullmatch(stage):
         raise DataError(f"{where}: stage {_cut(stage)!r} is not a plain name (letters, digits and _ . : / + - "
                         "space, starting with a letter, digit or _; at most 128); rename the stage")
 

@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import math
-import re
 import shutil
 import textwrap
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from analysis.seq_table import SEQUENTIAL_VERDICTS, has_sequential
 from analysis.stats import MIN_SEEDS
 from analysis.table import NOT_KEYS
 from sweeps.text_table import text_table
+from trainer.csvsafe import safe_cell
 
 LOW_N_MARK = "†"
 SHARED_MARK = "‡"  # the row's runs shared a GPU with other trials: not speed figures
@@ -240,19 +240,6 @@ def _csv_cell(v: object) -> object:
     if isinstance(v, float) and math.isnan(v):
         return ""
     return safe_cell(v) if isinstance(v, str) else v
-
-
-# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...), +cmd|...).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_PLAIN_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?%?$")
-
-
-def safe_cell(text: str) -> str:
-    """OWASP's CSV-injection rule: text starting with = + - @ tab or CR gets a leading ' so that a
-    spreadsheet shows it instead of evaluating it; a plain number such as -0.0123 stays a number."""
-    if text.startswith(_FORMULA_START) and not _PLAIN_NUMBER.match(text):
-        return "'" + text
-    return text
 
 
 def _intervals(table: pd.DataFrame, low: str, high: str) -> list[str]:

@@ -171,7 +171,7 @@ def command(job: Job, train: str, val: str, run_dir: Path, python: str, ref_sour
         return [python, *nproc, str(run_dir / "train_gpt2.py")], script
     cfg = {"train_files": train, "val_files": val, "batch_size": job.batch, "device_batch_size": 64,
            "num_iterations": job.steps, "warmdown_iters": 0, "val_every": 0, "val_tokens": val_tokens,
-           "out_dir": str(run_dir), "run_id": "bench", "results_csv": str(run_dir / "results.csv"),
+           "out_dir": str(run_dir), "run_id": "bench", "results_csv": str(run_dir / "experiments" / "results.csv"),
            "attn_gate": job.gate} | job.overrides
     # One GPU: a plain process, as every launcher starts a one-GPU trial (cluster/local.py trainer_command,
     # Slurm, Ray): torchrun would add its own start-up (~3 s: a second torch import, the elastic agent).

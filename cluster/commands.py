@@ -67,6 +67,9 @@ def plan(spec_path: str, overrides: list[str], *, as_json: bool, uri: str | None
 def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: bool, max_parallel: int | None,
         uri: str | None, wait: bool, slurm_opts: dict[str, Any], max_looks: int | None = None,
         check: bool = False, as_json: bool = False) -> int:
+    from trainer.record import sync_timeout
+
+    sync_timeout()  # every trainer reads it: a bad value is one line here, not one failure per trial
     prep = prepare(spec_path, overrides, uri)  # chained values are read once per command
     if not as_json:
         return _run(prep, backend=backend, dry_run=dry_run, max_parallel=max_parallel, wait=wait,
@@ -98,6 +101,7 @@ def _run(prep: Prepared, *, backend: str | None, dry_run: bool, max_parallel: in
         raise SpecError(f"--check asks sbatch whether the jobs would be accepted: it applies to --backend slurm, "
                         f"not {chosen.name}; drop it or use --dry-run")
     chosen.available(opts)
+    prep.store.check_spec(spec.name, spec.path, RUNS_ROOT / spec.name)  # one spec file per name
     if dry_run:
         for note in prep.notes:
             print(f"# resolved: {note}")
@@ -207,11 +211,11 @@ def _sync(tracks: list[Path], sweeps: list[Path], uri: str | None) -> dict[str, 
     report: dict[str, Any] = {"delivered": {}, "failed": {}, "up_to_date": [], "sweeps": {}}
     n_ok = n_fail = 0
     for t in tracks:
-        if not pending(t):
-            report["up_to_date"].append(str(t))
-            continue
         try:
             target = resolve_uri(record_uri(t, uri))
+            if not pending(t, target, ask_server=True):  # a server is asked whether it is still the record's store
+                report["up_to_date"].append(str(t))
+                continue
             ensure_store(target)  # a new sqlite store is made whole and by one process, as for `run`
             res = sync_record(t, target)
             report["delivered"][str(t)] = res

@@ -212,10 +212,13 @@ def _delegate(command: str, rest: list[str], uri: str | None, verbosity: int) ->
 
         return train_main(rest, prog="gatesweep train", verbosity=verbosity)
     from analysis import cli as analysis_cli
+    from sweeps.mlflow_runs import resolve_uri
+    from sweeps.store_file import store_errors
 
     rest += ["--tracking-uri", uri] if uri is not None else []
-    return {"table": analysis_cli.table_main, "report": analysis_cli.report_main,
-            "power": analysis_cli.power_main, "import": analysis_cli.import_main}[command](rest)
+    with store_errors(resolve_uri(uri)):  # a damaged sqlite store: one line, exit 2, as for run and sync
+        return {"table": analysis_cli.table_main, "report": analysis_cli.report_main,
+                "power": analysis_cli.power_main, "import": analysis_cli.import_main}[command](rest)
 
 
 def _usage_error(e: UsageError) -> int:

@@ -19,7 +19,7 @@ from sweeps.chain import Chain, Resolved, chain_note
 from sweeps.errors import SpecError
 from sweeps.spec import Resources, SweepSpec, design_points
 from sweeps.time_of import TimeOf, TimeResolver, no_store_time_resolver
-from trainer.config import TrainConfig, config_hash
+from trainer.config import NON_IDENTITY_KEYS, TrainConfig, config_hash
 from trainer.errors import ConfigError
 from trainer.paths import confine
 
@@ -133,7 +133,37 @@ def expand(spec: SweepSpec, *, overrides: dict[str, Any] | None = None,
                          budget_keys=tuple(k for k, v in (spec.base_dict | point).items()
                                            if isinstance(v, TimeOf) and k not in overrides))
 
-    return unique_trials(candidates())
+    return unique_trials(_one_trial_per_point(spec, candidates()))
+
+
+def _one_trial_per_point(spec: SweepSpec, candidates: Iterable[tuple[TrainConfig, dict[str, Any]]]
+                         ) -> Iterator[tuple[TrainConfig, dict[str, Any]]]:
+    """Refuse two design points that are one trial only because they differ in keys outside the trial's
+    identity (`fast: [true, false]`, `notes: [a, b]`): the second would be dropped without a word. The
+    same point met twice (an include repeating a grid point) is fine: unique_trials keeps it once."""
+    first: dict[str, tuple[dict[str, Any], str]] = {}
+    for cfg, fields in candidates:
+        tid, flat = config_hash(cfg), cfg.flat()
+        if tid not in first:
+            first[tid] = (flat, fields["label"])
+        else:
+            other, label = first[tid]
+            keys = [k for k in sorted(NON_IDENTITY_KEYS) if flat[k] != other[k]]
+            if keys:
+                design = [k for k in keys if k in dict(fields["design"])]
+                key = (design or keys)[0]
+                raise SpecError(f"{spec.path}: {_where(spec, key)}: {key} does not define a trial (it is not part "
+                                f"of the trial id: it does not change the math), so the design points "
+                                f"'{label or 'base'}' and '{fields['label'] or 'base'}' are one trial and one "
+                                f"would be dropped; set {key} in base (or on the command line) instead of varying it")
+        yield cfg, fields
+
+
+def _where(spec: SweepSpec, key: str) -> str:
+    if key in dict(spec.grid):
+        return f"grid.{key}"
+    found = [i for i, p in enumerate(spec.include) if key in p.as_dict()]
+    return f"include[{found[0]}].{key}" if found else key
 
 
 def unique_trials(candidates: Iterable[tuple[TrainConfig, dict[str, Any]]]) -> list[Trial]:

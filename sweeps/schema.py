@@ -76,13 +76,13 @@ def _text(v: Any) -> str:
 
 
 def _name(v: Any) -> str:
-    if not isinstance(v, str) or not NAME_RE.match(v):
+    if not isinstance(v, str) or not NAME_RE.fullmatch(v):
         raise ValueError(f"letters, digits, '_', '.', '-' (got {v!r})")
     return v
 
 
 def _required_name(v: Any) -> str:
-    if not isinstance(v, str) or not NAME_RE.match(v):
+    if not isinstance(v, str) or not NAME_RE.fullmatch(v):
         raise ValueError(f"required: letters, digits, '_', '.', '-' (got {v!r})")
     return v
 
@@ -108,7 +108,7 @@ def _sbatch_extra(v: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in v.items():
         k = str(key).replace("_", "-")
-        if not EXTRA_KEY_RE.match(k):
+        if not EXTRA_KEY_RE.fullmatch(k):
             raise ValueError(f"{key}: not an sbatch long option name (lowercase letters, digits, '-')")
         if k in RESERVED_EXTRA:
             raise ValueError(f"{key}: set by gatesweep; use {RESERVED_EXTRA[k]} instead")

@@ -146,7 +146,7 @@ def _chain(ctx: _Ctx, m: Mapping[str, Any], field_path: str) -> Chain:
     select = m.get("select", "best")
     if select not in ("best", "worst"):
         raise ctx.error(f"{field_path}.select", f"{select!r} is not one of best, worst")
-    if not isinstance(m["from"], str) or not NAME_RE.match(m["from"]):
+    if not isinstance(m["from"], str) or not NAME_RE.fullmatch(m["from"]):
         raise ctx.error(f"{field_path}.from", f"expected a stage name (letters, digits, '_', '.', '-'), "
                                               f"got {m['from']!r}")
     where = ctx.mapping(m.get("where"), f"{field_path}.where")
@@ -289,6 +289,13 @@ def _check_comparisons(spec: SweepSpec) -> None:
     points = [p for p, _ in design_points(spec)]
     check_baselines(spec.path, points, spec.base_dict,
                     [" ".join(f"{k}={v}" for k, v in p.items()) or "base" for p in points])
+
+
+def spec_file_id(path: str | os.PathLike[str]) -> str:
+    """Which spec file this is, the same from any checkout of the project: its path relative to the
+    project (the working directory), symlinks resolved; absolute if it lies elsewhere."""
+    real, root = Path(os.path.realpath(path)), Path(os.path.realpath(os.getcwd()))
+    return real.relative_to(root).as_posix() if real.is_relative_to(root) else str(real)
 
 
 def load_spec(path: str | Path) -> SweepSpec:

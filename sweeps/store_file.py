@@ -12,22 +12,20 @@ a damaged one for a while); MLflow's errors about a sqlite store name the file a
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sweeps.errors import StoreFileError
+from trainer.errors import GatesweepError
+from trainer.record import sqlite_path
 
 CREATING = ".creating-"  # <dir>/.<name>.creating-<pid>: a store being migrated (a leftover is a dead creator's)
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The file of a `sqlite:///` URI (relative to the working directory), else None."""
-    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
-        return None
-    return Path(urllib.parse.unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
 
 
 def ensure_store(uri: str) -> None:
@@ -60,9 +58,33 @@ def damaged(path: Path, why: str) -> StoreFileError:
                           "restore it from a backup, then run again")
 
 
+@contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """Around a command that only reads the store (`table`, `report`): a sqlite file that is damaged,
+    half-migrated or of an older schema is the one line `run` and `sync` give (StoreFileError, exit 2),
+    not a sqlalchemy traceback; errors that do not come from the store pass through."""
+    path = sqlite_path(uri)
+    if path is not None and path.exists():
+        check_file(path)  # not a database at all: named before MLflow retries it
+    try:
+        yield
+    except GatesweepError:
+        raise
+    except Exception as e:
+        err = file_error(uri, e) if type(e).__module__.split(".")[0] in _STORE_MODULES else None
+        if err is None:
+            raise
+        raise err from None
+
+
+_STORE_MODULES = ("sqlalchemy", "sqlite3", "alembic", "mlflow")
+
+
 def file_error(uri: str, e: BaseException) -> StoreFileError | None:
     """The error to raise when MLflow failed on a sqlite store's file itself (damaged, half-migrated,
     an older schema), or None when `e` is something else."""
+    if isinstance(e, StoreFileError):  # named already (ensure_store): wrapping it again repeats it
+        return e
     path = sqlite_path(uri)
     text = str(e)
     if path is None or "locked" in text:  # not a file store, or busy (not damaged)
@@ -91,7 +113,10 @@ def _create(path: Path) -> None:
             leftover.unlink(missing_ok=True)
         tmp = path.parent / f".{path.name}{CREATING}{os.getpid()}"
         try:
-            _migrate(tmp)
+            try:
+                _migrate(tmp)
+            except Exception as e:
+                raise (_quoted_path_error(path, e) or e) from None
             os.replace(tmp, path)
         finally:
             for f in (tmp, tmp.with_name(tmp.name + "-journal")):
@@ -100,11 +125,27 @@ def _create(path: Path) -> None:
         os.close(fd)
 
 
+def _quoted_path_error(path: Path, e: Exception) -> StoreFileError | None:
+    """MLflow writes the default artifact root (./mlruns, made absolute) into an SQL statement with
+    Python's repr(): a working directory holding both ' and " gives a syntax error."""
+    cwd = os.getcwd()
+    if not ("'" in cwd and '"' in cwd and "syntax error" in str(e)):
+        return None
+    return StoreFileError(f"{path}: MLflow cannot create a sqlite store from this directory: its path ({cwd[:200]}) "
+                          "holds both ' and \" and MLflow writes it into SQL unescaped; run from a directory whose "
+                          "path lacks one of them, or track to a server (MLFLOW_TRACKING_URI=http://HOST:PORT)")
+
+
 def _migrate(tmp: Path) -> None:
     """MLflow's own creation of a store (tables, migrations, the Default experiment), into `tmp`."""
     from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
 
     uri = f"sqlite:///{tmp.resolve()}"
-    store: Any = _get_sqlalchemy_store(uri, None)
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    db_log.disabled = True  # it logs a failed statement in full; the caller raises one line about it
+    try:
+        store: Any = _get_sqlalchemy_store(uri, None)
+    finally:
+        db_log.disabled = False
     store.engine.dispose()  # no connection may outlive the rename
     getattr(type(store), "_engine_map", {}).pop(uri, None)

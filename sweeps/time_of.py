@@ -51,7 +51,7 @@ def parse_time_of(ctx: Any, m: Any, key: str, field_path: str, name_re: Any) -> 
     body = ctx.mapping(m["time_of"], f"{field_path}.time_of")
     ctx.keys(body, TIME_OF_KEYS, f"{field_path}.time_of")
     stage = body.get("stage")
-    if not isinstance(stage, str) or not name_re.match(stage):
+    if not isinstance(stage, str) or not name_re.fullmatch(stage):
         raise ctx.error(f"{field_path}.time_of.stage", f"required: the stage whose measured time sets the budget "
                                                        f"(letters, digits, '_', '.', '-'), got {stage!r}")
     where = ctx.mapping(body.get("where", {"attn_gate": "none"}), f"{field_path}.time_of.where")

@@ -129,6 +129,7 @@ def test_backends_do_not_know_each_other():
     (r"get_close_matches\(|did you mean \{' or '", "trainer/config.py"),
     (r"config_hash\(cfg\)", "sweeps/expand.py"),
     (r"""['"]  ['"]\.join\(.*ljust\(""", "sweeps/text_table.py"),
+    (r"""\(['"]=['"], ['"]\+['"], ['"]-['"], ['"]@['"]""", "trainer/csvsafe.py"),  # OWASP's CSV-injection rule
 ])
 def test_a_concept_is_written_once(pattern: str, home: str):
     """Code (not docs) that spells the concept lives in its one home (mlflow_sync's own find_run aside)."""

@@ -26,7 +26,7 @@ CORPUS = Path(__file__).parent / "bad_inputs"
 CASES: list[dict[str, Any]] = yaml.safe_load((CORPUS / "cases.yaml").read_text())
 TINY = ["preset=tiny", "vocab_size=64", "n_embd=32", "n_head=2", "sequence_length=32", "batch_size=4",
         "device_batch_size=4", "val_tokens=256", "num_iterations=5", "warmdown_iters=2", "val_every=0",
-        "train_files=data/train_*.bin", "val_files=data/val_*.bin", "out_dir=out", "results_csv=out/results.csv"]
+        "train_files=data/train_*.bin", "val_files=data/val_*.bin", "out_dir=out", "results_csv=experiments/results.csv"]
 
 
 def _data(d: Path) -> None:

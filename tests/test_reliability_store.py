@@ -108,11 +108,13 @@ def test_a_damaged_store_is_one_line_naming_the_file(tmp_path: Path, damage: str
         import sqlite3
 
         sqlite3.connect(db).execute("CREATE TABLE experiments (x)").connection.commit()
-    for args in (["run", "spec.yaml"], ["status", "spec.yaml"]):
+    # table and report (issue #25 item 5) gave a sqlalchemy traceback, exit 1; the message was wrapped twice
+    for args in (["run", "spec.yaml"], ["status", "spec.yaml"], ["table", "spec.yaml"], ["report", "spec.yaml"]):
         res = gatesweep(args, tmp_path, cli_env())
         err = res.stderr.splitlines()
         assert res.returncode == ExitCode.BAD_INPUT and len(err) == 1, res.stdout + res.stderr
         assert err[0].startswith("error: mlflow.db: not a usable MLflow store ("), err
+        assert err[0].count("not a usable MLflow store") == 1 and "StoreFileError" not in err[0], err
         assert len(err[0]) < 400, err
         assert "move it aside (mv mlflow.db mlflow.db.broken)" in err[0] and "restore it" in err[0]
         assert "make mlflow-up" not in err[0]

@@ -345,3 +345,92 @@ def test_notes_reach_results_csv_as_one_quoted_field(tmp_path: Path):
     (parsed,) = csv.DictReader(io.StringIO(header + "\n" + row + "\n"))
     assert parsed["notes"] == flat and parsed["seed"] == "0"
     assert not any((project / m).exists() for m in MARKERS)
+
+
+# ---------------------------------------------------------------- results.csv: a CSV the project owns
+SHELL_NOTES = "$(echo PWNED > pwned.txt)"
+
+
+def _owned_targets(project: Path) -> None:
+    """What a hostile spec could aim results_csv at inside the project."""
+    (project / ".venv" / "bin").mkdir(parents=True)
+    (project / ".venv" / "bin" / "activate").write_text("# activate\nexport VIRTUAL_ENV=x\n")
+    (project / "experiments").mkdir()
+    (project / "experiments" / "tool.csv").write_text("#!/bin/sh\n")
+    (project / "experiments" / "tool.csv").chmod(0o755)
+    (project / "experiments" / "other.csv").write_text("name,score\nx,1\n")
+    (project / "experiments" / "link.csv").symlink_to(project / ".venv" / "bin" / "activate")
+
+
+@pytest.mark.parametrize("target,expect", [
+    (".venv/bin/activate", "is not a .csv file"),
+    ("results.csv", "is not under the project's experiments/ or runs/"),
+    ("experiments/.results.csv", "is a hidden file"),
+    ("experiments/tool.csv", "is an executable file"),
+    ("experiments/other.csv", "holds a file that is not a gatesweep results table"),
+    ("experiments/link.csv", "is not a .csv file (a link to"),
+])
+def test_results_csv_must_be_a_csv_the_project_owns(tmp_path: Path, target: str, expect: str):
+    """Issue #25 item 1: `base: {results_csv: .venv/bin/activate, notes: "$(echo PWNED > pwned.txt)"}`
+    appended a row to the venv's activate script, and sourcing it ran the command. A spec and a trainer
+    started by hand are refused (one line, exit 2) before anything is written; the target is untouched."""
+    project = _project(tmp_path)
+    _owned_targets(project)
+    spec = yaml.safe_load((project / "spec.yaml").read_text())
+    spec["base"] |= {"results_csv": target, "notes": SHELL_NOTES}
+    (project / "bad.yaml").write_text(yaml.safe_dump(spec))
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    runs = [gatesweep(["run", "bad.yaml"], project, cli_env())]
+    if "not under" not in expect:  # where a path typed on the trainer's command line goes is its typer's choice
+        runs.append(subprocess.run([PYTHON, "-m", "trainer", *TRAINER_TINY, f"results_csv={target}",
+                                    f"notes={SHELL_NOTES}"], cwd=project, env=cli_env(GATESWEEP_TRACKING="local"),
+                                   capture_output=True, text=True, timeout=120))
+    for res in runs:
+        lines = res.stderr.splitlines()
+        assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+        assert f"results_csv='{target}' {expect}" in lines[0] and "experiments/results.csv" in lines[0], lines[0]
+    after = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    assert after == before and not (project / "runs").exists()
+    sourced = subprocess.run(["bash", "-c", "source .venv/bin/activate"], cwd=project, capture_output=True, timeout=30)
+    assert sourced.returncode == 0 and not (project / "pwned.txt").exists()
+
+
+def test_results_csv_is_checked_again_when_the_row_is_written(tmp_path: Path):
+    """The file may change while a run trains: append_result re-checks it under its lock."""
+    from trainer.errors import ConfigError
+    from trainer.runlog import RESULTS_HEADER, append_result
+
+    script = tmp_path / "hook.csv"
+    script.write_text(RESULTS_HEADER + "\n")
+    script.chmod(0o755)
+    with pytest.raises(ConfigError, match="is an executable file"):
+        append_result(script, {"run_id": "r", "notes": SHELL_NOTES})
+    plain = tmp_path / "profile"
+    with pytest.raises(ConfigError, match="is not a .csv file"):
+        append_result(plain, {"run_id": "r"})
+    assert script.read_text() == RESULTS_HEADER + "\n" and not plain.exists()
+
+
+def test_every_text_field_of_a_results_row_is_formula_safe():
+    """OWASP CSV injection: a cell starting with = + - @ tab or CR gets a leading ', numbers stay numbers
+    (one rule, trainer.csvsafe, shared with the analysis exports)."""
+    from trainer.runlog import RESULTS_COLUMNS, row_text
+
+    hostile = {"=HYPERLINK(\"http://x\",\"y\")", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx"}
+    row = {k: "=1+1" for k in RESULTS_COLUMNS} | {"seed": 3, "learning_rate": -0.5, "run_id": "r1"}
+    for text in hostile:
+        (parsed,) = csv.reader(io.StringIO(row_text(row | {"notes": text, "gpu_name": text})))
+        cells = dict(zip(RESULTS_COLUMNS, parsed, strict=True))
+        assert cells["notes"] == cells["gpu_name"] == "'" + text, text
+        assert cells["date"] == "'=1+1" and cells["seed"] == "3" and cells["learning_rate"] == "-0.5"
+
+
+def test_a_formula_in_notes_is_not_live_in_results_csv(tmp_path: Path):
+    """Issue #25 item 1: a `notes` value `=HYPERLINK(...)` stayed live in experiments/results.csv."""
+    project = _project(tmp_path)
+    notes = '=HYPERLINK("http://127.0.0.1/x","click")'
+    res = subprocess.run([PYTHON, "-m", "trainer", *TRAINER_TINY, "run_id=formula", f"notes={notes}"], cwd=project,
+                         env=cli_env(GATESWEEP_TRACKING="local"), capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (row,) = csv.DictReader(io.StringIO((project / "experiments" / "results.csv").read_text()))
+    assert row["notes"] == "'" + notes and row["run_id"] == "formula"

@@ -162,7 +162,10 @@ def test_rerun_of_a_finished_spec_is_fast_and_starts_nothing(sweep: Sweep, tmp_p
     res = gatesweep(["run", "spec.yaml", "--backend", "local"], sweep.cwd, env)
     seconds = time.monotonic() - t0
     assert res.returncode == 0, res.stderr
-    assert res.stdout == "skipping 4 finished trial(s)\nnothing to run: 4/4 trials finished\n"
+    lines = res.stdout.splitlines()
+    assert lines[0] == "skipping 4 finished trial(s)" and lines[-1] == "nothing to run: 4/4 trials finished"
+    # the one line between: where the finished trials are in the MLflow UI (#24), no new run asked for
+    assert len(lines) == 3 and lines[1].startswith(f"MLflow UI: the trials, best first: {sweep.uri}/#/experiments/")
     assert res.stderr == ""
     started = log.read_text().splitlines()
     assert len(started) == 1 and started[0].endswith("run spec.yaml --backend local"), started  # no trainer

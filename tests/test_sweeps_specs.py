@@ -146,7 +146,7 @@ def test_id_changes_with_the_seed_which_only_seeds_sets(demo_spec):
 
 
 @pytest.mark.parametrize("key,value", [("out_dir", "elsewhere"), ("compile", "on"), ("compile_mode", "model"),
-                                       ("run_id", "abc"), ("results_csv", "x.csv"), ("notes", "n"),
+                                       ("run_id", "abc"), ("results_csv", "experiments/x.csv"), ("notes", "n"),
                                        ("checkpoint_every", 7), ("log_every", 3), ("device", "cpu"),
                                        ("fused_proj", False), ("ce_chunks", 4), ("muon_batched", False),
                                        ("fast", False), ("gate_gemm", "fused_pad64"),

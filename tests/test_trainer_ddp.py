@@ -116,7 +116,7 @@ def test_torchrun_two_ranks_end_to_end(tmp_path: Path):
     assert len(logs) == 1, (logs, out[-3000:])
     text = logs[0].read_text()
     assert [ln for ln in text.splitlines() if ln.startswith("step:")][-1].startswith("step:4/4 val_loss:")
-    with open(tmp_path / "out" / "results.csv") as f:
+    with open(tmp_path / "experiments" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1
     assert rows[0]["n_gpus"] == "2" and rows[0]["run_id"] == logs[0].stem and rows[0]["num_iterations"] == "4"

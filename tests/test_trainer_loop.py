@@ -43,12 +43,26 @@ def test_nonfinite_loss_fails_the_run_with_exit_1_and_no_result(tmp_path: Path):
     status = read_json(tmp_path / "out" / "track" / "status.json")
     assert status["status"] == "FAILED"
     assert status["reason"] == "non-finite loss at step 3"
-    assert not (tmp_path / "out" / "results.csv").exists()
+    assert not (tmp_path / "experiments" / "results.csv").exists()
     log = (tmp_path / "out" / "logs" / "run.txt").read_text().splitlines()
     assert log[-3].startswith("step:3/10 train_loss:") and log[-3].endswith("non-finite loss at step 3")
     assert log[-2] == "non-finite loss at step 3"
     summary = read_json(tmp_path / "out" / "track" / "summary.json")
     assert summary["final_step"] == 2 and np.isnan(summary["final_val_loss"])  # the last step it started
+
+
+def test_an_update_that_overflows_float32_fails_the_run_as_non_finite(tmp_path: Path):
+    """Issue #25: learning_rate=1e38 made AdamW raise "value cannot be converted to type float without
+    overflow" (lr / bias correction > float32 max): FAILED with a raw RuntimeError as the reason. Now it
+    ends like learning_rate=1e20 does: FAILED, non-finite, exit 1, no result row."""
+    cfg = data_cfg(tmp_path, num_iterations=10, warmdown_iters=2, val_every=5)
+    rc = main(cli_args(cfg) + ["learning_rate=1e38"])
+    assert rc == 1
+    status = read_json(tmp_path / "out" / "track" / "status.json")
+    assert status["status"] == "FAILED"
+    assert status["reason"] == ("non-finite update at step 1: learning_rate=1e+38 overflows the optimizer's "
+                                "float32 arithmetic")
+    assert not (tmp_path / "experiments" / "results.csv").exists()
 
 
 def _diverge(rank: int, world: int, cfg) -> tuple[str, str]:
@@ -70,7 +84,7 @@ def test_nonfinite_loss_stops_every_rank_at_the_same_step(tmp_path: Path):
 def test_finished_run_exits_0_and_writes_one_result(tmp_path: Path):
     cfg = data_cfg(tmp_path, num_iterations=3, warmdown_iters=1, notes="smoke, 1")
     assert main(cli_args(cfg)) == 0
-    lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    lines = (tmp_path / "experiments" / "results.csv").read_text().splitlines()
     assert len(lines) == 2 and lines[1].startswith('"run",') and lines[1].endswith(',"cpu",1,"smoke, 1"')
 
 
@@ -81,7 +95,7 @@ def test_on_val_callback_stops_early(tmp_path: Path):
               env=DistEnv(0, 0, 1, torch.device("cpu")))
     assert (s.status, s.reason, seen) == ("EARLY_STOPPED", "stopped by the scheduler at step 4", [0, 2, 4])
     assert [h[0] for h in s.val_history] == [0, 2, 4] and np.isnan(s.final_val_loss)
-    assert not (tmp_path / "out" / "results.csv").exists()
+    assert not (tmp_path / "experiments" / "results.csv").exists()
 
 
 @pytest.mark.parametrize("bad", ["vocab", "small"])

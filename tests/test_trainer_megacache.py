@@ -48,7 +48,7 @@ def test_warmup_saves_the_portable_cache_and_a_node_with_empty_caches_loads_it(t
     node_env = env | {"TORCHINDUCTOR_CACHE_DIR": str(fresh / "inductor"), "TRITON_CACHE_DIR": str(fresh / "triton")}
     out = tmp_path / "trial"
     args = [str(sweep / ".warmup" / "trial.json"), f"compile_cache={mega}", "save_compile_cache=",
-            f"out_dir={out}", "run_id=node2", f"results_csv={out / 'results.csv'}"]
+            f"out_dir={out}", "run_id=node2", "results_csv=runs/node2/results.csv"]
     res = trainer_cli(args, tmp_path, node_env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     log = res.stdout + res.stderr

@@ -114,7 +114,7 @@ def test_a_cli_run_overlaps_the_imports_with_the_init_and_keeps_the_weights(tmp_
     golden = GOLDEN["tiny-headwise-seed3"]
     argv = ["preset=tiny", "attn_gate=headwise", "seed=3", f"train_files={train_glob}", f"val_files={val_glob}",
             "device=cpu", "compile=off", "num_iterations=2", "val_every=0", "batch_size=8", "device_batch_size=8",
-            "sequence_length=64", "val_tokens=512", "out_dir=out", "results_csv=out/results.csv", "run_id=r"]
+            "sequence_length=64", "val_tokens=512", "out_dir=out", "results_csv=experiments/results.csv", "run_id=r"]
     script = "import hashlib, torch\n" + inspect.getsource(fingerprint) + textwrap.dedent(f"""
         import json, sys, threading
         import trainer.loop

@@ -106,10 +106,10 @@ def test_credential_values_never_reach_the_record(tmp_path: Path, monkeypatch: p
     tracker = make_tracker(tmp_path / "out" / "track")
     tracker.set_tags({"launched_by": f"token={SECRET}"})
     assert train(cfg, tracker, env=single_env()).status == "FINISHED"
-    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix != ".pt"]
-    names = {p.relative_to(tmp_path / "out").as_posix() for p in files}
-    assert {"logs/run.txt", "track/params.json", "track/tags.json", "track/artifacts/run.txt",
-            "results.csv"} <= names
+    files = [p for d in ("out", "experiments") for p in (tmp_path / d).rglob("*") if p.is_file() and p.suffix != ".pt"]
+    names = {p.relative_to(tmp_path).as_posix() for p in files}
+    assert {"out/logs/run.txt", "out/track/params.json", "out/track/tags.json", "out/track/artifacts/run.txt",
+            "experiments/results.csv"} <= names
     leaks = [p for p in files if SECRET in p.read_text()]
     assert not leaks, leaks
     params = json.loads((tmp_path / "out" / "track" / "params.json").read_text())

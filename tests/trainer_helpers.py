@@ -58,7 +58,7 @@ def data_cfg(tmp: Path, *, vocab: int = 64, train_sizes: tuple[int, ...] = (3000
     train = write_shards(tmp / "data", "train", list(train_sizes), vocab=vocab, seed=1)
     val = write_shards(tmp / "data", "val", [val_size], vocab=vocab, seed=2)
     base = {"vocab_size": vocab, "train_files": train, "val_files": val, "out_dir": str(tmp / "out"),
-            "results_csv": str(tmp / "out" / "results.csv"), "run_id": "run"}
+            "results_csv": str(tmp / "experiments" / "results.csv"), "run_id": "run"}
     return tiny_cfg(**{**base, **over})
 
 

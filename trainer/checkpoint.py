@@ -45,19 +45,9 @@ def save(ckpt_dir: str | os.PathLike[str], state: dict[str, Any], *, keep_histor
     """Write `latest.pt` atomically (temp file + rename): a kill mid-save leaves the previous one."""
     d = Path(ckpt_dir)
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{LATEST}.tmp.{os.getpid()}"
-    try:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, d / LATEST)
-    except BaseException:
-        # A failed save (disk full, unpicklable state) must not leave a checkpoint-sized orphan.
-        tmp.unlink(missing_ok=True)
-        raise
+    _write(state, d / f".{LATEST}.tmp.{os.getpid()}", d / LATEST)
     if keep_history:
-        hist = d / f"state_step{int(state['step']):06d}.pt"
-        torch.save(state, hist)
+        _write(state, d / f".{LATEST}.tmp.{os.getpid()}", d / f"state_step{int(state['step']):06d}.pt")
     # A small sidecar lets a restart check the config before it loads (or records) anything.
     side = d / SIDECAR
     tmp_side = d / f".{SIDECAR}.tmp.{os.getpid()}"
@@ -65,6 +55,24 @@ def save(ckpt_dir: str | os.PathLike[str], state: dict[str, Any], *, keep_histor
                                     "world_size": state.get("world_size")}, default=str))
     os.replace(tmp_side, side)
     return d / LATEST
+
+
+def _write(state: dict[str, Any], tmp: Path, path: Path) -> None:
+    """torch.save into `tmp`, synced, renamed to `path`. Through a Python file object: a full disk is then
+    the kernel's OSError (ENOSPC, one line for the user) instead of torch's RuntimeError ("unexpected
+    pos"); a failed save (disk full, unpicklable state) leaves no checkpoint-sized orphan."""
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, e.filename or str(path)) from None  # the file, for the message
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def sidecar(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

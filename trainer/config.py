@@ -344,7 +344,7 @@ def validate(cfg: TrainConfig, *, source: str = "config") -> None:
             raise ConfigError(f"{source}: {key}={value} must be > 0")
     if not 0 <= r.seed <= SEED_MAX:
         raise ConfigError(f"{source}: seed={r.seed} must be in [0, 2**63 - 1] (what torch's generator takes)")
-    if r.run_id and not RUN_ID_RE.match(r.run_id):
+    if r.run_id and not RUN_ID_RE.fullmatch(r.run_id):
         raise ConfigError(f"{source}: run_id={_short.repr(r.run_id)} must be a plain name (letters, digits, "
                           "'_', '.', '-'; at most 128): it names files under out_dir")
     if o.learning_rate <= 0:

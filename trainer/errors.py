@@ -8,7 +8,11 @@ are raised: `sweeps.errors` (SpecError, TrackingError, NoRunsError), `cluster.er
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
+
+# OSErrors that mean "this storage cannot take the write": the user can fix them, the run can resume.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 
 
 class ExitCode(IntEnum):

@@ -35,8 +35,9 @@ from trainer.build import (
 from trainer.clock import TrainClock
 from trainer.config import TrainConfig
 from trainer.diagnostics import diagnose
-from trainer.errors import StorageError
+from trainer.errors import STORAGE_ERRNOS, StorageError
 from trainer.loader import ShardLoader
+from trainer.paths import storage_error
 from trainer.runlog import RunLog, append_result, git_info, header, start_nvidia_smi, train_line, val_line
 from trainer.schedule import lr_factor
 from trainer.signals import StopRequest
@@ -118,7 +119,10 @@ def train(cfg: TrainConfig, tracker: Tracker | None = None, *, on_val: ValCallba
         with StopRequest() as stop:
             return _train(cfg, tracker, env, run_id, stop, on_val, startup)
     except BaseException as e:
-        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}")
+        reason = f"{type(e).__name__}: {e}"
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:  # a full disk: what to do, not a raw error
+            reason = str(storage_error(e, out))
+        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", reason)
         raise
     finally:
         if own_env:
@@ -284,17 +288,17 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
         factor = lr_factor(step, num_iterations=N, warmup_iters=cfg.optim.warmup_iters,
                            warmdown_iters=cfg.optim.warmdown_iters)
         with startup.phase("optimizer step", sync=True):
-            for opt in (adam, muon):
-                for g in opt.param_groups:
-                    g["lr"] = g["initial_lr"] * factor
-                opt.step()
+            overflow = _optimizer_step((adam, muon), factor)
             model.zero_grad(set_to_none=True)
 
-        check = torch.as_tensor(loss_sum, device=device).reshape(1).clone()
+        check = torch.as_tensor(math.inf if overflow else loss_sum, device=device).reshape(1).clone()
         env.all_reduce_sum(check)  # every rank sees a non-finite loss on any rank at the same step
         local_loss = train_loss.item()
         if not math.isfinite(check.item()):
             status, reason = "FAILED", f"non-finite loss at step {step + 1}"
+            if overflow:
+                reason = (f"non-finite update at step {step + 1}: learning_rate={cfg.optim.learning_rate:g} "
+                          "overflows the optimizer's float32 arithmetic")
             if log:
                 log.line(f"step:{step + 1}/{N} train_loss:{local_loss:.4f} {reason}")
             break
@@ -312,6 +316,21 @@ def _train(cfg: TrainConfig, tracker: Tracker, env: dist.DistEnv, run_id: str, s
         logger.info(megacache.save(r.save_compile_cache))
     return _finish(cfg, env, tracker, log, run_id, status, reason, step, history, best, time_ms, gpu, sha,
                    dirty, device)
+
+
+def _optimizer_step(optimizers: tuple, factor: float) -> bool:
+    """Step every optimizer at the scheduled LR; True if an update overflowed float32 (AdamW divides the
+    LR by its bias correction: learning_rate=1e38 raises inside torch instead of giving inf)."""
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] * factor
+        try:
+            opt.step()
+        except RuntimeError as e:
+            if "overflow" not in str(e):
+                raise
+            return True
+    return False
 
 
 def _finish(cfg: TrainConfig, env: dist.DistEnv, tracker: Tracker, log: RunLog | None, run_id: str, status: str,

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainer.config import SECTIONS, TrainConfig, did_you_mean
-from trainer.errors import ConfigError, ExitCode, GatesweepError
+from trainer.errors import STORAGE_ERRNOS, ConfigError, ExitCode, GatesweepError
 from trainer.overrides import resolve
-from trainer.paths import STORAGE_ERRNOS, check_writable, confine, storage_error
-from trainer.record import record_run_ids
+from trainer.paths import check_writable, confine, storage_error
+from trainer.record import record_run_ids, sync_timeout
 from trainer.runlog import start_nvidia_smi
 from trainer.startup import StartupClock
 from trainer.tracking import NullTracker, Tracker, make_tracker
@@ -120,6 +120,7 @@ def main(argv: list[str], prog: str = "python -m trainer", verbosity: int = 0) -
             confine(cfg, source=source, typed=frozenset(a.split("=", 1)[0].strip().rsplit(".", 1)[-1] for a in argv if "=" in a))
             check_writable(cfg.run.out_dir, "out_dir")
             check_writable(cfg.run.results_csv, "results_csv")
+            sync_timeout()  # GATESWEEP_SYNC_TIMEOUT is read at the run's end: a bad value is refused now
         if cfg.run.device != "cpu" and os.environ.get("RANK", "0") == "0" and shutil.which("nvidia-smi"):
             startup.nvidia_smi = start_nvidia_smi()  # for the run log; runs while torch is imported
         with startup.phase("import torch"):

@@ -3,7 +3,11 @@
 `sync_record` is the one delivery routine: the in-process Forwarder calls it in a loop while a run
 trains, and `gatesweep sync DIR` calls it afterwards. Progress (the MLflow run id, the byte offset of
 delivered metric lines, delivered artifacts, the status sent) lives in `track/mlflow.json`, so a
-record is never delivered twice and an interrupted delivery continues where it stopped.
+record is never delivered twice and an interrupted delivery continues where it stopped. That progress
+holds for one store only: `store_id` names it (a sqlite file's identity, or a server's experiment and
+its creation time), and a record meets a store that is not that one (moved aside and made anew, restored
+from a backup, another server) is delivered to it again from the start, to the run with its
+`gatesweep.run_uid` found there, else a new one - exactly once, as MLflow keeps one copy of a point.
 """
 
 from __future__ import annotations
@@ -20,14 +24,24 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainer.errors import DataError
-from trainer.record import TERMINAL, read_json, record_pending, record_run_ids, write_json
+from trainer.errors import STORAGE_ERRNOS, DataError
+from trainer.mlflow_sqlite import metric_writer
+from trainer.record import (
+    KEPT_ON_NEW_STORE,
+    TERMINAL,
+    file_store_id,
+    metric_chunks,
+    read_json,
+    record_pending,
+    record_run_ids,
+    sync_timeout,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "gatesweep-adhoc"
 _MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "KILLED": "KILLED", "EARLY_STOPPED": "FINISHED"}
-BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
 def _digest(obj: Any) -> str:
@@ -62,7 +76,59 @@ def find_run(client: MlflowClient, experiment_id: str, key: str, value: str) -> 
     return runs[0].info.run_id if runs else None
 
 
-def _resolve_run(client: MlflowClient, root: Path, state: dict) -> str:
+_SERVER_IDS: dict[tuple[str, str], str] = {}  # (server URI, experiment id) -> its identity, asked once per process
+
+
+def store_id(client: MlflowClient, uri: str | None, experiment_id: str | None) -> str | None:
+    """The identity of the store a record goes to (see the module's docstring); None for a server before
+    the record has an experiment there."""
+    fid = file_store_id(uri)
+    if fid is not None or not experiment_id:
+        return fid
+    key = (str(uri), str(experiment_id))
+    if key not in _SERVER_IDS:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp = client.get_experiment(experiment_id)
+            _SERVER_IDS[key] = f"{uri}#{experiment_id}@{exp.creation_time}"
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return f"{uri}#{experiment_id}@missing"
+    return _SERVER_IDS[key]
+
+
+def _same_store(client: MlflowClient, uri: str | None, state: dict) -> dict:
+    """`state` if its delivery went to the store at `uri`, else a fresh start for this store."""
+    if not state.get("run_id"):
+        return state
+    if state.get("store_id") == store_id(client, uri, state.get("experiment_id")):
+        return state
+    log.warning("%s: the MLflow store at %s is not the one this record was delivered to (moved aside, made anew "
+                "or restored since): delivering the whole record to it again", state.get("run_id"), uri)
+    return {k: v for k, v in state.items() if k in KEPT_ON_NEW_STORE}
+
+
+class _Progress:
+    """track/mlflow.json, saved after each step of a delivery. A disk that refuses the write (full,
+    read-only) does not stop the delivery: what was sent stays sent (MLflow keeps one copy of a point, so
+    the next delivery sending it again is harmless) and the run still gets its end status."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.error: OSError | None = None
+
+    def save(self, state: dict) -> None:
+        try:
+            write_json(self.path, state)
+        except OSError as e:
+            if e.errno not in STORAGE_ERRNOS:
+                raise
+            self.error = e
+
+
+def _resolve_run(client: MlflowClient, root: Path, state: dict, uri: str | None, progress: _Progress) -> str:
     if state.get("run_id"):
         return state["run_id"]
     tags = read_json(root / "tags.json") or {}
@@ -73,46 +139,11 @@ def _resolve_run(client: MlflowClient, root: Path, state: dict) -> str:
         run = client.create_run(exp_id, tags={"gatesweep.run_uid": uid},
                                 run_name=tags.get("mlflow.runName") or None)
         run_id = run.info.run_id
-    state.update(run_id=run_id, experiment_id=exp_id)
-    write_json(root / "mlflow.json", state)
+    state.update(run_id=run_id, experiment_id=exp_id, store_id=store_id(client, uri, exp_id))
+    if uri:
+        state["tracking_uri"] = uri  # the store these ids belong to (record_pending compares it)
+    progress.save(state)
     return run_id
-
-
-def _point(line: bytes) -> tuple[dict | None, bool]:
-    """(metric point or None, whether the line was damaged). A line that a torn write merged into
-    (`{"key": "lr", "va{"key": ...}`: a point cut short by a full disk or a crash, then the next one
-    appended after it) still ends with the next point whole: that point is kept, the fragment dropped."""
-    for start in (0, line.rfind(b'{"key"')):
-        if start < 0:
-            continue
-        try:
-            p = json.loads(line[start:])
-        except ValueError:
-            continue
-        if isinstance(p, dict) and {"key", "value", "step", "ts"} <= p.keys():
-            return p, start > 0
-    return None, True
-
-
-def _complete_lines(path: Path, offset: int) -> tuple[list[tuple[dict, int]], int, int]:
-    """(metric points after `offset`, each with the byte offset just past its line; the offset past the
-    last complete line; damaged lines). A trailing line still being written is left for later."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return [], offset, 0
-    points, damaged, pos = [], 0, offset
-    for line in data[: data.rfind(b"\n") + 1].splitlines(keepends=True):
-        pos += len(line)
-        if not line.strip():
-            continue
-        p, bad = _point(line)
-        damaged += bad
-        if p is not None:
-            points.append((p, pos))
-    return points, pos, damaged
 
 
 def record_uri(root: str | os.PathLike[str], explicit: str | None = None) -> str | None:
@@ -132,8 +163,11 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
                         "run gets runs/manual/<run_id>/) and rerun them, or move this record aside")
     state_path = root / "mlflow.json"
     state = read_json(state_path) or {}
-    client = MlflowClient(record_uri(root, tracking_uri))
-    run_id = _resolve_run(client, root, state)
+    uri = record_uri(root, tracking_uri)
+    client = MlflowClient(uri)
+    state = _same_store(client, uri, state)
+    progress = _Progress(state_path)
+    run_id = _resolve_run(client, root, state, uri, progress)
     delivered = 0
 
     params = read_json(root / "params.json") or {}
@@ -143,30 +177,33 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         for i in range(0, len(todo), 100):  # MLflow: at most 100 params per batch
             client.log_batch(run_id, params=todo[i:i + 100])
         state.update(params_digest=_digest(params), params_sent=sorted(params))
-        write_json(state_path, state)
+        progress.save(state)
 
     tags = read_json(root / "tags.json") or {}
     if tags and state.get("tags_digest") != _digest(tags):
         client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in sorted(tags.items())])
         state["tags_digest"] = _digest(tags)
-        write_json(state_path, state)
+        progress.save(state)
 
-    offset = int(state.get("metrics_offset", 0))
-    points, new_offset, damaged = _complete_lines(root / "metrics.jsonl", offset)
+    # streamed: a batch of points at a time from bounded reads, progress saved after each (a record of 10^6
+    # lines is delivered in the memory of one batch, and an interrupted delivery continues from there)
+    send = metric_writer(client, uri, run_id)
+    damaged = 0
+    try:
+        for chunk, end, bad in metric_chunks(root / "metrics.jsonl", int(state.get("metrics_offset", 0)), send.batch):
+            if chunk:
+                send(chunk)
+                delivered += len(chunk)
+                state["metrics_sent"] = int(state.get("metrics_sent", 0)) + len(chunk)
+            damaged += bad
+            state["metrics_offset"] = end  # only past what was delivered
+            state["metrics_damaged"] = int(state.get("metrics_damaged", 0)) + bad
+            progress.save(state)
+    finally:
+        send.close()
     if damaged:
         log.warning("%s: %d damaged line(s) (a write cut short by a full disk or a crash): their fragments are "
                     "dropped, every whole point is delivered", root / "metrics.jsonl", damaged)
-        state["metrics_damaged"] = int(state.get("metrics_damaged", 0)) + damaged
-    for i in range(0, len(points), BATCH):
-        chunk = points[i:i + BATCH]
-        client.log_batch(run_id, metrics=[Metric(p["key"], p["value"], p["ts"], p["step"]) for p, _ in chunk])
-        delivered += len(chunk)
-        state["metrics_offset"] = chunk[-1][1]  # only past what was delivered
-        state["metrics_sent"] = int(state.get("metrics_sent", 0)) + len(chunk)
-        write_json(state_path, state)
-    if new_offset != int(state.get("metrics_offset", 0)):  # trailing unreadable lines
-        state["metrics_offset"] = new_offset
-        write_json(state_path, state)
 
     summary = read_json(root / "summary.json") or {}
     if summary and state.get("summary_digest") != _digest(summary):
@@ -177,7 +214,7 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         if metrics:
             client.log_batch(run_id, metrics=metrics)
         state["summary_digest"] = _digest(summary)
-        write_json(state_path, state)
+        progress.save(state)
 
     sent_artifacts = state.setdefault("artifacts", {})
     art_dir = root / "artifacts"
@@ -188,7 +225,7 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
         if sent_artifacts.get(f.name) != stamp:
             client.log_artifact(run_id, str(f))
             sent_artifacts[f.name] = stamp
-            write_json(state_path, state)
+            progress.save(state)
 
     status = read_json(root / "status.json") or {}
     st = status.get("status", "")
@@ -199,18 +236,35 @@ def sync_record(root: str | os.PathLike[str], tracking_uri: str | None = None) -
             client.set_tag(run_id, key, str(status["reason"])[:5000])
         client.set_terminated(run_id, _MLFLOW_STATUS[st], end_time=int(status.get("time", time.time()) * 1000))
         state["status_sent"] = st
-        write_json(state_path, state)
+        progress.save(state)
     elif st == "RUNNING" and state.get("status_sent") not in (None, "RUNNING"):
         client.update_run(run_id, status="RUNNING")  # a resumed attempt of a finished/killed run
         client.set_tag(run_id, "status", "RUNNING")
         state["status_sent"] = "RUNNING"
-        write_json(state_path, state)
-    return {"run_id": run_id, "metrics_delivered": delivered, "status": st}
+        progress.save(state)
+    if progress.error is not None:
+        e = progress.error
+        log.warning("%s: delivered to MLflow, but the delivery's progress could not be saved (%s: %s); free space "
+                    "or make it writable: until then each delivery sends the record again (MLflow keeps one copy "
+                    "of each point)", root, state_path, e.strerror)
+    return {"run_id": run_id, "metrics_delivered": delivered, "status": st,
+            "progress_saved": progress.error is None}
 
 
-def pending(root: str | os.PathLike[str]) -> bool:
-    """True if the record holds anything MLflow has not received."""
-    return record_pending(Path(root))
+def pending(root: str | os.PathLike[str], uri: str | None = None, *, ask_server: bool = False) -> bool:
+    """True if the record holds anything the store at `uri` (default: the record's) has not received.
+    `ask_server`: also ask a server whether it is still the store the record went to (once per
+    experiment and process); a sqlite file's identity is read from the file."""
+    if record_pending(Path(root), uri):
+        return True
+    target = record_uri(root, uri)
+    if not ask_server or file_store_id(target) is not None:
+        return False
+    state = read_json(Path(root) / "mlflow.json") or {}
+    return state.get("store_id") != store_id(MlflowClient(target), target, state.get("experiment_id"))
+
+
+STOP_GRACE_S = 1.0  # beyond final_timeout, for the attempt in flight when the run ends
 
 
 class Forwarder:
@@ -219,8 +273,7 @@ class Forwarder:
     def __init__(self, root: str | os.PathLike[str], uri: str, *, interval: float = 2.0,
                  final_timeout: float | None = None):
         self.root, self.uri, self.interval = Path(root), uri, interval
-        self.final_timeout = (float(os.environ.get("GATESWEEP_SYNC_TIMEOUT", "30"))
-                              if final_timeout is None else final_timeout)
+        self.final_timeout = sync_timeout() if final_timeout is None else final_timeout
         # Fail fast instead of MLflow's default minutes of HTTP retries; we retry ourselves.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -228,13 +281,15 @@ class Forwarder:
         self._thread = threading.Thread(target=self._loop, name="mlflow-forwarder", daemon=True)
         self.errors = 0
         self._last_error = ""
+        self._saved = True  # the last delivery could save its progress (else the record looks pending forever)
+        self.delivered = False
 
     def start(self) -> None:
         self._thread.start()
 
     def _attempt(self) -> bool:
         try:
-            sync_record(self.root, self.uri)
+            self._saved = sync_record(self.root, self.uri)["progress_saved"]
             return True
         except Exception as e:  # noqa: BLE001 - tracking must never kill training
             self.errors += 1
@@ -248,21 +303,21 @@ class Forwarder:
         delay = self.interval
         while not self._stop.wait(delay):
             delay = self.interval if self._attempt() else min(delay * 2, 30.0)
+        # the run has ended (its status is written): what is left, until final_timeout. Here, in this
+        # thread, so that stop() waits no longer than that even when a request hangs (a stopped server
+        # accepts the connection and answers nothing); one attempt at a time, never two at once.
+        deadline = time.monotonic() + self.final_timeout
+        while True:
+            if self._attempt() and (not self._saved or not pending(self.root)):
+                self.delivered = True  # (a disk that refused the progress file was said by sync_record)
+                return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(1.0)
 
     def stop(self) -> None:
         self._stop.set()
-        # an attempt in flight ends first (two at once could deliver a batch twice); one that hangs on
-        # an unresponsive server leaves the record local
-        self._thread.join(timeout=max(self.final_timeout, 1.0))
-        if self._thread.is_alive():
-            log.warning("MLflow unresponsive: %s stays local; deliver it with `gatesweep sync %s`", self.root, self.root)
-            return
-        deadline = time.monotonic() + self.final_timeout
-        while True:
-            if self._attempt() and not pending(self.root):
-                return
-            if time.monotonic() > deadline:
-                log.warning("MLflow unreachable: %s stays local; deliver it with `gatesweep sync %s`",
-                            self.root, self.root)
-                return
-            time.sleep(1.0)
+        self._thread.join(timeout=self.final_timeout + STOP_GRACE_S)
+        if not self.delivered:
+            log.warning("MLflow %s: %s stays local; deliver it with `gatesweep sync %s`",
+                        "unresponsive" if self._thread.is_alive() else "unreachable", self.root, self.root)

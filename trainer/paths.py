@@ -16,19 +16,17 @@ inside the project counts as inside: it was placed by the project's owner, not b
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from trainer.config import RunConfig, TrainConfig
 from trainer.errors import ConfigError, StorageError
+from trainer.runlog import RESULTS_FIX, results_file_problem
 from trainer.yamlsafe import short
 
 ALLOW_ENV = "GATESWEEP_ALLOW_OUTSIDE_PATHS"
 ROOTS_ENV = "GATESWEEP_OUTPUT_ROOTS"
-# OSErrors that mean "this storage cannot take the write": the user can fix them, the run can resume.
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 WRITTEN_KEYS = ("out_dir", "results_csv")
 
 
@@ -49,13 +47,14 @@ def output_roots(environ: Mapping[str, str]) -> list[Path]:
 def confine(cfg: TrainConfig, *, source: str, root: str | os.PathLike[str] | None = None,
             environ: Mapping[str, str] | None = None, typed: frozenset[str] = frozenset()) -> None:
     """Raise ConfigError if out_dir or results_csv leaves `root` (default: the working directory) and
-    every configured root. `typed`: keys the person gave on the command line - theirs to choose."""
+    every configured root, or if results_csv is not a results table the project owns
+    (trainer.runlog.results_file_problem). `typed`: keys the person gave on the command line - theirs to
+    choose where, though results_csv must still be a results table."""
     env = os.environ if environ is None else environ
-    if env.get(ALLOW_ENV, "") == "1":
-        return
+    allowed = env.get(ALLOW_ENV, "") == "1"
     root = Path.cwd() if root is None else Path(root)
     roots = output_roots(env)
-    for key in WRITTEN_KEYS:
+    for key in WRITTEN_KEYS if not allowed else ():
         value = getattr(cfg.run, key)
         if key in typed or inside(value, root) or any(inside(Path(root, value), r) for r in roots):
             continue
@@ -64,6 +63,12 @@ def confine(cfg: TrainConfig, *, source: str, root: str | os.PathLike[str] | Non
         raise ConfigError(f"{source}: {key}={short(value, 300)} is outside the project directory {root}{configured}; "
                           f"use a path inside it (e.g. {key}={default}), add its filesystem to {ROOTS_ENV} (e.g. "
                           f"{ROOTS_ENV}=$SCRATCH), type it on the trainer's command line, or set {ALLOW_ENV}=1")
+    # inside the project is not enough: a file there can be one a shell runs (.venv/bin/activate)
+    value = cfg.run.results_csv
+    located = not allowed and "results_csv" not in typed and inside(value, root)
+    problem = results_file_problem(value, root, located=located)
+    if problem:
+        raise ConfigError(f"{source}: results_csv={short(value, 300)} {problem}; {RESULTS_FIX}")
 
 
 def check_writable(path: str | os.PathLike[str], key: str | None, *, fix: str | None = None) -> None:

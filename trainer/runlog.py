@@ -13,17 +13,22 @@ import io
 import json
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trainer.csvsafe import safe_cell
+from trainer.errors import ConfigError
 from trainer.tracking import redact
 
 SEP = "=" * 100
 RESULTS_COLUMNS = ("run_id", "date", "git_commit", "seed", "attn_gate", "gate_pos", "gate_act", "learning_rate",
                    "batch_size", "device_batch_size", "sequence_length", "num_iterations", "warmdown_iters",
                    "final_val_loss", "best_val_loss", "train_time_ms", "ms_per_step", "gpu_name", "n_gpus", "notes")
+RESULTS_HEADER = ",".join(RESULTS_COLUMNS)
+RESULTS_DIRS = ("experiments", "runs")
 TRAINER_DIR = Path(__file__).resolve().parent
 
 
@@ -125,10 +130,11 @@ class RunLog:
 
 def _cell(value: Any) -> Any:
     """Numbers stay numbers (unquoted); text is one line (a row is a line: the exactly-once check and
-    line-based tools rely on it) and, written with QUOTE_NONNUMERIC, always quoted."""
+    line-based tools rely on it), formula-safe (trainer.csvsafe) and, written with QUOTE_NONNUMERIC,
+    always quoted."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
-    return " ".join(str(value).splitlines())
+    return safe_cell(" ".join(str(value).splitlines()))
 
 
 def row_text(row: dict[str, Any]) -> str:
@@ -136,6 +142,55 @@ def row_text(row: dict[str, Any]) -> str:
     csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").writerow(
         [_cell(row.get(k, "")) for k in RESULTS_COLUMNS])
     return redact(buf.getvalue())  # notes are user text
+
+
+def results_file_problem(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, *,
+                         located: bool = False) -> str | None:
+    """Why `path` (relative to `root`, default the working directory) is not a results table this
+    project owns, or None. Being inside the project is not enough (`results_csv: .venv/bin/activate`
+    appended a row that a shell then ran): a results file is a `.csv` that is not hidden, not executable,
+    a regular file holding our header when it exists (the link's target too, for a symlink), and -
+    `located` (a path the project confines) - under root's experiments/ or runs/."""
+    root = root or os.getcwd()
+    p = Path(path)
+    full = Path(os.path.abspath(Path(root, p)))
+    real = Path(os.path.realpath(full))
+    for name in dict.fromkeys((full.name, real.name)):  # a symlink's target too
+        if not name.lower().endswith(".csv"):
+            return "is not a .csv file" + (f" (a link to {real})" if name == real.name != full.name else "")
+        if name.startswith("."):
+            return "is a hidden file"
+    if located:
+        parts = _below(full, Path(os.path.abspath(root))) or _below(real, Path(os.path.realpath(root)))
+        if parts is None or len(parts) < 2 or parts[0] not in RESULTS_DIRS:
+            return "is not under the project's experiments/ or runs/"
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    return _file_problem(real, st)
+
+
+def _below(path: Path, root: Path) -> tuple[str, ...] | None:
+    return path.relative_to(root).parts if path.is_relative_to(root) else None
+
+
+def _file_problem(path: Path, st: os.stat_result) -> str | None:
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_mode & 0o111:
+        return "is an executable file, not a results table"
+    if st.st_size:
+        with open(path, "rb") as f:
+            first = f.read(len(RESULTS_HEADER) + 2).split(b"\n", 1)[0].rstrip(b"\r")
+        if first != RESULTS_HEADER.encode():
+            return "holds a file that is not a gatesweep results table (its first line is not our header)"
+    return None
+
+
+RESULTS_FIX = "point results_csv at a .csv file under experiments/ or runs/ (e.g. experiments/results.csv)"
 
 
 def has_row(text: str, run_id: str) -> bool:
@@ -156,16 +211,23 @@ def append_result(path: str | os.PathLike[str], row: dict[str, Any]) -> bool:
     restart. A last line without its newline (a hand edit, a full disk) is ended first, so the row
     never merges into it. Returns False if the row was already there."""
     p = Path(path)
+    problem = results_file_problem(p)
+    if problem:
+        raise ConfigError(f"results_csv={str(path)[:300]} {problem}; {RESULTS_FIX}")
     p.parent.mkdir(parents=True, exist_ok=True)
     line = row_text(row)
     with open(p, "a+", newline="", encoding="utf-8", errors="replace") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
+            # checked again on the open file: it may have been replaced since
+            problem = _file_problem(p, os.fstat(f.fileno()))
+            if problem:
+                raise ConfigError(f"results_csv={str(path)[:300]} {problem}; {RESULTS_FIX}")
             f.seek(0)
             text = f.read()
             if has_row(text, str(row["run_id"])):
                 return False
-            head = ",".join(RESULTS_COLUMNS) + "\n" if not text else ("" if text.endswith("\n") else "\n")
+            head = RESULTS_HEADER + "\n" if not text else ("" if text.endswith("\n") else "\n")
             f.write(head + line)
             f.flush()
             os.fsync(f.fileno())

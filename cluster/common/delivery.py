@@ -24,6 +24,7 @@ def deliver(run_dir: Path, store: Any, *, quiet: bool = False) -> bool:
     from trainer.mlflow_sync import sync_record
 
     try:
+        store.client  # noqa: B018 - a new sqlite store is made whole first (sweeps.store_file), not by MLflow in place
         sync_record(Path(run_dir) / "track", store.uri)
         return True
     except Exception as e:  # noqa: BLE001 - retried by the launcher, else by `gatesweep sync`
@@ -33,11 +34,9 @@ def deliver(run_dir: Path, store: Any, *, quiet: bool = False) -> bool:
         return False
 
 
-def undelivered(run_dir: Path) -> bool:
-    """Whether the record holds anything MLflow has not received (imports mlflow)."""
-    from trainer.mlflow_sync import pending
-
-    return pending(Path(run_dir) / "track")
+def undelivered(run_dir: Path, uri: str | None = None) -> bool:
+    """Whether the record holds anything the store at `uri` (default: the record's) has not received."""
+    return record_pending(Path(run_dir) / "track", uri)
 
 
 def deliver_pending(states: Iterable[Any], store: Any, *, current: bool = False) -> tuple[int, int]:
@@ -50,7 +49,7 @@ def deliver_pending(states: Iterable[Any], store: Any, *, current: bool = False)
     ok = failed = 0
     for s in states:
         status = local_status(s.run_dir)[0] if current else s.status
-        if status in TERMINAL and record_pending(s.run_dir / "track"):
+        if status in TERMINAL and record_pending(s.run_dir / "track", store.uri):
             done = deliver_locked(s.run_dir, store)
             ok, failed = ok + (done is True), failed + (done is False)
     return ok, failed

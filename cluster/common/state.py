@@ -14,7 +14,7 @@ from pathlib import Path
 from cluster.common.store import RunState, SweepStore
 from cluster.common.trialdir import RUNS_ROOT, TrialLock, local_status, trial_dir
 from sweeps.expand import Trial
-from trainer.record import DONE
+from trainer.record import DONE, delivered_run_id
 
 
 @dataclass
@@ -49,7 +49,9 @@ def collect(trials: list[Trial], store: SweepStore | None, *, root: Path = RUNS_
             status = remote.status if remote.status in ("FINISHED", "EARLY_STOPPED", "FAILED", "KILLED") else ""
         if status in ("RUNNING", "QUEUED") and not is_alive(d):
             status, reason = "STALE", f"left {status} by a process that is gone"
-        states.append(TrialState(t, d, status, reason, remote.run_id if remote else None))
+        # a trial finished by its local record is not looked up: its record names its run
+        run_id = remote.run_id if remote else delivered_run_id(d / "track", store.uri) if store else None
+        states.append(TrialState(t, d, status, reason, run_id))
     return states
 
 

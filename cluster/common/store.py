@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.chain import trial_id_tags
-from sweeps.errors import TrackingError
+from sweeps.errors import SpecError, TrackingError
 from sweeps.expand import Trial
 from sweeps.mlflow_runs import resolve_uri, search_all
 from sweeps.store_file import ensure_store, file_error
 from trainer.record import read_json, write_json
 
+SPEC_MARK = ".spec"  # <runs>/<spec>/.spec: the spec file (sweeps.spec.spec_file_id) that owns the name
+SPEC_TAG = "gatesweep.spec_file."  # + spec name: the same, as a tag of the experiment
 SWEEP_RECORDS = ".sweeps"  # <runs>/<spec>/.sweeps/<parent run id>.json: a sweep run's undelivered end
 OPEN_MARK = ".open"  # <runs>/<spec>/.sweeps/<parent run id>.open: "host pid" of a sweep run not ended yet
 # Env vars that a parent process (or mlflow.set_experiment) may have set and that would send child
@@ -121,6 +123,36 @@ class SweepStore:
                     out[tid] = RunState(r.info.run_id, r.data.tags.get("status") or r.info.status)
         return out
 
+    # ------------------------------------------------------------ one spec file per name
+    def check_spec(self, spec: str, spec_path: str, record_dir: Path, *, claim: bool = False) -> None:
+        """A spec's name keys its runs (runs/<name>/, the `spec` tag the tables select by): refuse a second
+        spec file under a name that another one already uses - in this project's runs/, else (a fresh
+        checkout) in the experiment. `claim`: record this file as the name's owner in both."""
+        from sweeps.spec import spec_file_id
+
+        mine, mark = spec_file_id(spec_path), record_dir / SPEC_MARK
+        owner = mark.read_text().strip() if mark.is_file() else self._experiment_tag(SPEC_TAG + spec)
+        if owner and owner != mine:
+            raise SpecError(f"{spec_path}: name: '{spec}' is already the name of the spec {owner} (runs in "
+                            f"{record_dir}/, experiment '{self.experiment}'); two spec files with one name share "
+                            f"their runs and tables: give this one a name of its own (e.g. name: {spec}-2), or if "
+                            f"it is {owner} moved or renamed, write its path ({mine}) into {mark}")
+        if not claim:
+            return
+        record_dir.mkdir(parents=True, exist_ok=True)
+        if owner != mine:
+            mark.write_text(mine + "\n")
+        if self.enabled:
+            self.client.set_experiment_tag(self.experiment_id, SPEC_TAG + spec, mine)
+
+    def _experiment_tag(self, key: str) -> str | None:
+        """A tag of the experiment, if it exists and the store answers (else the local mark decides)."""
+        try:
+            exp_id = self._existing_experiment_id() if self.enabled else None
+            return self.client.get_experiment(exp_id).tags.get(key) if exp_id else None
+        except Exception:  # noqa: BLE001 - an unreachable or damaged store is reported by the step that needs it
+            return None
+
     # ------------------------------------------------------------ parent run
     def start_parent(self, *, spec: str, stage: str, backend: str, n_trials: int, spec_path: str,
                      trial_ids: Sequence[str] = (), record_dir: Path | None = None) -> str | None:
@@ -129,6 +161,8 @@ class SweepStore:
         while the run is open: a rerun that finds the mark of a dead launcher retires its sweep run
         without searching the store first."""
         if not self.enabled:
+            if record_dir is not None:
+                self.check_spec(spec, spec_path, record_dir, claim=True)
             return None
         ids = trial_id_tags(trial_ids) if trial_ids else {}
         if self._held is not None and self.parent_id:
@@ -141,6 +175,8 @@ class SweepStore:
                 "spec_path": spec_path, "gatesweep.host": socket.gethostname(), "gatesweep.pid": str(os.getpid())} | ids
         run = self.client.create_run(self.experiment_id, run_name=f"sweep-{spec}-{backend}", tags=tags)
         self.parent_id = run.info.run_id
+        if record_dir is not None:  # the store took the sweep: this spec file now owns its name
+            self.check_spec(spec, spec_path, record_dir, claim=True)
         if record_dir is not None:
             self._record_dir = record_dir / SWEEP_RECORDS
             self._record_dir.mkdir(parents=True, exist_ok=True)
@@ -148,14 +184,17 @@ class SweepStore:
         self.client.log_param(self.parent_id, "n_trials", n_trials)
         return self.parent_id
 
-    def finish_parent(self, status: str, record_dir: Path | None = None) -> None:
+    def finish_parent(self, status: str, record_dir: Path | None = None, *, reachable: bool = True) -> None:
         """End the sweep run. If the server is away, the status waits in `record_dir/.sweeps/` for
-        `gatesweep sync` (an outage must not hide the sweep's result or leave the run RUNNING)."""
+        `gatesweep sync` (an outage must not hide the sweep's result or leave the run RUNNING).
+        `reachable=False`: the launcher knows it is away (a request of the sweep failed): not asked again."""
         if self._held is not None:  # one step of a longer sweep: the end comes from one_parent()
             self._held.append(status)
             return
         if self.enabled and self.parent_id:
             try:
+                if not reachable:
+                    raise TimeoutError("the tracking server stopped answering during the sweep")
                 self.client.set_terminated(self.parent_id, status)
             except Exception as e:  # noqa: BLE001 - connection errors come in many types
                 where = "the next run of this spec marks it KILLED"
@@ -235,7 +274,11 @@ class SweepStore:
         state = self.note_uri(run_dir)
         known = (existing or {}).get(trial.trial_id)
         run_id = known.run_id if known else None
-        if run_id is None and state.get("run_id") and state.get("experiment_id") == self.experiment_id:
+        from trainer.mlflow_sync import store_id
+
+        here = store_id(self.client, self.uri, self.experiment_id)  # a run id means something in one store only
+        if run_id is None and state.get("run_id") and state.get("experiment_id") == self.experiment_id \
+                and state.get("store_id") == here:
             run_id = state["run_id"]
         tags = {"gatesweep.kind": "trial", "trial_id": trial.trial_id, "spec": trial.spec, "stage": trial.stage,
                 "seed": str(trial.seed), "backend": backend, "status": "QUEUED", "label": trial.label,
@@ -248,10 +291,10 @@ class SweepStore:
         else:
             for k, v in tags.items():
                 self.client.set_tag(run_id, k, v)
-        if state.get("run_id") != run_id:
-            state = {}  # a record delivered to another run starts over for this one
+        if state.get("run_id") != run_id or state.get("store_id") != here:
+            state = {}  # a record delivered to another run (or store) starts over for this one
         state.pop("status_sent", None)  # the tag says QUEUED again: the attempt's end must be sent, even if unchanged
-        state.update(tracking_uri=self.uri, run_id=run_id, experiment_id=self.experiment_id)
+        state.update(tracking_uri=self.uri, run_id=run_id, experiment_id=self.experiment_id, store_id=here)
         write_json(track / "mlflow.json", state)
         return run_id
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from sweeps.expand import Trial
 from trainer.record import read_json, write_json
 
 RUNS_ROOT = Path("runs")
+TRIAL_ID_RE = re.compile(r"[0-9a-f]{12}")  # sweeps.expand: config_hash's length
 
 
 def trial_dir(trial: Trial, root: Path = RUNS_ROOT) -> Path:
@@ -56,10 +58,17 @@ def check_runs_writable(spec: str, root: Path = RUNS_ROOT) -> None:
     """Refuse (StorageError, exit 2) before anything is written when the spec's run directories cannot
     be, or when their filesystem keeps locks per host (cluster.common.runs_fs): trial.json, the records
     and the locks live there."""
+    from trainer.errors import StorageError
     from trainer.paths import check_writable
 
     check_writable(root / spec, None, fix="make it writable (every trial's record and lock lives there) or run "
                                           "from a directory where runs/ can be written")
+    for entry in os.scandir(root / spec) if (root / spec).is_dir() else ():
+        path = Path(entry.path)  # where a trial's directory goes: a dangling link or a file would stop the sweep
+        if TRIAL_ID_RE.fullmatch(entry.name) and not path.is_dir():
+            what = f"a symlink to {os.readlink(path)}, which does not exist" if path.is_symlink() else "not a directory"
+            raise StorageError(f"{path}: {what} (the run directory of trial {entry.name}); remove it (rm {path}) "
+                               "or restore what it pointed to, then run again")
     check_runs_filesystem(root / spec)  # its locks must hold across hosts
 
 

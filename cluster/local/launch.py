@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import sys
@@ -14,10 +15,12 @@ from cluster.common.progress import failures, outcome_line
 from cluster.common.state import DONE, known_runs, split
 from cluster.common.trialdir import RUNS_ROOT, check_runs_writable, trial_dir
 from cluster.common.ui_links import ui_lines
+from cluster.local.outage import Outage, call_deadline
 from cluster.local.packing import default_parallel
 from cluster.local.runner import TAKEN, check_local, run_trials, start_warm, visible_gpus
 from cluster.local.warm import WarmTrainer
 from sweeps.expand import gpu_hours
+from sweeps.mlflow_runs import is_server
 from trainer.console import note
 from trainer.cores import check_cpu_ranks
 from trainer.errors import ExitCode
@@ -55,7 +58,10 @@ def run_local(prep: Prepared, *, dry_run: bool, max_parallel: int | None) -> int
     warm = start_warm(RUNS_ROOT / spec.name, cpu=not gpus,
                       enabled=nproc == 1 and len(todo) > 1 and local.get("warm_start") is not False)
     try:
-        return _run(prep, todo, done, states, warm, gpus, parallel=parallel, nproc=nproc, per_gpu=per_gpu)
+        # every request to a tracking server has a deadline while the sweep runs: a hung server (stopped,
+        # overloaded) must not hold up scheduling (cluster/local/outage.py)
+        with call_deadline() if is_server(prep.store.uri) else contextlib.nullcontext():
+            return _run(prep, todo, done, states, warm, gpus, parallel=parallel, nproc=nproc, per_gpu=per_gpu)
     finally:
         if warm is not None:
             warm.close()
@@ -72,11 +78,12 @@ def _run(prep: Prepared, todo: list, done: list, states: list, warm: WarmTrainer
     store.start_parent(spec=spec.name, stage=spec.stage, backend="local", n_trials=len(todo), spec_path=spec.path,
                        trial_ids=[t.trial_id for t in prep.trials], record_dir=RUNS_ROOT / spec.name)
     status = "FINISHED"
+    outage = Outage()
     # `kill PID` (SIGTERM) stops a sweep like Ctrl-C: trials checkpoint, records and the sweep run say KILLED
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         results = run_trials(todo, store, max_parallel=parallel, nproc=nproc, title=spec.name, existing=existing,
-                             gpus=gpus, trials_per_gpu=per_gpu, warm=warm)
+                             gpus=gpus, trials_per_gpu=per_gpu, warm=warm, outage=outage)
     except KeyboardInterrupt:
         status = "KILLED"
         print("interrupted: running trials were stopped and marked KILLED; rerun the same command to resume",
@@ -84,7 +91,7 @@ def _run(prep: Prepared, todo: list, done: list, states: list, warm: WarmTrainer
         return ExitCode.INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
-        store.finish_parent(status, RUNS_ROOT / spec.name)
+        store.finish_parent(status, RUNS_ROOT / spec.name, reachable=not outage.active)
     elsewhere = [k for k, v in results.items() if v == TAKEN]
     if elsewhere:
         print(f"{len(elsewhere)} trial(s) were taken by another launcher meanwhile; leaving them to it")

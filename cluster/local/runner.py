@@ -25,14 +25,16 @@ from pathlib import Path
 
 from cluster.common.command import trainer_command
 from cluster.common.compile_cache import cache_env, cache_is_cold, family_key, warm_families
-from cluster.common.delivery import deliver, undelivered
+from cluster.common.delivery import deliver
+from cluster.common.delivery import undelivered as _undelivered
 from cluster.common.process import die_with_parent
 from cluster.common.progress import Progress, last_step, last_train_point
 from cluster.common.state import TrialState
 from cluster.common.store import SweepStore, clean_env
 from cluster.common.trialdir import TrialLock, local_status, set_local_status, write_trial_json
 from cluster.errors import BackendError
-from cluster.local.outage import OFFLINE_ENV, Outage
+from cluster.local.courier import Courier
+from cluster.local.outage import LAUNCHED_SYNC_TIMEOUT_S, OFFLINE_ENV, Outage, answers, trainer_http_env
 from cluster.local.packing import (
     GpuPool,
     MemoryReader,
@@ -46,6 +48,7 @@ from cluster.local.warm import WarmError, WarmProc, WarmTrainer
 from sweeps.mlflow_runs import is_server
 from trainer.console import detail, note
 from trainer.main import EXIT_CODES
+from trainer.record import sync_timeout
 
 STATUS_OF_EXIT: dict[int, str] = {int(v): k for k, v in EXIT_CODES.items() if k != "EARLY_STOPPED"}
 TAKEN = "TAKEN"  # run_trials' result for a trial another launcher runs, or ran since this one read the records
@@ -93,20 +96,26 @@ def _start(s: TrialState, store: SweepStore, gpus: list[int], *, nproc: int, dev
                                   tags=launch_tags(store.parent_id, gpus, trials_per_gpu))
     if store.enabled:
         why = "found unreachable moments ago"
+        if is_server(store.uri) and not outage.active and not answers(store.uri):
+            outage.seen()  # hung or gone: found in PROBE_TIMEOUT_S, not in a request's CALL_DEADLINE_S
+        failed = outage.active
         if outage.active:
             store.note_uri(s.run_dir)
         else:
             try:
                 store.ensure_child(s.trial, s.run_dir, backend="local", existing=existing)
             except Exception as e:  # noqa: BLE001 - a tracking outage must not stop the sweep
-                outage.seen()
-                why = type(e).__name__
-        if outage.active:
-            print(f"warning: MLflow unreachable while starting trial {s.trial.trial_id} ({why}); it trains anyway "
-                  f"and its record is delivered when the server is back (or by `gatesweep sync {s.run_dir}`)",
-                  file=sys.stderr)
-    env = base_env(Path(s.run_dir).parent, cpu=not gpus) | (OFFLINE_ENV if outage.active else {})
+                failed, why = True, f"{type(e).__name__}: {str(e)[:150]}"
+                if is_server(store.uri):  # a file store is no server that went away: it says what failed
+                    outage.seen()
+        if failed:
+            what = "unreachable" if is_server(store.uri) else f"store {store.uri} failed"
+            print(f"warning: MLflow {what} while starting trial {s.trial.trial_id} ({why}); it trains anyway "
+                  f"and its record is delivered later (or by `gatesweep sync {s.run_dir}`)", file=sys.stderr)
+    env = base_env(Path(s.run_dir).parent, cpu=not gpus) | trainer_http_env() | (OFFLINE_ENV if outage.active else {})
     env["GATESWEEP_TRACKING"] = "mlflow" if is_server(store.uri) else "local"
+    if is_server(store.uri):  # what a trainer cannot deliver at its end, the courier does: it need not wait long
+        env["GATESWEEP_SYNC_TIMEOUT"] = str(min(sync_timeout(env), LAUNCHED_SYNC_TIMEOUT_S))
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
     log = open(s.run_dir / "stdout.log", "ab")
@@ -153,31 +162,23 @@ def _final_status(r: _Running, code: int) -> tuple[str, str]:
     return status, reason
 
 
-def _deliver(s: TrialState, store: SweepStore, *, ended: bool, outage: Outage | None = None,
-             quiet: bool = False) -> bool:
+def _deliver(s: TrialState, store: SweepStore, *, ended: bool, quiet: bool = False) -> bool:
     """With a file store (sqlite) the launcher is the single writer: it delivers the trial's record.
     With a server the trainer delivers its own record; the launcher takes over only for a trial that
-    ended with part of it undelivered (the server was down when its trainer gave up). False: failed,
-    or not tried during an outage (then _redeliver tries)."""
+    ended with part of it undelivered (the server was away when its trainer gave up: the courier's
+    work during a sweep). False: failed (then _redeliver tries)."""
     if not store.enabled or (is_server(store.uri) and not ended):
         return True
-    if is_server(store.uri) and not undelivered(s.run_dir):
+    if is_server(store.uri) and not _undelivered(s.run_dir, store.uri):
         return True
-    if outage is not None and outage.active:
-        return False
-    ok = deliver(s.run_dir, store, quiet=quiet)
-    if not ok and outage is not None:
-        outage.seen()
-    return ok
+    return deliver(s.run_dir, store, quiet=quiet)
 
 
-def _redeliver(undelivered: list[TrialState], store: SweepStore, outage: Outage) -> list[TrialState]:
-    """Retry ended trials' records; the first failure ends the pass (the server is still away)."""
+def _redeliver(undelivered: list[TrialState], store: SweepStore) -> list[TrialState]:
+    """Retry ended trials' records; the first failure ends the pass (the store still refuses)."""
     for i, s in enumerate(undelivered):
         if not _deliver(s, store, ended=True, quiet=True):
-            outage.seen()
             return undelivered[i:]
-    outage.over()
     return []
 
 
@@ -220,13 +221,15 @@ def check_local(nproc: int, *, max_parallel: int | None, trials_per_gpu: int | s
 
 def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int | None, nproc: int,
                title: str, existing: dict, device: str | None = None, gpus: list[int] | None = None,
-               trials_per_gpu: int | str | None = 1, warm: WarmTrainer | None = None) -> dict[str, str]:
+               trials_per_gpu: int | str | None = 1, warm: WarmTrainer | None = None,
+               outage: Outage | None = None) -> dict[str, str]:
     """Run `todo` and return {trial_id: final status}. Single-GPU trials are packed per GPU by
     packing.Packer: up to `trials_per_gpu` at a time (`auto`: as many as memory holds, at most
     packing.AUTO_SHARE), a new one only once the GPU's last started trial has taken its first step.
     `max_parallel` caps the trials running at once (None: every GPU slot; on the CPU, 1). `warm`: once
     it has imported (waited for: it started before the store's set-up), single-process trials are
-    forked from it (see warm.py); if it cannot fork, they start fresh."""
+    forked from it (see warm.py); if it cannot fork, they start fresh. `outage`: the caller's view of a
+    tracking server that stopped answering (cluster/local/outage.py), kept up to date here."""
     gpus = visible_gpus() if gpus is None else gpus
     check_local(nproc, max_parallel=max_parallel, trials_per_gpu=trials_per_gpu,
                 gpus=[] if device == "cpu" else gpus)
@@ -239,7 +242,9 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int |
     running: list[_Running] = []
     results: dict[str, str] = {}
     undelivered: list[TrialState] = []
-    outage = Outage()
+    outage = outage or Outage()
+    # a server's records go by the courier, off this loop's path; a file store's by this loop (single writer)
+    courier = Courier(store, outage) if store.enabled and is_server(store.uri) else None
     memory = MemoryReader()
     # GPU trials compile: with a cold cache, start one trial alone and the rest once it has taken its
     # first step, so they load its graphs from the sweep's shared cache instead of all compiling.
@@ -289,31 +294,39 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int |
                     running.remove(r)
                     status, _ = _final_status(r, code)
                     r.log.close()  # type: ignore[attr-defined]
+                    if (last_step(r.state.run_dir) or 0) >= 1:  # it stepped (maybe between two looks): graphs cached
+                        compiled.add(family_key(r.state.trial.config.flat()))
                     if packer is not None:
                         packer.remove(r.key)
                     elif pool is not None:
                         pool.give(r.gpus)
-                    if not _deliver(r.state, store, ended=True, outage=outage):  # under the lock: no other launcher delivers it
-                        undelivered.append(r.state)
-                    r.lock.release()
+                    if courier is not None and _undelivered(r.state.run_dir, store.uri):
+                        courier.hand(r.state, r.lock)  # delivered under the trial's lock, which it then releases
+                    else:
+                        if courier is None and not _deliver(r.state, store, ended=True):  # under the lock
+                            undelivered.append(r.state)
+                        r.lock.release()
                     results[r.state.trial.trial_id] = status
                     progress.ended(_label(r.state), status)
                 if time.monotonic() - last_delivery > 5:
                     for r in running:
-                        _deliver(r.state, store, ended=False, outage=outage)
+                        _deliver(r.state, store, ended=False)
                     last_delivery = time.monotonic()
                 if undelivered and time.monotonic() - last_retry > 30:
-                    undelivered, last_retry = _redeliver(undelivered, store, outage), time.monotonic()
+                    undelivered, last_retry = _redeliver(undelivered, store), time.monotonic()
                 progress.tick()
                 if not (ended and queue):  # a trial just ended: start the next one at once
                     _wait(running, 0.2)
         except KeyboardInterrupt:
             _stop_all(running, store, results)
             raise
-    undelivered = _redeliver(undelivered, store, outage)
+        finally:
+            undelivered += courier.close() if courier is not None else []
+    undelivered = _redeliver(undelivered, store) if courier is None else undelivered
     if undelivered:
-        print(f"warning: {len(undelivered)} trial record(s) are not in MLflow yet (tracking store unreachable); "
-              f"deliver them with `gatesweep sync {undelivered[0].run_dir.parent}` once it is back", file=sys.stderr)
+        why = "tracking server unreachable" if is_server(store.uri) else f"the store {store.uri} refused them"
+        print(f"warning: {len(undelivered)} trial record(s) are not in MLflow yet ({why}); deliver them with "
+              f"`gatesweep sync {undelivered[0].run_dir.parent}` once it is back", file=sys.stderr)
     return results
 
 
