@@ -161,18 +161,25 @@ def _sql_runs(uri: str, names: Sequence[str] | None, stages: list[str | None], s
 
 
 def _api_runs(uri: str, names: Sequence[str] | None, filters: list[str]) -> list[StoredRun]:
-    """The runs through MLflow's run search (any store). The collector is paused meanwhile: it
-    otherwise walks the growing heap of MLflow's objects again and again (3/4 of the time at 10,000
-    runs); they hold no reference cycles, so nothing waits for it."""
+    """The runs through MLflow's run search (any store), kept page by page as plain dicts that share
+    one string per distinct key and value (MLflow's objects of 10,000 runs would hold 150 MiB more).
+    The collector is paused meanwhile: it otherwise walks the growing heap of MLflow's objects again
+    and again (3/4 of an in-process search's time at 10,000 runs); it runs again once the search is done."""
     client, uri = open_client(uri)
     exp_ids = _experiment_ids(client, uri, names)
+    one: dict[Any, Any] = {}
+
+    def stored(r: Any) -> StoredRun:
+        return StoredRun(r.info.run_id, r.info.status, r.info.start_time,
+                         {one.setdefault(k, k): one.setdefault(v, v) for k, v in r.data.tags.items()},
+                         {one.setdefault(k, k): one.setdefault(v, v) for k, v in r.data.params.items()},
+                         {one.setdefault(k, k): v for k, v in r.data.metrics.items()})
     found: list[StoredRun] = []
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         for flt in filters:
-            found += [StoredRun(r.info.run_id, r.info.status, r.info.start_time, r.data.tags, r.data.params,
-                                r.data.metrics) for r in search(client, uri, exp_ids, flt)]
+            found += call(uri, lambda f=flt: [stored(r) for r in search_all(client, exp_ids, f)])
     finally:
         if was_enabled:
             gc.enable()
