@@ -7,14 +7,13 @@ The tracking URI is --tracking-uri, else $MLFLOW_TRACKING_URI, else the default 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sweeps.errors import SpecError
-from sweeps.mlflow_runs import DEFAULT_URI
+from sweeps.mlflow_runs import DEFAULT_URI, resolve_uri
 from trainer.cli_parser import Parser
 from trainer.errors import ExitCode
 
@@ -65,30 +64,53 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         if args.format not in ("console", "json"):
             raise SpecError(f"--json and --format {args.format} ask for two formats; give one of them")
         args.format = "json"
-    from analysis import render
-    from analysis.fetch import fetch_runs
-    from analysis.seq_table import annotate_for_spec
-    from analysis.table import compat_table, stage_table
+    if args.compat and args.log:
+        raise SpecError("--log writes the statistics table; drop --compat")
+    from analysis import cache
     from sweeps.errors import NoRunsError
 
     target = _target(args)
-    try:
-        runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
-    except NoRunsError:
-        if not args.skip_empty:
-            raise
-        print(f"({target.label}: no runs yet)")
-        return 0
+    decisions = _decisions(target, args.tracking_uri)
+    key = None if args.log else cache.key("table", resolve_uri(args.tracking_uri), lambda: cache.inputs(
+        _options(args), asdict(target), args.step_times, None if args.compat else decisions, render=True))
+    text = (cache.get(key) or {}).get("text")
+    if text is None:
+        try:
+            text = _table_text(args, target, decisions)
+        except NoRunsError:
+            if not args.skip_empty:
+                raise
+            print(f"({target.label}: no runs yet)")
+            return 0
+        cache.put(key, {"text": text})
+    if args.out:
+        path = args.out / f"{_slug(target.label)}_{'compat' if args.compat else 'table'}.{_EXT[args.format]}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        except OSError as e:
+            raise _storage_error(e, args.out) from None
+        print(path)
+    else:
+        print(text, end="")
+    return 0
+
+
+def _table_text(args: argparse.Namespace, target: Target, decisions) -> str:
+    """The table command's output text, computed from the store (analysis.cache keeps it)."""
+    from analysis import render
+    from analysis.fetch import fetch_runs
+    from analysis.table import compat_table, stage_table
+
+    runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
     if args.compat:
-        if args.log:
-            raise SpecError("--log writes the statistics table; drop --compat")
         df = compat_table(runs, stages=target.stages, columns=_split(args.columns))
         note, headers, numeric = "", None, None
     else:
         histories = None if args.no_time else _curves(runs, args.tracking_uri)
         runs, histories = _retime(runs, histories, args.step_times)
-        numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories,
-                                                per_seed=True), target.spec, tracking_uri=args.tracking_uri)
+        numeric = _annotate(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=histories,
+                                        per_seed=True), decisions())
         about = f"{target.spec}: {target.about}" if target.about else ""
         note = "\n\n".join(t for t in (about, render.footer(numeric), render.reading_note(numeric, args.adjust)) if t)
         headers = render.DISPLAY_HEADERS
@@ -101,18 +123,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
         if args.log:
             _log_decision(target, numeric, args.adjust, args.tracking_uri)
     fit = numeric if not (args.wide or args.columns) else None  # the terminal's columns are chosen for it
-    text = _render(df, args.format, title=target.label, note=note, headers=headers, fit=fit)
-    if args.out:
-        path = args.out / f"{_slug(target.label)}_{'compat' if args.compat else 'table'}.{_EXT[args.format]}"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        except OSError as e:
-            raise _storage_error(e, args.out) from None
-        print(path)
-    else:
-        print(text, end="")
-    return 0
+    return _render(df, args.format, title=target.label, note=note, headers=headers, fit=fit)
 
 
 def power_parser() -> Parser:
@@ -195,15 +206,20 @@ def report_parser() -> Parser:
 
 def report_main(argv: Sequence[str] | None = None) -> int:
     args = report_parser().parse_args(argv)
-    from analysis.fetch import fetch_runs
+    from analysis import cache, report_files
 
     target = _target(args)
-    runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
     out_dir = args.out / _slug(target.label)
-    try:
-        written = _write_report(runs, target, out_dir, args.tracking_uri, args.adjust, args.step_times)
-    except OSError as e:  # a full disk while the figures are written: one line, like the trainer's
-        raise _storage_error(e, out_dir) from None
+    folder = report_files.Folder(out_dir)
+    decisions = _decisions(target, args.tracking_uri)
+    key = cache.key("report", resolve_uri(args.tracking_uri),
+                    lambda: cache.inputs(_options(args), asdict(target), args.step_times, decisions))
+    written = folder.intact(key)  # a repeated call on an unchanged store: nothing to read or write
+    if written is None:
+        try:
+            written = _write_report(folder, target, args, decisions, key)
+        except OSError as e:  # a full disk while the figures are written: one line, like the trainer's
+            raise _storage_error(e, out_dir) from None
     print(out_dir / "README.md")
     if not args.no_attach:
         parent = _attach(target, written, args.tracking_uri)
@@ -354,47 +370,44 @@ def _render(df, fmt_name: str, *, title: str, note: str, headers, fit=None) -> s
     return render.to_console(df, title=title, note=note, headers=headers)
 
 
-def _write_report(runs, target: Target, out_dir: Path, tracking_uri: str | None, adjust: str,
-                  step_times: Path | None = None) -> list[Path]:
-    from analysis import plots, render
-    from analysis.report import render_report
-    from analysis.seq_table import annotate_for_spec
+def _write_report(folder, target: Target, args: argparse.Namespace, decisions, key: str | None) -> list[Path]:
+    from analysis.fetch import fetch_runs
+    from analysis.report_files import write_report
     from analysis.table import compat_table, stage_table
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs, hist = _retime(runs, _curves(runs, tracking_uri), step_times)
+    runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
+    runs, hist = _retime(runs, _curves(runs, args.tracking_uri), args.step_times)
     assert hist is not None  # _curves always gives a frame (empty without histories)
-    numeric = annotate_for_spec(stage_table(runs, stages=target.stages, adjust=adjust, histories=hist, per_seed=True),
-                                target.spec, tracking_uri=tracking_uri)
+    numeric = _annotate(stage_table(runs, stages=target.stages, adjust=args.adjust, histories=hist, per_seed=True),
+                        decisions())
     compat = compat_table(runs, stages=target.stages)
-    files = {"table.md": render.to_markdown(render.display_table(numeric), render.DISPLAY_HEADERS),
-             "table.csv": render.to_csv(numeric), "compat.csv": render.to_csv(compat)}
-    for name, text in files.items():
-        (out_dir / name).write_text(text)
-    figures: list[tuple[str, str]] = []
-    rows, left_out = plots.pick_configs(numeric)  # a figure of thousands of lines is unreadable and slow
-    shown, drawn, keys = numeric.loc[rows], plots.runs_of(runs, numeric, rows), plots.table_keys(numeric)
-    some = (f" - the {plots.MAX_CONFIGS} best configurations by final loss and their baselines; "
-            f"{left_out:,} more in table.csv") if left_out else ""
-    if "val_loss" in set(hist["key"]):
-        plots.plot_val_curves(hist, drawn, out_dir / "val_loss.png", keys=keys)
-        figures.append((f"Validation loss (mean over seeds, min-max band){some}", "val_loss.png"))
-    if plots.plot_val_vs_time(hist, drawn, out_dir / "val_loss_time.png", keys=keys):
-        figures.append((f"Validation loss vs wall-clock train time (mean over seeds){some}", "val_loss_time.png"))
-    plots.plot_stage_bars(shown, out_dir / "final_loss.png")
-    figures.append((f"Final validation loss (95% CI){some}", "final_loss.png"))
-    if plots.is_lr_stage(numeric):
-        plots.plot_lr_sweep(numeric, out_dir / "lr_sweep.png")
-        figures.append(("Final validation loss vs learning rate (95% CI)", "lr_sweep.png"))
-    for metric in _per_layer_metrics(runs.columns):
-        name = f"{_slug(metric)}.png"
-        plots.plot_per_layer(drawn, metric, out_dir / name)
-        figures.append((f"{metric} per layer{some}", name))
-    readme = render_report(f"Report: {target.label}", source=_source_line(runs, target), table_md=files["table.md"],
-                           compat_md=render.to_markdown(compat), figures=figures, files=list(files),
-                           footer=render.footer(numeric), reading_note=render.reading_note(numeric, adjust))
-    (out_dir / "README.md").write_text(readme)
-    return [out_dir / n for n in ["README.md", *files, *(f for _, f in figures)]]
+    return write_report(folder, runs, hist, numeric, compat, title=f"Report: {target.label}",
+                        source=_source_line(runs, target), adjust=args.adjust, key=key)
+
+
+def _decisions(target: Target, tracking_uri: str | None):
+    """The spec's sequential decision log (analysis.decision_log), read once when first asked for."""
+    import functools
+
+    @functools.cache
+    def read():
+        if not target.spec:
+            return None
+        from analysis.decision_log import decisions_for_spec
+
+        return decisions_for_spec(target.spec, tracking_uri=tracking_uri)
+    return read
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """The options a result depends on (not where it goes, nor the store: the key has its state)."""
+    return {k: v for k, v in vars(args).items() if k not in ("tracking_uri", "spec", "out", "no_attach")}
+
+
+def _annotate(table, log):
+    from analysis.seq_table import with_log
+
+    return with_log(table, log)
 
 
 def _attach(target: Target, paths: list[Path], tracking_uri: str | None) -> str | None:
@@ -410,11 +423,6 @@ def _attach(target: Target, paths: list[Path], tracking_uri: str | None) -> str 
     return parent
 
 
-def _per_layer_metrics(columns) -> list[str]:
-    found = {m.group(1) for c in columns if (m := re.match(r"^(diag/.+)/layer_\d+$", str(c)))}
-    return sorted(found)
-
-
 def _source_line(runs, target: Target) -> str:
     exps = ", ".join(target.experiments) if target.experiments else "all experiments"
     return f"{len(runs)} run(s) from MLflow ({exps}); stages: {', '.join(target.stages or ['all'])}."
@@ -425,4 +433,6 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^\w.+-]+", "_", text).strip("_") or "report"
+    from analysis.report_files import slug
+
+    return slug(text)

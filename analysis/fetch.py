@@ -9,21 +9,30 @@ Histories: `mlflow_run_id, key, step, value`, one point per (run, key, step).
 
 from __future__ import annotations
 
+import functools
+import gc
+import logging
 import math
 import re
+import sqlite3
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import pandas as pd
 
+from analysis import store_sql
 from analysis.histories import read_histories
 from analysis.legacy import coerce
 from analysis.steptimes import SHARED_COLUMN
+from analysis.store_sql import StoredRun
 from sweeps.errors import NoRunsError, TrackingError
 from sweeps.mlflow_runs import is_server, resolve_uri, search_all
+from sweeps.store_file import sqlite_path
+
+log = logging.getLogger(__name__)
 
 TIDY_COLUMNS = ("mlflow_run_id", "trial_id", "spec", "stage", "seed", "status", "backend")
 SUMMARY_METRICS = ("final_val_loss", "best_val_loss", "train_time_ms", "ms_per_step")
@@ -48,21 +57,40 @@ def tag_filter(kind: str, *, stage: str | None = None, spec: str | None = None) 
 
 def record_from_run(run: Any) -> dict[str, object]:
     """An mlflow Run -> one tidy row (a dict). Pure: reads only the run object."""
-    tags, params = run.data.tags, {k: coerce(v) for k, v in run.data.params.items()}
-    seed = coerce(tags.get("seed")) if tags.get("seed") is not None else params.get("seed")
+    return record(StoredRun(run.info.run_id, run.info.status, run.info.start_time, run.data.tags, run.data.params,
+                            run.data.metrics))
+
+
+def record(run: StoredRun, typed: Callable[[str | None], object] = coerce) -> dict[str, object]:
+    """One run as its search returns it -> one tidy row (a dict). Pure. `typed`: coerce, or a
+    memoised coerce for many runs that share their param values."""
+    tags, params = run.tags, {k: typed(v) for k, v in run.params.items()}
+    seed = typed(tags.get("seed")) if tags.get("seed") is not None else params.get("seed")
     row: dict[str, object] = {
-        "mlflow_run_id": run.info.run_id, "trial_id": tags.get("trial_id"), "spec": tags.get("spec"),
-        "stage": tags.get("stage"), "seed": seed, "status": tags.get("status") or run.info.status,
-        "backend": tags.get("backend"), "_start_time": run.info.start_time or 0,
+        "mlflow_run_id": run.run_id, "trial_id": tags.get("trial_id"), "spec": tags.get("spec"),
+        "stage": tags.get("stage"), "seed": seed, "status": tags.get("status") or run.status,
+        "backend": tags.get("backend"), "_start_time": run.start_time or 0,
     }
-    if tags.get(SHARED_TAG):  # trials packed several to a GPU (cluster.local.runner): times are not speed figures
-        row[SHARED_COLUMN] = int(tags[SHARED_TAG]) if tags[SHARED_TAG].isdigit() else 2
+    shared = tags.get(SHARED_TAG)
+    if shared:  # trials packed several to a GPU (cluster.local.runner): times are not speed figures
+        row[SHARED_COLUMN] = int(shared) if shared.isdigit() else 2
     if tags.get(BUDGET_TAG):  # keys a time_of budget set (sweeps.expand): baselines may differ in them
         row[BUDGET_COLUMN] = tags[BUDGET_TAG]
     row.update({k: v for k, v in params.items() if k not in row})
     row.update({k: math.nan for k in SUMMARY_METRICS})
-    row.update(run.data.metrics)
+    row.update(run.metrics)
     return row
+
+
+def records(runs: Iterable[StoredRun]) -> list[dict[str, object]]:
+    """Tidy rows of many runs; each distinct param text is converted once (10,000 runs share most)."""
+    memo: dict[str | None, object] = {}
+
+    def typed(text: str | None) -> object:
+        if text not in memo:
+            memo[text] = coerce(text)
+        return memo[text]
+    return [record(r, typed) for r in runs]
 
 
 def runs_frame(records: Sequence[dict[str, object]]) -> pd.DataFrame:
@@ -92,20 +120,70 @@ def fetch_runs(
     spec: str | None = None,
     tracking_uri: str | None = None,
 ) -> pd.DataFrame:
-    """Trial runs (tag gatesweep.kind=trial) of the experiments (all when None) as a tidy table."""
-    client, uri = open_client(tracking_uri)
-    exp_ids = _experiment_ids(client, uri, experiment_names)
+    """Trial runs (tag gatesweep.kind=trial) of the experiments (all when None) as a tidy table.
+    A sqlite store is read with SQL (analysis.store_sql), any other store - or a sqlite file SQL
+    cannot read - through MLflow's run search; both give the same table."""
+    uri = resolve_uri(tracking_uri)
+    check_reachable(uri)
     stages: list[str | None] = [stage] if stage is None or isinstance(stage, str) else list(stage)
-    records = []
-    for st in stages:
-        found = search(client, uri, exp_ids, tag_filter("trial", stage=st, spec=spec))
-        records += [record_from_run(r) for r in found]
-    if not records:
+    filters = [(st, tag_filter("trial", stage=st, spec=spec)) for st in stages]  # validates the values
+    found = _sql_runs(uri, experiment_names, [st for st, _ in filters], spec)
+    if found is None:
+        found = _api_runs(uri, experiment_names, [f for _, f in filters])
+    if not found:
         where = ", ".join(experiment_names) if experiment_names else "any experiment"
         which = ", ".join(s for s in stages if s) or "any"
         raise NoRunsError(f"no trial runs in {where} at {uri} (stage {which}, spec {spec or 'any'}); "
                             "check --experiment/--stage, or import/run them first")
-    return runs_frame(records)
+    return runs_frame(records(found))
+
+
+def _sql_runs(uri: str, names: Sequence[str] | None, stages: list[str | None], spec: str | None) -> list[StoredRun] | None:
+    """The runs read with SQL from a sqlite store, in one snapshot; None when SQL cannot read it."""
+    path = sqlite_path(uri)
+    if path is None:
+        return None
+    try:
+        with store_sql.connect(path) as con:
+            con.execute("BEGIN")  # one snapshot for every query
+            ids = store_sql.experiment_ids(con, names)
+            for name, exp_id in ids.items():
+                if exp_id is None:
+                    raise _no_experiment(name, uri)
+            found: list[StoredRun] = []
+            for st in stages:
+                tags = {KIND_TAG: "trial"} | ({"stage": st} if st is not None else {}) | ({"spec": spec} if spec else {})
+                found += store_sql.runs_with_tags(con, [i for i in ids.values() if i is not None], tags)
+            return found
+    except sqlite3.Error as e:
+        log.info("SQL read of %s failed (%s: %s); reading through MLflow", uri, type(e).__name__, e)
+        return None
+
+
+def _api_runs(uri: str, names: Sequence[str] | None, filters: list[str]) -> list[StoredRun]:
+    """The runs through MLflow's run search (any store), kept page by page as plain dicts that share
+    one string per distinct key and value (MLflow's objects of 10,000 runs would hold 150 MiB more).
+    The collector is paused meanwhile: it otherwise walks the growing heap of MLflow's objects again
+    and again (3/4 of an in-process search's time at 10,000 runs); it runs again once the search is done."""
+    client, uri = open_client(uri)
+    exp_ids = _experiment_ids(client, uri, names)
+    one: dict[Any, Any] = {}
+
+    def stored(r: Any) -> StoredRun:
+        return StoredRun(r.info.run_id, r.info.status, r.info.start_time,
+                         {one.setdefault(k, k): one.setdefault(v, v) for k, v in r.data.tags.items()},
+                         {one.setdefault(k, k): one.setdefault(v, v) for k, v in r.data.params.items()},
+                         {one.setdefault(k, k): v for k, v in r.data.metrics.items()})
+    found: list[StoredRun] = []
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for flt in filters:
+            found += call(uri, lambda f=flt: [stored(r) for r in search_all(client, exp_ids, f)])
+    finally:
+        if was_enabled:
+            gc.enable()
+    return found
 
 
 def fetch_histories(
@@ -115,7 +193,9 @@ def fetch_histories(
     tracking_uri: str | None = None,
 ) -> pd.DataFrame:
     """Long table of metric histories: mlflow_run_id, key, step, value (read in bulk: analysis.histories)."""
-    client, uri = open_client(tracking_uri)
+    uri = resolve_uri(tracking_uri)
+    check_reachable(uri)
+    client = functools.cache(lambda: open_client(uri)[0])  # MLflow only when a run is read through it
     return dedupe_history(pd.DataFrame(read_histories(client, uri, list(run_ids), keys, call)))
 
 
@@ -170,10 +250,14 @@ def _experiment_ids(client, uri: str, names: Sequence[str] | None) -> list[str]:
     for name in names:
         exp = call(uri, client.get_experiment_by_name, name)
         if exp is None:
-            raise NoRunsError(f"experiment {name!r} not found at {uri}; check --experiment "
-                                "(the spec's tracking.experiment, default gatesweep-<spec name>)")
+            raise _no_experiment(name, uri)
         ids.append(exp.experiment_id)
     return ids
+
+
+def _no_experiment(name: str, uri: str) -> NoRunsError:
+    return NoRunsError(f"experiment {name!r} not found at {uri}; check --experiment "
+                       "(the spec's tracking.experiment, default gatesweep-<spec name>)")
 
 
 def search(client, uri: str, exp_ids: list[str], filter_string: str):

@@ -5,9 +5,8 @@ scans every row of that key (without ANALYZE sqlite's planner picks the primary 
 with the key, over the run index): a report of 5,000 runs spent 83 s there. So:
 
 - sqlite stores (`sqlite:///...`): a documented fast path, one read-only SQL query per 500 runs on
-  MLflow's own `metrics` table (columns run_uuid, key, step, value, timestamp, is_nan; unchanged
-  since MLflow 1.x), through the (run_uuid, key, step) index. NaN is read back as NaN, as MLflow's
-  store does (it keeps NaN as is_nan=1).
+  MLflow's own `metrics` table through the (run_uuid, key, step) index (analysis.store_sql). NaN is
+  read back as NaN, as MLflow's store does (it keeps NaN as is_nan=1).
 - http(s) stores: the MLflow server's bulk endpoint (`/ajax-api/2.0/mlflow/metrics/get-history-bulk`,
   what its UI uses: up to 100 runs and 25,000 points per request); a full reply is split and asked
   again, so nothing is cut.
@@ -29,29 +28,34 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 
+from analysis import store_sql
+from sweeps.store_file import sqlite_path
+
 log = logging.getLogger(__name__)
 
 Row = dict[str, object]
-SQL_CHUNK = 500  # run ids per query: far below sqlite's bound on query parameters
+COLUMNS = ("mlflow_run_id", "key", "step", "value", "timestamp")  # of a Row
 HTTP_RUNS = 100  # the server's limit of run ids per get-history-bulk request
 HTTP_MAX_POINTS = 25_000  # the server's limit of points per reply
 _BULK_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 
 
-def read_histories(client, uri: str, run_ids: Sequence[str], keys: Sequence[str], call: Callable) -> list[Row]:
-    """Rows (mlflow_run_id, key, step, value, timestamp) of every run's `keys` histories.
+def read_histories(client: Callable, uri: str, run_ids: Sequence[str], keys: Sequence[str], call: Callable):
+    """Rows (mlflow_run_id, key, step, value, timestamp) of every run's `keys` histories: a list of
+    Row dicts, or (sqlite) a DataFrame of these columns.
+    `client()`: the MlflowClient, made only when a run is read through MLflow's API.
     `call(uri, fn, *args)`: analysis.fetch.call, which turns MLflow errors into TrackingError."""
     run_ids, keys = list(dict.fromkeys(run_ids)), list(dict.fromkeys(keys))
     if not run_ids or not keys:
         return []
     try:
-        if uri.startswith("sqlite:///"):
-            return _sqlite_rows(_sqlite_path(uri), run_ids, keys)
+        if (path := sqlite_path(uri)) is not None:
+            return _sqlite_rows(str(path), run_ids, keys)
         if uri.startswith(("http://", "https://")):
-            return _http_rows(uri, run_ids, keys, lambda r, k: per_run_rows(client, uri, [r], [k], call))
+            return _http_rows(uri, run_ids, keys, lambda r, k: per_run_rows(client(), uri, [r], [k], call))
     except (sqlite3.Error, OSError, ValueError, KeyError, TypeError) as e:
         log.info("bulk history read from %s failed (%s: %s); reading run by run", uri, type(e).__name__, e)
-    return per_run_rows(client, uri, run_ids, keys, call)
+    return per_run_rows(client(), uri, run_ids, keys, call)
 
 
 def per_run_rows(client, uri: str, run_ids: Sequence[str], keys: Sequence[str], call: Callable) -> list[Row]:
@@ -69,26 +73,16 @@ def _row(run_id: str, key: str, step, value, timestamp) -> Row:
             "timestamp": int(timestamp)}
 
 
-def _sqlite_path(uri: str) -> str:
-    return urllib.parse.unquote(uri[len("sqlite:///"):].split("?", 1)[0])
+def _sqlite_rows(path: str, run_ids: list[str], keys: list[str]):
+    """The rows as a DataFrame (COLUMNS), built from tuples: a dict per point would double the memory
+    of a 10,000-run report."""
+    import pandas as pd
 
-
-def _sqlite_rows(path: str, run_ids: list[str], keys: list[str]) -> list[Row]:
-    """One query per SQL_CHUNK runs. `+m.key` keeps the planner off the key-first primary key, so
-    it seeks each run in the run index instead of scanning every row of the key."""
-    rows: list[Row] = []
-    con = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, timeout=30)
-    try:
-        for i in range(0, len(run_ids), SQL_CHUNK):
-            chunk = run_ids[i:i + SQL_CHUNK]
-            query = (f"SELECT m.run_uuid, m.key, m.step, m.value, m.timestamp, m.is_nan FROM metrics m "
-                     f"WHERE m.run_uuid IN ({','.join('?' * len(chunk))}) AND +m.key IN ({','.join('?' * len(keys))}) "
-                     "ORDER BY m.run_uuid, m.key, m.timestamp, m.step, m.value")
-            for run_id, key, step, value, ts, is_nan in con.execute(query, [*chunk, *keys]):
-                rows.append(_row(run_id, key, step, math.nan if is_nan else value, ts))
-    finally:
-        con.close()
-    return _in_order(rows, run_ids, keys)
+    run_pos = {r: i for i, r in enumerate(run_ids)}
+    key_pos = {k: i for i, k in enumerate(keys)}
+    rows = store_sql.metric_rows(path, run_ids, keys)
+    rows.sort(key=lambda r: (run_pos[r[0]], key_pos[r[1]]))  # as _in_order: stable, the store's order inside
+    return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def _http_rows(uri: str, run_ids: list[str], keys: list[str], one: Callable[[str, str], list[Row]]) -> list[Row]:

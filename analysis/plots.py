@@ -188,6 +188,11 @@ def _key_cols(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in NOT_KEYS and c != "stage"]
 
 
+def bar_columns(table: pd.DataFrame) -> list[str]:
+    """The stage table's columns that plot_stage_bars and plot_lr_sweep read: keys, mean and CI."""
+    return [*_key_cols(table), "final_val_loss", "ci95"]
+
+
 def table_keys(table: pd.DataFrame) -> list[str]:
     """The stage table's configuration columns (what its rows' labels are made of)."""
     return _key_cols(table)

@@ -197,6 +197,10 @@ def _number(v: Any) -> float:
 def annotate_for_spec(table: pd.DataFrame, spec: str | Path | None, *, tracking_uri: str | None = None) -> pd.DataFrame:
     """The table with SEQ_COLUMNS when `spec` (file or name) ran with sequential seeds, else unchanged;
     either way without the per-seed values (`seed_values`) it read the intervals from."""
-    log = decisions_for_spec(spec, tracking_uri=tracking_uri) if spec else None
+    return with_log(table, decisions_for_spec(spec, tracking_uri=tracking_uri) if spec else None)
+
+
+def with_log(table: pd.DataFrame, log: Mapping[str, Any] | None) -> pd.DataFrame:
+    """annotate_for_spec with the decision log already read (None: not a sequential spec)."""
     out = annotate(table, log) if log else table
     return out.drop(columns=[SEED_VALUES], errors="ignore")

@@ -1,6 +1,6 @@
 """Sequential seeds: when to stop adding seeds to a comparison, without inflating false positives. Pure
-(numpy/scipy), except `decisions_for_spec`, the one reader of a sweep's decision log (what the stage
-table makes of it: analysis.seq_table).
+(numpy/scipy); a sweep's decision log is read by analysis.decision_log (`decisions_for_spec`), what the
+stage table makes of it is analysis.seq_table.
 
 Design. A configuration gets seeds in planned looks n_1 < n_2 < ... < n_K = max; information fraction
 t_k = n_k / max. At look k each open comparison (a gated configuration vs its `attn_gate: none`
@@ -28,12 +28,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.special import stdtr
 
+from analysis.decision_log import LOG_NAME, decisions_for_spec  # noqa: F401  (their home; imported from here too)
 from analysis.fmt import format_ordered
 from analysis.seq_bounds import fractions_of, t_levels
 
@@ -238,50 +238,3 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-# ---------------------------------------------------------------- the decision log
-def decisions_for_spec(spec: str | Path, *, runs_root: str | Path = "runs",
-                       tracking_uri: str | None = None) -> dict[str, Any] | None:
-    """The decision log of a spec's sequential sweep, or None for a spec without one. `spec`: the spec
-    file or its name. Reads runs/<name>/sequential.json, else (records elsewhere) the `sequential.json`
-    artifact of the spec's newest sweep run in MLflow. The one I/O function of this module."""
-    import json
-
-    path = Path(spec)
-    name = str(spec)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        from trainer import yamlsafe
-
-        name = str((yamlsafe.load(path.read_text(encoding="utf-8")) or {}).get("name", path.stem))
-    local = Path(runs_root) / name / LOG_NAME
-    if local.is_file():
-        return json.loads(local.read_text())
-    return _log_from_mlflow(name, tracking_uri)
-
-
-LOG_NAME = "sequential.json"
-
-
-def _log_from_mlflow(spec_name: str, tracking_uri: str | None) -> dict[str, Any] | None:
-    import importlib.util
-    import json
-    import os
-    import tempfile
-
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri or importlib.util.find_spec("mlflow") is None:
-        return None
-    from mlflow.tracking import MlflowClient
-
-    from sweeps.mlflow_runs import newest
-
-    client = MlflowClient(uri)
-    exps = [e.experiment_id for e in client.search_experiments()]
-    run = newest(client, exps, f"tags.`gatesweep.kind` = 'sweep' and tags.spec = '{spec_name}' and "
-                               "tags.`gatesweep.sequential` = 'true'")
-    if run is None:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run.info.run_id, LOG_NAME, tmp)
-        return json.loads(Path(path).read_text())

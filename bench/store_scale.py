@@ -1,9 +1,15 @@
-"""How `gatesweep table`, `report` and `plan` scale with the tracking store: sqlite stores of 1k (and
-10k) trial runs as the trainer writes them, each command timed as a fresh process (wall and CPU).
+"""How `gatesweep table` and `report` scale with the tracking store, before and after a change, side by
+side in one run: stores of 1k (3k, 10k) trial runs as the trainer writes them, read as a sqlite file
+and through a real `mlflow server` over that file; each command a fresh process (wall, CPU, peak
+memory, the machine's load when it started), cold (an empty cache) and repeated (nothing changed).
 
-    .venv/bin/python bench/store_scale.py                       # 1,000 runs (about 2 minutes on 2 cores)
-    .venv/bin/python bench/store_scale.py --runs 1000 10000     # and 10,000 runs
-    .venv/bin/python bench/store_scale.py --code /tmp/old-main  # the same against another checkout
+    .venv/bin/python bench/store_scale.py                                     # 1,000 runs, this checkout
+    .venv/bin/python bench/store_scale.py --runs 1000 3000 10000 --before b151611 --server --repeats 3
+    .venv/bin/python bench/store_scale.py ... --quiet-load 1.5   # wait (bounded) for the machine to be idle
+
+`--before REV` times that revision's code (git archive into a temporary folder) against the same
+stores, interleaved with this checkout's, and checks that both print the same table and write the
+same report files byte for byte. Figures are medians over `--repeats` calls.
 
 The store is filled in MLflow's own schema through MLflow's SQLAlchemy store: `SqlAlchemyStore` creates
 the database (its migrations) and the experiment, then rows go into its tables (`SqlRun`, `SqlParam`,
@@ -24,8 +30,9 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cli_timing import checkout, mlflow_server, quiet, timed  # noqa: E402
 from bench.cpu_results import write_results  # noqa: E402
 
 EXPERIMENT, SPEC, STAGE = "gatesweep-scale", "scale", "scale"
@@ -134,22 +142,64 @@ def shards(data: Path) -> None:
     write_shard(data / "val_000.bin", np.zeros(40_000, dtype=np.int64))
 
 
-def timed(argv: list[str], cwd: Path, code: Path) -> dict:
-    """Wall and CPU seconds of one CLI process (the CPU of its children included)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(PYTHONPATH=str(code), MLFLOW_LOGGING_LEVEL="WARNING", MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "gatesweep", *argv], cwd=cwd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if res.returncode != 0:
-        raise SystemExit(f"gatesweep {' '.join(argv)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "stdout_lines": len(res.stdout.splitlines())}
+COMMANDS = ("table", "report")
+MODES = ("cold", "repeated")
+REPORT_FILES = ("README.md", "table.md", "table.csv", "compat.csv")
+QUIET_WAIT_S = 180  # at most this long before each timed call for --quiet-load
 
 
-def measure(n_runs: int, args: argparse.Namespace, work: Path) -> dict:
+def argv_of(command: str, uri: str, out: Path) -> list[str]:
+    common = ["--stage", STAGE, "--experiment", EXPERIMENT, "--tracking-uri", uri]
+    if command == "table":
+        return ["table", *common, "--format", "csv"]
+    return ["report", *common, "--out", str(out), "--no-attach"]
+
+
+def call(command: str, uri: str, code: Path, cell: Path, quiet_load: float | None) -> dict:
+    """One timed call in its own folder (its stdout, report and cache)."""
+    cell.mkdir(parents=True, exist_ok=True)
+    waited = quiet(quiet_load, QUIET_WAIT_S)
+    result = timed(argv_of(command, uri, cell / "reports"), cell, code, {"XDG_CACHE_HOME": str(cell / "cache")})
+    return result | {"waited_s": waited}
+
+
+def output_of(command: str, cell: Path) -> bytes:
+    """What a call gave: the table's text, or the report's text files."""
+    if command == "table":
+        return (cell / "stdout.txt").read_bytes()
+    return b"\0".join((cell / "reports" / STAGE / f).read_bytes() for f in REPORT_FILES)
+
+
+def summary(calls: list[dict]) -> dict:
+    return {"wall_s": round(statistics.median(c["wall_s"] for c in calls), 2),
+            "cpu_s": round(statistics.median(c["cpu_s"] for c in calls), 2),
+            "peak_mib": max(c["peak_mib"] for c in calls), "load": round(statistics.median(c["load"] for c in calls), 2),
+            "walls": [c["wall_s"] for c in calls]}
+
+
+def compare(uri: str, codes: dict[str, Path], base: Path, args: argparse.Namespace) -> dict:
+    """Every code, command and mode on one store, the codes interleaved call by call."""
+    out: dict = {}
+    for command in COMMANDS:
+        for mode in MODES:
+            calls: dict[str, list[dict]] = {label: [] for label in codes}
+            if mode == "repeated":  # the calls that leave the cache warm are not timed
+                for label, code in codes.items():
+                    call(command, uri, code, base / label / command / "warm", None)
+            for i in range(args.repeats):
+                for label, code in codes.items():
+                    cell = base / label / command / (f"cold{i}" if mode == "cold" else "warm")
+                    calls[label].append(call(command, uri, code, cell, args.quiet_load))
+            for label in codes:
+                out.setdefault(label, {}).setdefault(command, {})[mode] = summary(calls[label])
+            print(json.dumps({"store": str(base), "command": command, "mode": mode,
+                              **{k: out[k][command][mode]["wall_s"] for k in codes}}), flush=True)
+        given = {label: {output_of(command, base / label / command / c) for c in ("cold0", "warm")} for label in codes}
+        out.setdefault("same_output", {})[command] = len(set().union(*given.values())) == 1
+    return out
+
+
+def measure(n_runs: int, codes: dict[str, Path], args: argparse.Namespace, work: Path) -> dict:
     d = work / f"runs{n_runs}"
     d.mkdir(parents=True)
     uri = f"sqlite:///{d}/mlflow.db"
@@ -157,31 +207,49 @@ def measure(n_runs: int, args: argparse.Namespace, work: Path) -> dict:
     runs = trials(n_runs, args.seeds, args.points)
     fill_store(uri, d / "artifacts", runs)
     fill_s = time.perf_counter() - t0
-    shards(d / "data")
-    (d / "plan.yaml").write_text(PLAN_SPEC.format(experiment=EXPERIMENT))
-    common = ["--stage", STAGE, "--experiment", EXPERIMENT, "--tracking-uri", uri]
     out = {"runs": len(runs), "configurations": len(runs) // args.seeds, "seeds": args.seeds,
            "history_points_per_key": args.points, "fill_s": round(fill_s, 1),
-           "db_mib": round((d / "mlflow.db").stat().st_size / 2**20, 1)}
-    out["table"] = timed(["table", *common, "--format", "csv"], d, args.code)
-    out["table_no_time"] = timed(["table", *common, "--format", "csv", "--no-time"], d, args.code)
-    out["report"] = timed(["report", *common, "--out", str(d / "reports"), "--no-attach"], d, args.code)
-    out["plan_10_trials"] = timed(["--tracking-uri", uri, "plan", "plan.yaml"], d, args.code)
-    print(json.dumps({n_runs: out}), flush=True)
+           "db_mib": round((d / "mlflow.db").stat().st_size / 2**20, 1), "stores": {}}
+    del runs
+    out["stores"]["sqlite"] = compare(uri, codes, d / "sqlite", args)
+    if args.server:
+        (d / "server").mkdir()
+        shutil.copyfile(d / "mlflow.db", d / "server" / "mlflow.db")  # its own file: the server may write
+        with mlflow_server(f"sqlite:///{d}/server/mlflow.db", d / "server") as server_uri:
+            out["stores"]["server"] = compare(server_uri, codes, d / "server", args)
+        out["same_across_stores"] = {c: output_of(c, d / "sqlite" / "after" / c / "cold0")
+                                     == output_of(c, d / "server" / "after" / c / "cold0") for c in COMMANDS}
+    shards(d / "data")
+    (d / "plan.yaml").write_text(PLAN_SPEC.format(experiment=EXPERIMENT))
+    out["plan_10_trials"] = {label: timed(["--tracking-uri", uri, "plan", "plan.yaml"], d, code)
+                             for label, code in codes.items()}
     return out
 
 
 def readme(result: dict) -> str:
+    labels = result["codes"]
     lines = [f"# Store scale, {result['date']} ({result['machine']})", "",
-             f"`{result['command']}` against code at `{result['code_rev']}`. Each command is a fresh process "
-             "(`python -m gatesweep ...`, imports included), timed once; seconds wall / CPU.", "",
-             "| runs | configurations | table | table --no-time | report | plan (10 trials) |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             f"`{result['command']}`: " + ", ".join(f"{k} = `{v}`" for k, v in labels.items()) + ". Each command "
+             "a fresh process (`python -m gatesweep ...`, imports included); median of "
+             f"{result['repeats']} calls, wall seconds, with the 1-minute load average when they started (2 cores: "
+             "others' work shows as load) and the peak resident memory of the command. Cold: an empty cache; "
+             "repeated: the same call again, nothing changed.", "",
+             "| runs | store | command | mode | " + " | ".join(f"{k} s (load)" for k in labels)
+             + " | " + " / ".join(labels) + " peak MiB | same output |",
+             "|---:|---|---|---|" + "---:|" * len(labels) + "---:|---|"]
     for r in result["stores"]:
-        cells = [f"{r[k]['wall_s']:.1f} / {r[k]['cpu_s']:.1f}" for k in ("table", "table_no_time", "report", "plan_10_trials")]
-        lines.append(f"| {r['runs']:,} | {r['configurations']:,} | " + " | ".join(cells) + " |")
-    lines += ["", "Store filling (not timed above): " + ", ".join(f"{r['runs']:,} runs {r['fill_s']} s, {r['db_mib']} MiB"
-                                                          for r in result["stores"]) + ".", ""]
+        for kind, st in r["stores"].items():
+            for command in COMMANDS:
+                for mode in MODES:
+                    cells = [st[k][command][mode] for k in labels]
+                    lines.append(f"| {r['runs']:,} | {kind} | {command} | {mode} | "
+                                 + " | ".join(f"{c['wall_s']:.1f} ({c['load']:.1f})" for c in cells) + " | "
+                                 + " / ".join(str(c["peak_mib"]) for c in cells) + f" | {st['same_output'][command]} |")
+    lines += ["", "Plan of a 10-trial spec (sqlite): " + "; ".join(
+        f"{r['runs']:,} runs " + ", ".join(f"{k} {v['wall_s']} s" for k, v in r["plan_10_trials"].items())
+        for r in result["stores"]) + ".",
+        "Store filling (not timed above): " + ", ".join(f"{r['runs']:,} runs {r['fill_s']} s, {r['db_mib']} MiB"
+                                                       for r in result["stores"]) + ".", ""]
     return "\n".join(lines)
 
 
@@ -190,24 +258,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, nargs="+", default=[1000])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--points", type=int, default=10, help="history points per key and run")
-    p.add_argument("--code", type=Path, default=ROOT, help="checkout whose gatesweep is timed (default: this one)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per figure (their median)")
+    p.add_argument("--server", action="store_true", help="also through a real `mlflow server` over the store")
+    p.add_argument("--before", metavar="REV", help="also time this git revision's code, side by side")
+    p.add_argument("--code", type=Path, default=ROOT, help="checkout timed as 'after' (default: this one)")
+    p.add_argument("--quiet-load", type=float, default=None,
+                   help=f"before each timed call wait (up to {QUIET_WAIT_S} s) for the 1-minute load average to drop below this")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / f"{dt.date.today()}-store-scale-cpu")
-    p.add_argument("--label", help="what --code is, for the results (default: its git revision)")
     p.add_argument("--keep", action="store_true", help="keep the stores (printed) instead of deleting them")
     args = p.parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server and remove the stores on `kill`
     work = Path(tempfile.mkdtemp(prefix="gatesweep-scale-"))
+    codes = {"after": args.code}
+    if args.before:
+        codes = {"before": checkout(args.before, ROOT, work / "before-code"), **codes}
     try:
-        stores = [measure(n, args, work) for n in args.runs]
+        stores = [measure(n, codes, args, work) for n in args.runs]
     finally:
         if args.keep:
             print(f"stores kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    write_results(args.out, "bench/store_scale.py", argv if argv is not None else sys.argv[1:], args.code, args.label,
-                  {"stores": stores}, readme)
+    names = {"before": args.before, "after": _rev(args.code)}
+    write_results(args.out, "bench/store_scale.py", argv if argv is not None else sys.argv[1:], args.code, None,
+                  {"codes": {k: names[k] for k in codes}, "repeats": args.repeats, "stores": stores}, readme)
     print(args.out)
     return 0
+
+
+def _rev(code: Path) -> str:
+    rev = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(code), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return (rev.stdout.strip() or str(code)) + ("+changes" if dirty else "")
 
 
 if __name__ == "__main__":

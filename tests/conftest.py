@@ -32,11 +32,13 @@ MLFLOW_SCOPE_VARS = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_R
 @pytest.fixture(scope="session", autouse=True)
 def _test_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Quiet, offline, hermetic: nothing inherited from the developer's shell points at a real
-    tracking server, experiment or run; Ray runs without token auth; torch compiles into this
-    session's own cache (inductor's default /tmp/torchinductor_<user> outlives sessions, and a graph
-    cached there by a process with another ATEN_CPU_CAPABILITY loads without a miss and corrupts the
-    heap of the next in-process compile: torch 2.13 keys the FX-graph cache without it)."""
+    tracking server, experiment or run; Ray runs without token auth; the tables' cache
+    (analysis.cache) is the session's own; torch compiles into this session's own cache
+    (inductor's default /tmp/torchinductor_<user> outlives sessions, and a graph cached there by a
+    process with another ATEN_CPU_CAPABILITY loads without a miss and corrupts the heap of the next
+    in-process compile: torch 2.13 keys the FX-graph cache without it)."""
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         cache = tmp_path_factory.mktemp("torch-cache")
         mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
         mp.setenv("TRITON_CACHE_DIR", str(cache / "triton"))

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from analysis import histories
+from analysis import histories, store_sql
 from analysis.fetch import call, dedupe_history, fetch_histories
 
 KEYS = ("val_loss", "train_time_ms")
@@ -75,14 +75,14 @@ def test_sqlite_bulk_read_equals_the_per_run_api_in_one_query_per_500_runs(sqlit
     reference = per_run(uri, wanted)
     no_per_run_calls.clear()
     queries = []
-    real_connect = histories.sqlite3.connect
+    real_connect = store_sql.sqlite3.connect
 
     def traced(*a, **k):
         con = real_connect(*a, **k)
         con.set_trace_callback(lambda sql: queries.append(sql) if sql.lstrip().upper().startswith("SELECT") else None)
         return con
-    monkeypatch.setattr(histories.sqlite3, "connect", traced)
-    monkeypatch.setattr(histories, "SQL_CHUNK", 2)  # 5 runs -> 3 queries
+    monkeypatch.setattr(store_sql.sqlite3, "connect", traced)
+    monkeypatch.setattr(store_sql, "SQL_CHUNK", 2)  # 5 runs -> 3 queries
     got = fetch_histories(wanted, KEYS, tracking_uri=uri)
     assert no_per_run_calls == [] and len(queries) == 3
     same(got, reference)
