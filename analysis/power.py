@@ -145,11 +145,13 @@ def stage_inputs(table: pd.DataFrame) -> tuple[list[tuple[dict, dict]], float, i
 
 def header(label: str, spread: Spread, *, comparisons: int, n_now: int, given_sd: bool) -> str:
     """The first two lines of `gatesweep power`: the stage's comparisons and the spread planned with."""
-    design = "paired (same seeds: one-sample t on per-seed differences)" if spread.paired else \
+    design = "paired (the seeds both ran: one-sample t on per-seed differences)" if spread.paired else \
         "unpaired (two-sample t, equal seeds per configuration)"
+    now = f"{n_now} seed pairs in the smallest comparison now" if spread.paired else \
+        f"{n_now} seeds per configuration now"
     what = "SD of per-seed differences" if spread.paired else "within-configuration SD"
     source = "given with --sd" if given_sd else f"pooled over the stage's comparisons, {spread.df} df"
-    return (f"{label}: {comparisons} comparison(s), {design}; {n_now} seeds per configuration now\n"
+    return (f"{label}: {comparisons} comparison(s), {design}; {now}\n"
             f"spread: {what} = {spread.sd:.5f} ({source})")
 
 
