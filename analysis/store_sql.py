@@ -52,8 +52,10 @@ class StoredRun:
 
 @contextmanager
 def connect(path: str | Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection that waits for writers (MLflow's busy timeout is 20 s)."""
-    con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=30,
+    """A connection for reads that waits for writers (MLflow's busy timeout is 20 s). mode=rw, not ro:
+    after a writer killed inside a transaction only a writable connection can roll its hot journal back
+    (sweeps.store_file.check_file); nothing here writes, and a write-protected file still opens read-only."""
+    con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=rw", uri=True, timeout=30,
                           isolation_level=None)
     try:
         yield con

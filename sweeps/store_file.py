@@ -40,9 +40,12 @@ def ensure_store(uri: str) -> None:
 
 
 def check_file(path: Path) -> None:
-    """Raise StoreFileError unless `path` is a sqlite database (MLflow checks its schema)."""
+    """Raise StoreFileError unless `path` is a sqlite database (MLflow checks its schema). Opened
+    read-write (never created: mode=rw), not read-only: a writer killed inside a transaction leaves a
+    hot journal that the next connection must roll back, and a read-only one cannot ("attempt to write
+    a readonly database"), which would call a healthy store damaged. Only reads are issued."""
     try:
-        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw", uri=True)
         try:
             con.execute("SELECT count(*) FROM sqlite_master").fetchall()
         finally:

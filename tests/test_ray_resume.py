@@ -51,11 +51,11 @@ def test_interrupted_search_resumes_without_rerunning_or_duplicating(ray_address
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         log.close()
+    # Ray ends the dead driver's actors; a trial cut short lets go of its lock (one may finish meanwhile)
+    _wait(lambda: not any(TrialLock(d).held_elsewhere() for d in dirs), 60, "the killed trials to release their locks")
     before = {d.name: ((d / "track" / "metrics.jsonl").read_bytes(), read_json(d / "track" / "mlflow.json")["run_id"])
               for d in finished()}
     assert 2 <= len(before) < len(trials), (root / "driver.log").read_text()[-3000:]
-    # Ray ends the dead driver's actors; a trial cut short lets go of its lock
-    _wait(lambda: not any(TrialLock(d).held_elsewhere() for d in dirs), 60, "the killed trials to release their locks")
 
     code, out = run_cli(["run", str(spec), "--backend", "ray"])
     assert code == 0, out

@@ -201,7 +201,7 @@ def file_store_id(uri: str | None) -> str | None:
     key = (st.st_dev, st.st_ino)
     if key not in _CREATED:
         try:
-            con = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro", uri=True)
+            con = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw", uri=True)  # rw: see store_file
             try:
                 row = con.execute("SELECT min(creation_time) FROM experiments").fetchone()
             finally:
