@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.record import open_store_file
+
 SQL_CHUNK = 500  # run ids per history query: far below sqlite's bound on query parameters
 MAX_EXPERIMENTS = 1000  # what MlflowClient.search_experiments returns in one call (analysis.fetch)
 _HEADER = 100  # bytes of the sqlite file header
@@ -52,11 +54,9 @@ class StoredRun:
 
 @contextmanager
 def connect(path: str | Path) -> Iterator[sqlite3.Connection]:
-    """A connection for reads that waits for writers (MLflow's busy timeout is 20 s). mode=rw, not ro:
-    after a writer killed inside a transaction only a writable connection can roll its hot journal back
-    (sweeps.store_file.check_file); nothing here writes, and a write-protected file still opens read-only."""
-    con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=rw", uri=True, timeout=30,
-                          isolation_level=None)
+    """A connection for reads that waits for writers (MLflow's busy timeout is 20 s); a killed writer's
+    hot journal is rolled back (trainer.record.open_store_file)."""
+    con = open_store_file(path, timeout=30, isolation_level=None)
     try:
         yield con
     finally:

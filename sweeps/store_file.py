@@ -15,7 +15,6 @@ import fcntl
 import logging
 import os
 import sqlite3
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from sweeps.errors import StoreFileError
 from trainer.errors import GatesweepError
-from trainer.record import sqlite_path
+from trainer.record import open_store_file, sqlite_path
 
 CREATING = ".creating-"  # <dir>/.<name>.creating-<pid>: a store being migrated (a leftover is a dead creator's)
 
@@ -40,12 +39,10 @@ def ensure_store(uri: str) -> None:
 
 
 def check_file(path: Path) -> None:
-    """Raise StoreFileError unless `path` is a sqlite database (MLflow checks its schema). Opened
-    read-write (never created: mode=rw), not read-only: a writer killed inside a transaction leaves a
-    hot journal that the next connection must roll back, and a read-only one cannot ("attempt to write
-    a readonly database"), which would call a healthy store damaged. Only reads are issued."""
+    """Raise StoreFileError unless `path` is a sqlite database (MLflow checks its schema); a killed
+    writer's hot journal is rolled back, not taken for damage (trainer.record.open_store_file)."""
     try:
-        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw", uri=True)
+        con = open_store_file(path)
         try:
             con.execute("SELECT count(*) FROM sqlite_master").fetchall()
         finally:

@@ -180,6 +180,15 @@ def sqlite_path(uri: str | None) -> Path | None:
     return Path(urllib.parse.unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))
 
 
+def open_store_file(path: str | Path, **kwargs: Any) -> sqlite3.Connection:
+    """A connection to an existing sqlite store for reads (never creates the file). Read-write, not
+    read-only: a writer killed inside a transaction leaves a hot journal that the next connection must
+    roll back, and a read-only one cannot ("attempt to write a readonly database"), which would call a
+    healthy store damaged. A write-protected file still opens read-only. The one opener of the store
+    check (sweeps.store_file), the store identity (below) and the tables' SQL reads (analysis.store_sql)."""
+    return sqlite3.connect(f"file:{urllib.parse.quote(str(Path(path).resolve()))}?mode=rw", uri=True, **kwargs)
+
+
 _CREATED: dict[tuple[int, int], str] = {}  # (device, inode) -> creation time of the store in that file
 
 
@@ -201,7 +210,7 @@ def file_store_id(uri: str | None) -> str | None:
     key = (st.st_dev, st.st_ino)
     if key not in _CREATED:
         try:
-            con = sqlite3.connect(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=rw", uri=True)  # rw: see store_file
+            con = open_store_file(path)
             try:
                 row = con.execute("SELECT min(creation_time) FROM experiments").fetchone()
             finally:
