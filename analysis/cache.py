@@ -9,10 +9,12 @@ kept result is never stale: a run logged, finished or deleted, a store replaced 
 changed option or source file each give another key.
 
 The store's state is known cheaply only for a sqlite file in rollback-journal mode, MLflow's
-default (analysis.store_sql.state: file identity + SQLite's change counter). An MLflow server has
-none: MLflow keeps no per-run update time and no API says whether a run's tags, params or metrics
-changed since a time, so nothing short of reading every run can prove a copy current - a server
-store (and a sqlite file in WAL mode) is read and computed every time.
+default (analysis.store_sql.state: file identity + SQLite's change counter), and for a server that
+runs `mlflow server --app-name gatesweep` over such a file (its state route gives the same token,
+analysis.server_reads). A plain MLflow server has none: MLflow keeps no per-run update time and no API
+says whether a run's tags, params or metrics changed since a time, so nothing short of reading every
+run can prove a copy current - such a server (and a sqlite file in WAL mode) is read and computed
+every time.
 
 Where: $XDG_CACHE_HOME/gatesweep (default ~/.cache/gatesweep), one small JSON file per key, written
 atomically (readers never see half a file); files unused for `MAX_AGE_DAYS` are removed as new ones
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import store_sql
+from sweeps.mlflow_runs import is_server
 from sweeps.store_file import sqlite_path
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,10 @@ def cache_dir() -> Path:
 
 def store_state(uri: str) -> str | None:
     """The store's exact state when it can be told without reading the runs, else None."""
+    if is_server(uri):
+        from analysis import server_reads
+
+        return server_reads.state(uri)
     path = sqlite_path(uri)
     return store_sql.state(path) if path is not None else None
 

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 TIDY_COLUMNS = ("mlflow_run_id", "trial_id", "spec", "stage", "seed", "status", "backend")
 SUMMARY_METRICS = ("final_val_loss", "best_val_loss", "train_time_ms", "ms_per_step")
 HISTORY_COLUMNS = ("mlflow_run_id", "key", "step", "value")
-KIND_TAG = "gatesweep.kind"
+KIND_TAG = store_sql.KIND_TAG
 BUDGET_TAG = "gatesweep.budget_matched"  # sweeps.expand.BUDGET_TAG (analysis does not import sweeps)
 BUDGET_COLUMN = "budget_matched"
 SHARED_TAG = "gatesweep.gpu_shared"
@@ -121,13 +121,16 @@ def fetch_runs(
     tracking_uri: str | None = None,
 ) -> pd.DataFrame:
     """Trial runs (tag gatesweep.kind=trial) of the experiments (all when None) as a tidy table.
-    A sqlite store is read with SQL (analysis.store_sql), any other store - or a sqlite file SQL
-    cannot read - through MLflow's run search; both give the same table."""
+    A sqlite store is read with SQL (analysis.store_sql), a server with the gatesweep routes by the
+    server with the same SQL (analysis.server_reads), any other store - or one SQL cannot read -
+    through MLflow's run search; all give the same table."""
     uri = resolve_uri(tracking_uri)
     check_reachable(uri)
     stages: list[str | None] = [stage] if stage is None or isinstance(stage, str) else list(stage)
     filters = [(st, tag_filter("trial", stage=st, spec=spec)) for st in stages]  # validates the values
     found = _sql_runs(uri, experiment_names, [st for st, _ in filters], spec)
+    if found is None and is_server(uri):
+        found = _served_runs(uri, experiment_names, [st for st, _ in filters], spec)
     if found is None:
         found = _api_runs(uri, experiment_names, [f for _, f in filters])
     if not found:
@@ -146,18 +149,26 @@ def _sql_runs(uri: str, names: Sequence[str] | None, stages: list[str | None], s
     try:
         with store_sql.connect(path) as con:
             con.execute("BEGIN")  # one snapshot for every query
-            ids = store_sql.experiment_ids(con, names)
-            for name, exp_id in ids.items():
-                if exp_id is None:
-                    raise _no_experiment(name, uri)
-            found: list[StoredRun] = []
-            for st in stages:
-                tags = {KIND_TAG: "trial"} | ({"stage": st} if st is not None else {}) | ({"spec": spec} if spec else {})
-                found += store_sql.runs_with_tags(con, [i for i in ids.values() if i is not None], tags)
-            return found
+            missing, found = store_sql.read_runs(con, names, store_sql.selection("trial", stages, spec))
     except sqlite3.Error as e:
         log.info("SQL read of %s failed (%s: %s); reading through MLflow", uri, type(e).__name__, e)
         return None
+    if missing is not None:
+        raise _no_experiment(missing, uri)
+    return found
+
+
+def _served_runs(uri: str, names: Sequence[str] | None, stages: list[str | None], spec: str | None) -> list[StoredRun] | None:
+    """The runs as `mlflow server --app-name gatesweep` reads them with SQL; None without its routes."""
+    from analysis import server_reads
+
+    answer = server_reads.runs(uri, names, stages, spec)
+    if answer is None:
+        return None
+    missing, found = answer
+    if missing is not None:
+        raise _no_experiment(missing, uri)
+    return found
 
 
 def _api_runs(uri: str, names: Sequence[str] | None, filters: list[str]) -> list[StoredRun]:

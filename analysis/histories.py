@@ -7,9 +7,10 @@ with the key, over the run index): a report of 5,000 runs spent 83 s there. So:
 - sqlite stores (`sqlite:///...`): a documented fast path, one read-only SQL query per 500 runs on
   MLflow's own `metrics` table through the (run_uuid, key, step) index (analysis.store_sql). NaN is
   read back as NaN, as MLflow's store does (it keeps NaN as is_nan=1).
-- http(s) stores: the MLflow server's bulk endpoint (`/ajax-api/2.0/mlflow/metrics/get-history-bulk`,
-  what its UI uses: up to 100 runs and 25,000 points per request); a full reply is split and asked
-  again, so nothing is cut.
+- http(s) stores: the server's own SQL read when it runs `mlflow server --app-name gatesweep`
+  (analysis.server_reads: the sqlite path's rows, 200 runs a request); else the MLflow server's bulk
+  endpoint (`/ajax-api/2.0/mlflow/metrics/get-history-bulk`, what its UI uses: up to 100 runs and
+  25,000 points per request); a full reply is split and asked again, so nothing is cut.
 - anything else, or a fast path that fails (another schema, an endpoint the server does not serve,
   a proxy that wants credentials): the client's per-run `get_metric_history`, as before.
 
@@ -52,6 +53,10 @@ def read_histories(client: Callable, uri: str, run_ids: Sequence[str], keys: Seq
         if (path := sqlite_path(uri)) is not None:
             return _sqlite_rows(str(path), run_ids, keys)
         if uri.startswith(("http://", "https://")):
+            from analysis import server_reads
+
+            if (served := server_reads.histories(uri, run_ids, keys)) is not None:
+                return _frame(served, run_ids, keys)
             return _http_rows(uri, run_ids, keys, lambda r, k: per_run_rows(client(), uri, [r], [k], call))
     except (sqlite3.Error, OSError, ValueError, KeyError, TypeError) as e:
         log.info("bulk history read from %s failed (%s: %s); reading run by run", uri, type(e).__name__, e)
@@ -74,13 +79,16 @@ def _row(run_id: str, key: str, step, value, timestamp) -> Row:
 
 
 def _sqlite_rows(path: str, run_ids: list[str], keys: list[str]):
-    """The rows as a DataFrame (COLUMNS), built from tuples: a dict per point would double the memory
-    of a 10,000-run report."""
+    return _frame(store_sql.metric_rows(path, run_ids, keys), run_ids, keys)
+
+
+def _frame(rows: list[tuple], run_ids: list[str], keys: list[str]):
+    """store_sql.metric_rows' tuples as a DataFrame (COLUMNS), runs and keys in the order asked: a dict
+    per point would double the memory of a 10,000-run report."""
     import pandas as pd
 
     run_pos = {r: i for i, r in enumerate(run_ids)}
     key_pos = {k: i for i, k in enumerate(keys)}
-    rows = store_sql.metric_rows(path, run_ids, keys)
     rows.sort(key=lambda r: (run_pos[r[0]], key_pos[r[1]]))  # as _in_order: stable, the store's order inside
     return pd.DataFrame(rows, columns=list(COLUMNS))
 

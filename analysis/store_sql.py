@@ -35,6 +35,7 @@ from trainer.record import open_store_file
 
 SQL_CHUNK = 500  # run ids per history query: far below sqlite's bound on query parameters
 MAX_EXPERIMENTS = 1000  # what MlflowClient.search_experiments returns in one call (analysis.fetch)
+KIND_TAG = "gatesweep.kind"  # trial or sweep (sweeps.expand)
 _HEADER = 100  # bytes of the sqlite file header
 _DEFAULT_WORKSPACE = "default"
 
@@ -103,6 +104,25 @@ def experiment_ids(con: sqlite3.Connection, names: Sequence[str] | None) -> dict
             raise sqlite3.NotSupportedError(f"{len(rows)} experiments named {name!r}")
         found[name] = str(rows[0][0]) if rows else None
     return found
+
+
+def selection(kind: str, stages: Sequence[str | None], spec: str | None) -> list[dict[str, str]]:
+    """The tags a run of one kind must have, one set per stage (None: any stage), in stage order."""
+    return [{KIND_TAG: kind} | ({"stage": st} if st is not None else {}) | ({"spec": spec} if spec else {})
+            for st in stages]
+
+
+def read_runs(con: sqlite3.Connection, names: Sequence[str] | None,
+              tag_sets: Sequence[dict[str, str]]) -> tuple[str | None, list[StoredRun]]:
+    """The runs of the experiments (`names`; None: every active one) with each tag set in turn, in the
+    caller's snapshot (its BEGIN): (None, runs), or (a name that has no experiment, []). The one read
+    behind both a sqlite file's table (analysis.fetch) and the server's routes (analysis.server_app)."""
+    ids = experiment_ids(con, names)
+    missing = [name for name, exp_id in ids.items() if exp_id is None]
+    if missing:
+        return missing[0], []
+    exp_ids = [i for i in ids.values() if i is not None]
+    return None, [run for tags in tag_sets for run in runs_with_tags(con, exp_ids, tags)]
 
 
 def runs_with_tags(con: sqlite3.Connection, exp_ids: Sequence[str], tags: dict[str, str]) -> list[StoredRun]:
