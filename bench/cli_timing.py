@@ -62,23 +62,25 @@ def _free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(backend_uri: str, root: Path, timeout_s: float = 300.0) -> Iterator[str]:
+def mlflow_server(backend_uri: str, root: Path, timeout_s: float = 300.0, *, app: str | None = None) -> Iterator[str]:
     """A real `mlflow server` (the venv's, one worker, as scripts/mlflow_up.sh starts it) on a free
-    loopback port over `backend_uri`; yields its URI; stops its own process group at the end."""
+    loopback port over `backend_uri`, with `--app-name app` when given (`gatesweep`: the routes of
+    analysis.server_app, as mlflow_up.sh); yields its URI; stops its own process group at the end."""
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_uri,
            "--artifacts-destination", str(root / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
+           "--workers", "1", *(["--app-name", app] if app else [])]
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    with open(root / "server.log", "wb") as log:
+    log_path = root / f"server-{app or 'plain'}.log"
+    with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
         while not _healthy(uri):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+                raise SystemExit(f"mlflow server did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
         yield uri
     finally:

@@ -9,6 +9,8 @@
 #      VENV (<repo>/.venv)  MLFLOW_BACKEND_URI (sqlite:///$MLFLOW_ROOT/mlflow.db)
 #      MLFLOW_ARTIFACT_ROOT ($MLFLOW_ROOT/mlartifacts)  MLFLOW_WORKERS (1)
 #      MLFLOW_HEALTH_TIMEOUT (120 s)  MLFLOW_SERVER_ARGS (extra flags, e.g. --allowed-hosts ...)
+#      MLFLOW_APP (gatesweep: `--app-name gatesweep`, MLflow's server plus the read-only routes that make
+#      `gatesweep table`/`report` fast and cached, analysis.server_app; empty: a plain `mlflow server`)
 # Usage: bash scripts/mlflow_up.sh && source "${MLFLOW_ROOT:-/tmp/gatesweep-mlflow}/env.sh"
 set -euo pipefail
 
@@ -20,6 +22,7 @@ VENV=${VENV:-$REPO/.venv}
 BACKEND=${MLFLOW_BACKEND_URI:-sqlite:///$ROOT/mlflow.db}
 ARTIFACTS=${MLFLOW_ARTIFACT_ROOT:-$ROOT/mlartifacts}
 TIMEOUT=${MLFLOW_HEALTH_TIMEOUT:-120}
+APP=${MLFLOW_APP-gatesweep}
 PIDFILE=$ROOT/server.pid
 LOG=$ROOT/server.log
 case $HOST in 0.0.0.0|::|'[::]') CLIENT_HOST=127.0.0.1 ;; *) CLIENT_HOST=$HOST ;; esac
@@ -74,7 +77,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-
 # shellcheck disable=SC2086  # MLFLOW_SERVER_ARGS is a list of flags
 setsid bash -c 'echo $$ > "$0"; exec "$@"' "$PIDFILE" "$VENV/bin/mlflow" server \
   --backend-store-uri "$BACKEND" --artifacts-destination "$ARTIFACTS" \
-  --host "$HOST" --port "$PORT" --workers "${MLFLOW_WORKERS:-1}" ${MLFLOW_SERVER_ARGS:-} \
+  --host "$HOST" --port "$PORT" --workers "${MLFLOW_WORKERS:-1}" ${APP:+--app-name "$APP"} ${MLFLOW_SERVER_ARGS:-} \
   >"$LOG" 2>&1 </dev/null &
 for _ in $(seq 1 50); do [ -s "$PIDFILE" ] && break; sleep 0.1; done
 

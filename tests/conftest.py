@@ -67,6 +67,21 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def plain_mlflow_server(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A plain `mlflow server` (no --app-name: MLflow's routes only) over the session server's database:
+    the same store, read through MLflow's search (analysis.server_reads falls back)."""
+    if not mlflow_server.managed:
+        pytest.skip("MLFLOW_TEST_URI: the server's database is not ours to serve again")
+    assert mlflow_server.root is not None
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-plain"), app=None, db=mlflow_server.root / "mlflow.db")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(autouse=True)
 def _mlflow_server_alive(request: pytest.FixtureRequest) -> None:
     """A test that takes the session server away (an outage test) and fails before bringing it back

@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +27,7 @@ LOOPBACK = "127.0.0.1"
 SERVICE_HOST_ENV = "GATESWEEP_SERVICE_HOST"
 DEFAULT_SLURM_ROOT = "/tmp/gatesweep-slurm"
 CHROMIUM = "/usr/bin/chromium"
+APP = "gatesweep"  # the project's MLflow server app (pyproject.toml entry point mlflow.app)
 MLFLOW_HEALTH_TIMEOUT_S = 120.0  # a cold first start of `mlflow server` took 26 s on 2 cores
 USABLE_NODE_STATES = {"idle", "mix", "alloc"}
 
@@ -112,8 +114,11 @@ class MlflowServer:
     (MLFLOW_TEST_URI); then `managed` is False and stop()/start() raise NotManagedError.
     """
 
-    def __init__(self, root: Path | None = None, *, port: int | None = None, uri: str | None = None):
+    def __init__(self, root: Path | None = None, *, port: int | None = None, uri: str | None = None,
+                 app: str | None = APP, db: Path | None = None):
         self.managed = uri is None
+        self.db = db  # another server's database, to serve the same store twice (default: root/mlflow.db)
+        self.app = app  # `--app-name`: the gatesweep routes (analysis.server_app), as make mlflow-up; None: plain
         self.root = Path(root) if root is not None else None
         self.host = service_host()
         self.port = port or (free_port(self.host) if self.managed else 0)
@@ -127,7 +132,7 @@ class MlflowServer:
     @property
     def backend_uri(self) -> str:
         assert self.root is not None
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        return f"sqlite:///{self.db or self.root / 'mlflow.db'}"
 
     @property
     def artifact_root(self) -> Path:
@@ -143,6 +148,7 @@ class MlflowServer:
         return [str(mlflow_exe), "server", "--backend-store-uri", self.backend_uri,
                 "--artifacts-destination", str(self.artifact_root),  # proxied, as scripts/mlflow_up.sh
                 "--host", self.host, "--port", str(self.port), "--workers", "1",
+                *(["--app-name", self.app] if self.app else []),
                 # MLflow's guards accept only localhost and RFC 1918 Host headers (DNS rebinding) and
                 # localhost origins (CORS: the UI's own requests) by default
                 *([] if self.host == LOOPBACK else ["--allowed-hosts", f"{self.host}:{self.port},{self.host}",
@@ -152,6 +158,9 @@ class MlflowServer:
         """Start the server and wait for /health; returns the seconds it took."""
         self._require_managed("start")
         assert self.root is not None and self.log_path is not None
+        if self.app and self.app not in {e.name for e in metadata.entry_points(group="mlflow.app")}:
+            raise RuntimeError(f"MLflow app {self.app!r} is not installed in {sys.prefix}: pyproject.toml "
+                               "registers it; run make setup (pip install -e .) to register it")
         if self._proc is not None and self._proc.poll() is None:
             return 0.0
         self.artifact_root.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ def _own_mlflow(tmp_path_factory):
     log = open(root / "server.log", "w")
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
            f"sqlite:///{root}/db", "--default-artifact-root", str(root / "art"), "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1"]
+           "--port", str(port), "--workers", "1", "--app-name", "gatesweep"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"

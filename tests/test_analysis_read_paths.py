@@ -1,7 +1,8 @@
 """The run table read with SQL from a sqlite store (analysis.store_sql) is MLflow's own run search to
 the last digit: the same tidy frame, the same stage and study tables, the same CLI output - on a
-sqlite file written by MLflow's client, and on the file behind a real `mlflow server` read both over
-HTTP and as a file. Awkward runs included: failed, running, deleted, NaN metrics, missing tags, other
+sqlite file written by MLflow's client, and on the file behind a real `mlflow server` read as a
+file, through the server's gatesweep routes (analysis.server_app), through its MLflow search, and
+through a plain `mlflow server` over the same file. Awkward runs included: failed, running, deleted, NaN metrics, missing tags, other
 stages, specs and experiments."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from analysis import fetch, store_sql
+from analysis import fetch, histories, server_reads, store_sql
 from analysis.cli import table_main
 from analysis.fetch import fetch_histories, fetch_runs
 from analysis.table import compat_table, stage_table
@@ -92,23 +93,39 @@ def queries(names: list[str], tag: str) -> list[dict]:
 
 
 def by_api(monkeypatch):
-    """Force MLflow's run search (the read path before SQL)."""
+    """Force MLflow's run search and history endpoints (the read path before SQL and the server's routes)."""
     monkeypatch.setattr(fetch, "_sql_runs", lambda *a, **k: None)
+    monkeypatch.setattr(fetch, "_served_runs", lambda *a, **k: None)
+    monkeypatch.setattr(server_reads, "histories", lambda *a, **k: None)
 
 
-def same_everything(sql_uri: str, api_uri: str, names: list[str], tag: str, monkeypatch) -> None:
+def by_routes(monkeypatch):
+    """Fail if a server is read any other way than through its gatesweep routes (analysis.server_app)."""
+    def refuse(*a, **k):
+        raise AssertionError("read through MLflow's API, not the gatesweep routes")
+    for module, name in ((fetch, "_api_runs"), (histories, "_http_rows"), (histories, "per_run_rows")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+READS = {"as is": lambda m: None, "search": by_api, "routes": by_routes}
+
+
+def same_everything(paths: list[tuple[str, str]], names: list[str], tag: str, monkeypatch) -> None:
+    """Every read path (how: READS, uri) gives the first one's frame, stage table and study table."""
     for q in queries(names, tag):
-        fast = fetch_runs(**q, tracking_uri=sql_uri)
-        with monkeypatch.context() as m:
-            by_api(m)
-            slow = fetch_runs(**q, tracking_uri=api_uri)
-        pd.testing.assert_frame_equal(fast, slow, check_exact=True)
-        finished = fast[fast["status"] == "FINISHED"]["mlflow_run_id"].tolist()
-        hist = [fetch_histories(finished, ("val_loss", "train_time_ms"), tracking_uri=u) for u in (sql_uri, api_uri)]
         stages = [q["stage"]] if isinstance(q["stage"], str) else q["stage"]
-        tables = [stage_table(f, stages=stages, histories=h) for f, h in zip((fast, slow), hist, strict=True)]
-        pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
-        pd.testing.assert_frame_equal(compat_table(fast, stages=stages), compat_table(slow, stages=stages))
+        got = []
+        for how, uri in paths:
+            with monkeypatch.context() as m:
+                READS[how](m)
+                runs = fetch_runs(**q, tracking_uri=uri)
+                finished = runs[runs["status"] == "FINISHED"]["mlflow_run_id"].tolist()
+                hist = fetch_histories(finished, ("val_loss", "train_time_ms"), tracking_uri=uri)
+            got.append((runs, stage_table(runs, stages=stages, histories=hist), compat_table(runs, stages=stages)))
+        for other in got[1:]:
+            for a, b in zip(got[0], other, strict=True):
+                pd.testing.assert_frame_equal(a, b, check_exact=True)
+    sql_uri = paths[0][1]
     one = fetch_runs(names[:1], stage=f"s1-{tag}", tracking_uri=sql_uri)
     assert len(one) == 21 and "elementwise" in set(one["attn_gate"])  # the deleted run aside
     assert len(fetch_runs(names[:1], stage=f"s1-{tag}", spec="paths", tracking_uri=sql_uri)) == 20
@@ -120,15 +137,20 @@ def same_everything(sql_uri: str, api_uri: str, names: list[str], tag: str, monk
 def test_sqlite_store_both_read_paths_agree(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     names, tag = fill(uri, "f")
-    same_everything(uri, uri, names, tag, monkeypatch)
+    same_everything([("as is", uri), ("search", uri)], names, tag, monkeypatch)
 
 
 @pytest.mark.mlflow
-def test_server_store_and_its_file_agree(mlflow_server, monkeypatch):
-    if not mlflow_server.managed:
-        pytest.skip("MLFLOW_TEST_URI: the server's file is not ours to read")
+def test_every_read_path_of_one_server_store_agrees(mlflow_server, plain_mlflow_server, monkeypatch, capsys):
+    """One store, four reads: its file with SQL, the server's gatesweep routes, the same server's MLflow
+    search, and a plain `mlflow server` over the same file (the fallback, which says so once)."""
+    monkeypatch.setattr(server_reads, "_REFUSED", set())
     names, tag = fill(mlflow_server.uri, uuid.uuid4().hex[:8])
-    same_everything(mlflow_server.backend_uri, mlflow_server.uri, names, tag, monkeypatch)
+    capsys.readouterr()
+    same_everything([("as is", mlflow_server.backend_uri), ("routes", mlflow_server.uri), ("search", mlflow_server.uri),
+                     ("as is", plain_mlflow_server.uri)], names, tag, monkeypatch)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and plain_mlflow_server.uri in notes[0] and "--app-name gatesweep" in notes[0]
 
 
 def test_the_cli_prints_the_same_table_on_both_paths(tmp_path, monkeypatch, capsys):
