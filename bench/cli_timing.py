@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 TIME = "/usr/bin/time"  # GNU time (Debian package `time`)
@@ -61,11 +62,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Server:
+    """A running server: its URI and process group (the `mlflow server` CLI and its uvicorn worker)."""
+
+    uri: str
+    pgid: int
+
+    def processes(self) -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.pgid:  # pgrp, after state and ppid
+                found.append(int(stat.parent.name))
+        return found
+
+    def reset_peak(self) -> None:
+        """Start the servers' peak resident memory afresh, at what they hold now (Linux clear_refs 5)."""
+        for pid in self.processes():
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            except OSError:
+                pass
+
+    def peak_mib(self) -> int:
+        """The largest peak resident memory (VmHWM) of the server's processes since reset_peak."""
+        peaks = [0]
+        for pid in self.processes():
+            try:
+                line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM:"))
+            except (OSError, StopIteration):
+                continue
+            peaks.append(int(line.split()[1]))
+        return round(max(peaks) / 1024)
+
+
 @contextmanager
-def mlflow_server(backend_uri: str, root: Path, timeout_s: float = 300.0, *, app: str | None = None) -> Iterator[str]:
+def mlflow_server(backend_uri: str, root: Path, timeout_s: float = 300.0, *, app: str | None = None) -> Iterator[Server]:
     """A real `mlflow server` (the venv's, one worker, as scripts/mlflow_up.sh starts it) on a free
     loopback port over `backend_uri`, with `--app-name app` when given (`gatesweep`: the routes of
-    analysis.server_app, as mlflow_up.sh); yields its URI; stops its own process group at the end."""
+    analysis.server_app, as mlflow_up.sh); yields it; stops its own process group at the end."""
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_uri,
@@ -82,7 +121,7 @@ def mlflow_server(backend_uri: str, root: Path, timeout_s: float = 300.0, *, app
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"mlflow server did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield uri
+        yield Server(uri, proc.pid)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)  # the server and the worker it forked, nothing else

@@ -1,7 +1,9 @@
 """How `gatesweep table` and `report` scale with the tracking store, before and after a change, side by
 side in one run: stores of 1k (3k, 10k) trial runs as the trainer writes them, read as a sqlite file
-and through a real `mlflow server` over that file; each command a fresh process (wall, CPU, peak
-memory, the machine's load when it started), cold (an empty cache) and repeated (nothing changed).
+and (--server) through a real `mlflow server` over that file, plain and with `--app-name gatesweep`
+(analysis.server_app's routes); each command a fresh process (wall, CPU, peak memory, the machine's
+load when it started; for a server also the server's own peak memory during the call), cold (an
+empty cache) and repeated (nothing changed).
 
     .venv/bin/python bench/store_scale.py                                     # 1,000 runs, this checkout
     .venv/bin/python bench/store_scale.py --runs 1000 3000 10000 --before b151611 --server --repeats 3
@@ -43,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.cli_timing import checkout, mlflow_server, quiet, timed  # noqa: E402
+from bench.cli_timing import Server, checkout, mlflow_server, quiet, timed  # noqa: E402
 from bench.cpu_results import write_results  # noqa: E402
 
 EXPERIMENT, SPEC, STAGE = "gatesweep-scale", "scale", "scale"
@@ -143,6 +145,7 @@ def shards(data: Path) -> None:
 
 
 COMMANDS = ("table", "report")
+SERVERS = {"server": None, "server --app-name gatesweep": "gatesweep"}  # store kind -> --app-name
 MODES = ("cold", "repeated")
 REPORT_FILES = ("README.md", "table.md", "table.csv", "compat.csv")
 QUIET_WAIT_S = 180  # at most this long before each timed call for --quiet-load
@@ -155,12 +158,15 @@ def argv_of(command: str, uri: str, out: Path) -> list[str]:
     return ["report", *common, "--out", str(out), "--no-attach"]
 
 
-def call(command: str, uri: str, code: Path, cell: Path, quiet_load: float | None) -> dict:
-    """One timed call in its own folder (its stdout, report and cache)."""
+def call(command: str, uri: str, code: Path, cell: Path, quiet_load: float | None, server: Server | None) -> dict:
+    """One timed call in its own folder (its stdout, report and cache); with the server's peak memory
+    during it (from what it held before: a server keeps what it once took)."""
     cell.mkdir(parents=True, exist_ok=True)
     waited = quiet(quiet_load, QUIET_WAIT_S)
+    if server is not None:
+        server.reset_peak()
     result = timed(argv_of(command, uri, cell / "reports"), cell, code, {"XDG_CACHE_HOME": str(cell / "cache")})
-    return result | {"waited_s": waited}
+    return result | {"waited_s": waited} | ({"server_peak_mib": server.peak_mib()} if server is not None else {})
 
 
 def output_of(command: str, cell: Path) -> bytes:
@@ -174,10 +180,11 @@ def summary(calls: list[dict]) -> dict:
     return {"wall_s": round(statistics.median(c["wall_s"] for c in calls), 2),
             "cpu_s": round(statistics.median(c["cpu_s"] for c in calls), 2),
             "peak_mib": max(c["peak_mib"] for c in calls), "load": round(statistics.median(c["load"] for c in calls), 2),
-            "walls": [c["wall_s"] for c in calls]}
+            "walls": [c["wall_s"] for c in calls],
+            **({"server_peak_mib": max(c["server_peak_mib"] for c in calls)} if "server_peak_mib" in calls[0] else {})}
 
 
-def compare(uri: str, codes: dict[str, Path], base: Path, args: argparse.Namespace) -> dict:
+def compare(uri: str, codes: dict[str, Path], base: Path, args: argparse.Namespace, server: Server | None = None) -> dict:
     """Every code, command and mode on one store, the codes interleaved call by call."""
     out: dict = {}
     for command in COMMANDS:
@@ -185,11 +192,11 @@ def compare(uri: str, codes: dict[str, Path], base: Path, args: argparse.Namespa
             calls: dict[str, list[dict]] = {label: [] for label in codes}
             if mode == "repeated":  # the calls that leave the cache warm are not timed
                 for label, code in codes.items():
-                    call(command, uri, code, base / label / command / "warm", None)
+                    call(command, uri, code, base / label / command / "warm", None, server)
             for i in range(args.repeats):
                 for label, code in codes.items():
                     cell = base / label / command / (f"cold{i}" if mode == "cold" else "warm")
-                    calls[label].append(call(command, uri, code, cell, args.quiet_load))
+                    calls[label].append(call(command, uri, code, cell, args.quiet_load, server))
             for label in codes:
                 out.setdefault(label, {}).setdefault(command, {})[mode] = summary(calls[label])
             print(json.dumps({"store": str(base), "command": command, "mode": mode,
@@ -214,11 +221,14 @@ def measure(n_runs: int, codes: dict[str, Path], args: argparse.Namespace, work:
     out["stores"]["sqlite"] = compare(uri, codes, d / "sqlite", args)
     if args.server:
         (d / "server").mkdir()
-        shutil.copyfile(d / "mlflow.db", d / "server" / "mlflow.db")  # its own file: the server may write
-        with mlflow_server(f"sqlite:///{d}/server/mlflow.db", d / "server") as server_uri:
-            out["stores"]["server"] = compare(server_uri, codes, d / "server", args)
-        out["same_across_stores"] = {c: output_of(c, d / "sqlite" / "after" / c / "cold0")
-                                     == output_of(c, d / "server" / "after" / c / "cold0") for c in COMMANDS}
+        shutil.copyfile(d / "mlflow.db", d / "server" / "mlflow.db")  # its own file: a server may write
+        for kind, app in SERVERS.items():  # one at a time, over the same file
+            (d / kind).mkdir(exist_ok=True)
+            with mlflow_server(f"sqlite:///{d}/server/mlflow.db", d / kind, app=app) as server:
+                out["stores"][kind] = compare(server.uri, codes, d / kind, args, server)
+        out["same_across_stores"] = {c: all(output_of(c, d / "sqlite" / "after" / c / "cold0")
+                                            == output_of(c, d / kind / "after" / c / "cold0") for kind in SERVERS)
+                                     for c in COMMANDS}
     shards(d / "data")
     (d / "plan.yaml").write_text(PLAN_SPEC.format(experiment=EXPERIMENT))
     out["plan_10_trials"] = {label: timed(["--tracking-uri", uri, "plan", "plan.yaml"], d, code)
@@ -233,10 +243,11 @@ def readme(result: dict) -> str:
              "a fresh process (`python -m gatesweep ...`, imports included); median of "
              f"{result['repeats']} calls, wall seconds, with the 1-minute load average when they started (2 cores: "
              "others' work shows as load) and the peak resident memory of the command. Cold: an empty cache; "
-             "repeated: the same call again, nothing changed.", "",
+             "repeated: the same call again, nothing changed. Server peak: the server's own peak resident memory "
+             "during the calls (counted from what it already held: a server keeps what it once took).", "",
              "| runs | store | command | mode | " + " | ".join(f"{k} s (load)" for k in labels)
-             + " | " + " / ".join(labels) + " peak MiB | same output |",
-             "|---:|---|---|---|" + "---:|" * len(labels) + "---:|---|"]
+             + " | " + " / ".join(labels) + " peak MiB | " + " / ".join(labels) + " server peak MiB | same output |",
+             "|---:|---|---|---|" + "---:|" * len(labels) + "---:|---:|---|"]
     for r in result["stores"]:
         for kind, st in r["stores"].items():
             for command in COMMANDS:
@@ -244,7 +255,9 @@ def readme(result: dict) -> str:
                     cells = [st[k][command][mode] for k in labels]
                     lines.append(f"| {r['runs']:,} | {kind} | {command} | {mode} | "
                                  + " | ".join(f"{c['wall_s']:.1f} ({c['load']:.1f})" for c in cells) + " | "
-                                 + " / ".join(str(c["peak_mib"]) for c in cells) + f" | {st['same_output'][command]} |")
+                                 + " / ".join(str(c["peak_mib"]) for c in cells) + " | "
+                                 + " / ".join(str(c.get("server_peak_mib", "-")) for c in cells)
+                                 + f" | {st['same_output'][command]} |")
     lines += ["", "Plan of a 10-trial spec (sqlite): " + "; ".join(
         f"{r['runs']:,} runs " + ", ".join(f"{k} {v['wall_s']} s" for k, v in r["plan_10_trials"].items())
         for r in result["stores"]) + ".",
@@ -259,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--points", type=int, default=10, help="history points per key and run")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per figure (their median)")
-    p.add_argument("--server", action="store_true", help="also through a real `mlflow server` over the store")
+    p.add_argument("--server", action="store_true",
+                   help="also through a real `mlflow server` over the store, plain and with --app-name gatesweep")
     p.add_argument("--before", metavar="REV", help="also time this git revision's code, side by side")
     p.add_argument("--code", type=Path, default=ROOT, help="checkout timed as 'after' (default: this one)")
     p.add_argument("--quiet-load", type=float, default=None,
