@@ -1,5 +1,6 @@
 """fetch_histories reads many runs' histories in bulk - one SQL query per 500 runs on a sqlite store,
-the server's get-history-bulk endpoint over http - and returns exactly what MLflow's per-run
+over http the gatesweep routes (`mlflow server --app-name gatesweep`) or else the server's
+get-history-bulk endpoint - and returns exactly what MLflow's per-run
 `get_metric_history` returns (re-logged steps, NaN, inf, other keys and runs left out), on a real
 sqlite store and a real `mlflow server`."""
 
@@ -13,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from analysis import histories, store_sql
+from analysis import histories, server_reads, store_sql
 from analysis.fetch import call, dedupe_history, fetch_histories
 
 KEYS = ("val_loss", "train_time_ms")
@@ -110,9 +111,12 @@ def test_http_bulk_read_equals_the_per_run_api(mlflow_server, no_per_run_calls, 
     ids = fill(uri)
     reference = per_run(uri, ids)
     no_per_run_calls.clear()
-    got = fetch_histories(ids, KEYS, tracking_uri=uri)
+    got = fetch_histories(ids, KEYS, tracking_uri=uri)  # the gatesweep routes (analysis.server_app)
     assert no_per_run_calls == []
     same(got, reference)
+    monkeypatch.setattr(server_reads, "histories", lambda *a, **k: None)  # a plain server: MLflow's bulk endpoint
+    same(fetch_histories(ids, KEYS, tracking_uri=uri), reference)
+    assert no_per_run_calls == []
     # replies cut at the server's limit are asked again in halves, down to one run
     monkeypatch.setattr(histories, "HTTP_MAX_POINTS", 12)
     same(fetch_histories(ids, KEYS, tracking_uri=uri), reference)
