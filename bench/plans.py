@@ -112,7 +112,7 @@ def single_card(plan: str, steps: int, ours: dict, work: Path) -> list[Job]:
             mk("cand-none-model-cd", est=120, base="ours-none", compile_mode="model", cd_tuning=True)]
 
 
-def targets(steps: int, ours: dict) -> tuple[list[Job], Job, list[Job]]:
+def targets(steps: int, ours: dict, quick: bool = False) -> tuple[list[Job], Job, list[Job]]:
     """Issue #22's trainer targets on one card: (primes, reference, measured jobs).
 
     Primes compile our graph families at once (2 steps each, not measured) so that every measured job
@@ -120,7 +120,8 @@ def targets(steps: int, ours: dict) -> tuple[list[Job], Job, list[Job]]:
     included, has the card to itself); then our jobs one at a time in priority order, each against a
     baseline of this call: defaults (its start-up is the warm start), the gates with targets, the
     headwise GEMM placements, coordinate-descent tuning, the baseline again (the spread between two runs
-    of one version)."""
+    of one version). `quick` (plan targets-quick, for a call of ~6 minutes): the three families with
+    targets only, primed beside the reference's compile, and the baseline repeated; no candidates."""
     def mk(label: str, gate: str = "none", est: float = 20 + 0.15 * steps, base: str = "", n: int = steps,
            **kw: object) -> Job:
         g, extra = GATES[gate]
@@ -135,6 +136,8 @@ def targets(steps: int, ours: dict) -> tuple[list[Job], Job, list[Job]]:
                 mk("cand-headwise-fused_pad64", "headwise", base="ours-headwise", gate_gemm="fused_pad64"),
                 mk("cand-none-repeat", base="ours-none-warm", seed=1),
                 mk("cand-headwise-separate_pad8", "headwise", est=60, base="ours-headwise", gate_gemm="separate_pad8")]
+    if quick:
+        return primes[:3], ref, [*measured[:3], measured[5]]
     return primes, ref, measured
 
 

@@ -150,6 +150,11 @@ def summarize_sweep(trials: list[TrialTimes], t0: float, t1: float, single: dict
             "startup_s_median": sorted(starts)[len(starts) // 2] if starts else None,
             "startup_s_max": max(starts) if starts else None,
             "forked": sum(1 for t in trials if t.forked), "concurrency": concurrency(trials, t0, t1),
+            # the same ratios once the card trains (first step -> end): what a longer sweep tends to, as
+            # the head (launcher, the first trial's start-up) is paid once per sweep, not per trial
+            "after_head": None if first is None else
+            {k: v for k, v in throughput(trials, t1 - first, single).items()
+             if k in ("sweep_throughput_ratio", "ratio_like_for_like")},
             "gpu": gpu or {}, "per_trial": [asdict(t) for t in trials]}
     return out
 
@@ -161,7 +166,9 @@ def table(s: dict[str, Any]) -> str:
             ("**sweep_throughput_ratio**", s["sweep_throughput_ratio"]),
             ("ratio like for like (single run's first step to end: its validations too)", s["ratio_like_for_like"]),
             ("ratio vs single run's wall", s["ratio_vs_single_wall"]), ("time with a trial training", s["training_covered"]),
-            ("head s (start -> first step)", s["head_s"]), ("tail s (last end -> exit)", s["tail_s"]),
+            ("head s (start -> first step)", s["head_s"]),
+            ("ratio / like for like after the head (first step -> end)",
+             " / ".join(str(v) for v in (s.get("after_head") or {}).values())), ("tail s (last end -> exit)", s["tail_s"]),
             ("trial start-up s median / max", f"{s['startup_s_median']} / {s['startup_s_max']}"),
             ("trials forked from the warm trainer", s["forked"]),
             ("GPU busy (NVML utilization mean)", s["gpu"].get("util_mean")),

@@ -32,7 +32,7 @@ case $part in
     REF=${REF:-.ref/train_gpt2.py}
     [ -f "$REF" ] || { echo "no reference script at $REF" | tee -a "$LOG"; exit 2; }
     # 80 steps: the first ~15 timed steps of a fresh process run ~7% slow (2026-12-04: 40 were too few)
-    timeout $(( CALL_S - $(el) )) python3 bench/run.py --plan targets --steps ${STEPS:-80} --lanes 0 --ref "$REF" \
+    timeout $(( CALL_S - $(el) )) python3 bench/run.py --plan ${PLAN:-targets} --steps ${STEPS:-80} --lanes 0 --ref "$REF" \
       --budget $(( CALL_S - 30 - $(el) )) --out "$OUT" ${BENCH_DRY_RUN:+--dry-run} >>"$LOG" 2>&1 ;;
   *) echo "unknown part $part (sweep|targets)"; exit 2 ;;
 esac

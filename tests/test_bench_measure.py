@@ -347,3 +347,24 @@ def test_summary_gives_no_verdict_inside_the_calls_noise():
     assert met["step_ratio<=0.85"] is False  # 0.937: above 0.85 by more than the noise
     quiet = {**call, "results": [x | {"spread": 0.005} for x in call["results"]]}
     assert summarize([quiet], {}, {})["targets_met"]["step_ratio<=0.85"] is False
+
+
+def test_a_job_of_our_trainer_is_measured_where_the_trainer_writes_its_log(tmp_path: Path, monkeypatch):
+    """bench/run.py runs our trainer with out_dir = its working directory, which the trainer treats as a hand
+    run (runs/manual/<run_id>/); the bench must still find the log, or every figure of a call is NaN (the
+    2026-12-05 targets call measured nothing that way). A tiny CPU job through run_job itself."""
+    import bench.run as bench_run
+    from bench.plans import Job
+    from tests.sweep_helpers import TINY_BASE, write_data
+
+    write_data(tmp_path)
+    monkeypatch.setattr(bench_run, "WORK", tmp_path / "work")
+    tiny = {k: v for k, v in TINY_BASE.items() if k not in ("train_files", "val_files")}
+    job = Job("cpu-none", "ours", overrides=tiny | {"device": "cpu", "compile": False, "num_iterations": 30,
+                                                    "val_every": 0, "warmdown_iters": 0}, steps=30, batch=4)
+    res = bench_run.run_job(job, [], str(tmp_path / "data/train_*.bin"), str(tmp_path / "data/val_*.bin"),
+                            peak_tflops=1.0, timeout_s=300)
+    assert res.exit_code == 0, res.tail
+    assert bench_run.job_logs(tmp_path / "work" / "runs" / "cpu-none")
+    assert res.step_ms > 0 and res.final_val_loss == res.final_val_loss  # measured, not NaN
+    assert res.startup_s > 0

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from bench.measure import parse_first_step
-from cluster.local.warm import PER_TRIAL_ENV, same_start_env
+from cluster.local.warm import PER_TRIAL_ENV, first_trial_waits, same_start_env
 from tests.sweep_helpers import (
     cli_env,
     gatesweep,
@@ -103,3 +105,27 @@ def test_a_dead_warm_process_stops_its_trial_cleanly_and_the_rest_start_fresh(tm
     log = (tmp_path / "runs" / name / trial / "logs" / f"{trial}.txt").read_text()
     assert "resumed from step" in log
     assert local_status(tmp_path / "runs" / name / trial)["status"] == "FINISHED"
+
+
+def test_the_first_trial_starts_fresh_at_once_only_on_a_gpu_machine_with_cores_to_spare():
+    # an H200 machine (16 cores): the first trial's imports overlap the warm process's instead of waiting ~14 s
+    assert first_trial_waits(use_gpus=True, cpus=16) is False
+    # CPU trials, or a GPU machine with few cores: the two would share the cores, so the launcher waits
+    assert first_trial_waits(use_gpus=False, cpus=16) is True
+    assert first_trial_waits(use_gpus=True, cpus=2) is True
+    assert first_trial_waits(use_gpus=True, cpus=None) is True
+
+
+def test_a_process_with_threads_is_unsafe_to_fork_and_the_reason_names_its_threads():
+    code = ("import threading, time\n"
+            "from cluster.local.warm import _unsafe_to_fork\n"
+            "assert _unsafe_to_fork() == '', _unsafe_to_fork()\n"
+            "ev = threading.Event(); t = threading.Thread(target=ev.wait); t.start()\n"
+            "print(_unsafe_to_fork()); ev.set(); t.join()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    why = out.stdout.strip()
+    assert why.startswith("2 threads after imports (")
+    names = why[why.index("(") + 1:why.rindex(")")].split(", ")
+    assert len(names) == 2 and all(names)

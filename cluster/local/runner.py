@@ -44,7 +44,7 @@ from cluster.local.packing import (
     take_gpus,
     visible_gpus,
 )
-from cluster.local.warm import WarmError, WarmProc, WarmTrainer
+from cluster.local.warm import WarmError, WarmProc, WarmTrainer, first_trial_waits
 from sweeps.mlflow_runs import is_server
 from trainer.console import detail, note
 from trainer.main import EXIT_CODES
@@ -227,8 +227,9 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int |
     packing.Packer: up to `trials_per_gpu` at a time (`auto`: as many as memory holds, at most
     packing.AUTO_SHARE), a new one only once the GPU's last started trial has taken its first step.
     `max_parallel` caps the trials running at once (None: every GPU slot; on the CPU, 1). `warm`: once
-    it has imported (waited for: it started before the store's set-up), single-process trials are
-    forked from it (see warm.py); if it cannot fork, they start fresh. `outage`: the caller's view of a
+    it has imported (waited for on small machines: it started before the store's set-up; on a GPU machine
+    with cores to spare the first trial starts fresh meanwhile, warm.first_trial_waits), single-process
+    trials are forked from it (see warm.py); if it cannot fork, they start fresh. `outage`: the caller's view of a
     tracking server that stopped answering (cluster/local/outage.py), kept up to date here."""
     gpus = visible_gpus() if gpus is None else gpus
     check_local(nproc, max_parallel=max_parallel, trials_per_gpu=trials_per_gpu,
@@ -253,7 +254,7 @@ def run_trials(todo: list[TrialState], store: SweepStore, *, max_parallel: int |
     keys = iter(range(1, 1 << 62))
     # graph families in the compile cache: warmed by `gatesweep warmup`, or a trial of theirs has stepped
     compiled = warm_families(Path(todo[0].run_dir).parent) if todo else set()
-    if warm is not None:
+    if warm is not None and first_trial_waits(use_gpus, os.cpu_count()):
         warm.wait_ready()
     with Progress(title, len(todo), parallel=max_parallel) as progress:
         try:

@@ -41,6 +41,17 @@ TRAINER_MODULES = ("trainer.main", "trainer.dist", "trainer.build", "trainer.loo
 MAX_MSG = 1 << 20
 
 
+SPARE_CPUS = 8  # cores from which a fresh first trial and the warm process's imports do not slow each other
+
+
+def first_trial_waits(use_gpus: bool, cpus: int | None) -> bool:
+    """Whether the launcher waits for the warm process before its first trial. On a GPU machine with cores
+    to spare it does not: the first trial starts fresh at once (its imports overlap the warm process's,
+    which on an H200 took ~14 s: torch, the compiler, then torch again without it), so the card trains
+    ~8 s sooner, and the later trials are forked. On a small CPU machine the two would share the cores."""
+    return not (use_gpus and (cpus or 1) >= SPARE_CPUS)
+
+
 def same_start_env(warm: dict[str, str], trial: dict[str, str]) -> bool:
     """A trial may be forked from a warm process started with `warm` only if their environments agree
     on everything but PER_TRIAL_ENV (torch reads the rest, e.g. TORCHINDUCTOR_*, OMP_*, at import)."""
@@ -115,7 +126,7 @@ class WarmTrainer:
 
     def wait_ready(self, timeout: float = 60.0) -> bool:
         """Wait until the warm process has imported (or gone). A trial started fresh meanwhile would
-        spend the same seconds on the same imports, competing with it for the CPU."""
+        spend the same seconds on the same imports, competing with it for the CPU (see first_trial_waits)."""
         deadline = time.monotonic() + timeout
         while self.alive and not self.ready and time.monotonic() < deadline:
             select.select([self.sock], [], [], min(0.5, max(deadline - time.monotonic(), 0)))
@@ -268,13 +279,24 @@ def _unsafe_to_fork() -> str:
     counts: on a GPU machine `import torch` maps libcuda.so (seen on an H200, torch 2.11) without
     initializing it, which a child may do itself; cuInit starts the driver's own threads, and torch's
     lazy init is visible to torch.cuda.is_initialized()."""
-    threads = len(os.listdir("/proc/self/task"))
-    if threads != 1:
-        return f"{threads} threads after imports"
+    tasks = os.listdir("/proc/self/task")
+    if len(tasks) != 1:
+        return f"{len(tasks)} threads after imports ({', '.join(_thread_names(tasks))})"
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return "CUDA is initialized"
     return ""
+
+
+def _thread_names(tasks: list[str]) -> list[str]:
+    """The kernel's names of this process's threads (what started them, for the launcher's note)."""
+    names = []
+    for tid in sorted(tasks, key=int):
+        try:
+            names.append(open(f"/proc/self/task/{tid}/comm").read().strip())
+        except OSError:  # ended meanwhile
+            continue
+    return names
 
 
 def _reap(sock: socket.socket) -> None:
