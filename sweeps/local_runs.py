@@ -25,18 +25,21 @@ from sweeps.chain import Chain, Resolved, resolve_from
 from sweeps.errors import SpecError
 from sweeps.time_of import TimeOf, TimeResolver, budget_value, gates_of
 from trainer.errors import DataError
-from trainer.record import metric_chunks
+from trainer.record import metric_chunks, write_json
 
+TRIAL_IDS = ".trial_ids.json"  # runs/<spec>/.trial_ids.json: the stage and trial ids of its last sweep without mlflow
 PARAM_CHARS = 6000  # what sync_record sends of a param value (MLflow's limit)
 NEVER_STARTED = "QUEUED"  # a trial.json without a status: submitted, never started (an incomplete stage)
 
 
 @dataclass(frozen=True)
 class LocalStage:
-    """A stage's runs read from the local records, and the spec directories they lie in."""
+    """A stage's runs read from the local records, the spec directories they lie in, and the trial ids
+    of the stage's last sweep run without mlflow (None if unknown), as sweeps.chain.stage_runs gives them."""
 
     runs: list[dict[str, Any]]
     dirs: tuple[str, ...]
+    expected: set[str] | None = None
 
     @property
     def records(self) -> str:
@@ -98,10 +101,24 @@ def read_trial(run_dir: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
     return run_of(meta, _load(track / "params.json"), _load(track / "status.json"), metrics)
 
 
+def write_trial_ids(record_dir: Path, stage: str, ids: Iterable[str], now: float) -> None:
+    """What a sweep run's trial-id tags say in MLflow (sweeps.chain.trial_id_tags), for a sweep that has no
+    sweep run: written by the launcher where mlflow is not installed."""
+    record_dir.mkdir(parents=True, exist_ok=True)
+    write_json(record_dir / TRIAL_IDS, {"stage": stage, "trial_ids": list(ids), "time": now})
+
+
+def newest_ids(sweeps: Iterable[Mapping[str, Any]], stage: str) -> set[str] | None:
+    """The trial ids of the stage's newest sweep (TRIAL_IDS files' contents), None if none names it."""
+    mine = [s for s in sweeps if s.get("stage") == stage and isinstance(s.get("trial_ids"), list)]
+    return set(max(mine, key=lambda s: float(s.get("time", 0)))["trial_ids"]) if mine else None
+
+
 def read_stage(root: Path, stage: str) -> LocalStage:
     """Every launcher trial under root/<spec>/ whose trial.json names `stage`."""
-    runs, dirs = [], []
+    runs, dirs, sweeps = [], [], []
     for spec_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
+        sweeps.append(_load(spec_dir / TRIAL_IDS))
         found = 0
         for run_dir in sorted(spec_dir.iterdir()):
             if not (run_dir / "trial.json").is_file():
@@ -112,7 +129,7 @@ def read_stage(root: Path, stage: str) -> LocalStage:
                 found += 1
         if found:
             dirs.append(str(spec_dir))
-    return LocalStage(runs, tuple(dirs))
+    return LocalStage(runs, tuple(dirs), newest_ids(sweeps, stage))
 
 
 LocalReader = Callable[[str], LocalStage]
@@ -136,7 +153,7 @@ def local_resolver(read: LocalReader, root: Path) -> Callable[[Chain, str], Reso
         if not stage.runs and chain.fallback is None:
             raise SpecError(f"{key}: chained from stage '{chain.source}', which {_no_runs(root)}; run it first "
                             f"(gatesweep run sweeps/{chain.source}.yaml), add a fallback or override {key}=...")
-        return resolve_from(stage.runs, chain, key, why_none=_no_runs(root),
+        return resolve_from(stage.runs, chain, key, stage.expected, why_none=_no_runs(root),
                             origin=f", {stage.records}" if stage.runs else "")
 
     return resolve
@@ -148,7 +165,7 @@ def local_time_resolver(read: LocalReader, root: Path) -> TimeResolver:
         if not stage.runs and spec.fallback is None:
             raise SpecError(f"{key}: time_of stage '{spec.source}', which {_no_runs(root)}; run it first (gatesweep "
                             f"run sweeps/{spec.source}.yaml), add time_of.fallback or override {key}=...")
-        value, note = budget_value(stage.runs, spec, key, gates_of(values))
+        value, note = budget_value(stage.runs, spec, key, gates_of(values), stage.expected)
         return value, note + (f" ({stage.records}, {len(stage.runs)} runs)" if stage.runs else f" ({_no_runs(root)})")
 
     return resolve

@@ -111,6 +111,19 @@ def test_an_incomplete_local_stage_is_refused_as_the_mlflow_path_refuses_it(cwd:
     assert gatesweep(["plan", "stage2.yaml"], cwd, env).stderr == local.stderr
 
 
+def test_a_local_stage_whose_last_sweep_did_not_start_every_trial_is_refused(cwd: Path):
+    """The launcher without mlflow keeps its sweep's trial ids in runs/<spec>/.trial_ids.json (MLflow keeps
+    them on the sweep run): a stage stopped between trials is refused, not chained from in part."""
+    ids = json.loads((cwd / "runs" / "stage1" / ".trial_ids.json").read_text())
+    assert ids["stage"] == "stage1" and sorted(ids["trial_ids"]) == [p.name for p in trial_dirs(cwd, "stage1")]
+    shutil.rmtree(trial_dirs(cwd, "stage1")[2])  # never started
+    res = gatesweep(["plan", "stage2.yaml"], cwd, no_mlflow_env(cwd))
+    assert res.returncode == 2
+    assert res.stderr == ("error: stage2.yaml: learning_rate: chained from stage 'stage1', which is incomplete (1 of 4 "
+                          "trials of its last sweep have no finished run); finish it (rerun its spec) or override "
+                          "learning_rate=...\n")
+
+
 @pytest.mark.parametrize("name", ["summary.json", "status.json", "params.json", "../trial.json"])
 def test_a_damaged_record_file_is_an_error_naming_it(cwd: Path, name: str):
     path = trial_dirs(cwd, "stage1")[1] / "track" / name
