@@ -8,7 +8,8 @@ stage's trials are found by the stage in each trial.json, whatever its spec is c
 
 `run_of` and `latest_metrics` are pure; `read_stage` walks the directories and reads the files. A record
 file that cannot be parsed is an error naming it: a value chained from a run whose record is damaged
-would silently leave that run out.
+would silently leave that run out. metrics.jsonl is read as `gatesweep sync` reads it (every whole point;
+a fragment torn by a full disk or a crash dropped), so the values are those MLflow would hold.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ def trial_meta(body: Any) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------- reading the files
-def _load(path: Path) -> dict[str, Any]:
-    """A record's JSON object; {} when missing. Damaged: an error naming the file and the fix."""
+def _load(path: Path, fix: str = "") -> dict[str, Any]:
+    """A record's JSON object; {} when missing. Damaged: an error naming the file and the fix (default: move
+    the trial's directory aside)."""
     try:
         obj = json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -89,8 +91,9 @@ def _load(path: Path) -> dict[str, Any]:
         why = f"a JSON {type(obj).__name__}, not an object"
     if not isinstance(obj, dict):
         trial = path.parent.parent if path.parent.name == "track" else path.parent
+        fix = fix or f"move {trial} aside (its trial then runs again)"
         raise DataError(f"{path}: damaged record file ({why}); a chained value cannot be read from it. Restore it, or "
-                        f"move {trial} aside (its trial then runs again), then plan again")
+                        f"{fix}, then plan again")
     return obj
 
 
@@ -118,7 +121,7 @@ def read_stage(root: Path, stage: str) -> LocalStage:
     """Every launcher trial under root/<spec>/ whose trial.json names `stage`."""
     runs, dirs, sweeps = [], [], []
     for spec_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
-        sweeps.append(_load(spec_dir / TRIAL_IDS))
+        sweeps.append(_load(spec_dir / TRIAL_IDS, fix="remove it (the next run of its spec writes it again)"))
         found = 0
         for run_dir in sorted(spec_dir.iterdir()):
             if not (run_dir / "trial.json").is_file():
@@ -146,7 +149,7 @@ def _no_runs(root: Path) -> str:
 
 
 def local_resolver(read: LocalReader, root: Path) -> Callable[[Chain, str], Resolved]:
-    """Chains resolved from the local records (no trial ids of the source's sweep are known here)."""
+    """Chains resolved from the local records (the source's sweep's trial ids from TRIAL_IDS, if written)."""
 
     def resolve(chain: Chain, key: str) -> Resolved:
         stage = read(chain.source)
