@@ -140,7 +140,7 @@ def sweep_figures(res: dict) -> dict[str, Any]:
     keys = ("wall_s", "trials", "finished", "sweep_tokens_per_s", "single_tokens_per_s", "single_span_tokens_per_s",
             "ratio_like_for_like", "ratio_vs_single_wall",
             "ratio_with_warmup", "training_covered", "head_s", "tail_s", "startup_s_median", "startup_s_max",
-            "forked", "concurrency")
+            "forked", "concurrency", "after_head")
     return {"sweep_throughput_ratio": sw["sweep_throughput_ratio"],
             "sweep": {k: sw.get(k) for k in keys} | {
                 "card": res["meta"]["card"], "torch": res["meta"]["torch"], "date": res["meta"]["date"],
@@ -158,14 +158,8 @@ def load_call(d: Path) -> dict:
     return call
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("dirs", nargs="+", type=Path)
-    p.add_argument("--name", required=True, help="e.g. h200-single: the folder is bench/results/<date>-<name>")
-    p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--sweep", type=Path, help="a bench/sweep_throughput.py output folder (sweep_results.json)")
-    p.add_argument("--sweep-name", default="h200-sweep", help="its folder: bench/results/<date>-<sweep-name>")
-    a = p.parse_args(argv)
+def file_calls(a: argparse.Namespace, previous: dict) -> dict[str, Any]:
+    """Copy the calls' files into bench/results/<date>-<name>/ and summarize them over `previous`."""
     calls = [load_call(d) for d in a.dirs]
     dest = a.results / f"{calls[0]['meta']['date'][:10]}-{a.name}"
     for i, d in enumerate(a.dirs):
@@ -174,18 +168,33 @@ def main(argv: list[str] | None = None) -> int:
         for f in ("results.json", "table.md", "ns_check.json"):
             if (d / f).is_file():
                 shutil.copy(d / f, sub / f)
-    summary_path = a.results / "summary.json"
-    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     where = str(dest.relative_to(a.results.parent.parent)) if dest.is_relative_to(a.results.parent.parent) else str(dest)
     plans = "+".join(c["meta"]["plan"] for c in calls)
     sources = {"step_and_start": f"{where} ({plans}: one process at a time on one {calls[0]['meta']['card']})"}
-    summary = summarize(calls, previous, sources)
+    return summarize(calls, previous, sources)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("dirs", nargs="*", type=Path, help="targets/single calls (none: --sweep alone, the rest kept)")
+    p.add_argument("--name", default="h200", help="e.g. h200-single: the folder is bench/results/<date>-<name>")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--sweep", type=Path, help="a bench/sweep_throughput.py output folder (sweep_results.json)")
+    p.add_argument("--sweep-name", default="h200-sweep", help="its folder: bench/results/<date>-<sweep-name>")
+    a = p.parse_args(argv)
+    if not a.dirs and not a.sweep:
+        p.error("name a call's results folder, or --sweep")
+    summary_path = a.results / "summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = file_calls(a, previous) if a.dirs else previous | {"sources": dict(previous.get("sources", {}))}
     if a.sweep:
         res = json.loads((a.sweep / "sweep_results.json").read_text())
+        if (a.sweep / "after_head.json").is_file():  # re-read from the records of a call made before after_head
+            res["sweep"].setdefault("after_head", json.loads((a.sweep / "after_head.json").read_text())["after_head"])
         sdest = a.results / f"{res['meta']['date'][:10]}-{a.sweep_name}"
         sdest.mkdir(parents=True, exist_ok=True)
         for f in ("sweep_results.json", "sweep_table.md", "sweep_bench.log", "sweep_records.tgz", "session.log"):
-            if (a.sweep / f).is_file():
+            if (a.sweep / f).is_file() and not (sdest / f).exists():
                 shutil.copy(a.sweep / f, sdest / f)
         summary |= sweep_figures(res)
         summary["sources"]["sweep"] = f"{sdest.relative_to(ROOT) if sdest.is_relative_to(ROOT) else sdest} " \

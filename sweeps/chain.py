@@ -45,19 +45,20 @@ class Resolved:
     note: str
 
 
-def chain_note(chain: Chain, key: str, value: Any, runs: list[dict[str, Any]], why_none: str) -> str:
-    """`learning_rate=0.00468 is the fallback: stage 'stage2' has no runs ...` or where the value came from."""
+def chain_note(chain: Chain, key: str, value: Any, runs: list[dict[str, Any]], why_none: str, origin: str = "") -> str:
+    """`learning_rate=0.00468 is the fallback: stage 'stage2' has no runs ...` or where the value came from
+    (`origin`: where the runs were read, when not the tracking store)."""
     where = " where " + ", ".join(f"{k}={v}" for k, v in chain.where) if chain.where else ""
     if not runs:
         return (f"{key}={value} is the fallback: stage '{chain.source}' {why_none}; once it has run, {key} is "
                 f"taken from its {chain.select} {chain.metric}{where}")
-    return f"{key}={value}: the {chain.select} {chain.metric} of stage '{chain.source}'{where} ({len(runs)} runs)"
+    return f"{key}={value}: the {chain.select} {chain.metric} of stage '{chain.source}'{where} ({len(runs)} runs{origin})"
 
 
 def resolve_from(runs: list[dict[str, Any]], chain: Chain, key: str, expected: set[str] | None = None,
-                 why_none: str = "has no runs in the tracking store") -> Resolved:
+                 why_none: str = "has no runs in the tracking store", origin: str = "") -> Resolved:
     value = select_value(runs, chain, key, expected)
-    return Resolved(value, chain_note(chain, key, value, runs, why_none))
+    return Resolved(value, chain_note(chain, key, value, runs, why_none, origin))
 
 
 def check_complete(runs: list[dict[str, Any]], source: str, key: str, expected: set[str] | None) -> None:

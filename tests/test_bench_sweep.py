@@ -54,6 +54,11 @@ def test_throughput_counts_finished_trials_tokens_against_the_single_runs_step_t
     full = summarize_sweep(trials, 0.0, 40.0, single, {"util_mean": 0.9})
     assert full["head_s"] == 0.0 and full["tail_s"] == 30.0 and full["training_covered"] == pytest.approx(0.25)
     assert "**sweep_throughput_ratio** | 0.05" in table(full)
+    # once the card trains: first step at 0 here, so the same; a head of 10 s of 50 leaves 40 s of tokens
+    assert full["after_head"]["sweep_throughput_ratio"] == pytest.approx(0.05)
+    late = summarize_sweep([_t(10, 20), _t(10, 20)], 0.0, 50.0, single)
+    assert late["head_s"] == 10.0 and late["sweep_throughput_ratio"] == pytest.approx(200_000 / 50 / 100_000)
+    assert late["after_head"]["sweep_throughput_ratio"] == pytest.approx(200_000 / 40 / 100_000)
 
 
 def test_trial_times_reads_a_launchers_records(tmp_path: Path):
@@ -101,6 +106,12 @@ def test_summary_files_a_sweep_call_and_adds_its_ratio(tmp_path: Path):
     assert s["sweep"]["forked_startup_s_median"] == 8.5 and s["sweep"]["gpu_busy"] == 0.93
     assert s["targets_met"]["sweep>=0.9"] is False and s["scaling_efficiency"] == {"2": 0.9}
     assert (results / "2026-12-05-h200-sweep" / "sweep_results.json").is_file()
+    # a sweep call alone: the step and start figures of the summary stay as they were
+    before = json.loads((results / "summary.json").read_text())
+    assert main(["--sweep", str(tmp_path / "sweep"), "--sweep-name", "h200-sweep2", "--results", str(results)]) == 0
+    after = json.loads((results / "summary.json").read_text())
+    assert {k: v for k, v in after.items() if k != "sources"} == {k: v for k, v in before.items() if k != "sources"}
+    assert after["sources"]["sweep"].startswith(str(results / "2026-12-05-h200-sweep2"))
 
 
 def test_step_times_by_what_shares_the_card():

@@ -11,8 +11,10 @@ from cluster.common.delivery import deliver_pending
 from cluster.common.state import TrialState, collect, split
 from cluster.common.store import SweepStore, dead_launcher_marks
 from cluster.common.trialdir import RUNS_ROOT, set_local_status
-from sweeps.chain import Chain, empty_store_resolver, mlflow_resolver, stage_reader
+from sweeps.chain import Chain, StageReader, empty_store_resolver, mlflow_resolver, stage_reader
+from sweeps.errors import SpecError
 from sweeps.expand import Trial, expand
+from sweeps.local_runs import LocalReader, local_reader, local_resolver, local_time_resolver
 from sweeps.spec import SweepSpec, apply_spec_overrides, load_spec
 from sweeps.time_of import TimeOf, mlflow_time_resolver
 from trainer.console import note
@@ -28,17 +30,27 @@ class Prepared:
     notes: tuple[str, ...] = ()  # where resolved time_of values came from (plan and dry runs print them)
 
 
-def prepare(spec_path: str, overrides: list[str], uri: str | None, *, use_store: bool = True) -> Prepared:
+def prepare(spec_path: str, overrides: list[str], uri: str | None, *, use_store: bool = True,
+            root: Path = RUNS_ROOT) -> Prepared:
+    """The spec's trials, chained and time_of values resolved: from MLflow where mlflow is installed
+    (the source of truth), else from the local records under `root` (sweeps.local_runs)."""
     spec = load_spec(spec_path)
     spec, config_overrides = apply_spec_overrides(spec, parse_kv(overrides))
     store = SweepStore(uri, spec.experiment)
     notes: list[str] = []
-    if has_chain(spec) and use_store and store.enabled and store.exists():
+    if has_chain(spec) and use_store and not store.enabled:
+        # no mlflow here (a GPU machine): the earlier stage's records on this disk are the source
+        local = local_reader(root)
+        trials = expand(spec, overrides=config_overrides, resolve_chain=local_resolver(local, root),
+                        resolve_time=local_time_resolver(local, root), notes=notes)
+    elif has_chain(spec) and use_store and store.exists():
         # read-only: a dry run must show the values (and trial ids) that the real run will use
         read = stage_reader(store.client)
+        refuse_unsynced(spec, read, local_reader(root), store.uri)
         trials = expand(spec, overrides=config_overrides, resolve_chain=mlflow_resolver(read),
                         resolve_time=mlflow_time_resolver(read), notes=notes)
-    elif has_chain(spec) and use_store and store.enabled:
+    elif has_chain(spec) and use_store:
+        refuse_unsynced(spec, None, local_reader(root), store.uri)
         trials = expand(spec, overrides=config_overrides, resolve_chain=empty_store_resolver(), notes=notes)
     else:
         trials = expand(spec, overrides=config_overrides, notes=notes)
@@ -57,9 +69,31 @@ def with_search(prep: Prepared) -> Prepared:
 
 
 def has_chain(spec: SweepSpec) -> bool:
+    return bool(chain_sources(spec))
+
+
+def chain_sources(spec: SweepSpec) -> list[str]:
+    """The stages that the spec's chained and time_of values come from."""
     values = list(spec.base_dict.values()) + [v for _, vs in spec.grid for v in vs]
     values += [v for p in spec.include for _, v in p.values]
-    return any(isinstance(v, (Chain, TimeOf)) for v in values)
+    return list(dict.fromkeys(v.source for v in values if isinstance(v, (Chain, TimeOf))))
+
+
+def refuse_unsynced(spec: SweepSpec, read: StageReader | None, local: LocalReader, uri: str) -> None:
+    """A source stage with runs in the local records but none in the tracking store (`read`; None: the
+    store does not exist yet) has not been synced: refuse rather than take the fallback."""
+    for stage in chain_sources(spec):
+        records = local(stage)
+        if not records.runs:
+            continue
+        try:
+            in_store = bool(read(stage)[0]) if read is not None else False
+        except Exception:  # noqa: BLE001 - the resolver reports a store that cannot be read
+            continue
+        if not in_store:
+            dirs = " ".join(records.dirs)
+            raise SpecError(f"{spec.path}: stage '{stage}' has {len(records.runs)} runs in the local records ({dirs}) but none in "
+                            f"the tracking store {uri}: deliver them first (gatesweep sync {dirs}), then run again")
 
 
 def preflight_trials(trials: list[Trial], spec_path: str | None = None) -> None:

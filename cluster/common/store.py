@@ -21,6 +21,7 @@ from typing import Any
 from sweeps.chain import trial_id_tags
 from sweeps.errors import SpecError, TrackingError
 from sweeps.expand import Trial
+from sweeps.local_runs import write_trial_ids
 from sweeps.mlflow_runs import resolve_uri, search_all
 from sweeps.store_file import ensure_store, file_error
 from trainer.record import read_json, write_json
@@ -163,6 +164,8 @@ class SweepStore:
         if not self.enabled:
             if record_dir is not None:
                 self.check_spec(spec, spec_path, record_dir, claim=True)
+                if trial_ids:  # no sweep run to carry them: a later stage chaining from this one reads them here
+                    write_trial_ids(record_dir, stage, trial_ids, time.time())
             return None
         ids = trial_id_tags(trial_ids) if trial_ids else {}
         if self._held is not None and self.parent_id:
