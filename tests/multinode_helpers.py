@@ -55,6 +55,20 @@ def kill_node(node: str, *, only_env: str | None = None, timeout_s: float = 30.0
         time.sleep(0.2)
 
 
+def signal_node(node: str, sig: int, *, only_env: str) -> list[int]:
+    """Send `sig` once to the processes on `node` whose environment holds `only_env` (SIGSTOP: freeze
+    them, so that what a test reads from their files cannot change before it acts; SIGCONT: thaw)."""
+    sent = []
+    for p in netns_pids(node):
+        if _has_env(p, only_env):
+            try:
+                os.kill(p, sig)
+                sent.append(p)
+            except ProcessLookupError:
+                pass
+    return sent
+
+
 def _has_env(pid: int, marker: str) -> bool:
     try:
         return marker.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -24,7 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cluster.common.trialdir import local_status
-from tests.multinode_helpers import kill_node, node_addr, on_node
+from tests.multinode_helpers import kill_node, node_addr, on_node, signal_node
 from tests.services import kill_process_group
 from tests.slurm_helpers import last_step, wait_until
 from tests.test_ray_search import DONE, make_workdir, sampled, trial_runs, write_spec
@@ -32,8 +33,13 @@ from trainer.record import read_json
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
 RAY = str(Path(sys.executable).parent / "ray")
-SEARCH = {"num_iterations": 160, "val_every": 10, "warmdown_iters": 20, "checkpoint_every": 10}
+SEARCH = {"num_iterations": 160, "val_every": 10, "warmdown_iters": 20, "checkpoint_every": 5}
 ASHA = {"type": "asha", "grace_period": 20, "reduction_factor": 2, "max_t": 160}  # rungs at steps 20, 40, 80
+# The victim: a trial on the worker node past its first checkpoint (step 5) and short of the first rung
+# (step 20), where ASHA may stop it. A step takes ~20 ms on a fast core: the window is ~0.2 s, so the
+# test polls every 10 ms and freezes the node (SIGSTOP) before it decides, so nothing moves between
+# the look and the kill.
+VICTIM_STEPS = range(6, 17)
 
 
 def _start_ray(node: str, marker: str, temp: str, log: Path, *, head: str | None, port: int) -> subprocess.Popen:
@@ -86,15 +92,25 @@ def test_multinode_ray_search_loses_no_trial_when_a_worker_node_dies(multinode, 
                                                       "ray", f"backend.ray.address={address}", "backend.ray.nodes=2"]),
                                   cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-        def victim() -> str | None:  # a trial training on the worker node, past a checkpoint
+        marker = f"GS_TEST_RAY_NODE={tag}-worker"
+
+        def in_window() -> str | None:
             for tid, d in dirs.items():
-                if _host(d) == worker_node and local_status(d)[0] == "RUNNING" and last_step(d) >= 12:
+                if _host(d) == worker_node and local_status(d)[0] == "RUNNING" and last_step(d) in VICTIM_STEPS:
                     return tid
-            assert driver.poll() is None, (root / "driver.log").read_text()[-3000:]
             return None
 
-        lost = wait_until(victim, 400, "a trial on the worker node past step 12", interval_s=0.2)
-        killed = kill_node(worker_node, only_env=f"GS_TEST_RAY_NODE={tag}-worker")
+        def victim() -> str | None:  # seen in the window, and still there once the worker node is frozen
+            if in_window() is None:
+                assert driver.poll() is None, (root / "driver.log").read_text()[-3000:]
+                return None
+            signal_node(worker_node, signal.SIGSTOP, only_env=marker)
+            if (tid := in_window()) is None:
+                signal_node(worker_node, signal.SIGCONT, only_env=marker)
+            return tid
+
+        lost = wait_until(victim, 400, f"a trial on the worker node at a step in {VICTIM_STEPS}", interval_s=0.01)
+        killed = kill_node(worker_node, only_env=marker)
         assert killed
         # what the search had before the loss: trials on the head, rung values reported so far
         on_head = {tid for tid, d in dirs.items() if _host(d) == head_node}
