@@ -61,6 +61,12 @@ def resolve_from(runs: list[dict[str, Any]], chain: Chain, key: str, expected: s
     return Resolved(value, chain_note(chain, key, value, runs, why_none, origin))
 
 
+def run_first(source: str) -> str:
+    """The fix for a source stage with no runs. Stages are named by `stage:`, not by the spec file's name
+    (offline-budget-base lives in offline_budget_base.yaml), so the hint names the field to look for."""
+    return f"run it first (gatesweep run <the spec with stage: {source}>)"
+
+
 def check_complete(runs: list[dict[str, Any]], source: str, key: str, expected: set[str] | None) -> None:
     """Refuse a source stage with runs still queued, running or killed, or (when its last sweep's trial
     ids are known) with trials of that sweep that never ended."""
@@ -91,7 +97,7 @@ def select_value(runs: list[dict[str, Any]], chain: Chain, key: str, expected: s
         if chain.fallback is not None:
             return chain.fallback
         raise SpecError(f"{key}: chained from stage '{chain.source}', which has no runs in the tracking store; "
-                        f"run it first (gatesweep run sweeps/{chain.source}.yaml) or add a fallback / override {key}=...")
+                        f"{run_first(chain.source)} or add a fallback / override {key}=...")
     check_complete(runs, chain.source, key, expected)
     rows = [{k: typed(str(v)) for k, v in r["params"].items()} | {"status": r["status"]}
             | {chain.metric: r["metrics"].get(chain.metric)} for r in runs]

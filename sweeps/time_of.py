@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sweeps.chain import StageReader, check_complete
+from sweeps.chain import StageReader, check_complete, run_first
 from sweeps.errors import SpecError, TrackingError
 from sweeps.select import matches
 from trainer.clock import WARMUP
@@ -76,8 +76,8 @@ def budget_value(runs: list[dict[str, Any]], spec: TimeOf, key: str, gates: Mapp
     if not runs:
         if spec.fallback is not None:
             return int(spec.fallback), f"time_of.fallback (stage '{spec.source}' has no runs)"
-        raise SpecError(f"{key}: time_of stage '{spec.source}', which has no runs in the tracking store; run it first "
-                        f"(gatesweep run sweeps/{spec.source}.yaml), add time_of.fallback or override {key}=...")
+        raise SpecError(f"{key}: time_of stage '{spec.source}', which has no runs in the tracking store; "
+                        f"{run_first(spec.source)}, add time_of.fallback or override {key}=...")
     check_complete(runs, spec.source, key, expected)
     where = ", ".join(f"{k}={v}" for k, v in spec.where) or "any config"
     budget = _finished(runs, spec.where, "train_time_ms")

@@ -111,7 +111,7 @@ def test_chained_value_from_a_stage_with_no_runs(tmp_path: Path, mlflow_server):
     res = gatesweep(["plan", "spec.yaml"], tmp_path, cli_env(mlflow_server.uri))
     assert res.returncode == 2
     assert res.stderr == (f"error: spec.yaml: learning_rate: chained from stage '{stage}', which has no runs in the "
-                          f"tracking store; run it first (gatesweep run sweeps/{stage}.yaml) or add a fallback / "
+                          f"tracking store; run it first (gatesweep run <the spec with stage: {stage}>) or add a fallback / "
                           "override learning_rate=...\n")
     assert count_all_runs(mlflow_server.uri) == runs_before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]

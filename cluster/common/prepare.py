@@ -83,14 +83,14 @@ def refuse_unsynced(spec: SweepSpec, read: StageReader | None, local: LocalReade
     """A source stage with runs in the local records but none in the tracking store (`read`; None: the
     store does not exist yet) has not been synced: refuse rather than take the fallback."""
     for stage in chain_sources(spec):
-        records = local(stage)
-        if not records.runs:
-            continue
-        try:
+        try:  # the store first: `read` is cached for the resolver, and a synced stage needs no local read
             in_store = bool(read(stage)[0]) if read is not None else False
         except Exception:  # noqa: BLE001 - the resolver reports a store that cannot be read
             continue
-        if not in_store:
+        if in_store:
+            continue
+        records = local(stage)
+        if records.runs:
             dirs = " ".join(records.dirs)
             raise SpecError(f"{spec.path}: stage '{stage}' has {len(records.runs)} runs in the local records ({dirs}) but none in "
                             f"the tracking store {uri}: deliver them first (gatesweep sync {dirs}), then run again")

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 PER_TRIAL_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "GATESWEEP_TRACKING", "GATESWEEP_SYNC_TIMEOUT",
@@ -293,7 +294,7 @@ def _thread_names(tasks: list[str]) -> list[str]:
     names = []
     for tid in sorted(tasks, key=int):
         try:
-            names.append(open(f"/proc/self/task/{tid}/comm").read().strip())
+            names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
         except OSError:  # ended meanwhile
             continue
     return names
