@@ -1,5 +1,5 @@
-"""`gatesweep table|report|import`: argv -> analysis calls -> stdout/files. Errors propagate as
-GatesweepError subclasses; the `gatesweep` dispatcher prints their one-line message and exits 2.
+"""`gatesweep table|report|import`: argv -> analysis calls -> stdout/files (`power`: analysis.power_cli).
+Errors propagate as GatesweepError subclasses; the `gatesweep` dispatcher prints their one-line message and exits 2.
 
 The tracking URI is --tracking-uri, else $MLFLOW_TRACKING_URI, else the default (sweeps.mlflow_runs).
 """
@@ -35,7 +35,7 @@ class Target:
 
 
 def table_parser() -> Parser:
-    p = _parser("table", "Seed-averaged table of a stage: statistics vs the none-gate baseline.")
+    p = stage_parser("table", "Seed-averaged table of a stage: statistics vs the none-gate baseline.")
     p.add_argument("--format", choices=FORMATS, default="console",
                    help="console (a box that fits the terminal, Markdown when piped; default), md, csv or json")
     p.add_argument("--json", action="store_true", help="the same as --format json: every column, as numbers")
@@ -69,7 +69,7 @@ def table_main(argv: Sequence[str] | None = None) -> int:
     from analysis import cache
     from sweeps.errors import NoRunsError
 
-    target = _target(args)
+    target = target_of(args)
     decisions = _decisions(target, args.tracking_uri)
     key = None if args.log else cache.key("table", resolve_uri(args.tracking_uri), lambda: cache.inputs(
         _options(args), asdict(target), args.step_times, None if args.compat else decisions, render=True))
@@ -126,77 +126,8 @@ def _table_text(args: argparse.Namespace, target: Target, decisions) -> str:
     return _render(df, args.format, title=target.label, note=note, headers=headers, fit=fit)
 
 
-def power_parser() -> Parser:
-    p = _parser("power", "Seeds per configuration needed to detect a loss difference, from a stage's spread.")
-    p.add_argument("--effect-pct", type=float, default=0.5, help="difference to detect, %% of the baseline loss")
-    p.add_argument("--alpha", type=float, default=None,
-                   help="family-wise level over the stage's comparisons (default 0.05; a sequential spec's p_adj)")
-    p.add_argument("--power", type=float, default=0.8, help="target power")
-    p.add_argument("--sd", type=float, default=None,
-                   help="spread to plan with instead of the stage's (SD of per-seed differences when paired)")
-    return p
-
-
-def power_main(argv: Sequence[str] | None = None) -> int:
-    args = power_parser().parse_args(argv)
-    for name, value, ok in (("--effect-pct", args.effect_pct, args.effect_pct > 0),
-                            ("--alpha", args.alpha, args.alpha is None or 0 < args.alpha < 1),
-                            ("--power", args.power, 0 < args.power < 1),
-                            ("--sd", args.sd, args.sd is None or args.sd > 0)):
-        if not ok:
-            raise SpecError(f"{name} {value}: out of range (effect-pct > 0, 0 < alpha, power < 1, sd > 0)")
-    from analysis import power
-    from analysis.fetch import fetch_runs
-    from analysis.table import stage_table
-    from trainer.errors import DataError
-
-    target = _target(args)
-    seq = _sequential_of(args.spec) if args.spec is not None else None
-    if seq is not None and args.alpha is not None and args.alpha != seq[0].alpha:
-        raise SpecError(f"--alpha {args.alpha:g}: a sequential spec decides at its seeds.stop.p_adj "
-                        f"({seq[0].alpha:g}); drop --alpha or change p_adj in {args.spec}")
-    runs = fetch_runs(target.experiments, stage=target.stages, spec=target.spec, tracking_uri=args.tracking_uri)
-    pairs, base_mean, n_now = power.stage_inputs(stage_table(runs, stages=target.stages, per_seed=True))
-    if not pairs:
-        raise DataError(f"{target.label}: no comparison with a finished baseline (attn_gate=none); nothing to plan")
-    spread = power.pooled_spread(pairs)
-    if args.sd is not None:
-        spread = power.Spread(args.sd, 0, spread.paired)
-    if not spread.sd > 0:
-        raise DataError(f"{target.label}: the spread is undefined (fewer than 2 seeds per comparison); pass --sd")
-    if seq is None:
-        alpha = 0.05 if args.alpha is None else args.alpha
-        plan = power.plan(spread, baseline_mean=base_mean, effect_pct=args.effect_pct, alpha=alpha,
-                          target=args.power, comparisons=len(pairs), n_now=n_now)
-        print(power.describe(target.label, spread, plan, effect_pct=args.effect_pct, alpha=alpha,
-                             target=args.power, given_sd=args.sd is not None), end="")
-        return 0
-    _print_sequential_plan(target.label, spread, seq, args, base_mean=base_mean, n_now=n_now)
-    return 0
-
-
-def _sequential_of(spec_path: Path):
-    """(the spec's sequential design, its number of comparisons), or None for a fixed-seeds spec."""
-    from sweeps.sequential import baseline_pairs
-    from sweeps.spec import design_points, load_spec
-
-    spec = load_spec(spec_path)
-    if spec.sequential is None:
-        return None
-    pairs = baseline_pairs([p for p, _ in design_points(spec)], spec.base_dict)
-    return spec.sequential, sum(j is not None for j in pairs.values())
-
-
-def _print_sequential_plan(label: str, spread, seq, args: argparse.Namespace, *, base_mean: float, n_now: int) -> None:
-    from analysis import seq_power
-
-    design, comparisons = seq
-    print(seq_power.report(label, spread, design, comparisons=comparisons, n_now=n_now, base_mean=base_mean,
-                           effect_pct=args.effect_pct, target=args.power, given_sd=args.sd is not None), end="")
-
-
 def report_parser() -> Parser:
-    p = _parser("report", "Write reports/<stage>/README.md with tables and figures.")
+    p = stage_parser("report", "Write reports/<stage>/README.md with tables and figures.")
     p.add_argument("--out", type=Path, default=Path("reports"), help="reports root (default: reports)")
     p.add_argument("--no-attach", action="store_true", help="do not upload to the sweep's parent run")
     _add_adjust(p)
@@ -208,7 +139,7 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     args = report_parser().parse_args(argv)
     from analysis import cache, report_files
 
-    target = _target(args)
+    target = target_of(args)
     out_dir = args.out / _slug(target.label)
     folder = report_files.Folder(out_dir)
     decisions = _decisions(target, args.tracking_uri)
@@ -330,7 +261,7 @@ def _add_adjust(p: argparse.ArgumentParser) -> None:
                    help="multiplicity adjustment of p across the table's comparisons (default holm)")
 
 
-def _parser(cmd: str, description: str) -> Parser:
+def stage_parser(cmd: str, description: str) -> Parser:
     p = Parser(prog=f"gatesweep {cmd}", description=description)
     p.add_argument("spec", nargs="?", type=Path, help="sweep spec YAML (name, stage, tracking.experiment)")
     p.add_argument("--stage", action="append", help="stage name; repeat to stack stage blocks")
@@ -339,7 +270,7 @@ def _parser(cmd: str, description: str) -> Parser:
     return p
 
 
-def _target(args: argparse.Namespace) -> Target:
+def target_of(args: argparse.Namespace) -> Target:
     if args.spec is not None:
         name, stage, experiment, about = read_spec_target(args.spec)
         stages = args.stage or ([stage] if stage else None)

@@ -212,23 +212,25 @@ def _delegate(command: str, rest: list[str], uri: str | None, verbosity: int) ->
 
         return train_main(rest, prog="gatesweep train", verbosity=verbosity)
     from analysis import cli as analysis_cli
+    from analysis import power_cli
     from sweeps.mlflow_runs import resolve_uri
     from sweeps.store_file import store_errors
 
     rest += ["--tracking-uri", uri] if uri is not None else []
     with store_errors(resolve_uri(uri)):  # a damaged sqlite store: one line, exit 2, as for run and sync
         return {"table": analysis_cli.table_main, "report": analysis_cli.report_main,
-                "power": analysis_cli.power_main, "import": analysis_cli.import_main}[command](rest)
+                "power": power_cli.power_main, "import": analysis_cli.import_main}[command](rest)
 
 
 def _usage_error(e: UsageError) -> int:
     """argv errors found before a parser ran: the same two lines as the parsers' own errors."""
     from analysis import cli as analysis_cli
+    from analysis import power_cli
     from trainer import data_cli
 
     parser = _parser()
     own = {"table": analysis_cli.table_parser, "report": analysis_cli.report_parser,
-           "power": analysis_cli.power_parser, "import": analysis_cli.import_parser, "data": data_cli._parser}
+           "power": power_cli.power_parser, "import": analysis_cli.import_parser, "data": data_cli._parser}
     target = own[e.command]() if e.command in own else _subcommands(parser).get(e.command or "", parser)
     target.error(str(e))  # exits 2
 

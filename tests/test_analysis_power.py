@@ -12,7 +12,8 @@ from scipy import stats as sps
 from statsmodels.stats.power import TTestIndPower, TTestPower
 
 from analysis import power
-from analysis.cli import import_main, power_main
+from analysis.cli import import_main
+from analysis.power_cli import power_main
 from analysis.table import stage_table
 from tests.test_analysis_study import tidy
 

@@ -13,7 +13,8 @@ import pytest
 from statsmodels.stats.power import TTestPower
 
 from analysis import power, seq_power
-from analysis.cli import import_main, power_main
+from analysis.cli import import_main
+from analysis.power_cli import power_main
 from analysis.sequential import DECIDED, Design, decide
 from sweeps.errors import SpecError
 

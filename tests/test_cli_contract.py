@@ -124,7 +124,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     top = _parser()
     sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
     out = {"gatesweep": top} | {f"gatesweep {n}": p for n, p in sub.choices.items() if p.add_help}
-    out |= {"table": analysis_cli._parser("table", "")}
+    out |= {"table": analysis_cli.stage_parser("table", "")}
     data = data_cli._parser()
     dsub = next(a for a in data._actions if isinstance(a, argparse._SubParsersAction))
     return out | {f"data {n}": p for n, p in dsub.choices.items()}
