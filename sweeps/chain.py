@@ -57,7 +57,7 @@ def chain_note(chain: Chain, key: str, value: Any, runs: list[dict[str, Any]], w
 
 def resolve_from(runs: list[dict[str, Any]], chain: Chain, key: str, expected: set[str] | None = None,
                  why_none: str = "has no runs in the tracking store", origin: str = "") -> Resolved:
-    value = select_value(runs, chain, key, expected)
+    value = select_value(runs, chain, key, expected, why_none)
     return Resolved(value, chain_note(chain, key, value, runs, why_none, origin))
 
 
@@ -83,7 +83,8 @@ def check_complete(runs: list[dict[str, Any]], source: str, key: str, expected: 
                             f"spec) or override {key}=...")
 
 
-def select_value(runs: list[dict[str, Any]], chain: Chain, key: str, expected: set[str] | None = None) -> Any:
+def select_value(runs: list[dict[str, Any]], chain: Chain, key: str, expected: set[str] | None = None,
+                 why_none: str = "has no runs in the tracking store") -> Any:
     """runs: [{"params": {...}, "status": str, "metrics": {...}, "trial_id": str}] of the source stage.
     expected: the trial ids of the source stage's last sweep (its spec's expansion), when known: every
     one of them must have ended, so a stage run only in part (a sweep stopped between trials, trials
@@ -96,7 +97,7 @@ def select_value(runs: list[dict[str, Any]], chain: Chain, key: str, expected: s
     if not runs:
         if chain.fallback is not None:
             return chain.fallback
-        raise SpecError(f"{key}: chained from stage '{chain.source}', which has no runs in the tracking store; "
+        raise SpecError(f"{key}: chained from stage '{chain.source}', which {why_none}; "
                         f"{run_first(chain.source)} or add a fallback / override {key}=...")
     check_complete(runs, chain.source, key, expected)
     rows = [{k: typed(str(v)) for k, v in r["params"].items()} | {"status": r["status"]}

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps.chain import Chain, Resolved, resolve_from, run_first
-from sweeps.errors import SpecError
+from sweeps.chain import Chain, Resolved, resolve_from
 from sweeps.time_of import TimeOf, TimeResolver, budget_value, gates_of
 from trainer.errors import DataError
 from trainer.record import metric_chunks, write_json
@@ -153,9 +152,6 @@ def local_resolver(read: LocalReader, root: Path) -> Callable[[Chain, str], Reso
 
     def resolve(chain: Chain, key: str) -> Resolved:
         stage = read(chain.source)
-        if not stage.runs and chain.fallback is None:
-            raise SpecError(f"{key}: chained from stage '{chain.source}', which {_no_runs(root)}; "
-                            f"{run_first(chain.source)}, add a fallback or override {key}=...")
         return resolve_from(stage.runs, chain, key, stage.expected, why_none=_no_runs(root),
                             origin=f", {stage.records}" if stage.runs else "")
 
@@ -165,10 +161,7 @@ def local_resolver(read: LocalReader, root: Path) -> Callable[[Chain, str], Reso
 def local_time_resolver(read: LocalReader, root: Path) -> TimeResolver:
     def resolve(spec: TimeOf, key: str, values: Mapping[str, Any]) -> tuple[int, str]:
         stage = read(spec.source)
-        if not stage.runs and spec.fallback is None:
-            raise SpecError(f"{key}: time_of stage '{spec.source}', which {_no_runs(root)}; "
-                            f"{run_first(spec.source)}, add time_of.fallback or override {key}=...")
-        value, note = budget_value(stage.runs, spec, key, gates_of(values), stage.expected)
+        value, note = budget_value(stage.runs, spec, key, gates_of(values), stage.expected, _no_runs(root))
         return value, note + (f" ({stage.records}, {len(stage.runs)} runs)" if stage.runs else f" ({_no_runs(root)})")
 
     return resolve

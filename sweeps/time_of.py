@@ -70,13 +70,13 @@ def gates_of(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def budget_value(runs: list[dict[str, Any]], spec: TimeOf, key: str, gates: Mapping[str, Any],
-                 expected: set[str] | None = None) -> tuple[int, str]:
+                 expected: set[str] | None = None, why_none: str = "has no runs in the tracking store") -> tuple[int, str]:
     """(num_iterations, where it came from) for a design point with these gate keys. runs: the source
     stage's trial runs as sweeps.chain reads them ({"params", "metrics", "status", "trial_id"})."""
     if not runs:
         if spec.fallback is not None:
             return int(spec.fallback), f"time_of.fallback (stage '{spec.source}' has no runs)"
-        raise SpecError(f"{key}: time_of stage '{spec.source}', which has no runs in the tracking store; "
+        raise SpecError(f"{key}: time_of stage '{spec.source}', which {why_none}; "
                         f"{run_first(spec.source)}, add time_of.fallback or override {key}=...")
     check_complete(runs, spec.source, key, expected)
     where = ", ".join(f"{k}={v}" for k, v in spec.where) or "any config"

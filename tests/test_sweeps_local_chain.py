@@ -148,6 +148,11 @@ def test_a_stage_with_no_local_records_takes_the_fallback_or_is_refused(cwd: Pat
     write_spec(cwd / "stage2.yaml", "stage2", base={"learning_rate": {"from": "stage1"}}, seeds=[0])
     res = gatesweep(["plan", "stage2.yaml"], cwd, env)
     assert res.returncode == 2 and "which has no runs in the local records (runs/; mlflow is not installed" in res.stderr
+    assert "run it first (gatesweep run <the spec with stage: stage1>)" in res.stderr
+    write_spec(cwd / "stage2.yaml", "stage2", base={"num_iterations": {"time_of": {"stage": "stage1"}}}, seeds=[0])
+    res = gatesweep(["plan", "stage2.yaml"], cwd, env)
+    assert res.returncode == 2 and ("num_iterations: time_of stage 'stage1', which has no runs in the local records "
+                                    "(runs/; mlflow is not installed here)") in res.stderr, res.stderr
 
 
 # ---------------------------------------------------------------- the pure parts
