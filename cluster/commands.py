@@ -15,6 +15,7 @@ from cluster.common.command import trainer_command
 from cluster.common.compile_cache import cache_env, graph_families, mark_warm, megacache_path
 from cluster.common.prepare import (
     Prepared,
+    check_pinned,
     prepare,
     states_for,
     with_search,
@@ -71,6 +72,7 @@ def run(spec_path: str, overrides: list[str], *, backend: str | None, dry_run: b
 
     sync_timeout()  # every trainer reads it: a bad value is one line here, not one failure per trial
     prep = prepare(spec_path, overrides, uri)  # chained values are read once per command
+    check_pinned(prep)  # in a node job: the trials it was submitted for, or nothing
     if not as_json:
         return _run(prep, backend=backend, dry_run=dry_run, max_parallel=max_parallel, wait=wait,
                     slurm_opts=slurm_opts, max_looks=max_looks, check=check)

@@ -207,6 +207,11 @@ class SlurmOptions(Section):
         None, description="further sbatch options, e.g. {mail-type: END, exclusive: true}")
     setup: Annotated[list[str], BeforeValidator(_setup)] | None = Field(
         None, description="shell lines run first in the job, e.g. ['module load cuda/12.4']")
+    node_jobs: NonNeg | None = Field(default=None, description=(
+        "0 (default): an array task per trial; N: N single-node jobs (--exclusive), each running the local "
+        "launcher over the spec's trials (many short trials: one start-up per node, warm forks, just-in-time "
+        "launches; needs an MLflow server)"))
+    node_gpus: NonNeg | None = Field(default=None, description="GPUs of each node job (default 8)")
 
 
 class RayOptions(Section):

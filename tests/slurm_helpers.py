@@ -21,6 +21,7 @@ from cluster.common.trialdir import local_status
 from cluster.slurm.job import TrialJob
 from cluster.slurm.launch import job_env
 from cluster.slurm.sbatch import executor_params, setup_lines
+from cluster.slurm.state import LIVE_STATES
 from sweeps.spec import Resources
 from trainer.record import read_json
 
@@ -85,14 +86,27 @@ def squeue(job: str) -> tuple[str, str]:
     return "", ""
 
 
-def sacct(jobs: list[str], *, duplicates: bool = False) -> list[dict[str, str]]:
-    """Accounting rows (allocations only) of the given jobs' arrays; every attempt with duplicates."""
+def sacct(jobs: list[str], *, duplicates: bool = False, settle_s: float = 0.0) -> list[dict[str, str]]:
+    """Accounting rows (allocations only) of the given jobs' arrays; every attempt with duplicates.
+    settle_s: wait up to this long until every job has ended in accounting - a trial's record says
+    FINISHED (and `--wait` returns) moments before its job's own end reaches slurmdbd."""
     arrays = sorted({j.split("_")[0] for j in jobs})
     cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State,Start,End", "-j", ",".join(arrays)]
-    out = subprocess.run(cmd + (["--duplicates"] if duplicates else []), capture_output=True, text=True,
-                         check=True).stdout
-    rows = [dict(zip(("job", "state", "start", "end"), line.split("|"))) for line in out.splitlines() if line]
-    return [r for r in rows if r["job"] in jobs]
+
+    def read() -> list[dict[str, str]]:
+        out = subprocess.run(cmd + (["--duplicates"] if duplicates else []), capture_output=True, text=True,
+                             check=True).stdout
+        rows = [dict(zip(("job", "state", "start", "end"), line.split("|"))) for line in out.splitlines() if line]
+        return [r for r in rows if r["job"] in jobs]
+
+    if settle_s <= 0:
+        return read()
+    def ended() -> list[dict[str, str]] | None:
+        rows = read()
+        done = {r["job"] for r in rows} == set(jobs) and not any(r["state"] in LIVE_STATES for r in rows)
+        return rows if done else None
+
+    return wait_until(ended, settle_s, f"the jobs {jobs} to end in accounting", interval_s=0.5)
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:

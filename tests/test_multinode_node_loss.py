@@ -160,4 +160,4 @@ def test_multinode_node_lost_while_waiting_then_rerun_finishes(multinode, mlflow
     assert "submitted 1 trial(s)" in out and status(run_dir) == "FINISHED" and job_id(run_dir) != job
     log = (run_dir / "logs" / f"{trial.trial_id}.txt").read_text()
     assert re.findall(r"^resumed from step (\d+)", log, re.MULTILINE)  # from the checkpoint the lost node left
-    assert sacct([job_id(run_dir)])[0]["state"] == "COMPLETED"
+    assert sacct([job_id(run_dir)], settle_s=60)[0]["state"] == "COMPLETED"

@@ -68,7 +68,7 @@ def test_multinode_array_spreads_over_nodes_one_trainer_each(multinode, mlflow_e
     where = _node_lists(jobs)
     assert len(set(where.values())) >= 2, where  # spread over the nodes
     assert all(n in multinode.nodes for n in where.values())
-    assert sorted(r["state"] for r in sacct(jobs)) == ["COMPLETED"] * 3
+    assert sorted(r["state"] for r in sacct(jobs, settle_s=60)) == ["COMPLETED"] * 3
 
     for t, d, j in zip(trials, run_dirs, jobs):
         ranks = RANK_LINE.findall(job_log(d))

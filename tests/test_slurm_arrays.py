@@ -42,7 +42,7 @@ def test_chunked_arrays_respect_the_parallelism_cap(slurm_cluster, tmp_path, mon
     assert f"#SBATCH --dependency=afterany:{first}" in scripts[1] and "--array" not in scripts[1]
 
     # at most one trial ran at any time, across both arrays
-    rows = sacct(ids)
+    rows = sacct(ids, settle_s=60)
     assert sorted(r["state"] for r in rows) == ["COMPLETED"] * 3
     spans = sorted((datetime.fromisoformat(r["start"]), datetime.fromisoformat(r["end"])) for r in rows)
     assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans

@@ -83,7 +83,7 @@ def test_demo_spec_two_ranks_per_trial(slurm_cluster, mlflow_env, tmp_path, monk
     assert [status(d) for d in run_dirs] == ["FINISHED", "FINISHED"]
 
     # the array's %1 held: the second task started after the first ended
-    rows = sorted(sacct(ids), key=lambda r: r["job"])
+    rows = sorted(sacct(ids, settle_s=60), key=lambda r: r["job"])
     assert [r["state"] for r in rows] == ["COMPLETED", "COMPLETED"]
     spans = sorted((datetime.fromisoformat(r["start"]), datetime.fromisoformat(r["end"])) for r in rows)
     assert spans[1][0] >= spans[0][1], spans

@@ -60,7 +60,7 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         if EXPERIMENT_KIND[0] not in exp.tags:  # made before gatesweep set the kind; never overrides a choice
-            client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+            set_experiment_tag(client, exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     try:
         return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
@@ -69,6 +69,17 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, value: str) -> None:
+    """MLflow's set_experiment_tag, safe when another process sets the same tag at the same moment (two
+    launchers of one spec starting together): MLflow's SQL store inserts a new tag without an upsert, so
+    the second insert fails on the unique key; the tag already holding `value` is success."""
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except Exception:
+        if client.get_experiment(experiment_id).tags.get(key) != value:
+            raise
 
 
 def find_run(client: MlflowClient, experiment_id: str, key: str, value: str) -> str | None:

@@ -3,6 +3,8 @@ anything is written, the stale-run cleanup, and the backend availability check."
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from sweeps.spec import SweepSpec, apply_spec_overrides, load_spec
 from sweeps.time_of import TimeOf, mlflow_time_resolver
 from trainer.console import note
 from trainer.overrides import parse_kv
+from trainer.record import read_json
 
 
 @dataclass
@@ -55,6 +58,24 @@ def prepare(spec_path: str, overrides: list[str], uri: str | None, *, use_store:
     else:
         trials = expand(spec, overrides=config_overrides, notes=notes)
     return Prepared(spec, trials, store, tuple(overrides), tuple(notes))
+
+
+PINNED_ENV = "GATESWEEP_EXPECT_TRIALS"  # set by cluster.slurm.node_jobs in each node job
+
+
+def check_pinned(prep: Prepared, env: Mapping[str, str] = os.environ) -> None:
+    """A node job runs exactly the trials it was submitted for: the spec expanded again in the job must
+    give the same trial ids (a chained value may have changed since the submission)."""
+    path = env.get(PINNED_ENV)
+    if not path:
+        return
+    want = set((read_json(Path(path)) or {}).get("trial_ids", []))
+    have = {t.trial_id for t in prep.trials}
+    if want != have:
+        raise SpecError(f"{prep.spec.path}: this node job was submitted for {len(want)} trial(s) ({path}) but the spec "
+                        f"now expands to {len(have)} ({len(have - want)} not submitted, {len(want - have)} gone): the "
+                        "spec or a chained value changed since the submission; nothing was run here. Submit again: "
+                        f"gatesweep run {prep.spec.path} --backend slurm")
 
 
 def with_search(prep: Prepared) -> Prepared:
@@ -159,5 +180,5 @@ def recover(states: list[TrialState], store: SweepStore, spec: str, *, root: Pat
         note("a sweep run left RUNNING by a dead launcher was marked KILLED")
 
 
-__all__ = ["Prepared", "prepare", "with_search", "preflight_trials", "states_for", "retire_stale", "recover",
+__all__ = ["Prepared", "prepare", "check_pinned", "with_search", "preflight_trials", "states_for", "retire_stale", "recover",
            "split"]

@@ -35,6 +35,10 @@ class SlurmOptions:
     """SIGUSR2 this many seconds before the time limit: the trainer checkpoints, the job requeues."""
     extra: tuple[tuple[str, Any], ...] = ()
     setup: tuple[str, ...] = ()
+    node_jobs: int = 0
+    """0: an array task per trial; N: N whole-node jobs, each the local launcher over the spec's trials."""
+    node_gpus: int = 8
+    """GPUs of each node job (gres)."""
 
 
 def resolve_options(spec: SweepSpec, cli: Mapping[str, Any]) -> SlurmOptions:

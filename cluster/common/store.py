@@ -144,7 +144,9 @@ class SweepStore:
         if owner != mine:
             mark.write_text(mine + "\n")
         if self.enabled:
-            self.client.set_experiment_tag(self.experiment_id, SPEC_TAG + spec, mine)
+            from trainer.mlflow_sync import set_experiment_tag
+
+            set_experiment_tag(self.client, self.experiment_id, SPEC_TAG + spec, mine)
 
     def _experiment_tag(self, key: str) -> str | None:
         """A tag of the experiment, if it exists and the store answers (else the local mark decides)."""

@@ -68,6 +68,8 @@ def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]
     # With a server the trainers forward their records themselves; a sqlite file takes one writer only
     # (this launcher, with --wait or `gatesweep sync`), so the jobs then track locally.
     tracking = "mlflow" if prep.store.enabled and is_server(prep.store.uri) else "local"
+    if options.node_jobs:
+        return _node_jobs(prep, options, sweep_dir, tracking, dry_run=dry_run, check=check, wait=wait)
     if check:  # `--check`: ask sbatch, write nothing
         prep.store.enabled = False
         _, todo, _, _ = _split(prep)
@@ -123,6 +125,20 @@ def run_slurm(prep: Prepared, *, dry_run: bool, wait: bool, opts: dict[str, Any]
         return 130
     prep.store.finish_parent("FINISHED" if ok else "FAILED")
     return 0 if ok else 1
+
+
+def _node_jobs(prep: Prepared, options: SlurmOptions, sweep_dir: Path, tracking: str, *, dry_run: bool, check: bool,
+               wait: bool) -> int:
+    from cluster.slurm.node_jobs import check_node_jobs, run_node_jobs
+
+    check_node_jobs(prep, options)
+    if dry_run or check:
+        prep.store.enabled = False  # creates nothing
+    states, todo, _, _ = _split(prep)
+    root = source_root()
+    return run_node_jobs(prep, options, todo, states, sweep_dir=sweep_dir, dry_run=dry_run, check=check, wait=wait,
+                         setup_env=job_env(tracking, sweep_dir, git_sha(root)),
+                         snapshot_for=lambda: take_snapshot(sweep_dir, root))
 
 
 def _split(prep: Prepared, *, use_store: bool = True
@@ -228,24 +244,32 @@ def test_only(prep: Prepared, trials: list[Trial], options: SlurmOptions, sweep_
                       tracking)
     for k, plan in enumerate(plans, 1):
         text = "\n".join(ln for ln in plan.text.splitlines() if not ln.startswith("#SBATCH --dependency"))
-        with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="gs-test-only-") as f:
-            f.write(text + "\n")
-            f.flush()
-            try:
-                res = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                raise BackendUnavailable(f"sbatch --test-only did not answer ({e}); is slurmctld reachable "
-                                         "(scontrol ping)?") from None
-        if res.returncode != 0:
-            down = controller_down("sbatch --test-only", res.stderr, written="nothing was written or submitted")
-            if down is not None:
-                raise down
-            why = next((ln.split("error:", 1)[1].strip() for ln in res.stderr.splitlines() if "error:" in ln),
-                       res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}")
+        why = sbatch_refusal(text + "\n")
+        if why is not None:
             raise BackendError(f"{prep.spec.path}: sbatch --test-only refused job array {k}/{len(plans)} ({why}); "
                                "check backend.slurm.partition/account/qos/constraint (or --partition ...); nothing "
                                "was written or submitted")
     return len(plans)
+
+
+def sbatch_refusal(script: str) -> str | None:
+    """sbatch's reason for refusing this script (`sbatch --test-only`), None if it would be accepted.
+    A controller that does not answer is BackendUnavailable (exit 69), not a refusal."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="gs-test-only-") as f:
+        f.write(script)
+        f.flush()
+        try:
+            res = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise BackendUnavailable(f"sbatch --test-only did not answer ({e}); is slurmctld reachable "
+                                     "(scontrol ping)?") from None
+    if res.returncode == 0:
+        return None
+    down = controller_down("sbatch --test-only", res.stderr, written="nothing was written or submitted")
+    if down is not None:
+        raise down
+    return next((ln.split("error:", 1)[1].strip() for ln in res.stderr.splitlines() if "error:" in ln),
+                res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}")
 
 
 # ---------------------------------------------------------------- submission
