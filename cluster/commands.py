@@ -142,6 +142,11 @@ def status(spec_path: str, overrides: list[str], *, uri: str | None, as_json: bo
                      " ".join(x for x in (slurm.note(s.run_dir), s.reason) if x)[:90]])
     print(text_table(["trial_id", "design", "seed", "status", "step", "note"], rows))
     print("  ".join(f"{k}: {v}" for k, v in sorted(counts(states).items())))
+    from cluster.slurm.node_jobs import live_node_jobs
+
+    node_jobs = live_node_jobs(RUNS_ROOT / prep.spec.name)
+    if node_jobs:  # backend.slurm.node_jobs: PENDING trials are theirs to take
+        print(f"node jobs queued or running: {', '.join(node_jobs)} (they take the PENDING trials)")
     if seq:
         print(_seq_summary(seq))
     return code

@@ -1,7 +1,8 @@
 """Node jobs (`backend.slurm.node_jobs`) on the multi-node Slurm: two whole-node jobs, each the local
 launcher over the spec's trials, split the trials between their nodes through the per-trial locks on
 the shared filesystem: every trial runs once (one start in its log, one MLflow run), both nodes train,
-the script submitted is the one the dry run prints, and a second `gatesweep run` submits nothing."""
+the script submitted is the one the dry run prints, `status` names the queued jobs, and a rerun while
+they queue or after they ended submits nothing."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def test_node_jobs_split_the_trials_between_nodes_and_run_each_once(multinode, m
     name = unique("mn-nodejobs")
     # one trial at a time per node job, ~100 steps each: both jobs start while trials are left to take
     write_spec(tmp_path / "spec.yaml", name, gates=GATES, base={"num_iterations": 100, "val_every": 50},
-               resources={"gpus_per_node": 1}, slurm={"node_jobs": 2, "node_gpus": 1})
+               resources={"gpus_per_node": 1}, slurm={"node_jobs": 2, "node_gpus": 1, "extra": {"begin": "now+600"}})
     doc = (tmp_path / "spec.yaml").read_text()
     (tmp_path / "spec.yaml").write_text(doc.replace("backend:\n", "backend:\n  local:\n    max_parallel: 1\n"
                                                                   "    trials_per_gpu: 1\n", 1))
@@ -54,14 +55,24 @@ def test_node_jobs_split_the_trials_between_nodes_and_run_each_once(multinode, m
 
     code, dry, err = gatesweep(["run", "spec.yaml", "--dry-run"])
     assert code == 0, err
-    code, out, err = gatesweep(["run", "spec.yaml", "--wait"])
+    # submitted to start in 10 min: queued, so what a user sees meanwhile is certain
+    code, out, err = gatesweep(["run", "spec.yaml"])
+    assert code == 0 and "submitted 2 node job(s) for 4 trial(s)" in out, out + err
+    record = read_json(RUNS_ROOT / name / ".slurm" / "node_jobs.json")
+    jobs = [str(j["job_id"]) for j in record["jobs"]]
+    code, out, err = gatesweep(["status", "spec.yaml"])
+    assert f"node jobs queued or running: {', '.join(jobs)} (they take the PENDING trials)" in out, out + err
+    assert "PENDING: 4" in out
+    code, out, err = gatesweep(["run", "spec.yaml"])  # a rerun while they queue submits nothing
+    assert code == 0 and "2 node job(s) of this spec are still queued or running" in out and "submitted" not in out
+    for j in jobs:
+        subprocess.run(["scontrol", "update", f"jobid={j}", "starttime=now"], check=True)
+    code, out, err = gatesweep(["run", "spec.yaml", "--wait"])  # follows them to the end
     slurm_dir = RUNS_ROOT / name / ".slurm"
     logs = "\n".join(f"---- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(slurm_dir.glob("node-*.out")))
     assert code == 0, out + err + logs
-    assert "submitted 2 node job(s) for 4 trial(s)" in out and "node jobs ended: 4 FINISHED" in out, out
-    record = read_json(slurm_dir / "node_jobs.json")
-    jobs = [str(j["job_id"]) for j in record["jobs"]]
-    assert len(jobs) == 2
+    assert "node jobs ended: 4 FINISHED" in out, out
+    assert read_json(slurm_dir / "node_jobs.json") == record and len(jobs) == 2  # no job submitted since
     nodes = {j: _node_of(j) for j in jobs}
     assert len(set(nodes.values())) == 2 and set(nodes.values()) <= set(multinode.nodes), nodes  # two whole nodes
 

@@ -223,7 +223,7 @@ BAD_SPECS = {
     "backend_typo": ("name: t\nbackend: {slurm: {partiton: gpu}}\n",
                      "backend.slurm.partiton: unknown key (did you mean 'partition'?); valid keys: partition, account, "
                      "qos, constraint, timeout_min, array_parallelism, max_requeues, max_array_size, signal_delay_s, "
-                     "extra, setup"),
+                     "extra, setup, node_jobs, node_gpus"),
     "max_parallel_zero": ("name: t\nbackend: {local: {max_parallel: 0}}\n",
                           "backend.local.max_parallel: expected an integer >= 1, got 0"),
     "max_parallel_text": ("name: t\nbackend: {local: {max_parallel: many}}\n",

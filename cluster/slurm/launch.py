@@ -17,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from cluster.slurm.sbatch import (
     setup_lines,
 )
 from cluster.slurm.snapshot import content_hash, git_sha, snapshot_dir, source_root, take_snapshot
-from cluster.slurm.state import controller_down
+from cluster.slurm.state import controller_down, sbatch_refusal
 from sweeps.expand import Trial, gpu_hours
 from sweeps.mlflow_runs import is_server
 from sweeps.text_table import text_table
@@ -250,26 +249,6 @@ def test_only(prep: Prepared, trials: list[Trial], options: SlurmOptions, sweep_
                                "check backend.slurm.partition/account/qos/constraint (or --partition ...); nothing "
                                "was written or submitted")
     return len(plans)
-
-
-def sbatch_refusal(script: str) -> str | None:
-    """sbatch's reason for refusing this script (`sbatch --test-only`), None if it would be accepted.
-    A controller that does not answer is BackendUnavailable (exit 69), not a refusal."""
-    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="gs-test-only-") as f:
-        f.write(script)
-        f.flush()
-        try:
-            res = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise BackendUnavailable(f"sbatch --test-only did not answer ({e}); is slurmctld reachable "
-                                     "(scontrol ping)?") from None
-    if res.returncode == 0:
-        return None
-    down = controller_down("sbatch --test-only", res.stderr, written="nothing was written or submitted")
-    if down is not None:
-        raise down
-    return next((ln.split("error:", 1)[1].strip() for ln in res.stderr.splitlines() if "error:" in ln),
-                res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}")
 
 
 # ---------------------------------------------------------------- submission

@@ -27,9 +27,8 @@ from cluster.common.prepare import PINNED_ENV, Prepared, preflight_trials, recov
 from cluster.common.sbatch_options import SlurmOptions, sbatch_directive
 from cluster.common.trialdir import check_runs_writable, local_status, submission_lock
 from cluster.errors import BackendError
-from cluster.slurm.launch import sbatch_refusal
 from cluster.slurm.sbatch import setup_lines
-from cluster.slurm.state import LIVE_STATES, controller_down, squeue_states
+from cluster.slurm.state import LIVE_STATES, controller_down, sbatch_refusal, squeue_states
 from sweeps.mlflow_runs import is_server
 from trainer.record import read_json, write_json
 
@@ -41,8 +40,8 @@ def node_script(*, job_name: str, options: SlurmOptions, log: Path, setup: list[
                 python: str, spec_path: str, overrides: tuple[str, ...]) -> str:
     """The sbatch script of one node job: one whole node (--exclusive) with `options.node_gpus` GPUs,
     the job's environment, then the local launcher over the spec (exec: it gets Slurm's signals)."""
-    directives: dict[str, object] = {"job-name": job_name, "nodes": 1, "ntasks": 1, "exclusive": True, "time": options.timeout_min, "output": str(log),
-                                     "requeue": True}
+    directives: dict[str, object] = {"job-name": job_name, "nodes": 1, "ntasks": 1, "exclusive": True,
+                                     "time": options.timeout_min, "output": str(log), "requeue": True}
     if options.node_gpus > 0:
         directives["gpus-per-node"] = options.node_gpus
     for key in ("partition", "account", "qos", "constraint"):
@@ -87,7 +86,6 @@ def run_node_jobs(prep: Prepared, options: SlurmOptions, todo: list, states: lis
 
     spec = prep.spec
     n = min(options.node_jobs, max(len(todo), 1))
-    live = live_node_jobs(sweep_dir) if not dry_run else []
 
     def script(snapshot: Path, pinned: Path) -> str:
         env = setup_env | {PINNED_ENV: str(pinned)}
@@ -109,39 +107,56 @@ def run_node_jobs(prep: Prepared, options: SlurmOptions, todo: list, states: lis
         print(text, end="")
         print("dry run: nothing was submitted or written")
         return 0
+    if todo:
+        check_runs_writable(spec.name, sweep_dir.parent)
+        _test_only(spec.path, script(snapshot_dir(sweep_dir, content_hash(source_root())), pinned))
+    with submission_lock(sweep_dir):  # one submitter at a time: the live check and the record agree
+        live = live_node_jobs(sweep_dir)
+        if live:
+            print(f"{len(live)} node job(s) of this spec are still queued or running ({', '.join(live)}); they take "
+                  "the trials left: no job added")
+        elif not todo:
+            print(f"nothing to submit: {len(states)}/{len(states)} trials finished or running")
+            return 0
+        else:
+            jobs = _submit(prep, todo, states, n, sweep_dir=sweep_dir, pinned=pinned, stamp=stamp, script=script,
+                           snapshot_for=snapshot_for)
     if live:
-        print(f"{len(live)} node job(s) of this spec are still queued or running ({', '.join(live)}); they take the "
-              "trials left, so none is submitted")
         return _wait(prep, live, sweep_dir) if wait else 0
-    if not todo:
-        print(f"nothing to submit: {len(states)}/{len(states)} trials finished or running")
-        return 0
-    check_runs_writable(spec.name, sweep_dir.parent)
-    _test_only(spec.path, script(snapshot_dir(sweep_dir, content_hash(source_root())), pinned))
-    with submission_lock(sweep_dir):
-        preflight_trials([s.trial for s in todo])
-        stale = retire_stale(states, prep.store)
-        if stale:
-            print(f"{stale} trial(s) whose process is gone without a final status: marked KILLED, running again")
-        recover(states, prep.store, spec.name, root=sweep_dir.parent)
-        snapshot = snapshot_for()
-        (sweep_dir / ".slurm").mkdir(parents=True, exist_ok=True)
-        write_json(pinned, {"trial_ids": sorted(t.trial_id for t in prep.trials)})
-        path = sweep_dir / ".slurm" / f"node-{stamp}.sbatch"
-        path.write_text(script(snapshot, pinned))
-        # the launchers in the jobs track to this store: the URI reaches them through sbatch's environment,
-        # never the script on disk (it may hold a password)
-        env = dict(os.environ) | ({"MLFLOW_TRACKING_URI": prep.store.uri} if is_server(prep.store.uri) else {})
-        jobs = [_sbatch(path, env, done=k) for k in range(n)]
-        record = read_json(sweep_dir / ".slurm" / RECORD) or {"jobs": []}
-        record["jobs"] += [{"job_id": j, "submitted": time.time(), "script": str(path), "snapshot": str(snapshot)}
-                           for j in jobs]
-        write_json(sweep_dir / ".slurm" / RECORD, record)
-    print(f"submitted {n} node job(s) for {len(todo)} trial(s): {', '.join(jobs)} (logs {sweep_dir / '.slurm'}/node-<job>.out)")
+    print(f"submitted {n} node job(s) for {len(todo)} trial(s): {', '.join(jobs)} (logs {sweep_dir / '.slurm'}/"
+          "node-<job>.out)")
     if not wait:
         print(f"follow with: {shlex.join(['gatesweep', 'status', spec.path, *prep.overrides])}   (or rerun with --wait)")
         return 0
     return _wait(prep, jobs, sweep_dir)
+
+
+def _submit(prep: Prepared, todo: list, states: list, n: int, *, sweep_dir: Path, pinned: Path, stamp: str, script,
+            snapshot_for) -> list[str]:
+    """Under the submission lock: records of dead runs settled, the snapshot, the pin, the script, n jobs
+    (each recorded as soon as sbatch answers: a refusal midway loses none)."""
+    spec = prep.spec
+    preflight_trials([s.trial for s in todo])
+    stale = retire_stale(states, prep.store)
+    if stale:
+        print(f"{stale} trial(s) whose process is gone without a final status: marked KILLED, running again")
+    recover(states, prep.store, spec.name, root=sweep_dir.parent)
+    snapshot = snapshot_for()
+    (sweep_dir / ".slurm").mkdir(parents=True, exist_ok=True)
+    write_json(pinned, {"trial_ids": sorted(t.trial_id for t in prep.trials)})
+    path = sweep_dir / ".slurm" / f"node-{stamp}.sbatch"
+    path.write_text(script(snapshot, pinned))
+    # the launchers in the jobs track to this store: the URI reaches them through sbatch's environment,
+    # never the script on disk (it may hold a password)
+    env = dict(os.environ) | ({"MLFLOW_TRACKING_URI": prep.store.uri} if is_server(prep.store.uri) else {})
+    jobs: list[str] = []
+    for k in range(n):
+        jobs.append(_sbatch(path, env, done=k))
+        record = read_json(sweep_dir / ".slurm" / RECORD) or {"jobs": []}
+        record["jobs"].append({"job_id": jobs[-1], "submitted": time.time(), "script": str(path),
+                               "snapshot": str(snapshot)})
+        write_json(sweep_dir / ".slurm" / RECORD, record)
+    return jobs
 
 
 def _sbatch(path: Path, env: dict[str, str], *, done: int) -> str:

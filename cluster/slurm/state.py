@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from cluster.common.trialdir import RUNS_ROOT, TrialLock, trial_dir
@@ -44,6 +45,26 @@ def controller_down(command: str, stderr: str, *, written: str = "") -> BackendU
     conf = os.environ.get("SLURM_CONF", "the default slurm.conf")
     return BackendUnavailable(f"the Slurm controller is unreachable ({command}: {line}); check that slurmctld runs "
                               f"(`scontrol ping`, SLURM_CONF={conf}) and run again" + (f"; {written}" if written else ""))
+
+
+def sbatch_refusal(script: str) -> str | None:
+    """sbatch's reason for refusing this script (`sbatch --test-only`), None if it would be accepted.
+    A controller that does not answer is BackendUnavailable (exit 69), not a refusal."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="gs-test-only-") as f:
+        f.write(script)
+        f.flush()
+        try:
+            res = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise BackendUnavailable(f"sbatch --test-only did not answer ({e}); is slurmctld reachable "
+                                     "(scontrol ping)?") from None
+    if res.returncode == 0:
+        return None
+    down = controller_down("sbatch --test-only", res.stderr, written="nothing was written or submitted")
+    if down is not None:
+        raise down
+    return next((ln.split("error:", 1)[1].strip() for ln in res.stderr.splitlines() if "error:" in ln),
+                res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}")
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
