@@ -25,7 +25,8 @@ from pathlib import Path
 
 from cluster.common.prepare import PINNED_ENV, Prepared, preflight_trials, recover, retire_stale
 from cluster.common.sbatch_options import SlurmOptions, sbatch_directive
-from cluster.common.trialdir import check_runs_writable, local_status, submission_lock
+from cluster.common.state import collect, counts
+from cluster.common.trialdir import check_runs_writable, submission_lock
 from cluster.errors import BackendError
 from cluster.slurm.sbatch import setup_lines
 from cluster.slurm.state import LIVE_STATES, controller_down, sbatch_refusal, squeue_states
@@ -73,9 +74,12 @@ def check_node_jobs(prep: Prepared, options: SlurmOptions) -> None:
 
 def live_node_jobs(sweep_dir: Path) -> list[str]:
     """The spec's node jobs that Slurm still lists as pending or running."""
-    ids = [str(j["job_id"]) for j in (read_json(sweep_dir / ".slurm" / RECORD) or {}).get("jobs", [])]
-    states = squeue_states(ids)
-    return [j for j in ids if states.get(j) in LIVE_STATES]
+    return _live([str(j["job_id"]) for j in (read_json(sweep_dir / ".slurm" / RECORD) or {}).get("jobs", [])])
+
+
+def _live(jobs: list[str]) -> list[str]:
+    states = squeue_states(jobs)  # one call; none without job ids
+    return [j for j in jobs if states.get(j) in LIVE_STATES]
 
 
 def run_node_jobs(prep: Prepared, options: SlurmOptions, todo: list, states: list, *, sweep_dir: Path, dry_run: bool,
@@ -182,14 +186,8 @@ def _test_only(spec_path: str, text: str) -> None:
 def _wait(prep: Prepared, jobs: list[str], sweep_dir: Path) -> int:
     """Until Slurm lists none of `jobs`; then the trials' outcome from their records (0: all ended well)."""
     print(f"waiting for node job(s) {', '.join(jobs)} ...")
-    while True:
-        states = squeue_states(jobs)
-        if not any(states.get(j) in LIVE_STATES for j in jobs):
-            break
+    while _live(jobs):
         time.sleep(POLL_S)
-    outcome: dict[str, int] = {}
-    for t in prep.trials:
-        st = local_status(sweep_dir / t.trial_id)[0] or "PENDING"
-        outcome[st] = outcome.get(st, 0) + 1
-    print("node jobs ended: " + ", ".join(f"{v} {k}" for k, v in sorted(outcome.items())))
-    return 0 if set(outcome) <= {"FINISHED", "EARLY_STOPPED"} else 1
+    states = collect(prep.trials, None, root=sweep_dir.parent)  # the local records: a trial a dead job left is STALE
+    print("node jobs ended: " + ", ".join(f"{v} {k}" for k, v in sorted(counts(states).items())))
+    return 0 if all(s.done for s in states) else 1
